@@ -112,15 +112,27 @@ mod tests {
                 "outbound|9080|v1|reviews.default.svc.cluster.local",
                 mk_outbound(9080, "v1", "reviews.default.svc.cluster.local"),
             ),
-            ("outbound|443||*.example.com", mk_outbound(443, "", "*.example.com")),
+            (
+                "outbound|443||*.example.com",
+                mk_outbound(443, "", "*.example.com"),
+            ),
             ("outbound|65535||a", mk_outbound(65535, "", "a")),
             ("inbound|8080||", ClusterName::Inbound { port: 8080 }),
-            ("inbound|8080|http|reviews.default.svc.cluster.local", ClusterName::Inbound { port: 8080 }),
+            (
+                "inbound|8080|http|reviews.default.svc.cluster.local",
+                ClusterName::Inbound { port: 8080 },
+            ),
             ("PassthroughCluster", ClusterName::Passthrough),
             ("BlackHoleCluster", ClusterName::BlackHole),
             ("InboundPassthroughCluster", ClusterName::InboundPassthrough),
-            ("InboundPassthroughClusterIpv4", ClusterName::InboundPassthrough),
-            ("InboundPassthroughClusterIpv6", ClusterName::InboundPassthrough),
+            (
+                "InboundPassthroughClusterIpv4",
+                ClusterName::InboundPassthrough,
+            ),
+            (
+                "InboundPassthroughClusterIpv6",
+                ClusterName::InboundPassthrough,
+            ),
             ("xds-grpc", ClusterName::Other),
             ("prometheus_stats", ClusterName::Other),
             ("", ClusterName::Other),
@@ -139,7 +151,10 @@ mod tests {
             ("outbound|80||réviews", ClusterName::Other),
             ("Outbound|80||a.b", ClusterName::Other),
             ("inbound|x||", ClusterName::Other),
-            ("outbound_.9080_._.reviews.default.svc.cluster.local", ClusterName::Other),
+            (
+                "outbound_.9080_._.reviews.default.svc.cluster.local",
+                ClusterName::Other,
+            ),
         ];
         for (input, want) in cases {
             assert_eq!(ClusterName::parse(input), want, "input {input:?}");

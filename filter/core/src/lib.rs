@@ -1,1 +1,25 @@
-//! placeholder
+//! The lazyxds gateway filter's logic, with no proxy-wasm dependency, so it is tested
+//! natively and on wasm32 alike. The wasm shell (`lazyxds-filter`) only moves property
+//! values, time and stream events in, and bytes out.
+//!
+//! - [`config`]: the plugin configuration.
+//! - [`edge`]: request properties → an edge (or a counted skip).
+//! - [`table`]: the bounded LRU dedup table.
+//! - [`reporter`]: batching, dictionary encoding, acks, re-sends, resync, backoff.
+#![forbid(unsafe_code)]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+pub mod config;
+pub mod edge;
+pub mod reporter;
+pub mod table;
+
+#[cfg(test)]
+mod reporter_tests;
+
+pub use config::{Config, ConfigError};
+pub use edge::{edge_cluster, RequestProperties};
+pub use reporter::{CloseReason, Counters, Reporter};
