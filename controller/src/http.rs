@@ -1,0 +1,93 @@
+//! The debug and health HTTP server.
+//!
+//! - `GET /debug/edges`: learned edges and counters as JSON (the end-to-end tests read
+//!   this; its shape is [`DebugEdges`]).
+//! - `GET /debug/rejections`: rejected batches per reason.
+//! - `GET /healthz`, `GET /readyz`: `ok`.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use crate::counters::{Counters, CountersSnapshot};
+use crate::edges::StoredEdge;
+use crate::sink::MemoryEdgeSink;
+
+/// Read access to learned edges, for debugging.
+pub trait EdgeView: Send + Sync + 'static {
+    /// All edges, sorted by source IP, host, cluster, principal.
+    fn edges(&self) -> Vec<StoredEdge>;
+}
+
+impl EdgeView for MemoryEdgeSink {
+    fn edges(&self) -> Vec<StoredEdge> {
+        self.snapshot()
+    }
+}
+
+/// The body of `GET /debug/edges`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DebugEdges {
+    pub edges: Vec<DebugEdge>,
+    pub counters: CountersSnapshot,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DebugEdge {
+    pub source_ip: IpAddr,
+    pub host: Option<String>,
+    pub cluster: String,
+    pub principal: Option<String>,
+    pub requests: u64,
+    pub last_seen_unix_s: u64,
+}
+
+impl From<&StoredEdge> for DebugEdge {
+    fn from(edge: &StoredEdge) -> Self {
+        DebugEdge {
+            source_ip: edge.source_ip,
+            host: edge.host.as_deref().map(str::to_string),
+            cluster: edge.cluster.to_string(),
+            principal: edge.principal.as_deref().map(str::to_string),
+            requests: edge.stats.requests,
+            last_seen_unix_s: edge.stats.last_seen_unix_s,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    view: Arc<dyn EdgeView>,
+    counters: Arc<Counters>,
+}
+
+pub fn router(view: Arc<dyn EdgeView>, counters: Arc<Counters>) -> Router {
+    Router::new()
+        .route("/debug/edges", get(debug_edges))
+        .route("/debug/rejections", get(debug_rejections))
+        .route("/healthz", get(ok))
+        .route("/readyz", get(ok))
+        .with_state(AppState { view, counters })
+}
+
+async fn debug_edges(State(state): State<AppState>) -> Json<DebugEdges> {
+    let edges = state.view.edges();
+    Json(DebugEdges {
+        edges: edges.iter().map(DebugEdge::from).collect(),
+        counters: state.counters.snapshot(),
+    })
+}
+
+async fn debug_rejections(
+    State(state): State<AppState>,
+) -> Json<std::collections::BTreeMap<&'static str, u64>> {
+    Json(state.counters.rejected_by_reason().into_iter().collect())
+}
+
+async fn ok() -> &'static str {
+    "ok"
+}

@@ -1,0 +1,101 @@
+//! Where decoded edges go: the [`EdgeSink`] seam between the gRPC service and whatever
+//! keeps the edges (for now [`MemoryEdgeSink`]; later the workload index).
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::counters::Counters;
+use crate::edges::{EdgeStore, ObservedEdge, StoredEdge};
+
+/// Who sent a stream, from its `Hello` and the connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayInfo {
+    pub gateway_id: String,
+    pub worker: String,
+    pub resync: bool,
+    pub peer: Option<SocketAddr>,
+}
+
+/// Receives the edges of every applied batch. Called from async tasks: keep it short
+/// and non-blocking (take a lock once per call, not per edge).
+pub trait EdgeSink: Send + Sync + 'static {
+    /// A stream said hello; `resync` streams re-send the worker's known edges.
+    fn hello(&self, gateway: &GatewayInfo);
+    /// The edges of one applied batch, before it is acked.
+    fn record(&self, gateway: &GatewayInfo, edges: Vec<ObservedEdge>);
+}
+
+/// Keeps edges in an [`EdgeStore`] in memory.
+#[derive(Debug)]
+pub struct MemoryEdgeSink {
+    state: Mutex<MemoryState>,
+    counters: Arc<Counters>,
+}
+
+#[derive(Debug)]
+struct MemoryState {
+    store: EdgeStore,
+    last_drop_log: Option<Instant>,
+}
+
+/// A full store drops edges on every batch; say so at most this often.
+const DROP_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+impl MemoryEdgeSink {
+    pub fn new(max_edges: usize, counters: Arc<Counters>) -> Self {
+        MemoryEdgeSink {
+            state: Mutex::new(MemoryState {
+                store: EdgeStore::new(max_edges),
+                last_drop_log: None,
+            }),
+            counters,
+        }
+    }
+
+    /// All learned edges, sorted.
+    pub fn snapshot(&self) -> Vec<StoredEdge> {
+        self.lock().store.snapshot()
+    }
+
+    // A panic elsewhere while holding the lock leaves the store consistent enough
+    // (each record is a sequence of independent map updates), so keep serving.
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemoryState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl EdgeSink for MemoryEdgeSink {
+    fn hello(&self, _gateway: &GatewayInfo) {}
+
+    fn record(&self, gateway: &GatewayInfo, edges: Vec<ObservedEdge>) {
+        let mut state = self.lock();
+        let outcome = state.store.record(edges);
+        if outcome.dropped == 0 {
+            return;
+        }
+        let total = self
+            .counters
+            .edges_dropped_store_full
+            .fetch_add(outcome.dropped as u64, Relaxed)
+            + outcome.dropped as u64;
+        let now = Instant::now();
+        if state
+            .last_drop_log
+            .is_none_or(|last| now.duration_since(last) >= DROP_LOG_INTERVAL)
+        {
+            state.last_drop_log = Some(now);
+            let stored = state.store.len();
+            drop(state);
+            tracing::warn!(
+                gateway = %gateway.gateway_id,
+                worker = %gateway.worker,
+                dropped = outcome.dropped,
+                dropped_total = total,
+                stored,
+                "edge store is full (--max-edges), new edges are dropped"
+            );
+        }
+    }
+}
