@@ -1,0 +1,472 @@
+//! The Sidecars lazyxds wants, computed from the index alone.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::error::Error;
+use crate::host;
+use crate::index::{Index, WorkloadView};
+use crate::objects::{
+    Labels, Pin, SidecarObject, WorkloadId, ANNOTATION_DEPS, ANNOTATION_OUTBOUND_POLICY,
+    ANNOTATION_WORKLOAD, LABEL_MANAGED_BY, MANAGED_BY_US,
+};
+use crate::sidecar::{
+    EgressListener, EgressProxy, Metadata, OutboundPolicy, OutboundTrafficPolicy, PortSelector,
+    Sidecar, SidecarSpec, WorkloadSelector, API_VERSION, KIND,
+};
+
+/// Istio's root namespace: its selector-less Sidecar is the mesh default, its services are
+/// always visible (`istio-system/*`).
+pub const ROOT_NAMESPACE: &str = "istio-system";
+pub const ANNOTATION_ANALYZE_SUPPRESS: &str = "galley.istio.io/analyze-suppress";
+/// `istioctl analyze` reports egressProxy as "ignored" under IST0002 (Deprecated); it is not.
+pub const SUPPRESSED_ANALYSIS: &str = "IST0002";
+/// Labels a controller adds per pod or revision: never part of a workload's selector.
+pub const STRIPPED_LABELS: [&str; 4] = [
+    "pod-template-hash",
+    "controller-revision-hash",
+    "statefulset.kubernetes.io/pod-name",
+    "apps.kubernetes.io/pod-index",
+];
+pub const DEFAULT_MAX_HOSTS_PER_SIDECAR: usize = 1000;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderConfig {
+    /// FQDN of the lazy gateway Service (the `egressProxy` host).
+    pub gateway_host: String,
+    pub gateway_namespace: String,
+    pub egress_proxy_port: u16,
+    /// The mesh's `outboundTrafficPolicy.mode`, for workloads without a default Sidecar.
+    pub mesh_outbound_policy: OutboundPolicy,
+    pub max_hosts_per_sidecar: usize,
+}
+
+impl Default for RenderConfig {
+    fn default() -> Self {
+        RenderConfig {
+            gateway_host: "lazyxds-gateway.lazyxds-system.svc.cluster.local".to_string(),
+            gateway_namespace: "lazyxds-system".to_string(),
+            egress_proxy_port: 8080,
+            mesh_outbound_policy: OutboundPolicy::AllowAny,
+            max_hosts_per_sidecar: DEFAULT_MAX_HOSTS_PER_SIDECAR,
+        }
+    }
+}
+
+/// Everything lazyxds should have written, and why some workloads are left alone.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Desired {
+    /// Keyed by (namespace, name).
+    pub sidecars: BTreeMap<(String, String), Sidecar>,
+    /// Opted-in workloads that get no Sidecar, sorted by workload.
+    pub refusals: Vec<Refusal>,
+}
+
+impl Desired {
+    /// The Sidecar rendered for `workload`, if any.
+    pub fn sidecar_of(&self, workload: &WorkloadId) -> Option<&Sidecar> {
+        self.sidecars
+            .get(&(workload.namespace.to_string(), sidecar_name(workload)))
+    }
+
+    /// Every Sidecar as one multi-document YAML stream, sorted by namespace and name.
+    pub fn to_yaml(&self) -> Result<String, Error> {
+        let docs = self
+            .sidecars
+            .values()
+            .map(Sidecar::to_yaml)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(docs.iter().map(|d| format!("---\n{d}")).collect::<String>())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Refusal {
+    pub workload: WorkloadId,
+    pub reason: RefusalReason,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RefusalReason {
+    /// The root namespace or the gateway's: scoping there could cut the mesh's own parts
+    /// off (the gateway would send its traffic to itself).
+    ExcludedNamespace { namespace: String },
+    /// No labels left once per-pod labels are stripped: a selector-less Sidecar would
+    /// become the namespace default.
+    EmptySelector,
+    /// The selector also matches pods of another workload.
+    SelectsOtherWorkload { other: WorkloadId },
+    /// A user's Sidecar with a selector already selects its pods (two would be undefined).
+    UserSidecar { name: String },
+    /// More egress hosts than the cap (`truncated`: deps were dropped at the index cap).
+    HostCap {
+        cap: usize,
+        hosts: usize,
+        truncated: bool,
+    },
+}
+
+impl fmt::Display for RefusalReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RefusalReason::ExcludedNamespace { namespace } => {
+                write!(f, "namespace {namespace} is never scoped")
+            }
+            RefusalReason::EmptySelector => {
+                f.write_str("no pod-template labels left for a workloadSelector")
+            }
+            RefusalReason::SelectsOtherWorkload { other } => {
+                write!(f, "its selector also selects pods of {other}")
+            }
+            RefusalReason::UserSidecar { name } => {
+                write!(f, "user Sidecar {name} already selects its pods")
+            }
+            RefusalReason::HostCap {
+                cap,
+                hosts,
+                truncated,
+            } => {
+                let plus = if *truncated { "+" } else { "" };
+                write!(f, "host cap {cap} reached ({hosts}{plus} hosts)")
+            }
+        }
+    }
+}
+
+/// Our Sidecar's name for a workload: `lazyxds-<kind>-<name>`, a valid object name.
+pub fn sidecar_name(workload: &WorkloadId) -> String {
+    let prefix = format!("lazyxds-{}-", workload.kind.as_str().to_ascii_lowercase());
+    host::object_name(&prefix, &workload.name)
+}
+
+/// `labels` minus the per-pod/per-revision ones.
+pub fn selector_labels(labels: &Labels) -> Labels {
+    labels
+        .iter()
+        .filter(|(k, _)| !STRIPPED_LABELS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+fn selects(selector: &Labels, labels: &Labels) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// One Sidecar per opted-in workload, or a refusal saying why not.
+pub fn desired(index: &Index, config: &RenderConfig) -> Desired {
+    let mut out = Desired::default();
+    let root_default = namespace_default(index, ROOT_NAMESPACE);
+    let always = always_visible(index);
+    for ns in index.namespace_names() {
+        let views = index.views_in(ns);
+        let ns_enabled = index.namespace_annotations(ns).and_then(|a| a.enabled);
+        let ns_pins = index
+            .namespace_annotations(ns)
+            .map(|a| a.pins.clone())
+            .unwrap_or_default();
+        let default = namespace_default(index, ns).or(root_default);
+        let user_sidecars: Vec<&SidecarObject> = index
+            .ns(ns)
+            .map(|s| {
+                s.sidecars
+                    .values()
+                    .filter(|s| !s.is_ours() && s.selector.is_some())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let label_sets = LabelSets::new(&views);
+        for view in views.values() {
+            if !view.enabled.or(ns_enabled).unwrap_or(false) {
+                continue;
+            }
+            let ctx = Context {
+                index,
+                config,
+                default,
+                user_sidecars: &user_sidecars,
+                label_sets: &label_sets,
+                always: &always,
+                ns_pins: &ns_pins,
+            };
+            match ctx.render(view) {
+                Ok(sidecar) => {
+                    let key = (
+                        sidecar.metadata.namespace.clone(),
+                        sidecar.metadata.name.clone(),
+                    );
+                    out.sidecars.insert(key, sidecar);
+                }
+                Err(reason) => out.refusals.push(Refusal {
+                    workload: view.id.clone(),
+                    reason,
+                }),
+            }
+        }
+    }
+    out
+}
+
+/// A namespace's selector-less user Sidecar (the first by name: Istio leaves several
+/// undefined).
+fn namespace_default<'a>(index: &'a Index, ns: &str) -> Option<&'a SidecarObject> {
+    index
+        .ns(ns)?
+        .sidecars
+        .values()
+        .find(|s| !s.is_ours() && s.selector.is_none())
+}
+
+/// Hosts that can never be lazy (every port opaque TCP/TLS): `(egress host, owner ns,
+/// exportTo)`.
+struct AlwaysVisible<'a> {
+    hosts: Vec<(String, &'a str, &'a [String])>,
+}
+
+fn always_visible(index: &Index) -> AlwaysVisible<'_> {
+    let domain = &index.config().cluster_domain;
+    let mut hosts = Vec::new();
+    for ns in index.namespace_names() {
+        let Some(state) = index.ns(ns) else { continue };
+        for svc in state.services.values().filter(|s| s.is_tcp_only()) {
+            hosts.push((
+                format!("{ns}/{}", svc.host(domain)),
+                &**ns,
+                svc.export_to.as_slice(),
+            ));
+        }
+        for se in state.service_entries.values().filter(|s| s.is_tcp_only()) {
+            for h in &se.hosts {
+                let h = host::resolve_config_host(h, ns, domain);
+                hosts.push((format!("{ns}/{h}"), &**ns, se.export_to.as_slice()));
+            }
+        }
+    }
+    AlwaysVisible { hosts }
+}
+
+/// The label sets present in a namespace (pods' labels, templates' labels) with their
+/// workload, indexed by label so overlap checks do not scan every pod per workload.
+struct LabelSets<'a> {
+    sets: Vec<(&'a WorkloadId, &'a Labels)>,
+    by_label: BTreeMap<(&'a str, &'a str), Vec<usize>>,
+}
+
+impl<'a> LabelSets<'a> {
+    fn new(views: &'a BTreeMap<WorkloadId, WorkloadView<'a>>) -> Self {
+        let mut sets = Vec::new();
+        for view in views.values() {
+            if let Some(object) = view.object {
+                sets.push((&view.id, &object.template_labels));
+            }
+            sets.extend(view.pods.iter().map(|p| (&view.id, &p.labels)));
+        }
+        let mut by_label: BTreeMap<(&str, &str), Vec<usize>> = BTreeMap::new();
+        for (i, (_, labels)) in sets.iter().enumerate() {
+            for (k, v) in labels.iter() {
+                by_label.entry((k, v)).or_default().push(i);
+            }
+        }
+        LabelSets { sets, by_label }
+    }
+
+    /// The first other workload with a label set the selector matches.
+    fn other_selected(&self, selector: &Labels, own: &WorkloadId) -> Option<&'a WorkloadId> {
+        let candidates = selector
+            .iter()
+            .map(|(k, v)| {
+                self.by_label
+                    .get(&(k.as_str(), v.as_str()))
+                    .map_or(&[][..], Vec::as_slice)
+            })
+            .min_by_key(|c| c.len())?;
+        candidates
+            .iter()
+            .map(|&i| self.sets[i])
+            .find(|(id, labels)| *id != own && selects(selector, labels))
+            .map(|(id, _)| id)
+    }
+}
+
+struct Context<'a> {
+    index: &'a Index,
+    config: &'a RenderConfig,
+    default: Option<&'a SidecarObject>,
+    user_sidecars: &'a [&'a SidecarObject],
+    label_sets: &'a LabelSets<'a>,
+    always: &'a AlwaysVisible<'a>,
+    ns_pins: &'a [Pin],
+}
+
+impl Context<'_> {
+    fn render(&self, view: &WorkloadView<'_>) -> Result<Sidecar, RefusalReason> {
+        let ns = &*view.id.namespace;
+        if ns == ROOT_NAMESPACE || ns == self.config.gateway_namespace {
+            return Err(RefusalReason::ExcludedNamespace {
+                namespace: ns.to_string(),
+            });
+        }
+        let selector = selector_labels(&view.labels);
+        if selector.is_empty() {
+            return Err(RefusalReason::EmptySelector);
+        }
+        if let Some(other) = self.label_sets.other_selected(&selector, &view.id) {
+            return Err(RefusalReason::SelectsOtherWorkload {
+                other: other.clone(),
+            });
+        }
+        let own_labels = view
+            .object
+            .map(|o| &o.template_labels)
+            .into_iter()
+            .chain(view.pods.iter().map(|p| &p.labels));
+        let own_labels: Vec<&Labels> = own_labels.collect();
+        for user in self.user_sidecars {
+            let Some(user_selector) = &user.selector else {
+                continue;
+            };
+            if own_labels.iter().any(|l| selects(user_selector, l)) {
+                return Err(RefusalReason::UserSidecar {
+                    name: user.name.to_string(),
+                });
+            }
+        }
+
+        let deps = self.index.deps(&view.id);
+        let hosts = self.egress_hosts(view, &deps);
+        let over_cap = self
+            .index
+            .workload_deps(&view.id)
+            .is_some_and(|d| d.over_cap);
+        if hosts.len() > self.config.max_hosts_per_sidecar || over_cap {
+            return Err(RefusalReason::HostCap {
+                cap: self.config.max_hosts_per_sidecar,
+                hosts: hosts.len(),
+                truncated: over_cap,
+            });
+        }
+
+        let default_spec = self.default.map(|d| &d.spec);
+        let policy = default_spec
+            .and_then(|s| s.pointer("/outboundTrafficPolicy/mode"))
+            .and_then(|m| m.as_str())
+            .and_then(OutboundPolicy::parse)
+            .unwrap_or(self.config.mesh_outbound_policy);
+        let copied = default_spec
+            .and_then(|s| s.as_object())
+            .map(|spec| {
+                spec.iter()
+                    .filter(|(k, _)| {
+                        !matches!(
+                            k.as_str(),
+                            "workloadSelector" | "egress" | "outboundTrafficPolicy"
+                        )
+                    })
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let deps_json: BTreeMap<&str, u64> = deps.iter().map(|(h, t)| (&**h, *t)).collect();
+        let annotations = BTreeMap::from([
+            (
+                ANNOTATION_ANALYZE_SUPPRESS.to_string(),
+                SUPPRESSED_ANALYSIS.to_string(),
+            ),
+            (
+                ANNOTATION_DEPS.to_string(),
+                // A map of strings to integers always serializes.
+                serde_json::to_string(&deps_json).unwrap_or_default(),
+            ),
+            (
+                ANNOTATION_OUTBOUND_POLICY.to_string(),
+                policy.as_str().to_string(),
+            ),
+            (
+                ANNOTATION_WORKLOAD.to_string(),
+                format!("{}/{}", view.id.kind, view.id.name),
+            ),
+        ]);
+        Ok(Sidecar {
+            api_version: API_VERSION.to_string(),
+            kind: KIND.to_string(),
+            metadata: Metadata {
+                name: sidecar_name(&view.id),
+                namespace: ns.to_string(),
+                labels: BTreeMap::from([(LABEL_MANAGED_BY.to_string(), MANAGED_BY_US.to_string())]),
+                annotations,
+            },
+            spec: SidecarSpec {
+                workload_selector: Some(WorkloadSelector { labels: selector }),
+                copied,
+                egress: vec![EgressListener {
+                    hosts: hosts.into_iter().collect(),
+                }],
+                outbound_traffic_policy: Some(OutboundTrafficPolicy {
+                    mode: OutboundPolicy::AllowAny,
+                    egress_proxy: Some(EgressProxy {
+                        host: self.config.gateway_host.clone(),
+                        port: PortSelector {
+                            number: u32::from(self.config.egress_proxy_port),
+                        },
+                    }),
+                }),
+            },
+        })
+    }
+
+    fn egress_hosts(
+        &self,
+        view: &WorkloadView<'_>,
+        deps: &BTreeMap<Arc<str>, u64>,
+    ) -> BTreeSet<String> {
+        let ns = &*view.id.namespace;
+        let mut hosts = BTreeSet::from([
+            format!("{ROOT_NAMESPACE}/*"),
+            format!(
+                "{}/{}",
+                self.config.gateway_namespace, self.config.gateway_host
+            ),
+        ]);
+        // A selector Sidecar does not merge with the namespace default: re-include it.
+        if let Some(listeners) = self
+            .default
+            .and_then(|d| d.spec.get("egress"))
+            .and_then(|e| e.as_array())
+        {
+            hosts.extend(
+                listeners
+                    .iter()
+                    .filter_map(|l| l.get("hosts")?.as_array())
+                    .flatten()
+                    .filter_map(|h| h.as_str().map(str::to_string)),
+            );
+        }
+        hosts.extend(
+            self.always
+                .hosts
+                .iter()
+                .filter(|(_, owner, export_to)| host::exported_to(export_to, owner, ns))
+                .map(|(h, _, _)| h.clone()),
+        );
+        hosts.extend(self.ns_pins.iter().chain(&view.pins).map(|p| p.to_string()));
+        for dep in deps.keys() {
+            let namespaces: BTreeSet<&str> = self
+                .index
+                .hosts()
+                .defs(dep)
+                .map(|defs| defs.iter().map(|d| &*d.namespace).collect())
+                .unwrap_or_default();
+            if namespaces.is_empty() {
+                hosts.insert(format!("*/{dep}"));
+            }
+            hosts.extend(namespaces.into_iter().map(|n| format!("{n}/{dep}")));
+        }
+        hosts
+    }
+}
+
+#[cfg(test)]
+mod tests;

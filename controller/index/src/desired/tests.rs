@@ -1,0 +1,639 @@
+use std::collections::BTreeMap;
+
+use serde_json::json;
+
+use super::*;
+use crate::fixtures::*;
+use crate::objects::{Pin, WorkloadKind::*};
+
+const REVIEWS: &str = "reviews.shop.svc.cluster.local";
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+fn egress_of(desired: &Desired, id: &WorkloadId) -> Vec<String> {
+    desired
+        .sidecar_of(id)
+        .map(|s| s.spec.egress.iter().flat_map(|l| l.hosts.clone()).collect())
+        .unwrap_or_default()
+}
+
+fn refusal(id: WorkloadId, reason: RefusalReason) -> Refusal {
+    Refusal {
+        workload: id,
+        reason,
+    }
+}
+
+#[test]
+fn renders_the_whole_sidecar() {
+    let mut index = Index::test();
+    let v2 = mk_outbound(9080, "reviews-v2.shop.svc.cluster.local");
+    index.record_edges(
+        [mk_edge("10.0.0.10", Some("reviews"), &v2, 1_700_000_000)],
+        1_700_000_000,
+    );
+    let desired = desired(&index, &RenderConfig::test());
+
+    let want = Sidecar {
+        api_version: "networking.istio.io/v1".to_string(),
+        kind: "Sidecar".to_string(),
+        metadata: Metadata {
+            name: "lazyxds-deployment-productpage".to_string(),
+            namespace: "shop".to_string(),
+            labels: BTreeMap::from([(
+                "app.kubernetes.io/managed-by".to_string(),
+                "lazyxds".to_string(),
+            )]),
+            annotations: BTreeMap::from([
+                (
+                    "galley.istio.io/analyze-suppress".to_string(),
+                    "IST0002".to_string(),
+                ),
+                (
+                    "lazyxds.io/deps".to_string(),
+                    r#"{"reviews.shop.svc.cluster.local":1700000000}"#.to_string(),
+                ),
+                (
+                    "lazyxds.io/outbound-policy".to_string(),
+                    "ALLOW_ANY".to_string(),
+                ),
+                (
+                    "lazyxds.io/workload".to_string(),
+                    "Deployment/productpage".to_string(),
+                ),
+            ]),
+        },
+        spec: SidecarSpec {
+            workload_selector: Some(WorkloadSelector {
+                labels: mk_labels(&[("app", "productpage")]),
+            }),
+            copied: BTreeMap::new(),
+            egress: vec![EgressListener {
+                hosts: strings(&[
+                    "istio-system/*",
+                    "lazyxds-system/lazyxds-gateway.lazyxds-system.svc.cluster.local",
+                    "shop/postgres.shop.svc.cluster.local",
+                    // The VirtualService's host, not reviews-v2.
+                    "shop/reviews.shop.svc.cluster.local",
+                ]),
+            }],
+            outbound_traffic_policy: Some(OutboundTrafficPolicy {
+                mode: OutboundPolicy::AllowAny,
+                egress_proxy: Some(EgressProxy {
+                    host: GATEWAY.to_string(),
+                    port: PortSelector { number: 8080 },
+                }),
+            }),
+        },
+    };
+    assert_eq!(desired.sidecar_of(&productpage()), Some(&want));
+    assert_eq!(
+        desired.sidecars.keys().cloned().collect::<Vec<_>>(),
+        vec![
+            (
+                "shop".to_string(),
+                "lazyxds-deployment-productpage".to_string()
+            ),
+            (
+                "shop".to_string(),
+                "lazyxds-deployment-reviews-v1".to_string()
+            ),
+            (
+                "shop".to_string(),
+                "lazyxds-deployment-reviews-v2".to_string()
+            ),
+        ],
+        "payments is not opted in"
+    );
+    assert_eq!(desired.refusals, vec![]);
+
+    let yaml = r#"apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata:
+  name: lazyxds-deployment-productpage
+  namespace: shop
+  labels:
+    app.kubernetes.io/managed-by: lazyxds
+  annotations:
+    galley.istio.io/analyze-suppress: IST0002
+    lazyxds.io/deps: '{"reviews.shop.svc.cluster.local":1700000000}'
+    lazyxds.io/outbound-policy: ALLOW_ANY
+    lazyxds.io/workload: Deployment/productpage
+spec:
+  workloadSelector:
+    labels:
+      app: productpage
+  egress:
+  - hosts:
+    - istio-system/*
+    - lazyxds-system/lazyxds-gateway.lazyxds-system.svc.cluster.local
+    - shop/postgres.shop.svc.cluster.local
+    - shop/reviews.shop.svc.cluster.local
+  outboundTrafficPolicy:
+    mode: ALLOW_ANY
+    egressProxy:
+      host: lazyxds-gateway.lazyxds-system.svc.cluster.local
+      port:
+        number: 8080
+"#;
+    assert_eq!(want.to_yaml().as_deref(), Ok(yaml));
+    let back: Sidecar = serde_norway::from_str(yaml).expect("round trip");
+    assert_eq!(back, want);
+    assert_eq!(
+        want.to_json().expect("json")["spec"]["outboundTrafficPolicy"],
+        json!({"mode": "ALLOW_ANY", "egressProxy": {"host": GATEWAY, "port": {"number": 8080}}})
+    );
+}
+
+#[test]
+fn dep_hosts_take_the_namespace_of_every_defining_object() {
+    let mut index = Index::test();
+    index.apply_virtual_service(mk_virtual_service(
+        "frontend",
+        "reviews",
+        &[REVIEWS],
+        &["reviews-v2.shop.svc.cluster.local"],
+    ));
+    index.apply_service_entry(mk_service_entry(
+        "payments",
+        "stripe",
+        &["api.stripe.com"],
+        &[(80, "HTTP")],
+    ));
+    index.apply_service_entry(mk_service_entry(
+        "shop",
+        "stripe",
+        &["api.stripe.com"],
+        &[(80, "HTTP")],
+    ));
+    let edges = [
+        mk_edge(
+            "10.0.0.10",
+            Some("reviews"),
+            &mk_outbound(9080, "reviews-v2.shop.svc.cluster.local"),
+            1,
+        ),
+        mk_edge(
+            "10.0.0.10",
+            Some("api.stripe.com"),
+            "outbound|80||api.stripe.com",
+            1,
+        ),
+        mk_edge("10.0.0.10", None, "outbound|80||unknown.example.com", 1),
+    ];
+    index.record_edges(edges, 1);
+    let desired = desired(&index, &RenderConfig::test());
+    assert_eq!(
+        egress_of(&desired, &productpage()),
+        strings(&[
+            // Only when nothing defines a host: any namespace.
+            "*/unknown.example.com",
+            "frontend/reviews.shop.svc.cluster.local",
+            "istio-system/*",
+            "lazyxds-system/lazyxds-gateway.lazyxds-system.svc.cluster.local",
+            "payments/api.stripe.com",
+            "shop/api.stripe.com",
+            "shop/postgres.shop.svc.cluster.local",
+            "shop/reviews.shop.svc.cluster.local",
+        ])
+    );
+}
+
+#[test]
+fn selector_labels_drop_per_pod_labels() {
+    let cases = [
+        (
+            mk_labels(&[
+                ("app", "db"),
+                ("controller-revision-hash", "db-7f"),
+                ("statefulset.kubernetes.io/pod-name", "db-0"),
+                ("apps.kubernetes.io/pod-index", "0"),
+            ]),
+            mk_labels(&[("app", "db")]),
+        ),
+        (
+            mk_labels(&[
+                ("app", "web"),
+                ("pod-template-hash", "5d4f8"),
+                ("tier", "front"),
+            ]),
+            mk_labels(&[("app", "web"), ("tier", "front")]),
+        ),
+        (mk_labels(&[("pod-template-hash", "5d4f8")]), mk_labels(&[])),
+    ];
+    for (labels, want) in cases {
+        assert_eq!(selector_labels(&labels), want);
+    }
+
+    // A bare ReplicaSet's selector comes from the labels its pods share, stripped.
+    let mut index = Index::test();
+    index.apply_replica_set(mk_replica_set("shop", "batch-rs", None));
+    for (i, ip) in ["10.0.6.1", "10.0.6.2"].into_iter().enumerate() {
+        let name = format!("batch-rs-{i}");
+        let hash = format!("h{i}");
+        let labels = [
+            ("app", "batch"),
+            ("pod-template-hash", hash.as_str()),
+            ("slot", name.as_str()),
+        ];
+        index.apply_pod(mk_pod(
+            "shop",
+            &name,
+            ip,
+            Some(("ReplicaSet", "batch-rs")),
+            &labels,
+        ));
+    }
+    let desired = desired(&index, &RenderConfig::test());
+    let sidecar = desired
+        .sidecar_of(&mk_id(ReplicaSet, "shop", "batch-rs"))
+        .expect("rendered");
+    assert_eq!(
+        sidecar.spec.workload_selector,
+        Some(WorkloadSelector {
+            labels: mk_labels(&[("app", "batch")])
+        })
+    );
+}
+
+#[test]
+fn a_selector_is_never_empty() {
+    let mut index = Index::test();
+    index.apply_pod(mk_pod(
+        "shop",
+        "bare",
+        "10.0.7.1",
+        None,
+        &[("pod-template-hash", "x")],
+    ));
+    index.apply_workload(mk_workload(Deployment, "shop", "unlabelled", &[]));
+    let desired = desired(&index, &RenderConfig::test());
+    assert_eq!(
+        desired.refusals,
+        vec![
+            refusal(
+                mk_id(Deployment, "shop", "unlabelled"),
+                RefusalReason::EmptySelector
+            ),
+            refusal(mk_id(Pod, "shop", "bare"), RefusalReason::EmptySelector),
+        ]
+    );
+    assert!(desired.sidecars.values().all(|s| s
+        .spec
+        .workload_selector
+        .as_ref()
+        .is_some_and(|w| !w.labels.is_empty())));
+}
+
+#[test]
+fn overlapping_selectors_are_refused() {
+    let mut index = Index::default();
+    index.apply_namespace(mk_namespace("shop", Some(true)));
+    // a's selector {app: x} also selects b's pods; b's {app: x, tier: y} only its own.
+    index.apply_workload(mk_workload(Deployment, "shop", "a", &[("app", "x")]));
+    index.apply_workload(mk_workload(
+        Deployment,
+        "shop",
+        "b",
+        &[("app", "x"), ("tier", "y")],
+    ));
+    // c's selector selects a pod that is not c's, even though its template is distinct.
+    index.apply_workload(mk_workload(StatefulSet, "shop", "c", &[("app", "c")]));
+    let mut stray = mk_pod(
+        "shop",
+        "stray",
+        "10.0.8.1",
+        None,
+        &[("app", "c"), ("debug", "1")],
+    );
+    stray.annotations.enabled = Some(false);
+    index.apply_pod(stray);
+    let desired = desired(&index, &RenderConfig::test());
+    assert_eq!(
+        desired.refusals,
+        vec![
+            refusal(
+                mk_id(Deployment, "shop", "a"),
+                RefusalReason::SelectsOtherWorkload {
+                    other: mk_id(Deployment, "shop", "b")
+                }
+            ),
+            refusal(
+                mk_id(StatefulSet, "shop", "c"),
+                RefusalReason::SelectsOtherWorkload {
+                    other: mk_id(Pod, "shop", "stray")
+                }
+            ),
+        ]
+    );
+    assert_eq!(
+        desired
+            .sidecars
+            .keys()
+            .map(|(_, n)| n.as_str())
+            .collect::<Vec<_>>(),
+        vec!["lazyxds-deployment-b"]
+    );
+    assert_eq!(
+        desired.refusals[1].reason.to_string(),
+        "its selector also selects pods of Pod shop/stray"
+    );
+}
+
+#[test]
+fn user_sidecars_with_selectors_win() {
+    let mut index = Index::test();
+    index.apply_sidecar(mk_user_sidecar(
+        "shop",
+        "pin-v1",
+        json!({"workloadSelector": {"labels": {"version": "v1"}}, "egress": [{"hosts": ["*/*"]}]}),
+    ));
+    index.apply_sidecar(mk_user_sidecar(
+        "shop",
+        "nobody",
+        json!({"workloadSelector": {"labels": {"app": "none"}}}),
+    ));
+    let desired = desired(&index, &RenderConfig::test());
+    assert_eq!(
+        desired.refusals,
+        vec![refusal(
+            mk_id(Deployment, "shop", "reviews-v1"),
+            RefusalReason::UserSidecar {
+                name: "pin-v1".to_string()
+            }
+        )]
+    );
+    assert_eq!(desired.sidecars.len(), 2);
+}
+
+#[test]
+fn namespace_defaults_are_copied() {
+    let root_default = json!({
+        "egress": [{"hosts": ["istio-system/*", "monitoring/*"]}],
+        "outboundTrafficPolicy": {"mode": "REGISTRY_ONLY"},
+    });
+    let shop_default = json!({
+        "egress": [{"hosts": ["./*"]}, {"port": {"number": 5432, "protocol": "TCP"}, "hosts": ["payments/*"]}],
+        "ingress": [{"port": {"number": 9080, "protocol": "HTTP", "name": "http"}, "defaultEndpoint": "127.0.0.1:9080"}],
+        "inboundConnectionPool": {"http": {"http1MaxPendingRequests": 1024}},
+        "outboundTrafficPolicy": {"mode": "ALLOW_ANY"},
+    });
+    // (namespace default, root default, hosts copied, copied fields, effective policy)
+    let cases = [
+        (None, None, vec![], vec![], "ALLOW_ANY"),
+        (
+            None,
+            Some(&root_default),
+            vec!["monitoring/*"],
+            vec![],
+            "REGISTRY_ONLY",
+        ),
+        (
+            Some(&shop_default),
+            Some(&root_default),
+            vec!["./*", "payments/*"],
+            vec!["inboundConnectionPool", "ingress"],
+            "ALLOW_ANY",
+        ),
+    ];
+    for (ns_default, root, copied_hosts, copied_fields, policy) in cases {
+        let mut index = Index::test();
+        if let Some(spec) = root {
+            index.apply_sidecar(mk_user_sidecar("istio-system", "default", spec.clone()));
+        }
+        if let Some(spec) = ns_default {
+            index.apply_sidecar(mk_user_sidecar("shop", "default", spec.clone()));
+        }
+        let desired = desired(&index, &RenderConfig::test());
+        let sidecar = desired.sidecar_of(&productpage()).expect("rendered");
+        let mut want_hosts = strings(&[
+            "istio-system/*",
+            "lazyxds-system/lazyxds-gateway.lazyxds-system.svc.cluster.local",
+            "shop/postgres.shop.svc.cluster.local",
+        ]);
+        want_hosts.extend(strings(&copied_hosts));
+        want_hosts.sort();
+        assert_eq!(
+            egress_of(&desired, &productpage()),
+            want_hosts,
+            "{ns_default:?}"
+        );
+        assert_eq!(
+            sidecar.spec.copied.keys().collect::<Vec<_>>(),
+            copied_fields,
+            "{ns_default:?}"
+        );
+        if let Some(spec) = ns_default {
+            assert_eq!(sidecar.spec.copied["ingress"], spec["ingress"]);
+        }
+        assert_eq!(
+            sidecar.metadata.annotations["lazyxds.io/outbound-policy"],
+            policy
+        );
+        // The Sidecar itself is always ALLOW_ANY: egressProxy requires it.
+        assert_eq!(
+            sidecar
+                .spec
+                .outbound_traffic_policy
+                .as_ref()
+                .map(|p| p.mode),
+            Some(OutboundPolicy::AllowAny)
+        );
+    }
+
+    // Without any default, the mesh's mode is the effective one.
+    let config = RenderConfig {
+        mesh_outbound_policy: OutboundPolicy::RegistryOnly,
+        ..RenderConfig::test()
+    };
+    let desired = desired(&Index::test(), &config);
+    let sidecar = desired.sidecar_of(&productpage()).expect("rendered");
+    assert_eq!(
+        sidecar.metadata.annotations["lazyxds.io/outbound-policy"],
+        "REGISTRY_ONLY"
+    );
+}
+
+#[test]
+fn opaque_services_are_always_visible() {
+    let mut index = Index::test();
+    let mut mixed = mk_service(
+        "shop",
+        "mixed",
+        &[("app", "mixed")],
+        &[(9080, "http"), (6379, "redis")],
+    );
+    mixed.ports[1].app_protocol = Some("redis".to_string());
+    index.apply_service(mixed);
+    index.apply_service(mk_service(
+        "shop",
+        "sniffed",
+        &[("app", "s")],
+        &[(7000, "")],
+    ));
+    index.apply_service(mk_service("shop", "dns", &[("app", "dns")], &[(53, "")]));
+    let mut private = mk_service("payments", "vault", &[("app", "vault")], &[(8200, "tls")]);
+    private.export_to = strings(&["."]);
+    index.apply_service(private);
+    index.apply_service(mk_service(
+        "payments",
+        "mq",
+        &[("app", "mq")],
+        &[(5672, "amqp-tcp"), (5671, "tcp-amqps")],
+    ));
+    index.apply_service_entry(mk_service_entry(
+        "payments",
+        "stripe",
+        &["api.stripe.com"],
+        &[(443, "HTTPS")],
+    ));
+    index.apply_service_entry(mk_service_entry(
+        "payments",
+        "plain",
+        &["plain.example.com"],
+        &[(80, "HTTP"), (443, "TLS")],
+    ));
+    let desired = desired(&index, &RenderConfig::test());
+    assert_eq!(
+        egress_of(&desired, &productpage()),
+        strings(&[
+            "istio-system/*",
+            "lazyxds-system/lazyxds-gateway.lazyxds-system.svc.cluster.local",
+            "payments/api.stripe.com",
+            "shop/dns.shop.svc.cluster.local",
+            "shop/postgres.shop.svc.cluster.local",
+        ]),
+        "amqp-tcp is sniffed (prefix amqp), vault is not exported to shop"
+    );
+}
+
+#[test]
+fn pins_are_always_included() {
+    let mut index = Index::test();
+    let mut shop = mk_namespace("shop", Some(true));
+    shop.annotations.pins = vec!["payments/payments.payments.svc.cluster.local"
+        .parse::<Pin>()
+        .expect("pin")];
+    index.apply_namespace(shop);
+    let mut w = mk_workload(Deployment, "shop", "productpage", &[("app", "productpage")]);
+    w.template_annotations.pins = vec!["*/api.stripe.com".parse::<Pin>().expect("pin")];
+    index.apply_workload(w);
+    let desired = desired(&index, &RenderConfig::test());
+    assert_eq!(
+        egress_of(&desired, &productpage()),
+        strings(&[
+            "*/api.stripe.com",
+            "istio-system/*",
+            "lazyxds-system/lazyxds-gateway.lazyxds-system.svc.cluster.local",
+            "payments/payments.payments.svc.cluster.local",
+            "shop/postgres.shop.svc.cluster.local",
+        ])
+    );
+    assert_eq!(
+        egress_of(&desired, &mk_id(Deployment, "shop", "reviews-v1")).len(),
+        4,
+        "namespace pins reach every workload"
+    );
+}
+
+#[test]
+fn the_host_cap_refuses() {
+    let config = RenderConfig {
+        max_hosts_per_sidecar: 4,
+        ..RenderConfig::test()
+    };
+    let mut index = Index::test();
+    let edges = ["a.example.com", "b.example.com"]
+        .map(|h| mk_edge("10.0.0.10", None, &mk_outbound(80, h), 1));
+    index.record_edges(edges, 1);
+    let out = desired(&index, &config);
+    let want = refusal(
+        productpage(),
+        RefusalReason::HostCap {
+            cap: 4,
+            hosts: 5,
+            truncated: false,
+        },
+    );
+    assert_eq!(out.refusals, vec![want.clone()]);
+    assert_eq!(want.reason.to_string(), "host cap 4 reached (5 hosts)");
+    assert_eq!(out.sidecar_of(&productpage()), None);
+
+    // Deps dropped at the index's cap refuse even below the render cap.
+    let mut index = Index::new(crate::IndexConfig {
+        max_deps_per_workload: 1,
+        ..Default::default()
+    });
+    index.apply_namespace(mk_namespace("shop", Some(true)));
+    mk_deployment(&mut index, "shop", "productpage", "10.0.0.10");
+    index.record_edges(
+        ["a.example.com", "b.example.com"]
+            .map(|h| mk_edge("10.0.0.10", None, &mk_outbound(80, h), 1)),
+        1,
+    );
+    let desired = desired(&index, &RenderConfig::test());
+    let reason = RefusalReason::HostCap {
+        cap: 1000,
+        hosts: 3,
+        truncated: true,
+    };
+    assert_eq!(
+        desired.refusals,
+        vec![refusal(productpage(), reason.clone())]
+    );
+    assert_eq!(reason.to_string(), "host cap 1000 reached (3+ hosts)");
+}
+
+#[test]
+fn system_namespaces_are_never_scoped() {
+    let mut index = Index::default();
+    for ns in ["istio-system", "lazyxds-system"] {
+        index.apply_namespace(mk_namespace(ns, Some(true)));
+        index.apply_workload(mk_workload(Deployment, ns, "x", &[("app", "x")]));
+    }
+    let desired = desired(&index, &RenderConfig::test());
+    assert_eq!(
+        desired.refusals,
+        ["istio-system", "lazyxds-system"]
+            .map(|ns| refusal(
+                mk_id(Deployment, ns, "x"),
+                RefusalReason::ExcludedNamespace {
+                    namespace: ns.to_string()
+                }
+            ))
+            .to_vec()
+    );
+}
+
+#[test]
+fn sidecar_names() {
+    let long = "w".repeat(250);
+    let cases = [
+        (
+            mk_id(Deployment, "shop", "cart"),
+            "lazyxds-deployment-cart".to_string(),
+        ),
+        (
+            mk_id(StatefulSet, "shop", "db"),
+            "lazyxds-statefulset-db".to_string(),
+        ),
+        (
+            mk_id(CronJob, "shop", "nightly"),
+            "lazyxds-cronjob-nightly".to_string(),
+        ),
+        (
+            mk_id(Pod, "shop", &long),
+            format!(
+                "lazyxds-pod-{}-{:08x}",
+                "w".repeat(232),
+                crate::host::fnv1a64(format!("lazyxds-pod-{long}").as_bytes()) as u32
+            ),
+        ),
+    ];
+    for (id, want) in cases {
+        assert_eq!(sidecar_name(&id), want);
+        assert!(want.len() <= 253);
+    }
+}

@@ -1,0 +1,229 @@
+//! Host names: FQDN expansion, Istio's host matching, exportTo, SPIFFE ids, object names.
+
+pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
+
+/// `name.ns.svc.<domain>`.
+pub fn service_fqdn(name: &str, namespace: &str, cluster_domain: &str) -> String {
+    format!("{name}.{namespace}.svc.{cluster_domain}")
+}
+
+/// The FQDN a requested host means from a pod in `src_ns`, following the pod's DNS search
+/// path: `reviews` → `reviews.<src_ns>.svc.<domain>`, `reviews.ns` → `reviews.ns.svc.<domain>`,
+/// `reviews.ns.svc` → `reviews.ns.svc.<domain>`. `None` when the host is not such a
+/// short name (an FQDN, an external name, an IP).
+pub fn expand_requested(host: &str, src_ns: &str, cluster_domain: &str) -> Option<String> {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.is_empty() || host.parse::<std::net::IpAddr>().is_ok() {
+        return None;
+    }
+    let mut labels = host.split('.');
+    let (first, second, third) = (labels.next(), labels.next(), labels.next());
+    match (first, second, third, labels.next()) {
+        (Some(_), None, None, None) => Some(format!("{host}.{src_ns}.svc.{cluster_domain}")),
+        (Some(_), Some(_), None, None) => Some(format!("{host}.svc.{cluster_domain}")),
+        (Some(_), Some(_), Some("svc"), None) => Some(format!("{host}.{cluster_domain}")),
+        _ => None,
+    }
+}
+
+/// Istio's resolution of a VirtualService host: a name without a dot is relative to the
+/// VS namespace; anything else (FQDN, `*.example.com`, `*`) is as written.
+pub fn resolve_config_host(host: &str, config_ns: &str, cluster_domain: &str) -> String {
+    if host.contains('.') || host.contains('*') {
+        host.to_string()
+    } else {
+        service_fqdn(host, config_ns, cluster_domain)
+    }
+}
+
+/// Whether `pattern` (`*`, `*.suffix` or exact) covers `host`.
+pub fn matches(pattern: &str, host: &str) -> bool {
+    match pattern.strip_prefix('*') {
+        Some("") => true,
+        Some(suffix) => host.len() > suffix.len() && host.ends_with(suffix),
+        None => pattern == host,
+    }
+}
+
+/// Whether an object with this `exportTo` (empty = everywhere) is visible from `to_ns`.
+pub fn exported_to(export_to: &[String], own_ns: &str, to_ns: &str) -> bool {
+    export_to.is_empty()
+        || export_to
+            .iter()
+            .any(|e| e == "*" || e == to_ns || (e == "." && own_ns == to_ns))
+}
+
+/// `(namespace, service account)` of `spiffe://<trust domain>/ns/<ns>/sa/<sa>`.
+pub fn parse_spiffe(principal: &str) -> Option<(&str, &str)> {
+    let rest = principal.strip_prefix("spiffe://")?;
+    let (_trust_domain, path) = rest.split_once('/')?;
+    let mut parts = path.split('/');
+    match (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) {
+        (Some("ns"), Some(ns), Some("sa"), Some(sa), None) if !ns.is_empty() && !sa.is_empty() => {
+            Some((ns, sa))
+        }
+        _ => None,
+    }
+}
+
+/// FNV-1a, 64 bit: a hash that is stable across Rust releases (names must not change).
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// Longest Kubernetes object name (DNS-1123 subdomain).
+pub const MAX_NAME: usize = 253;
+
+/// `prefix` + `name` as a valid DNS-1123 subdomain of at most 253 bytes; when too long,
+/// truncated and suffixed with a hash of the whole name so distinct names stay distinct.
+pub fn object_name(prefix: &str, name: &str) -> String {
+    let full: String = format!("{prefix}{name}")
+        .chars()
+        .map(|c| match c.to_ascii_lowercase() {
+            c @ ('a'..='z' | '0'..='9' | '-' | '.') => c,
+            _ => '-',
+        })
+        .collect();
+    if full.len() <= MAX_NAME {
+        return full;
+    }
+    let hash = format!("{:08x}", fnv1a64(full.as_bytes()) as u32);
+    let keep = &full[..MAX_NAME - hash.len() - 1];
+    // A label must end with an alphanumeric.
+    let keep = keep.trim_end_matches(['-', '.']);
+    format!("{keep}-{hash}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expands_short_names_like_the_dns_search_path() {
+        let cases = [
+            ("reviews", Some("reviews.shop.svc.cluster.local")),
+            ("reviews.", Some("reviews.shop.svc.cluster.local")),
+            (
+                "reviews.payments",
+                Some("reviews.payments.svc.cluster.local"),
+            ),
+            (
+                "reviews.payments.svc",
+                Some("reviews.payments.svc.cluster.local"),
+            ),
+            ("reviews.payments.svc.cluster.local", None),
+            ("api.stripe.com", None),
+            ("a.b.c.d", None),
+            ("10.0.0.1", None),
+            ("::1", None),
+            ("", None),
+        ];
+        for (host, want) in cases {
+            assert_eq!(
+                expand_requested(host, "shop", DEFAULT_CLUSTER_DOMAIN).as_deref(),
+                want,
+                "{host}"
+            );
+        }
+    }
+
+    #[test]
+    fn config_hosts_resolve_like_istio() {
+        let cases = [
+            ("reviews", "reviews.shop.svc.cluster.local"),
+            ("reviews.other", "reviews.other"),
+            ("*.example.com", "*.example.com"),
+            ("*", "*"),
+        ];
+        for (host, want) in cases {
+            assert_eq!(resolve_config_host(host, "shop", "cluster.local"), want);
+        }
+    }
+
+    #[test]
+    fn wildcard_matching() {
+        let cases = [
+            ("*", "a.b", true),
+            ("*.example.com", "api.example.com", true),
+            ("*.example.com", "example.com", false),
+            ("*.example.com", "a.b.example.com", true),
+            ("api.example.com", "api.example.com", true),
+            ("api.example.com", "x.example.com", false),
+        ];
+        for (pattern, host, want) in cases {
+            assert_eq!(matches(pattern, host), want, "{pattern} {host}");
+        }
+    }
+
+    #[test]
+    fn export_to() {
+        let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let cases = [
+            (s(&[]), "a", "b", true),
+            (s(&["*"]), "a", "b", true),
+            (s(&["."]), "a", "a", true),
+            (s(&["."]), "a", "b", false),
+            (s(&["~"]), "a", "a", false),
+            (s(&["b", "c"]), "a", "c", true),
+            (s(&["b"]), "a", "a", false),
+        ];
+        for (export, own, to, want) in cases {
+            assert_eq!(exported_to(&export, own, to), want, "{export:?} {own} {to}");
+        }
+    }
+
+    #[test]
+    fn spiffe_ids() {
+        let cases = [
+            (
+                "spiffe://cluster.local/ns/shop/sa/cart",
+                Some(("shop", "cart")),
+            ),
+            ("spiffe://td/ns/a/sa/b/extra", None),
+            ("spiffe://td/ns//sa/b", None),
+            ("spiffe://td/sa/b/ns/a", None),
+            ("https://td/ns/a/sa/b", None),
+            ("spiffe://td", None),
+        ];
+        for (principal, want) in cases {
+            assert_eq!(parse_spiffe(principal), want, "{principal}");
+        }
+    }
+
+    #[test]
+    fn object_names_are_valid_and_bounded() {
+        assert_eq!(
+            object_name("lazyxds-deployment-", "cart"),
+            "lazyxds-deployment-cart"
+        );
+        assert_eq!(
+            object_name("lazyxds-pod-", "Web_1"),
+            "lazyxds-pod-web-1",
+            "upper case and underscores are not DNS-1123"
+        );
+        let long = format!("{}.{}", "a".repeat(200), "b".repeat(52));
+        let name = object_name("lazyxds-statefulset-", &long);
+        assert_eq!(name.len(), MAX_NAME);
+        assert!(name.starts_with("lazyxds-statefulset-aaaa"));
+        let other = object_name("lazyxds-statefulset-", &format!("{long}x"));
+        assert_ne!(name, other, "the hash keeps truncated names distinct");
+        // Truncation right after a `.` or `-` must not leave it before the hash.
+        let dotted = format!("{}.{}", "a".repeat(224), "b".repeat(40));
+        let name = object_name("lazyxds-deployment-", &dotted);
+        assert!(!name.contains(".-") && !name.contains("--"), "{name}");
+    }
+
+    #[test]
+    fn fnv_is_the_reference_function() {
+        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+}

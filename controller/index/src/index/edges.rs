@@ -1,0 +1,269 @@
+//! Edges in: attribution to a workload, dependency host, last-seen; holding edges from
+//! IPs the pod watch has not shown yet; TTL expiry.
+
+use std::collections::BTreeSet;
+use std::mem;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use super::Index;
+use crate::host;
+use crate::objects::WorkloadId;
+
+/// How long a closed holder of an IP is remembered (edges can be reported late, after a
+/// gateway outage).
+const IP_HISTORY_RETENTION_S: u64 = 600;
+/// Clock skew tolerated between the gateway's last-seen and a pod's start time, for the
+/// first known holder of an IP.
+const START_SKEW_S: u64 = 5;
+
+/// One edge as the gateway reported it (the gRPC edge sink produces exactly this).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ObservedEdge {
+    pub source_ip: IpAddr,
+    /// The requested `:authority` without port, lower-case: `reviews`, `reviews.ns`, an
+    /// FQDN or an IP.
+    pub host: Option<Arc<str>>,
+    /// The cluster Envoy routed to.
+    pub cluster: Arc<str>,
+    /// The verified peer identity (`spiffe://<td>/ns/<ns>/sa/<sa>`), when mTLS.
+    pub principal: Option<Arc<str>>,
+    pub requests: u64,
+    pub last_seen_unix_s: u64,
+}
+
+#[derive(Debug)]
+pub(super) struct Held {
+    edge: ObservedEdge,
+    deadline: u64,
+}
+
+enum Source {
+    Workload(WorkloadId),
+    Unknown,
+    HostNetwork,
+    Mismatch,
+}
+
+impl Index {
+    /// Records edges seen at the gateway at `now` (unix seconds). Returns the opted-in
+    /// workloads whose Sidecar changes (a new dep, or a last-seen that moved more than
+    /// ttl/10): steady traffic returns nothing.
+    pub fn record_edges(
+        &mut self,
+        edges: impl IntoIterator<Item = ObservedEdge>,
+        now: u64,
+    ) -> BTreeSet<WorkloadId> {
+        self.advance_clock(now);
+        let mut changed = BTreeSet::new();
+        for edge in edges {
+            self.counters.edges += 1;
+            self.counters.requests += edge.requests;
+            if let Some(edge) = self.ingest(edge, now, &mut changed) {
+                self.hold(edge, now);
+            }
+        }
+        changed
+    }
+
+    /// Moves time to `now`: retries held edges (dropping those past their hold), expires
+    /// deps older than the TTL, forgets old IP holders. Returns workloads whose Sidecar
+    /// changes.
+    pub fn tick(&mut self, now: u64) -> BTreeSet<WorkloadId> {
+        self.advance_clock(now);
+        let mut changed = BTreeSet::new();
+        for held in mem::take(&mut self.held) {
+            match self.ingest(held.edge, now, &mut changed) {
+                None => self.counters.held_attributed += 1,
+                Some(_) if now >= held.deadline => self.counters.unknown_dropped += 1,
+                Some(edge) => self.held.push_back(Held {
+                    edge,
+                    deadline: held.deadline,
+                }),
+            }
+        }
+        if now >= self.next_expiry {
+            self.expire(now, &mut changed);
+        }
+        if now >= self.next_prune {
+            self.prune_ip_history(now);
+            self.next_prune = now + IP_HISTORY_RETENTION_S / 10;
+        }
+        changed
+    }
+
+    fn hold(&mut self, edge: ObservedEdge, now: u64) {
+        if self.held.len() >= self.config.max_held_edges {
+            self.counters.hold_overflow += 1;
+            return;
+        }
+        self.counters.held += 1;
+        self.held.push_back(Held {
+            edge,
+            deadline: now + self.config.hold.as_secs(),
+        });
+    }
+
+    /// Takes in one edge; gives it back when its source is not known yet.
+    fn ingest(
+        &mut self,
+        edge: ObservedEdge,
+        now: u64,
+        changed: &mut BTreeSet<WorkloadId>,
+    ) -> Option<ObservedEdge> {
+        // Cheap pre-check so non-edges are never held; malformed ones fail in resolve.
+        if !edge.cluster.starts_with("outbound|") {
+            self.counters.non_outbound += 1;
+            return None;
+        }
+        let ttl = self.config.ttl.map(|t| t.as_secs());
+        if ttl.is_some_and(|ttl| edge.last_seen_unix_s.saturating_add(ttl) < now) {
+            self.counters.stale += 1;
+            return None;
+        }
+        let id = match self.attribute(&edge) {
+            Source::Workload(id) => id,
+            Source::Unknown => return Some(edge),
+            Source::HostNetwork => {
+                self.counters.host_network += 1;
+                return None;
+            }
+            Source::Mismatch => {
+                self.counters.principal_mismatch += 1;
+                return None;
+            }
+        };
+        let Some(dep) = self.hosts.resolve(
+            &id.namespace,
+            edge.host.as_deref(),
+            &edge.cluster,
+            &self.config.cluster_domain,
+        ) else {
+            self.counters.non_outbound += 1;
+            return None;
+        };
+        if self.record_dep(&id, dep, edge.last_seen_unix_s) && self.is_enabled(&id) {
+            changed.insert(id);
+        }
+        None
+    }
+
+    /// Stores a dep; true when the Sidecar changes.
+    fn record_dep(&mut self, id: &WorkloadId, dep: Arc<str>, seen: u64) -> bool {
+        let ttl = self.config.ttl.map(|t| t.as_secs());
+        let cap = self.config.max_deps_per_workload;
+        let deps = match self.deps.get_mut(id) {
+            Some(d) => d,
+            None => self.deps.entry(id.clone()).or_default(),
+        };
+        let full = deps.deps.len() >= cap;
+        match deps.deps.get_mut(&*dep) {
+            Some(stored) => {
+                // Only first sighting matters without TTL; with it, move coarsely so
+                // last-seen alone rarely causes a write.
+                let Some(ttl) = ttl else { return false };
+                if seen <= stored.saturating_add(ttl / 10) {
+                    return false;
+                }
+                *stored = seen;
+                self.counters.deps_refreshed += 1;
+                self.next_expiry = self.next_expiry.min(expiry_at(seen, ttl));
+                true
+            }
+            None if full => {
+                self.counters.deps_over_cap += 1;
+                !mem::replace(&mut deps.over_cap, true)
+            }
+            None => {
+                deps.deps.insert(dep, seen);
+                self.counters.deps_added += 1;
+                if let Some(ttl) = ttl {
+                    self.next_expiry = self.next_expiry.min(expiry_at(seen, ttl));
+                }
+                true
+            }
+        }
+    }
+
+    /// The workload of the pod holding the edge's IP at its last-seen time.
+    fn attribute(&self, edge: &ObservedEdge) -> Source {
+        if self.host_network_ips.contains_key(&edge.source_ip) {
+            return Source::HostNetwork;
+        }
+        let Some(holders) = self.ips.get(&edge.source_ip) else {
+            return Source::Unknown;
+        };
+        let t = edge.last_seen_unix_s;
+        let found = holders
+            .iter()
+            .rev()
+            .find(|h| h.from <= t && h.until.is_none_or(|u| t < u))
+            .or_else(|| {
+                // Slightly before the first known holder started: clock skew.
+                holders
+                    .first()
+                    .filter(|h| t < h.from && h.from - t <= START_SKEW_S)
+            });
+        let Some(holder) = found else {
+            return Source::Unknown;
+        };
+        let pod = &holder.pod;
+        if let Some(principal) = &edge.principal {
+            match host::parse_spiffe(principal) {
+                Some((ns, sa)) if ns == &*pod.namespace && sa == &*pod.service_account => {}
+                _ => return Source::Mismatch,
+            }
+        }
+        match self.workload_of(pod) {
+            Some(id) => Source::Workload(id),
+            None => Source::Unknown,
+        }
+    }
+
+    fn expire(&mut self, now: u64, changed: &mut BTreeSet<WorkloadId>) {
+        let Some(ttl) = self.config.ttl.map(|t| t.as_secs()) else {
+            self.next_expiry = u64::MAX;
+            return;
+        };
+        let mut next = u64::MAX;
+        let mut expired_for = Vec::new();
+        for (id, wd) in self.deps.iter_mut() {
+            let before = wd.deps.len();
+            wd.deps.retain(|_, seen| {
+                let at = expiry_at(*seen, ttl);
+                if at > now {
+                    next = next.min(at);
+                }
+                at > now
+            });
+            let expired = before - wd.deps.len();
+            if expired > 0 {
+                self.counters.deps_expired += expired as u64;
+                // Re-learned through the gateway; the cap frees up again.
+                wd.over_cap = false;
+                expired_for.push(id.clone());
+            }
+        }
+        self.deps.retain(|_, wd| !wd.deps.is_empty() || wd.over_cap);
+        // A sweep visits every dep: at most one per 1% of the TTL.
+        self.next_expiry = next.max(now.saturating_add((ttl / 100).max(1)));
+        for id in expired_for {
+            if self.is_enabled(&id) {
+                changed.insert(id);
+            }
+        }
+    }
+
+    fn prune_ip_history(&mut self, now: u64) {
+        let horizon = now.saturating_sub(IP_HISTORY_RETENTION_S);
+        self.ips.retain(|_, holders| {
+            holders.retain(|h| h.until.is_none_or(|u| u >= horizon));
+            !holders.is_empty()
+        });
+    }
+}
+
+/// The first moment a dep last seen at `seen` is expired (older than the TTL).
+pub(super) fn expiry_at(seen: u64, ttl: u64) -> u64 {
+    seen.saturating_add(ttl).saturating_add(1)
+}

@@ -1,0 +1,663 @@
+//! The controller's in-memory state: watched objects (projected), pods by IP, which config
+//! defines which host, and the learned dependencies of every workload.
+//!
+//! Watch events are plain sync calls (`apply_*`, `delete_*`, `reset_*` per kind, like
+//! kubert's index); edges come in through [`Index::record_edges`]; time moves only through
+//! the `now` the caller passes (`record_edges`, [`Index::tick`]).
+
+mod edges;
+pub(crate) mod hosts;
+mod workloads;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hashbrown::HashMap;
+use serde::Serialize;
+
+use crate::host::{self, DEFAULT_CLUSTER_DOMAIN};
+use crate::objects::{
+    Job, Namespace, Pod, ReplicaSet, Service, ServiceEntry, SidecarObject, VirtualService,
+    WorkloadId, WorkloadKind, WorkloadObject,
+};
+
+pub use edges::ObservedEdge;
+pub(crate) use workloads::WorkloadView;
+
+use hosts::{DefKind, HostDef, HostTable};
+
+pub const DEFAULT_HOLD: Duration = Duration::from_secs(10);
+pub const DEFAULT_MAX_HELD_EDGES: usize = 100_000;
+pub const DEFAULT_MAX_DEPS_PER_WORKLOAD: usize = 1000;
+pub const DEFAULT_IP_HISTORY: usize = 4;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexConfig {
+    /// The mesh's DNS suffix (`cluster.local`).
+    pub cluster_domain: String,
+    /// Forget a dependency not seen at the gateway for this long (off by default).
+    pub ttl: Option<Duration>,
+    /// How long an edge from an unknown IP waits for the pod watch to catch up.
+    pub hold: Duration,
+    /// Bound on edges waiting for their pod.
+    pub max_held_edges: usize,
+    /// Learned deps kept per workload; beyond it the workload is refused (host cap).
+    pub max_deps_per_workload: usize,
+    /// Past holders remembered per IP, for edges reported after the IP was reused.
+    pub ip_history: usize,
+}
+
+impl Default for IndexConfig {
+    fn default() -> Self {
+        IndexConfig {
+            cluster_domain: DEFAULT_CLUSTER_DOMAIN.to_string(),
+            ttl: None,
+            hold: DEFAULT_HOLD,
+            max_held_edges: DEFAULT_MAX_HELD_EDGES,
+            max_deps_per_workload: DEFAULT_MAX_DEPS_PER_WORKLOAD,
+            ip_history: DEFAULT_IP_HISTORY,
+        }
+    }
+}
+
+/// What happened to edges, for metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Counters {
+    /// Every edge passed to `record_edges`.
+    pub edges: u64,
+    /// Sum of their request counts.
+    pub requests: u64,
+    /// Cluster not `outbound|...` (passthrough, inbound, black hole, malformed).
+    pub non_outbound: u64,
+    /// From a host-network pod's IP (the node's): never attributed.
+    pub host_network: u64,
+    /// The peer principal names another namespace/service account than the IP's pod.
+    pub principal_mismatch: u64,
+    /// Edges put on hold because their IP (or its owner chain) was unknown.
+    pub held: u64,
+    /// Held edges attributed later.
+    pub held_attributed: u64,
+    /// Held edges whose hold expired: dropped.
+    pub unknown_dropped: u64,
+    /// Edges from unknown IPs dropped because the hold buffer was full.
+    pub hold_overflow: u64,
+    /// Edges older than the TTL when they arrived.
+    pub stale: u64,
+    /// New deps not stored because the workload had `max_deps_per_workload`.
+    pub deps_over_cap: u64,
+    pub deps_added: u64,
+    /// Stored last-seen moved forward (more than ttl/10).
+    pub deps_refreshed: u64,
+    pub deps_expired: u64,
+    /// Deps merged in from our Sidecars' annotations.
+    pub deps_restored: u64,
+}
+
+/// One past or present holder of an IP.
+#[derive(Debug, Clone)]
+struct Holder {
+    pod: Arc<Pod>,
+    from: u64,
+    /// `None` while the pod holds the IP.
+    until: Option<u64>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct WorkloadDeps {
+    pub deps: HashMap<Arc<str>, u64>,
+    /// A new dep was dropped at the cap: the workload is refused until deps expire.
+    pub over_cap: bool,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct NsState {
+    pub object: Option<Namespace>,
+    pub pods: BTreeMap<Arc<str>, Arc<Pod>>,
+    pub replica_sets: HashMap<Arc<str>, ReplicaSet>,
+    pub jobs: HashMap<Arc<str>, Job>,
+    pub workloads: BTreeMap<(WorkloadKind, Arc<str>), WorkloadObject>,
+    pub services: BTreeMap<Arc<str>, Service>,
+    pub service_entries: BTreeMap<Arc<str>, ServiceEntry>,
+    pub virtual_services: BTreeMap<Arc<str>, VirtualService>,
+    pub sidecars: BTreeMap<Arc<str>, SidecarObject>,
+}
+
+#[derive(Debug)]
+pub struct Index {
+    config: IndexConfig,
+    /// The latest `now` seen; closes an IP's holder when its pod is deleted.
+    clock: u64,
+    namespaces: HashMap<Arc<str>, NsState>,
+    ips: HashMap<IpAddr, Vec<Holder>>,
+    /// Node IPs of host-network pods (refcounted): edges from them are counted, not held.
+    host_network_ips: HashMap<IpAddr, u32>,
+    hosts: HostTable,
+    deps: HashMap<WorkloadId, WorkloadDeps>,
+    held: VecDeque<edges::Held>,
+    counters: Counters,
+    /// Earliest moment a dep can expire (`u64::MAX`: none).
+    next_expiry: u64,
+    next_prune: u64,
+}
+
+impl Default for Index {
+    fn default() -> Self {
+        Index::new(IndexConfig::default())
+    }
+}
+
+impl Index {
+    pub fn new(config: IndexConfig) -> Self {
+        Index {
+            config,
+            clock: 0,
+            namespaces: HashMap::new(),
+            ips: HashMap::new(),
+            host_network_ips: HashMap::new(),
+            hosts: HostTable::default(),
+            deps: HashMap::new(),
+            held: VecDeque::new(),
+            counters: Counters::default(),
+            next_expiry: u64::MAX,
+            next_prune: 0,
+        }
+    }
+
+    pub fn config(&self) -> &IndexConfig {
+        &self.config
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Edges currently waiting for their pod.
+    pub fn held_len(&self) -> usize {
+        self.held.len()
+    }
+
+    fn ns_mut(&mut self, ns: &str) -> &mut NsState {
+        self.namespaces.entry_ref(ns).or_default()
+    }
+
+    pub(crate) fn ns(&self, ns: &str) -> Option<&NsState> {
+        self.namespaces.get(ns)
+    }
+
+    /// Namespaces with any object, sorted.
+    pub(crate) fn namespace_names(&self) -> Vec<&Arc<str>> {
+        let mut names: Vec<_> = self.namespaces.keys().collect();
+        names.sort();
+        names
+    }
+
+    pub(crate) fn hosts(&self) -> &HostTable {
+        &self.hosts
+    }
+
+    fn advance_clock(&mut self, now: u64) {
+        self.clock = self.clock.max(now);
+    }
+
+    // ---- Namespaces ----------------------------------------------------------------
+
+    pub fn apply_namespace(&mut self, ns: Namespace) {
+        let name = ns.name.clone();
+        self.ns_mut(&name).object = Some(ns);
+    }
+
+    pub fn delete_namespace(&mut self, name: &str) {
+        if let Some(state) = self.namespaces.get_mut(name) {
+            state.object = None;
+        }
+    }
+
+    pub fn reset_namespaces(&mut self, namespaces: Vec<Namespace>) {
+        for state in self.namespaces.values_mut() {
+            state.object = None;
+        }
+        for ns in namespaces {
+            self.apply_namespace(ns);
+        }
+    }
+
+    // ---- Pods ----------------------------------------------------------------------
+
+    pub fn apply_pod(&mut self, pod: Pod) {
+        let pod = Arc::new(pod);
+        let old = self
+            .ns_mut(&pod.namespace)
+            .pods
+            .insert(pod.name.clone(), pod.clone());
+        if let Some(old) = &old {
+            self.release_ips(old, &pod.ips, pod.host_network);
+        }
+        if pod.host_network {
+            for ip in &pod.ips {
+                let held_before = old
+                    .as_ref()
+                    .is_some_and(|o| o.host_network && o.ips.contains(ip));
+                if !held_before {
+                    *self.host_network_ips.entry(*ip).or_default() += 1;
+                }
+            }
+            return;
+        }
+        let from = pod.start_time_unix_s.unwrap_or(self.clock);
+        for ip in &pod.ips {
+            let holders = self.ips.entry(*ip).or_default();
+            match holders.last_mut() {
+                // Same pod, still holding: refresh its projection.
+                Some(h) if h.until.is_none() && same_pod(&h.pod, &pod) => {
+                    h.pod = pod.clone();
+                    continue;
+                }
+                // Another pod held it: the new one takes over from its start.
+                Some(h) => {
+                    let from = from.max(h.from);
+                    if h.until.is_none_or(|u| u > from) {
+                        h.until = Some(from);
+                    }
+                    holders.push(Holder {
+                        pod: pod.clone(),
+                        from,
+                        until: None,
+                    });
+                }
+                None => holders.push(Holder {
+                    pod: pod.clone(),
+                    from,
+                    until: None,
+                }),
+            }
+            let keep = self.config.ip_history.max(1);
+            if holders.len() > keep {
+                let excess = holders.len() - keep;
+                holders.drain(..excess);
+            }
+        }
+    }
+
+    pub fn delete_pod(&mut self, namespace: &str, name: &str) {
+        let Some(old) = self
+            .namespaces
+            .get_mut(namespace)
+            .and_then(|s| s.pods.remove(name))
+        else {
+            return;
+        };
+        self.release_ips(&old, &[], false);
+    }
+
+    pub fn reset_pods(&mut self, pods: Vec<Pod>) {
+        let keep: BTreeSet<(Arc<str>, Arc<str>)> = pods
+            .iter()
+            .map(|p| (p.namespace.clone(), p.name.clone()))
+            .collect();
+        let gone: Vec<(Arc<str>, Arc<str>)> = self
+            .namespaces
+            .iter()
+            .flat_map(|(ns, s)| s.pods.keys().map(move |name| (ns.clone(), name.clone())))
+            .filter(|key| !keep.contains(key))
+            .collect();
+        for (ns, name) in gone {
+            self.delete_pod(&ns, &name);
+        }
+        for pod in pods {
+            self.apply_pod(pod);
+        }
+    }
+
+    /// Closes `old`'s hold of every IP it no longer has (`still` with `host_network`).
+    fn release_ips(&mut self, old: &Pod, still: &[IpAddr], still_host_network: bool) {
+        for ip in &old.ips {
+            let kept = still.contains(ip) && still_host_network == old.host_network;
+            if kept {
+                continue;
+            }
+            if old.host_network {
+                if let Some(n) = self.host_network_ips.get_mut(ip) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.host_network_ips.remove(ip);
+                    }
+                }
+                continue;
+            }
+            if let Some(h) = self
+                .ips
+                .get_mut(ip)
+                .and_then(|hs| hs.last_mut())
+                .filter(|h| h.until.is_none() && same_pod(&h.pod, old))
+            {
+                h.until = Some(self.clock.max(h.from));
+            }
+        }
+    }
+
+    /// The namespace of the pod holding `ip` now (for the gateway's IP table).
+    pub fn namespace_of_ip(&self, ip: IpAddr) -> Option<&Arc<str>> {
+        let h = self.ips.get(&ip)?.last()?;
+        h.until.is_none().then_some(&h.pod.namespace)
+    }
+
+    /// Every IP held now and its pod's namespace, sorted.
+    pub fn ip_table(&self) -> Vec<(IpAddr, Arc<str>)> {
+        let mut table: Vec<_> = self
+            .ips
+            .iter()
+            .filter_map(|(ip, hs)| {
+                let h = hs.last()?;
+                h.until.is_none().then(|| (*ip, h.pod.namespace.clone()))
+            })
+            .collect();
+        table.sort();
+        table
+    }
+
+    // ---- ReplicaSets, Jobs, workload objects --------------------------------------
+
+    pub fn apply_replica_set(&mut self, rs: ReplicaSet) {
+        let name = rs.name.clone();
+        self.ns_mut(&rs.namespace.clone())
+            .replica_sets
+            .insert(name, rs);
+    }
+
+    pub fn delete_replica_set(&mut self, namespace: &str, name: &str) {
+        if let Some(s) = self.namespaces.get_mut(namespace) {
+            s.replica_sets.remove(name);
+        }
+    }
+
+    pub fn reset_replica_sets(&mut self, all: Vec<ReplicaSet>) {
+        for s in self.namespaces.values_mut() {
+            s.replica_sets.clear();
+        }
+        for rs in all {
+            self.apply_replica_set(rs);
+        }
+    }
+
+    pub fn apply_job(&mut self, job: Job) {
+        let name = job.name.clone();
+        self.ns_mut(&job.namespace.clone()).jobs.insert(name, job);
+    }
+
+    pub fn delete_job(&mut self, namespace: &str, name: &str) {
+        if let Some(s) = self.namespaces.get_mut(namespace) {
+            s.jobs.remove(name);
+        }
+    }
+
+    pub fn reset_jobs(&mut self, all: Vec<Job>) {
+        for s in self.namespaces.values_mut() {
+            s.jobs.clear();
+        }
+        for job in all {
+            self.apply_job(job);
+        }
+    }
+
+    /// A Deployment, StatefulSet, DaemonSet or CronJob.
+    pub fn apply_workload(&mut self, workload: WorkloadObject) {
+        let key = (workload.kind, workload.name.clone());
+        self.ns_mut(&workload.namespace.clone())
+            .workloads
+            .insert(key, workload);
+    }
+
+    pub fn delete_workload(&mut self, kind: WorkloadKind, namespace: &str, name: &str) {
+        if let Some(s) = self.namespaces.get_mut(namespace) {
+            s.workloads.remove(&(kind, Arc::from(name)));
+        }
+    }
+
+    /// Replaces every workload object of `kind`.
+    pub fn reset_workloads(&mut self, kind: WorkloadKind, all: Vec<WorkloadObject>) {
+        for s in self.namespaces.values_mut() {
+            s.workloads.retain(|(k, _), _| *k != kind);
+        }
+        for w in all.into_iter().filter(|w| w.kind == kind) {
+            self.apply_workload(w);
+        }
+    }
+
+    // ---- Services, ServiceEntries, VirtualServices ---------------------------------
+
+    pub fn apply_service(&mut self, svc: Service) {
+        self.delete_service(&svc.namespace.clone(), &svc.name.clone());
+        let def = host_def(DefKind::Service, &svc.namespace, &svc.name);
+        self.hosts
+            .add(&svc.host(&self.config.cluster_domain), def.clone());
+        self.ns_mut(&def.namespace)
+            .services
+            .insert(svc.name.clone(), svc);
+    }
+
+    pub fn delete_service(&mut self, namespace: &str, name: &str) {
+        let Some(old) = self
+            .namespaces
+            .get_mut(namespace)
+            .and_then(|s| s.services.remove(name))
+        else {
+            return;
+        };
+        let def = host_def(DefKind::Service, &old.namespace, &old.name);
+        self.hosts
+            .remove(&old.host(&self.config.cluster_domain), &def);
+    }
+
+    pub fn reset_services(&mut self, all: Vec<Service>) {
+        for (ns, name) in self.all_names(|s| &s.services) {
+            self.delete_service(&ns, &name);
+        }
+        for svc in all {
+            self.apply_service(svc);
+        }
+    }
+
+    pub fn apply_service_entry(&mut self, se: ServiceEntry) {
+        self.delete_service_entry(&se.namespace.clone(), &se.name.clone());
+        let def = host_def(DefKind::ServiceEntry, &se.namespace, &se.name);
+        for h in &se.hosts {
+            let h = host::resolve_config_host(h, &se.namespace, &self.config.cluster_domain);
+            self.hosts.add(&h, def.clone());
+        }
+        self.ns_mut(&def.namespace)
+            .service_entries
+            .insert(se.name.clone(), se);
+    }
+
+    pub fn delete_service_entry(&mut self, namespace: &str, name: &str) {
+        let Some(old) = self
+            .namespaces
+            .get_mut(namespace)
+            .and_then(|s| s.service_entries.remove(name))
+        else {
+            return;
+        };
+        let def = host_def(DefKind::ServiceEntry, &old.namespace, &old.name);
+        for h in &old.hosts {
+            let h = host::resolve_config_host(h, &old.namespace, &self.config.cluster_domain);
+            self.hosts.remove(&h, &def);
+        }
+    }
+
+    pub fn reset_service_entries(&mut self, all: Vec<ServiceEntry>) {
+        for (ns, name) in self.all_names(|s| &s.service_entries) {
+            self.delete_service_entry(&ns, &name);
+        }
+        for se in all {
+            self.apply_service_entry(se);
+        }
+    }
+
+    pub fn apply_virtual_service(&mut self, vs: VirtualService) {
+        self.delete_virtual_service(&vs.namespace.clone(), &vs.name.clone());
+        // A VS bound only to gateways is not what sidecars route by.
+        if vs.applies_to_mesh() {
+            let def = host_def(DefKind::VirtualService, &vs.namespace, &vs.name);
+            for h in &vs.hosts {
+                let h = host::resolve_config_host(h, &vs.namespace, &self.config.cluster_domain);
+                self.hosts.add(&h, def.clone());
+            }
+        }
+        self.ns_mut(&vs.namespace.clone())
+            .virtual_services
+            .insert(vs.name.clone(), vs);
+    }
+
+    pub fn delete_virtual_service(&mut self, namespace: &str, name: &str) {
+        let Some(old) = self
+            .namespaces
+            .get_mut(namespace)
+            .and_then(|s| s.virtual_services.remove(name))
+        else {
+            return;
+        };
+        let def = host_def(DefKind::VirtualService, &old.namespace, &old.name);
+        for h in &old.hosts {
+            let h = host::resolve_config_host(h, &old.namespace, &self.config.cluster_domain);
+            self.hosts.remove(&h, &def);
+        }
+    }
+
+    pub fn reset_virtual_services(&mut self, all: Vec<VirtualService>) {
+        for (ns, name) in self.all_names(|s| &s.virtual_services) {
+            self.delete_virtual_service(&ns, &name);
+        }
+        for vs in all {
+            self.apply_virtual_service(vs);
+        }
+    }
+
+    // ---- Sidecars ------------------------------------------------------------------
+
+    /// Applies a Sidecar; one of ours also restores its workload's deps (merge: max
+    /// last-seen), so applying our Sidecars before the first write makes restarts safe.
+    pub fn apply_sidecar(&mut self, sidecar: SidecarObject) {
+        if let Some(restored) = sidecar.restored.as_ref().filter(|_| sidecar.is_ours()) {
+            let deps = restored
+                .deps
+                .iter()
+                .map(|(h, t)| (Arc::<str>::from(h.as_str()), *t))
+                .collect::<Vec<_>>();
+            self.merge_deps(&restored.workload, deps);
+        }
+        let name = sidecar.name.clone();
+        self.ns_mut(&sidecar.namespace.clone())
+            .sidecars
+            .insert(name, sidecar);
+    }
+
+    /// Applies our Sidecars (as listed at start-up); returns how many deps were merged.
+    pub fn restore_from_sidecars(
+        &mut self,
+        sidecars: impl IntoIterator<Item = SidecarObject>,
+    ) -> u64 {
+        let before = self.counters.deps_restored;
+        for s in sidecars {
+            self.apply_sidecar(s);
+        }
+        self.counters.deps_restored - before
+    }
+
+    pub fn delete_sidecar(&mut self, namespace: &str, name: &str) {
+        if let Some(s) = self.namespaces.get_mut(namespace) {
+            s.sidecars.remove(name);
+        }
+    }
+
+    pub fn reset_sidecars(&mut self, all: Vec<SidecarObject>) {
+        for s in self.namespaces.values_mut() {
+            s.sidecars.clear();
+        }
+        for sc in all {
+            self.apply_sidecar(sc);
+        }
+    }
+
+    fn all_names<T>(
+        &self,
+        field: impl Fn(&NsState) -> &BTreeMap<Arc<str>, T>,
+    ) -> Vec<(Arc<str>, Arc<str>)> {
+        self.namespaces
+            .iter()
+            .flat_map(|(ns, s)| field(s).keys().map(move |n| (ns.clone(), n.clone())))
+            .collect()
+    }
+
+    // ---- Deps ----------------------------------------------------------------------
+
+    /// A workload's learned deps (host → last seen at the gateway), sorted.
+    pub fn deps(&self, workload: &WorkloadId) -> BTreeMap<Arc<str>, u64> {
+        self.deps
+            .get(workload)
+            .map(|d| d.deps.iter().map(|(h, t)| (h.clone(), *t)).collect())
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn workload_deps(&self, workload: &WorkloadId) -> Option<&WorkloadDeps> {
+        self.deps.get(workload)
+    }
+
+    /// Every workload with learned deps.
+    pub fn workloads_with_deps(&self) -> BTreeSet<WorkloadId> {
+        self.deps.keys().cloned().collect()
+    }
+
+    /// Drops the deps of workloads with neither an object nor pods. Call it only once
+    /// every watch has synced (deps restored at start-up precede their workloads).
+    pub fn forget_absent_workloads(&mut self) -> usize {
+        let present: BTreeSet<WorkloadId> = self.workload_views().into_keys().collect();
+        let before = self.deps.len();
+        self.deps.retain(|id, _| present.contains(id));
+        before - self.deps.len()
+    }
+
+    /// Merges deps (max last-seen), skipping already expired ones, within the cap.
+    fn merge_deps(&mut self, workload: &WorkloadId, deps: Vec<(Arc<str>, u64)>) {
+        let ttl = self.config.ttl.map(|t| t.as_secs());
+        let cap = self.config.max_deps_per_workload;
+        let clock = self.clock;
+        let entry = self.deps.entry(workload.clone()).or_default();
+        for (host, seen) in deps {
+            if ttl.is_some_and(|ttl| seen.saturating_add(ttl) < clock) {
+                continue;
+            }
+            let full = entry.deps.len() >= cap;
+            match entry.deps.get_mut(&host) {
+                Some(t) => *t = (*t).max(seen),
+                None if full => {
+                    entry.over_cap = true;
+                    continue;
+                }
+                None => {
+                    entry.deps.insert(host, seen);
+                }
+            }
+            self.counters.deps_restored += 1;
+            if let Some(ttl) = ttl {
+                self.next_expiry = self.next_expiry.min(edges::expiry_at(seen, ttl));
+            }
+        }
+    }
+}
+
+fn same_pod(a: &Pod, b: &Pod) -> bool {
+    a.namespace == b.namespace && a.name == b.name
+}
+
+fn host_def(kind: DefKind, namespace: &Arc<str>, name: &Arc<str>) -> HostDef {
+    HostDef {
+        namespace: namespace.clone(),
+        kind,
+        name: name.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

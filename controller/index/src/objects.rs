@@ -1,0 +1,678 @@
+//! Compact projections of the Kubernetes and Istio objects the index watches.
+//!
+//! They are what the kube watchers produce and what a topology file describes: only the
+//! fields lazyxds reads, with `lazyxds.io/*` annotations already parsed (an invalid value
+//! is an error at projection time, naming the object, never a surprise later).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::host;
+
+pub type Labels = BTreeMap<String, String>;
+
+/// `"true" | "false"` on a Namespace or a workload (object or pod template).
+pub const ANNOTATION_ENABLED: &str = "lazyxds.io/enabled";
+/// `ns/host,ns/host`: hosts always in the workload's Sidecar.
+pub const ANNOTATION_PIN: &str = "lazyxds.io/pin";
+/// On our Sidecars: learned deps as a JSON object host → last seen (unix seconds).
+pub const ANNOTATION_DEPS: &str = "lazyxds.io/deps";
+/// On our Sidecars: `Kind/name` of the workload it scopes.
+pub const ANNOTATION_WORKLOAD: &str = "lazyxds.io/workload";
+/// On our Sidecars: the workload's effective outbound policy before scoping.
+pub const ANNOTATION_OUTBOUND_POLICY: &str = "lazyxds.io/outbound-policy";
+/// Istio's Service annotation restricting visibility.
+pub const ANNOTATION_EXPORT_TO: &str = "networking.istio.io/exportTo";
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY_US: &str = "lazyxds";
+
+/// The kinds a dependency is attributed to: the top of a pod's owner chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum WorkloadKind {
+    Deployment,
+    StatefulSet,
+    DaemonSet,
+    CronJob,
+    /// A Job without a CronJob owner.
+    Job,
+    /// A ReplicaSet without a Deployment owner.
+    ReplicaSet,
+    /// A pod without a controller we understand.
+    Pod,
+}
+
+impl WorkloadKind {
+    pub const ALL: [WorkloadKind; 7] = [
+        WorkloadKind::Deployment,
+        WorkloadKind::StatefulSet,
+        WorkloadKind::DaemonSet,
+        WorkloadKind::CronJob,
+        WorkloadKind::Job,
+        WorkloadKind::ReplicaSet,
+        WorkloadKind::Pod,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkloadKind::Deployment => "Deployment",
+            WorkloadKind::StatefulSet => "StatefulSet",
+            WorkloadKind::DaemonSet => "DaemonSet",
+            WorkloadKind::CronJob => "CronJob",
+            WorkloadKind::Job => "Job",
+            WorkloadKind::ReplicaSet => "ReplicaSet",
+            WorkloadKind::Pod => "Pod",
+        }
+    }
+
+    /// Kinds that carry their own pod template (a [`WorkloadObject`]).
+    pub fn has_template(self) -> bool {
+        matches!(
+            self,
+            WorkloadKind::Deployment
+                | WorkloadKind::StatefulSet
+                | WorkloadKind::DaemonSet
+                | WorkloadKind::CronJob
+        )
+    }
+}
+
+impl fmt::Display for WorkloadKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for WorkloadKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        WorkloadKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("{s:?} is not a workload kind"))
+    }
+}
+
+/// A workload: what a Sidecar is rendered for and deps are learned for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct WorkloadId {
+    pub namespace: Arc<str>,
+    pub kind: WorkloadKind,
+    pub name: Arc<str>,
+}
+
+impl WorkloadId {
+    pub fn new(kind: WorkloadKind, namespace: &str, name: &str) -> Self {
+        WorkloadId {
+            namespace: namespace.into(),
+            kind,
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for WorkloadId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
+/// One `lazyxds.io/pin` entry: `ns/host`, exactly one `/`, both sides non-empty.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Pin {
+    pub namespace: String,
+    pub host: String,
+}
+
+impl FromStr for Pin {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        // istiod silently drops a host without exactly one `/`: refuse it loudly instead.
+        match s.split_once('/') {
+            Some((ns, host)) if !ns.is_empty() && !host.is_empty() && !host.contains('/') => {
+                Ok(Pin {
+                    namespace: ns.to_string(),
+                    host: host.to_string(),
+                })
+            }
+            _ => Err(format!("{s:?} is not ns/host")),
+        }
+    }
+}
+
+impl TryFrom<String> for Pin {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<Pin> for String {
+    fn from(pin: Pin) -> String {
+        pin.to_string()
+    }
+}
+
+impl fmt::Display for Pin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.host)
+    }
+}
+
+/// The parsed `lazyxds.io/*` annotations of one object.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Annotations {
+    /// `lazyxds.io/enabled`; `None` when absent.
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// `lazyxds.io/pin`.
+    #[serde(default)]
+    pub pins: Vec<Pin>,
+}
+
+impl Annotations {
+    /// Parses the lazyxds annotations out of an object's annotation map; `object` names the
+    /// object in errors (`Deployment shop/cart`).
+    pub fn parse(object: &str, annotations: &BTreeMap<String, String>) -> Result<Self, Error> {
+        let invalid = |annotation, value: &str, reason: &str| Error::Annotation {
+            object: object.to_string(),
+            annotation,
+            value: value.to_string(),
+            reason: reason.to_string(),
+        };
+        let enabled = match annotations.get(ANNOTATION_ENABLED).map(|v| v.trim()) {
+            None => None,
+            Some("true") => Some(true),
+            Some("false") => Some(false),
+            Some(other) => {
+                return Err(invalid(
+                    ANNOTATION_ENABLED,
+                    other,
+                    "is not \"true\" or \"false\"",
+                ))
+            }
+        };
+        let mut pins = Vec::new();
+        if let Some(value) = annotations.get(ANNOTATION_PIN) {
+            for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+                let pin = entry
+                    .parse::<Pin>()
+                    .map_err(|_| invalid(ANNOTATION_PIN, entry, "is not ns/host"))?;
+                pins.push(pin);
+            }
+        }
+        Ok(Annotations { enabled, pins })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Namespace {
+    pub name: Arc<str>,
+    #[serde(default)]
+    pub labels: Labels,
+    #[serde(default)]
+    pub annotations: Annotations,
+}
+
+/// The controller owner reference of a Pod, ReplicaSet or Job (kind as Kubernetes spells it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OwnerRef {
+    pub kind: Arc<str>,
+    pub name: Arc<str>,
+}
+
+impl OwnerRef {
+    pub fn new(kind: &str, name: &str) -> Self {
+        OwnerRef {
+            kind: kind.into(),
+            name: name.into(),
+        }
+    }
+}
+
+/// A Pod. A finished pod (Succeeded/Failed) should be projected without IPs: its IP is free.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pod {
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
+    #[serde(default)]
+    pub ips: Vec<IpAddr>,
+    #[serde(default)]
+    pub host_network: bool,
+    pub service_account: Arc<str>,
+    #[serde(default)]
+    pub labels: Labels,
+    #[serde(default)]
+    pub owner: Option<OwnerRef>,
+    /// The pod's annotations (copied from its template).
+    #[serde(default)]
+    pub annotations: Annotations,
+    /// `status.startTime`: from when the pod holds its IP.
+    #[serde(default)]
+    pub start_time_unix_s: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaSet {
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
+    #[serde(default)]
+    pub owner: Option<OwnerRef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Job {
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
+    #[serde(default)]
+    pub owner: Option<OwnerRef>,
+}
+
+/// A Deployment, StatefulSet, DaemonSet or CronJob: an object with a pod template.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadObject {
+    pub kind: WorkloadKind,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
+    /// The pod template's labels.
+    #[serde(default)]
+    pub template_labels: Labels,
+    /// Annotations on the object itself.
+    #[serde(default)]
+    pub annotations: Annotations,
+    /// Annotations on its pod template.
+    #[serde(default)]
+    pub template_annotations: Annotations,
+}
+
+impl WorkloadObject {
+    pub fn id(&self) -> WorkloadId {
+        WorkloadId {
+            namespace: self.namespace.clone(),
+            kind: self.kind,
+            name: self.name.clone(),
+        }
+    }
+}
+
+/// Istio's protocol of a port, from `appProtocol`, the port name prefix or a
+/// ServiceEntry's `protocol` (Istio's `protocol.Parse`, case-insensitive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Protocol {
+    Http,
+    Http2,
+    Grpc,
+    GrpcWeb,
+    HttpProxy,
+    Https,
+    Tls,
+    Tcp,
+    Udp,
+    Mongo,
+    Redis,
+    Mysql,
+    /// Unnamed or unknown: istiod sniffs it, so it may carry HTTP.
+    Unsupported,
+}
+
+impl Protocol {
+    /// Istio's `protocol.Parse`.
+    pub fn parse(name: &str) -> Protocol {
+        match name.to_ascii_lowercase().as_str() {
+            "http" => Protocol::Http,
+            "http2" => Protocol::Http2,
+            "grpc" => Protocol::Grpc,
+            "grpc-web" => Protocol::GrpcWeb,
+            "http_proxy" => Protocol::HttpProxy,
+            "https" => Protocol::Https,
+            "tls" => Protocol::Tls,
+            "tcp" => Protocol::Tcp,
+            "udp" => Protocol::Udp,
+            "mongo" => Protocol::Mongo,
+            "redis" => Protocol::Redis,
+            "mysql" => Protocol::Mysql,
+            _ => Protocol::Unsupported,
+        }
+    }
+
+    /// Istio's `kube.ConvertProtocol` for a Service port: UDP wins, then `appProtocol`
+    /// (with Kubernetes' standard names), then the port name prefix before the first `-`.
+    pub fn of_service_port(port: &ServicePort) -> Protocol {
+        if port.protocol.eq_ignore_ascii_case("UDP") {
+            return Protocol::Udp;
+        }
+        let name = match port.app_protocol.as_deref() {
+            Some("kubernetes.io/h2c") => return Protocol::Http2,
+            Some("kubernetes.io/ws") => return Protocol::Http,
+            Some("kubernetes.io/wss") => return Protocol::Https,
+            Some(app) => app,
+            None => port.name.as_str(),
+        };
+        if name.len() >= 8 && name[..8].eq_ignore_ascii_case("grpc-web") {
+            return Protocol::GrpcWeb;
+        }
+        let prefix = name.split('-').next().unwrap_or_default();
+        match Protocol::parse(prefix) {
+            // istiod does not sniff DNS.
+            Protocol::Unsupported if port.port == 53 => Protocol::Tcp,
+            p => p,
+        }
+    }
+
+    /// Whether plaintext HTTP can arrive on such a port, i.e. whether the gateway can route
+    /// a first call by Host. Sniffed ports count: plaintext HTTP on them works.
+    pub fn may_carry_http(self) -> bool {
+        matches!(
+            self,
+            Protocol::Http
+                | Protocol::Http2
+                | Protocol::Grpc
+                | Protocol::GrpcWeb
+                | Protocol::HttpProxy
+                | Protocol::Unsupported
+        )
+    }
+}
+
+/// A Service port as Kubernetes spells it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServicePort {
+    pub port: u16,
+    #[serde(default)]
+    pub name: String,
+    /// `TCP` (default), `UDP` or `SCTP`.
+    #[serde(default = "tcp")]
+    pub protocol: String,
+    #[serde(default)]
+    pub app_protocol: Option<String>,
+}
+
+fn tcp() -> String {
+    "TCP".to_string()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
+    /// `None`: a selector-less Service (endpoints managed by hand, ExternalName, ...).
+    #[serde(default)]
+    pub selector: Option<Labels>,
+    #[serde(default)]
+    pub ports: Vec<ServicePort>,
+    /// `networking.istio.io/exportTo`, split on commas; empty means everywhere.
+    #[serde(default)]
+    pub export_to: Vec<String>,
+}
+
+impl Service {
+    pub fn host(&self, cluster_domain: &str) -> String {
+        host::service_fqdn(&self.name, &self.namespace, cluster_domain)
+    }
+
+    /// Every port is opaque TCP (or UDP): the gateway cannot route it by Host.
+    pub fn is_tcp_only(&self) -> bool {
+        !self.ports.is_empty()
+            && !self
+                .ports
+                .iter()
+                .any(|p| Protocol::of_service_port(p).may_carry_http())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceEntryPort {
+    pub number: u16,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub protocol: String,
+}
+
+impl ServiceEntryPort {
+    pub fn istio_protocol(&self) -> Protocol {
+        Protocol::parse(&self.protocol)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceEntry {
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub ports: Vec<ServiceEntryPort>,
+    #[serde(default)]
+    pub export_to: Vec<String>,
+}
+
+impl ServiceEntry {
+    /// Every port is opaque (TCP, TLS, HTTPS, ...): app-originated TLS or raw TCP cannot
+    /// be routed lazily.
+    pub fn is_tcp_only(&self) -> bool {
+        !self.ports.is_empty()
+            && !self
+                .ports
+                .iter()
+                .any(|p| p.istio_protocol().may_carry_http())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VirtualService {
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
+    /// As written: short names are expanded relative to the VS namespace by the index.
+    pub hosts: Vec<String>,
+    /// Empty means `mesh` only.
+    #[serde(default)]
+    pub gateways: Vec<String>,
+    /// Every `route[].destination.host`, as written.
+    #[serde(default)]
+    pub destinations: Vec<String>,
+    #[serde(default)]
+    pub export_to: Vec<String>,
+}
+
+impl VirtualService {
+    /// Whether sidecars use it (its hosts are then mesh hosts).
+    pub fn applies_to_mesh(&self) -> bool {
+        self.gateways.is_empty() || self.gateways.iter().any(|g| g == "mesh")
+    }
+}
+
+/// What one of our Sidecars remembers of its workload (restart safety).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoredDeps {
+    pub workload: WorkloadId,
+    /// Dependency host → last seen at the gateway (unix seconds).
+    pub deps: BTreeMap<String, u64>,
+}
+
+/// A `networking.istio.io` Sidecar, ours or a user's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SidecarObject {
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
+    #[serde(default)]
+    pub labels: Labels,
+    /// `spec.workloadSelector.labels`; `None` for a namespace default.
+    #[serde(default)]
+    pub selector: Option<Labels>,
+    /// The whole spec, as Istio has it.
+    #[serde(default)]
+    pub spec: serde_json::Value,
+    /// Parsed from our annotations; `None` on users' Sidecars.
+    #[serde(default)]
+    pub restored: Option<RestoredDeps>,
+}
+
+impl SidecarObject {
+    /// Projects a Sidecar; on ours, parses `lazyxds.io/workload` and `lazyxds.io/deps`.
+    pub fn new(
+        namespace: &str,
+        name: &str,
+        labels: Labels,
+        annotations: &BTreeMap<String, String>,
+        spec: serde_json::Value,
+    ) -> Result<Self, Error> {
+        let selector = spec
+            .pointer("/workloadSelector/labels")
+            .and_then(|v| v.as_object())
+            .filter(|m| !m.is_empty())
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                    .collect::<Labels>()
+            });
+        let ours = labels.get(LABEL_MANAGED_BY).map(String::as_str) == Some(MANAGED_BY_US);
+        let restored = if ours {
+            Some(parse_restored(namespace, name, annotations)?)
+        } else {
+            None
+        };
+        Ok(SidecarObject {
+            namespace: namespace.into(),
+            name: name.into(),
+            labels,
+            selector,
+            spec,
+            restored,
+        })
+    }
+
+    /// Carries our ownership label.
+    pub fn is_ours(&self) -> bool {
+        self.labels.get(LABEL_MANAGED_BY).map(String::as_str) == Some(MANAGED_BY_US)
+    }
+}
+
+fn parse_restored(
+    namespace: &str,
+    name: &str,
+    annotations: &BTreeMap<String, String>,
+) -> Result<RestoredDeps, Error> {
+    let invalid = |annotation, value: &str, reason: String| Error::Annotation {
+        object: format!("Sidecar {namespace}/{name}"),
+        annotation,
+        value: value.to_string(),
+        reason,
+    };
+    let workload = annotations
+        .get(ANNOTATION_WORKLOAD)
+        .map(String::as_str)
+        .unwrap_or_default();
+    let id = match workload.split_once('/') {
+        Some((kind, wl)) if !wl.is_empty() && !wl.contains('/') => kind
+            .parse::<WorkloadKind>()
+            .map(|kind| WorkloadId::new(kind, namespace, wl))
+            .map_err(|e| invalid(ANNOTATION_WORKLOAD, workload, e))?,
+        _ => {
+            return Err(invalid(
+                ANNOTATION_WORKLOAD,
+                workload,
+                "is not Kind/name".to_string(),
+            ))
+        }
+    };
+    let deps = match annotations.get(ANNOTATION_DEPS) {
+        None => BTreeMap::new(),
+        Some(json) => serde_json::from_str::<BTreeMap<String, u64>>(json).map_err(|e| {
+            invalid(
+                ANNOTATION_DEPS,
+                json,
+                format!("is not a JSON object of host to unix seconds: {e}"),
+            )
+        })?,
+    };
+    Ok(RestoredDeps { workload: id, deps })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mk_port(port: u16, name: &str, protocol: &str, app: Option<&str>) -> ServicePort {
+        ServicePort {
+            port,
+            name: name.to_string(),
+            protocol: protocol.to_string(),
+            app_protocol: app.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn service_port_protocols_follow_istio() {
+        let cases = [
+            (mk_port(80, "http", "TCP", None), Protocol::Http),
+            (mk_port(80, "http-web", "TCP", None), Protocol::Http),
+            (mk_port(80, "HTTP2-x", "TCP", None), Protocol::Http2),
+            (mk_port(80, "grpc-api", "TCP", None), Protocol::Grpc),
+            (mk_port(80, "grpc-web-ui", "TCP", None), Protocol::GrpcWeb),
+            (mk_port(80, "tcp-db", "TCP", None), Protocol::Tcp),
+            (mk_port(443, "https", "TCP", None), Protocol::Https),
+            (mk_port(443, "tls-x", "TCP", None), Protocol::Tls),
+            (mk_port(6379, "redis", "TCP", None), Protocol::Redis),
+            (mk_port(80, "web", "TCP", None), Protocol::Unsupported),
+            (mk_port(80, "", "TCP", None), Protocol::Unsupported),
+            (mk_port(53, "", "TCP", None), Protocol::Tcp),
+            (mk_port(53, "dns", "UDP", None), Protocol::Udp),
+            (mk_port(80, "tcp-x", "UDP", Some("http")), Protocol::Udp),
+            (mk_port(80, "tcp-x", "TCP", Some("http")), Protocol::Http),
+            (
+                mk_port(80, "http", "TCP", Some("kubernetes.io/h2c")),
+                Protocol::Http2,
+            ),
+            (
+                mk_port(80, "tcp", "TCP", Some("kubernetes.io/ws")),
+                Protocol::Http,
+            ),
+            (
+                mk_port(443, "http", "TCP", Some("kubernetes.io/wss")),
+                Protocol::Https,
+            ),
+            (
+                mk_port(80, "http", "TCP", Some("custom.io/thing")),
+                Protocol::Unsupported,
+            ),
+        ];
+        for (port, want) in cases {
+            assert_eq!(Protocol::of_service_port(&port), want, "{port:?}");
+        }
+    }
+
+    #[test]
+    fn workload_kinds_round_trip() {
+        for kind in WorkloadKind::ALL {
+            assert_eq!(kind.as_str().parse::<WorkloadKind>(), Ok(kind));
+        }
+        assert_eq!(
+            "Deploymnt".parse::<WorkloadKind>(),
+            Err("\"Deploymnt\" is not a workload kind".to_string())
+        );
+    }
+}
