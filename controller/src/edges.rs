@@ -38,17 +38,8 @@ impl Default for Limits {
     }
 }
 
-/// One decoded edge: a source pod IP used `cluster` (asked for `host`) as `principal`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ObservedEdge {
-    pub source_ip: IpAddr,
-    pub host: Option<Arc<str>>,
-    pub cluster: Arc<str>,
-    pub principal: Option<Arc<str>>,
-    /// New requests since the edge's last report; 0 for a re-sent edge.
-    pub requests: u64,
-    pub last_seen_unix_s: u64,
-}
+/// One decoded edge; the index's input type.
+pub use lazyxds_index::ObservedEdge;
 
 /// A stream's name dictionary. Gateways hand out ids 1, 2, 3, ..., so ids live in a
 /// `Vec` indexed by id; the `Vec` only grows to about twice the number of names, so a

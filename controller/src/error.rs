@@ -113,3 +113,26 @@ impl BatchError {
         Self::REASONS[self.reason_index()]
     }
 }
+
+/// Why file mode (`run --file`, `report`) could not read or write its files.
+#[derive(Debug, thiserror::Error)]
+pub enum FileModeError {
+    #[error("cannot read {path}")]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}")]
+    Write {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Sidecar {
+        path: std::path::PathBuf,
+        message: String,
+    },
+    /// Already names the file, object and field.
+    #[error(transparent)]
+    Topology(#[from] lazyxds_index::TopologyError),
+}

@@ -3,6 +3,7 @@
 //! - `GET /debug/edges`: learned edges and counters as JSON (the end-to-end tests read
 //!   this; its shape is [`DebugEdges`]).
 //! - `GET /debug/rejections`: rejected batches per reason.
+//! - `GET /debug/deps`: learned dependencies per workload (when the index runs).
 //! - `GET /healthz`, `GET /readyz`: `ok`.
 
 use std::net::IpAddr;
@@ -27,6 +28,24 @@ impl EdgeView for MemoryEdgeSink {
     fn edges(&self) -> Vec<StoredEdge> {
         self.snapshot()
     }
+}
+
+/// Read access to learned dependencies, for debugging.
+pub trait DepsView: Send + Sync + 'static {
+    /// Workloads with learned deps, sorted.
+    fn deps(&self) -> Vec<WorkloadDeps>;
+}
+
+/// One workload's learned dependencies (an element of `GET /debug/deps`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadDeps {
+    pub namespace: String,
+    /// `Kind/name`.
+    pub workload: String,
+    /// Opted in: its Sidecar is scoped to these deps.
+    pub enabled: bool,
+    /// Host → last seen at the gateway (unix seconds).
+    pub deps: std::collections::BTreeMap<String, u64>,
 }
 
 /// The body of `GET /debug/edges`.
@@ -63,15 +82,37 @@ impl From<&StoredEdge> for DebugEdge {
 struct AppState {
     view: Arc<dyn EdgeView>,
     counters: Arc<Counters>,
+    deps: Option<Arc<dyn DepsView>>,
 }
 
-pub fn router(view: Arc<dyn EdgeView>, counters: Arc<Counters>) -> Router {
+pub fn router(
+    view: Arc<dyn EdgeView>,
+    counters: Arc<Counters>,
+    deps: Option<Arc<dyn DepsView>>,
+) -> Router {
     Router::new()
         .route("/debug/edges", get(debug_edges))
         .route("/debug/rejections", get(debug_rejections))
+        .route("/debug/deps", get(debug_deps))
         .route("/healthz", get(ok))
         .route("/readyz", get(ok))
-        .with_state(AppState { view, counters })
+        .with_state(AppState {
+            view,
+            counters,
+            deps,
+        })
+}
+
+async fn debug_deps(
+    State(state): State<AppState>,
+) -> Result<Json<Vec<WorkloadDeps>>, (axum::http::StatusCode, &'static str)> {
+    match &state.deps {
+        Some(deps) => Ok(Json(deps.deps())),
+        None => Err((
+            axum::http::StatusCode::NOT_FOUND,
+            "no dependency index: run with --file",
+        )),
+    }
 }
 
 async fn debug_edges(State(state): State<AppState>) -> Json<DebugEdges> {

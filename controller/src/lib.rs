@@ -4,13 +4,17 @@
 //! - [`sink`]: the [`sink::EdgeSink`] seam where decoded edges go.
 //! - [`grpc`]: the `lazyxds.v1.EdgeSink` tonic service, generic over the sink.
 //! - [`http`]: debug and health endpoints.
+//! - [`learn`]: the sink that feeds edges into the dependency index.
+//! - [`filemode`]: `run --file`: topology file in, Sidecar YAML files out.
 #![forbid(unsafe_code)]
 
 pub mod counters;
 pub mod edges;
 pub mod error;
+pub mod filemode;
 pub mod grpc;
 pub mod http;
+pub mod learn;
 pub mod sink;
 
-pub use error::BatchError;
+pub use error::{BatchError, FileModeError};

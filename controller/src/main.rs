@@ -4,6 +4,7 @@
 use std::future::IntoFuture;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,8 +16,12 @@ use tracing_subscriber::EnvFilter;
 
 use lazyxds::counters::Counters;
 use lazyxds::edges::{Limits, DEFAULT_MAX_STREAM_NAMES};
+use lazyxds::filemode::{self, FileMode};
 use lazyxds::grpc::{EdgeSinkService, GrpcConfig, Shutdown};
-use lazyxds::sink::MemoryEdgeSink;
+use lazyxds::http::{DepsView, EdgeView};
+use lazyxds::learn::Learner;
+use lazyxds::sink::{EdgeSink, MemoryEdgeSink};
+use lazyxds_index::{desired, report, Index, IndexConfig, RenderConfig};
 
 /// How long open connections get to finish after SIGTERM/SIGINT.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -33,8 +38,59 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the controller: accept gateway edge streams (gRPC) and serve debug/health
-    /// endpoints (HTTP).
+    /// endpoints (HTTP). With --file/--out: learn dependencies for the workloads of a
+    /// topology file and keep their Sidecars, as YAML files, in a directory.
     Run(RunArgs),
+    /// Per workload: hosts visible without scoping vs with, and the clusters and
+    /// endpoints scoping removes from its sidecar.
+    Report(ReportArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ReportArgs {
+    /// Topology YAML describing the mesh (the file given to `run --file`).
+    #[arg(long, env = "LAZYXDS_FILE")]
+    file: PathBuf,
+    /// Directory of the Sidecars `run --out` wrote (their learned deps are the state).
+    #[arg(long, env = "LAZYXDS_OUT")]
+    sidecars: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    scoping: ScopingArgs,
+}
+
+/// Settings shared by `run` and `report`: how Sidecars are scoped.
+#[derive(Debug, Clone, clap::Args)]
+struct ScopingArgs {
+    /// Most egress hosts in one Sidecar; a workload needing more is not scoped (its
+    /// Sidecar is removed, the reason reported).
+    #[arg(long, env = "LAZYXDS_MAX_HOSTS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_hosts: u32,
+    /// Forget a learned dependency not seen at the gateway for this many seconds; 0 = never.
+    /// Once a dependency is in a Sidecar its traffic goes direct, so the gateway stops
+    /// seeing it: expiry means the next call goes through the gateway and re-learns it.
+    #[arg(long, env = "LAZYXDS_TTL_SECS", default_value_t = 0)]
+    ttl_secs: u64,
+}
+
+impl ScopingArgs {
+    fn index_config(&self) -> IndexConfig {
+        IndexConfig {
+            ttl: (self.ttl_secs > 0).then(|| Duration::from_secs(self.ttl_secs)),
+            max_deps_per_workload: self.max_hosts as usize,
+            ..IndexConfig::default()
+        }
+    }
+
+    fn render_config(&self) -> RenderConfig {
+        RenderConfig {
+            max_hosts_per_sidecar: self.max_hosts as usize,
+            ..RenderConfig::default()
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -67,6 +123,24 @@ struct RunArgs {
     #[arg(long, env = "LAZYXDS_MAX_EDGES", default_value_t = 1_000_000)]
     max_edges: usize,
 
+    /// File mode: a topology YAML (namespaces, workloads with pod IPs, services, ...)
+    /// standing in for a cluster. Reloaded when it changes; a bad edit is logged and the
+    /// last good state kept.
+    #[arg(long, env = "LAZYXDS_FILE", requires = "out")]
+    file: Option<PathBuf>,
+
+    /// File mode: directory for the generated Sidecars (one YAML file each). Sidecars
+    /// already there are read back first: a restart never forgets learned deps.
+    #[arg(long, env = "LAZYXDS_OUT", requires = "file")]
+    out: Option<PathBuf>,
+
+    /// File mode: changes within this many milliseconds are written together.
+    #[arg(long, env = "LAZYXDS_WRITE_DEBOUNCE_MS", default_value_t = 50)]
+    write_debounce_ms: u64,
+
+    #[command(flatten)]
+    scoping: ScopingArgs,
+
     /// Log filter (tracing EnvFilter syntax: `info`, `lazyxds=debug,info`, ...).
     /// Default: RUST_LOG when set, else `info`.
     #[arg(long, env = "LAZYXDS_LOG_LEVEL")]
@@ -92,7 +166,23 @@ fn try_main() -> Result<()> {
                 .context("cannot start the tokio runtime")?
                 .block_on(run(args))
         }
+        Command::Report(args) => print_report(&args),
     }
+}
+
+fn print_report(args: &ReportArgs) -> Result<()> {
+    let topology = filemode::load_topology(&args.file)?;
+    let mut index = Index::new(args.scoping.index_config());
+    filemode::load_state(&topology, &args.sidecars, &mut index)?;
+    let render = topology.render_config(args.scoping.render_config());
+    let desired = desired(&index, &render);
+    let report = report(&index, &desired);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.to_table());
+    }
+    Ok(())
 }
 
 fn init_logging(level: Option<&str>) -> Result<()> {
@@ -119,13 +209,64 @@ async fn run(args: RunArgs) -> Result<()> {
     let http_listener = TcpListener::bind(args.http_addr)
         .await
         .with_context(|| format!("cannot listen on --http-addr {}", args.http_addr))?;
-    let grpc_addr = grpc_listener.local_addr()?;
-    let http_addr = http_listener.local_addr()?;
+    let listeners = (grpc_listener, http_listener);
 
     let counters = Arc::new(Counters::default());
-    let sink = Arc::new(MemoryEdgeSink::new(args.max_edges, counters.clone()));
+    let edges = MemoryEdgeSink::new(args.max_edges, counters.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (Some(file), Some(out)) = (&args.file, &args.out) else {
+        let sink = Arc::new(edges);
+        let idle = std::future::ready(());
+        return serve(
+            &args, listeners, sink, None, counters, idle, stop_tx, stop_rx,
+        )
+        .await;
+    };
+    let topology = filemode::load_topology(file)?;
+    let mut index = Index::new(args.scoping.index_config());
+    let restored = filemode::load_state(&topology, out, &mut index)?;
+    tracing::info!(file = %file.display(), out = %out.display(), restored_deps = restored, "file mode");
+    let learner = Arc::new(Learner::new(index, edges));
+    let mode = FileMode {
+        topology: file.clone(),
+        out_dir: out.clone(),
+        base_render: args.scoping.render_config(),
+        debounce: Duration::from_millis(args.write_debounce_ms),
+        poll: Duration::from_secs(1),
+    };
+    let mut writer_stop = Shutdown::new(stop_rx.clone());
+    let writer = filemode::run_writer(mode, learner.clone(), topology, async move {
+        writer_stop.wait().await
+    });
+    let deps: Arc<dyn DepsView> = learner.clone();
+    serve(
+        &args,
+        listeners,
+        learner,
+        Some(deps),
+        counters,
+        writer,
+        stop_tx,
+        stop_rx,
+    )
+    .await
+}
 
+/// Serves gRPC and HTTP, and runs `background` (the writer), until a stop signal or a
+/// failure.
+#[allow(clippy::too_many_arguments)]
+async fn serve<S: EdgeSink + EdgeView>(
+    args: &RunArgs,
+    (grpc_listener, http_listener): (TcpListener, TcpListener),
+    sink: Arc<S>,
+    deps: Option<Arc<dyn DepsView>>,
+    counters: Arc<Counters>,
+    background: impl std::future::Future<Output = ()> + Send + 'static,
+    stop_tx: watch::Sender<bool>,
+    stop_rx: watch::Receiver<bool>,
+) -> Result<()> {
+    let grpc_addr = grpc_listener.local_addr()?;
+    let http_addr = http_listener.local_addr()?;
     let config = GrpcConfig {
         limits: Limits {
             max_batch_edges: args.max_batch_edges as usize,
@@ -150,11 +291,12 @@ async fn run(args: RunArgs) -> Result<()> {
             async move { grpc_stop.wait().await },
         );
     let mut http_stop = Shutdown::new(stop_rx);
-    let http = axum::serve(http_listener, lazyxds::http::router(sink, counters))
+    let http = axum::serve(http_listener, lazyxds::http::router(sink, counters, deps))
         .with_graceful_shutdown(async move { http_stop.wait().await });
 
     let mut grpc = tokio::spawn(grpc);
     let mut http = tokio::spawn(http.into_future());
+    let background = tokio::spawn(background);
     tracing::info!(grpc = %grpc_addr, http = %http_addr, "lazyxds listening");
 
     tokio::select! {
@@ -164,7 +306,7 @@ async fn run(args: RunArgs) -> Result<()> {
     }
     let _ = stop_tx.send(true);
     let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-        let (g, h) = tokio::join!(grpc, http);
+        let (g, h, _) = tokio::join!(grpc, http, background);
         (g, h)
     })
     .await;

@@ -24,6 +24,14 @@ pub struct Envoy {
     _dir: TempDirGuard,
 }
 
+/// Extra settings for [`Envoy::start_with`].
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// CPUs the process and every thread it starts may run on (like `taskset -c`); empty:
+    /// those of the calling thread.
+    pub cpus: Vec<usize>,
+}
+
 /// How a run that was expected to fail ended.
 #[derive(Debug)]
 pub struct ExitReport {
@@ -37,8 +45,20 @@ impl Envoy {
     /// Starts Envoy with this bootstrap (YAML) and waits until its admin `/ready` says LIVE.
     /// The admin address is learned from `--admin-address-path`, so any admin port works.
     pub async fn start(config_text: &str, concurrency: u32) -> Result<Envoy> {
+        Envoy::start_with(config_text, concurrency, &StartOptions::default()).await
+    }
+
+    /// [`Envoy::start`] with [`StartOptions`] (e.g. pinned to some CPUs, for benchmarks).
+    pub async fn start_with(
+        config_text: &str,
+        concurrency: u32,
+        options: &StartOptions,
+    ) -> Result<Envoy> {
         let started = Instant::now();
         let (dir, config_path, mut cmd) = command(config_text, concurrency)?;
+        if !options.cpus.is_empty() {
+            crate::process::set_cpu_affinity(&mut cmd, &options.cpus);
+        }
         let admin_file = dir.path().join("admin-address");
         cmd.arg("--admin-address-path").arg(&admin_file);
         let mut proc = Proc::spawn("envoy", &mut cmd, &dir.path().join("envoy.log"))?;

@@ -145,6 +145,35 @@ fn set_parent_death_signal(cmd: &mut Command) {
     }
 }
 
+/// Makes `cmd`'s process (and so every thread it starts) run only on `cpus`, like
+/// `taskset -c`. CPUs this machine does not have are ignored; none left: no change.
+#[allow(unsafe_code)]
+pub fn set_cpu_affinity(cmd: &mut Command, cpus: &[usize]) {
+    // SAFETY: an all-zero cpu_set_t is a valid empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let mut any = false;
+    for &cpu in cpus {
+        if cpu < libc::CPU_SETSIZE as usize {
+            // SAFETY: `cpu` is within the set.
+            unsafe { libc::CPU_SET(cpu, &mut set) };
+            any = true;
+        }
+    }
+    if !any {
+        return;
+    }
+    // SAFETY: the closure runs between fork and exec and only makes one async-signal-safe
+    // syscall on a set built before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 #[allow(unsafe_code)]
 fn send_sigterm(pid: u32) {
     let Ok(pid) = libc::pid_t::try_from(pid) else {

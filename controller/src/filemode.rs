@@ -1,0 +1,265 @@
+//! File mode (`lazyxds run --file TOPOLOGY --out DIR`): a topology file stands in for the
+//! cluster, and the desired Sidecars are written as YAML files instead of applied.
+//!
+//! State lives in the Sidecar files themselves (learned deps and last-seen in an
+//! annotation), exactly as it will in the cluster: on start they are read back before
+//! anything is written, so a restart never shrinks a Sidecar.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use lazyxds_index::{desired, Desired, Index, RenderConfig, SidecarObject, Topology};
+use serde_json::Value;
+
+use crate::error::FileModeError;
+use crate::learn::SharedLearner;
+
+/// Reads and parses a topology file; errors name the file, object and field.
+pub fn load_topology(path: &Path) -> Result<Topology, FileModeError> {
+    let text = fs::read_to_string(path).map_err(|source| FileModeError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(Topology::from_yaml(&text, &path.display().to_string())?)
+}
+
+/// The Sidecars in `dir` that we own (label `app.kubernetes.io/managed-by: lazyxds`), by
+/// file name. Files that are not ours are ignored; ours that do not parse are errors
+/// (their learned deps would otherwise be lost on the next write).
+pub fn read_our_sidecars(dir: &Path) -> Result<BTreeMap<PathBuf, SidecarObject>, FileModeError> {
+    let mut out = BTreeMap::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+        Err(source) => {
+            return Err(FileModeError::Read {
+                path: dir.to_path_buf(),
+                source,
+            })
+        }
+    };
+    for entry in entries {
+        let path = entry
+            .map_err(|source| FileModeError::Read {
+                path: dir.to_path_buf(),
+                source,
+            })?
+            .path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let text = fs::read_to_string(&path).map_err(|source| FileModeError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        if let Some(sidecar) = parse_our_sidecar(&path, &text)? {
+            out.insert(path, sidecar);
+        }
+    }
+    Ok(out)
+}
+
+fn parse_our_sidecar(path: &Path, text: &str) -> Result<Option<SidecarObject>, FileModeError> {
+    let bad = |message: String| FileModeError::Sidecar {
+        path: path.to_path_buf(),
+        message,
+    };
+    // Not YAML, or not a Sidecar: not ours, leave it alone.
+    let Ok(value) = serde_norway::from_str::<Value>(text) else {
+        return Ok(None);
+    };
+    if value.get("kind").and_then(Value::as_str) != Some("Sidecar") {
+        return Ok(None);
+    }
+    let meta = value.get("metadata").cloned().unwrap_or(Value::Null);
+    let strings = |field: &str| -> BTreeMap<String, String> {
+        meta.get(field)
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let labels = strings("labels");
+    if labels
+        .get(lazyxds_index::objects::LABEL_MANAGED_BY)
+        .map(String::as_str)
+        != Some(lazyxds_index::objects::MANAGED_BY_US)
+    {
+        return Ok(None);
+    }
+    let name = meta.get("name").and_then(Value::as_str);
+    let namespace = meta.get("namespace").and_then(Value::as_str);
+    let (Some(name), Some(namespace)) = (name, namespace) else {
+        return Err(bad(
+            "metadata.name and metadata.namespace are required".into()
+        ));
+    };
+    let spec = value.get("spec").cloned().unwrap_or(Value::Null);
+    SidecarObject::new(
+        namespace,
+        name,
+        labels.into_iter().collect(),
+        &strings("annotations"),
+        spec,
+    )
+    .map(Some)
+    .map_err(|e| bad(e.to_string()))
+}
+
+/// The file a Sidecar is written to: `<namespace>_<name>.yaml` (`_` is in neither).
+pub fn sidecar_file(dir: &Path, namespace: &str, name: &str) -> PathBuf {
+    dir.join(format!("{namespace}_{name}.yaml"))
+}
+
+/// What one write pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteStats {
+    pub written: usize,
+    pub unchanged: usize,
+    pub removed: usize,
+}
+
+/// Writes every desired Sidecar whose file differs (write, then rename: readers never see
+/// half a file) and removes our files that are no longer desired.
+pub fn write_sidecars(dir: &Path, desired: &Desired) -> Result<WriteStats, FileModeError> {
+    let io_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| FileModeError::Write { path, source }
+    };
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let mut stats = WriteStats::default();
+    let mut keep = BTreeSet::new();
+    for sidecar in desired.sidecars.values() {
+        let meta = &sidecar.metadata;
+        let path = sidecar_file(dir, &meta.namespace, &meta.name);
+        let text = sidecar.to_yaml().map_err(|e| FileModeError::Sidecar {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        keep.insert(path.clone());
+        if fs::read_to_string(&path).is_ok_and(|old| old == text) {
+            stats.unchanged += 1;
+            continue;
+        }
+        let tmp = dir.join(format!(".{}.tmp", meta.name));
+        fs::write(&tmp, &text).map_err(io_err(&tmp))?;
+        fs::rename(&tmp, &path).map_err(io_err(&path))?;
+        stats.written += 1;
+    }
+    for path in read_our_sidecars(dir)?.into_keys() {
+        if !keep.contains(&path) {
+            fs::remove_file(&path).map_err(io_err(&path))?;
+            stats.removed += 1;
+        }
+    }
+    Ok(stats)
+}
+
+/// Builds the index for a topology and the Sidecars already in `dir` (restart safety).
+pub fn load_state(
+    topology: &Topology,
+    dir: &Path,
+    index: &mut Index,
+) -> Result<u64, FileModeError> {
+    topology.apply_to(index);
+    let ours = read_our_sidecars(dir)?;
+    let restored = index.restore_from_sidecars(ours.into_values());
+    index.forget_absent_workloads();
+    Ok(restored)
+}
+
+/// File-mode settings.
+#[derive(Debug, Clone)]
+pub struct FileMode {
+    pub topology: PathBuf,
+    pub out_dir: PathBuf,
+    /// Defaults the topology's `mesh`/`gateway` sections override.
+    pub base_render: RenderConfig,
+    /// Changes within this window are written together.
+    pub debounce: Duration,
+    /// How often the topology file is checked for changes (and held edges / TTL run).
+    pub poll: Duration,
+}
+
+/// Keeps `out_dir` equal to the desired state until `stop` resolves. Reloads the topology
+/// when its file changes; a bad file is logged and the last good state kept.
+pub async fn run_writer(
+    mode: FileMode,
+    learner: SharedLearner,
+    topology: Topology,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let mut render = topology.render_config(mode.base_render.clone());
+    let mut seen_mtime = mtime(&mode.topology);
+    let mut poll = tokio::time::interval(mode.poll);
+    let mut last_refusals = BTreeMap::new();
+    tokio::pin!(stop);
+    // The first pass writes whatever the restored state renders to.
+    let mut dirty = true;
+    loop {
+        if dirty {
+            tokio::time::sleep(mode.debounce).await;
+            dirty = false;
+            let desired = desired(&learner.index(), &render);
+            log_refusals(&desired, &mut last_refusals);
+            match write_sidecars(&mode.out_dir, &desired) {
+                Ok(stats) if stats.written + stats.removed > 0 => tracing::info!(
+                    dir = %mode.out_dir.display(), written = stats.written,
+                    removed = stats.removed, unchanged = stats.unchanged, "Sidecars updated"
+                ),
+                Ok(_) => {}
+                Err(error) => {
+                    // Keep the state; the next change or poll retries.
+                    tracing::error!(%error, "writing Sidecars failed");
+                    dirty = true;
+                }
+            }
+        }
+        tokio::select! {
+            () = &mut stop => return,
+            () = learner.wait_changed() => dirty = true,
+            _ = poll.tick() => {
+                learner.tick();
+                let now = mtime(&mode.topology);
+                if now != seen_mtime {
+                    seen_mtime = now;
+                    match load_topology(&mode.topology) {
+                        Ok(topology) => {
+                            topology.apply_to(&mut learner.index());
+                            render = topology.render_config(mode.base_render.clone());
+                            tracing::info!(file = %mode.topology.display(), "topology reloaded");
+                            dirty = true;
+                        }
+                        Err(error) => tracing::error!(
+                            %error, "topology not reloaded; keeping the last good state"
+                        ),
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn mtime(path: &Path) -> Option<SystemTime> {
+    fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+fn log_refusals(desired: &Desired, last: &mut BTreeMap<String, String>) {
+    let now: BTreeMap<String, String> = desired
+        .refusals
+        .iter()
+        .map(|r| (format!("{}", r.workload), r.reason.to_string()))
+        .collect();
+    for (workload, reason) in &now {
+        if last.get(workload) != Some(reason) {
+            tracing::warn!(%workload, %reason, "workload not scoped");
+        }
+    }
+    *last = now;
+}

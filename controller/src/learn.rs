@@ -1,0 +1,104 @@
+//! The learning sink: every applied batch goes into the dependency [`Index`]; workloads
+//! whose Sidecar changes wake the writer. Also keeps the raw edges for `/debug/edges`.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use lazyxds_index::{Index, ObservedEdge, WorkloadId};
+use tokio::sync::Notify;
+
+use crate::edges::StoredEdge;
+use crate::http::{DepsView, EdgeView, WorkloadDeps};
+use crate::sink::{EdgeSink, GatewayInfo, MemoryEdgeSink};
+
+/// Seconds since the epoch: the index's clock (coarse on purpose: last-seen is coarse).
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The index behind a lock, plus a wake-up for whoever writes the desired state.
+#[derive(Debug)]
+pub struct Learner {
+    index: Mutex<Index>,
+    edges: MemoryEdgeSink,
+    changed: Notify,
+}
+
+impl Learner {
+    pub fn new(index: Index, edges: MemoryEdgeSink) -> Self {
+        Learner {
+            index: Mutex::new(index),
+            edges,
+            changed: Notify::new(),
+        }
+    }
+
+    /// The index, for reads and for applying watched objects. A panic while holding it
+    /// leaves map updates complete enough to keep serving.
+    pub fn index(&self) -> MutexGuard<'_, Index> {
+        self.index.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Wakes the writer (after objects changed or time moved deps).
+    pub fn mark_changed(&self) {
+        self.changed.notify_one();
+    }
+
+    /// Resolves when something changed since the last call.
+    pub async fn wait_changed(&self) {
+        self.changed.notified().await;
+    }
+
+    /// Held edges and TTL: call periodically.
+    pub fn tick(&self) {
+        if !self.index().tick(unix_now()).is_empty() {
+            self.mark_changed();
+        }
+    }
+}
+
+impl EdgeSink for Learner {
+    fn hello(&self, gateway: &GatewayInfo) {
+        self.edges.hello(gateway);
+    }
+
+    fn record(&self, gateway: &GatewayInfo, edges: Vec<ObservedEdge>) {
+        // Clones are reference counts; the debug store needs its own copy.
+        self.edges.record(gateway, edges.clone());
+        let changed = self.index().record_edges(edges, unix_now());
+        if !changed.is_empty() {
+            self.mark_changed();
+        }
+    }
+}
+
+impl EdgeView for Learner {
+    fn edges(&self) -> Vec<StoredEdge> {
+        self.edges.snapshot()
+    }
+}
+
+impl DepsView for Learner {
+    fn deps(&self) -> Vec<WorkloadDeps> {
+        let index = self.index();
+        index
+            .workloads_with_deps()
+            .into_iter()
+            .map(|id: WorkloadId| WorkloadDeps {
+                namespace: id.namespace.to_string(),
+                workload: format!("{}/{}", id.kind.as_str(), id.name),
+                enabled: index.is_enabled(&id),
+                deps: index
+                    .deps(&id)
+                    .into_iter()
+                    .map(|(h, t)| (h.to_string(), t))
+                    .collect(),
+            })
+            .collect()
+    }
+}
+
+/// A learner shared by the gRPC service, the HTTP server and the writer.
+pub type SharedLearner = Arc<Learner>;
