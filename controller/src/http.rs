@@ -4,6 +4,8 @@
 //!   this; its shape is [`DebugEdges`]).
 //! - `GET /debug/rejections`: rejected batches per reason.
 //! - `GET /debug/deps`: learned dependencies per workload (when the index runs).
+//! - `GET /debug/plan`: what the Kubernetes writer would change, with diffs, and its
+//!   metrics (`run --kube`; the whole plan under `--dry-run`).
 //! - `GET /healthz`, `GET /readyz`: `ok`.
 
 use std::net::IpAddr;
@@ -34,6 +36,11 @@ impl EdgeView for MemoryEdgeSink {
 pub trait DepsView: Send + Sync + 'static {
     /// Workloads with learned deps, sorted.
     fn deps(&self) -> Vec<WorkloadDeps>;
+}
+
+/// The writer's plan and metrics, as JSON.
+pub trait PlanView: Send + Sync + 'static {
+    fn plan(&self) -> serde_json::Value;
 }
 
 /// One workload's learned dependencies (an element of `GET /debug/deps`).
@@ -78,29 +85,52 @@ impl From<&StoredEdge> for DebugEdge {
     }
 }
 
+/// What the HTTP server shows.
 #[derive(Clone)]
-struct AppState {
-    view: Arc<dyn EdgeView>,
-    counters: Arc<Counters>,
-    deps: Option<Arc<dyn DepsView>>,
+pub struct Sources {
+    pub edges: Arc<dyn EdgeView>,
+    pub counters: Arc<Counters>,
+    /// With the dependency index (file and Kubernetes mode).
+    pub deps: Option<Arc<dyn DepsView>>,
+    /// With the Kubernetes writer.
+    pub plan: Option<Arc<dyn PlanView>>,
 }
 
-pub fn router(
-    view: Arc<dyn EdgeView>,
-    counters: Arc<Counters>,
-    deps: Option<Arc<dyn DepsView>>,
-) -> Router {
+impl Sources {
+    /// Edges and counters only (the bare edge sink).
+    pub fn edges(edges: Arc<dyn EdgeView>, counters: Arc<Counters>) -> Self {
+        Sources {
+            edges,
+            counters,
+            deps: None,
+            plan: None,
+        }
+    }
+}
+
+type AppState = Sources;
+
+pub fn router(sources: Sources) -> Router {
     Router::new()
         .route("/debug/edges", get(debug_edges))
         .route("/debug/rejections", get(debug_rejections))
         .route("/debug/deps", get(debug_deps))
+        .route("/debug/plan", get(debug_plan))
         .route("/healthz", get(ok))
         .route("/readyz", get(ok))
-        .with_state(AppState {
-            view,
-            counters,
-            deps,
-        })
+        .with_state(sources)
+}
+
+async fn debug_plan(
+    State(state): State<AppState>,
+) -> Result<Json<serde_json::Value>, (axum::http::StatusCode, &'static str)> {
+    match &state.plan {
+        Some(plan) => Ok(Json(plan.plan())),
+        None => Err((
+            axum::http::StatusCode::NOT_FOUND,
+            "no Kubernetes writer: run with --kube",
+        )),
+    }
 }
 
 async fn debug_deps(
@@ -116,7 +146,7 @@ async fn debug_deps(
 }
 
 async fn debug_edges(State(state): State<AppState>) -> Json<DebugEdges> {
-    let edges = state.view.edges();
+    let edges = state.edges.edges();
     Json(DebugEdges {
         edges: edges.iter().map(DebugEdge::from).collect(),
         counters: state.counters.snapshot(),

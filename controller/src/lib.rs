@@ -6,6 +6,7 @@
 //! - [`http`]: debug and health endpoints.
 //! - [`learn`]: the sink that feeds edges into the dependency index.
 //! - [`filemode`]: `run --file`: topology file in, Sidecar YAML files out.
+//! - [`kube`]: `run --kube`: watchers into the index, the Sidecar writer.
 #![forbid(unsafe_code)]
 
 pub mod counters;
@@ -14,6 +15,7 @@ pub mod error;
 pub mod filemode;
 pub mod grpc;
 pub mod http;
+pub mod kube;
 pub mod learn;
 pub mod sink;
 

@@ -18,7 +18,8 @@ use lazyxds::counters::Counters;
 use lazyxds::edges::{Limits, DEFAULT_MAX_STREAM_NAMES};
 use lazyxds::filemode::{self, FileMode};
 use lazyxds::grpc::{EdgeSinkService, GrpcConfig, Shutdown};
-use lazyxds::http::{DepsView, EdgeView};
+use lazyxds::http::{DepsView, EdgeView, PlanView, Sources};
+use lazyxds::kube::writer::WriterConfig;
 use lazyxds::learn::Learner;
 use lazyxds::sink::{EdgeSink, MemoryEdgeSink};
 use lazyxds_index::{desired, report, Index, IndexConfig, RenderConfig};
@@ -69,6 +70,24 @@ struct ScopingArgs {
     #[arg(long, env = "LAZYXDS_MAX_HOSTS", default_value_t = 1000,
           value_parser = clap::value_parser!(u32).range(1..))]
     max_hosts: u32,
+    /// FQDN of the lazy egress gateway Service (the Sidecars' egressProxy host). In file
+    /// mode the topology's `gateway` section wins.
+    #[arg(
+        long,
+        env = "LAZYXDS_GATEWAY_HOST",
+        default_value = "lazyxds-gateway.lazyxds-system.svc.cluster.local"
+    )]
+    gateway_host: String,
+    /// Namespace of the gateway Service.
+    #[arg(
+        long,
+        env = "LAZYXDS_GATEWAY_NAMESPACE",
+        default_value = "lazyxds-system"
+    )]
+    gateway_namespace: String,
+    /// The gateway's egressProxy port.
+    #[arg(long, env = "LAZYXDS_EGRESS_PROXY_PORT", default_value_t = 8080)]
+    egress_proxy_port: u16,
     /// Forget a learned dependency not seen at the gateway for this many seconds; 0 = never.
     /// Once a dependency is in a Sidecar its traffic goes direct, so the gateway stops
     /// seeing it: expiry means the next call goes through the gateway and re-learns it.
@@ -88,6 +107,9 @@ impl ScopingArgs {
     fn render_config(&self) -> RenderConfig {
         RenderConfig {
             max_hosts_per_sidecar: self.max_hosts as usize,
+            gateway_host: self.gateway_host.clone(),
+            gateway_namespace: self.gateway_namespace.clone(),
+            egress_proxy_port: self.egress_proxy_port,
             ..RenderConfig::default()
         }
     }
@@ -134,7 +156,23 @@ struct RunArgs {
     #[arg(long, env = "LAZYXDS_OUT", requires = "file")]
     out: Option<PathBuf>,
 
-    /// File mode: changes within this many milliseconds are written together.
+    /// Kubernetes mode: watch the cluster (in-cluster credentials, else KUBECONFIG /
+    /// ~/.kube/config) and keep opted-in workloads' Sidecars with server-side apply.
+    #[arg(long, env = "LAZYXDS_KUBE", conflicts_with = "file")]
+    kube: bool,
+
+    /// Kubernetes mode: compute everything, write nothing; the plan (with diffs) is
+    /// logged and served at /debug/plan. Start here.
+    #[arg(long, env = "LAZYXDS_DRY_RUN", requires = "kube")]
+    dry_run: bool,
+
+    /// Kubernetes mode: Sidecar writes per second at most.
+    #[arg(long, env = "LAZYXDS_MAX_WRITES_PER_SEC", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_writes_per_sec: u32,
+
+    /// Changes within this many milliseconds are written together (file and Kubernetes
+    /// mode).
     #[arg(long, env = "LAZYXDS_WRITE_DEBOUNCE_MS", default_value_t = 50)]
     write_debounce_ms: u64,
 
@@ -214,11 +252,36 @@ async fn run(args: RunArgs) -> Result<()> {
     let counters = Arc::new(Counters::default());
     let edges = MemoryEdgeSink::new(args.max_edges, counters.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
+    if args.kube {
+        let client = kube::Client::try_default().await.context(
+            "--kube: no Kubernetes credentials (in-cluster service account, KUBECONFIG or ~/.kube/config)",
+        )?;
+        let learner = Arc::new(Learner::new(Index::new(args.scoping.index_config()), edges));
+        let config = WriterConfig {
+            render: args.scoping.render_config(),
+            debounce: Duration::from_millis(args.write_debounce_ms),
+            max_writes_per_sec: args.max_writes_per_sec,
+            timeout: Duration::from_secs(10),
+            dry_run: args.dry_run,
+        };
+        let mut writer_stop = Shutdown::new(stop_rx.clone());
+        let (status, writer) = lazyxds::kube::start(client, learner.clone(), config, async move {
+            writer_stop.wait().await
+        });
+        let deps: Arc<dyn DepsView> = learner.clone();
+        let plan: Arc<dyn PlanView> = Arc::new(status);
+        let views = (Some(deps), Some(plan));
+        return serve(
+            &args, listeners, learner, views, counters, writer, stop_tx, stop_rx,
+        )
+        .await;
+    }
     let (Some(file), Some(out)) = (&args.file, &args.out) else {
         let sink = Arc::new(edges);
         let idle = std::future::ready(());
+        let views = (None, None);
         return serve(
-            &args, listeners, sink, None, counters, idle, stop_tx, stop_rx,
+            &args, listeners, sink, views, counters, idle, stop_tx, stop_rx,
         )
         .await;
     };
@@ -243,7 +306,7 @@ async fn run(args: RunArgs) -> Result<()> {
         &args,
         listeners,
         learner,
-        Some(deps),
+        (Some(deps), None),
         counters,
         writer,
         stop_tx,
@@ -252,6 +315,9 @@ async fn run(args: RunArgs) -> Result<()> {
     .await
 }
 
+/// The optional debug views: learned deps (index modes), the writer's plan (--kube).
+type Views = (Option<Arc<dyn DepsView>>, Option<Arc<dyn PlanView>>);
+
 /// Serves gRPC and HTTP, and runs `background` (the writer), until a stop signal or a
 /// failure.
 #[allow(clippy::too_many_arguments)]
@@ -259,7 +325,7 @@ async fn serve<S: EdgeSink + EdgeView>(
     args: &RunArgs,
     (grpc_listener, http_listener): (TcpListener, TcpListener),
     sink: Arc<S>,
-    deps: Option<Arc<dyn DepsView>>,
+    (deps, plan): Views,
     counters: Arc<Counters>,
     background: impl std::future::Future<Output = ()> + Send + 'static,
     stop_tx: watch::Sender<bool>,
@@ -291,7 +357,13 @@ async fn serve<S: EdgeSink + EdgeView>(
             async move { grpc_stop.wait().await },
         );
     let mut http_stop = Shutdown::new(stop_rx);
-    let http = axum::serve(http_listener, lazyxds::http::router(sink, counters, deps))
+    let sources = Sources {
+        edges: sink.clone(),
+        counters: counters.clone(),
+        deps,
+        plan,
+    };
+    let http = axum::serve(http_listener, lazyxds::http::router(sources))
         .with_graceful_shutdown(async move { http_stop.wait().await });
 
     let mut grpc = tokio::spawn(grpc);

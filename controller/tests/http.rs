@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 async fn mk_http(sink: Arc<MemoryEdgeSink>, counters: Arc<Counters>) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let router = lazyxds::http::router(sink, counters, None);
+    let router = lazyxds::http::router(lazyxds::http::Sources::edges(sink, counters));
     tokio::spawn(async move { axum::serve(listener, router).await });
     addr
 }

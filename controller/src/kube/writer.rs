@@ -1,0 +1,509 @@
+//! The Sidecar writer: the only code that changes the cluster.
+//!
+//! Compute, then act: [`plan`] (pure) compares the desired Sidecars with the live ones
+//! the watcher saw; [`run`] applies the plan with server-side apply under one field
+//! manager, deletes what we own and no longer need, and never touches a Sidecar without
+//! our label. Debounced (a burst of changes is one pass), rate-limited, every call under
+//! a timeout, failed objects retried with backoff — never a hot loop.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams};
+use kube::{Api, Client};
+use lazyxds_index::{desired, Desired, RenderConfig};
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::watch as signal;
+
+use super::watch::{istio_resource, LiveSidecar, Watched, KINDS};
+use crate::learn::SharedLearner;
+
+/// The field manager of every apply.
+pub const FIELD_MANAGER: &str = "lazyxds";
+
+/// One change the writer would make.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Change {
+    pub namespace: String,
+    pub name: String,
+    pub action: Action,
+    /// Lines removed (`-`) and added (`+`), YAML; empty for a delete.
+    pub diff: Vec<String>,
+    /// The full object to apply (not for deletes).
+    #[serde(skip)]
+    pub body: Option<Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Create,
+    Update,
+    Delete,
+}
+
+/// What one pass would do, and what it refuses.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Plan {
+    pub changes: Vec<Change>,
+    /// Desired Sidecars whose name is taken by a Sidecar we do not own.
+    pub blocked: Vec<String>,
+}
+
+fn yaml_lines(v: &Value) -> Vec<String> {
+    if v.is_null() {
+        return Vec::new();
+    }
+    serde_norway::to_string(v)
+        .unwrap_or_default()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+/// Removed and added lines, in order (enough to read a Sidecar change).
+fn diff(old: &Value, new: &Value) -> Vec<String> {
+    let (old, new) = (yaml_lines(old), yaml_lines(new));
+    let mut out: Vec<String> = old
+        .iter()
+        .filter(|l| !new.contains(l))
+        .map(|l| format!("-{l}"))
+        .collect();
+    out.extend(
+        new.iter()
+            .filter(|l| !old.contains(l))
+            .map(|l| format!("+{l}")),
+    );
+    out
+}
+
+/// The parts of a live Sidecar we manage, shaped like the desired object, for comparing.
+fn managed_view(live: &LiveSidecar, desired: &Value) -> Value {
+    let pick = |live: &BTreeMap<String, String>, want: &Value| -> Value {
+        let keys = want
+            .as_object()
+            .map(|m| m.keys().cloned().collect::<Vec<_>>())
+            .unwrap_or_default();
+        Value::Object(
+            keys.into_iter()
+                .filter_map(|k| Some((k.clone(), Value::String(live.get(&k)?.clone()))))
+                .collect(),
+        )
+    };
+    let mut view = desired.clone();
+    view["metadata"]["labels"] = pick(&live.labels, &desired["metadata"]["labels"]);
+    view["metadata"]["annotations"] = pick(&live.annotations, &desired["metadata"]["annotations"]);
+    view["spec"] = live.spec.clone();
+    view
+}
+
+/// The changes that make the live Sidecars equal the desired ones.
+pub fn plan(desired: &Desired, live: &BTreeMap<(String, String), LiveSidecar>) -> Plan {
+    let mut plan = Plan::default();
+    for sidecar in desired.sidecars.values() {
+        let meta = &sidecar.metadata;
+        let key = (meta.namespace.clone(), meta.name.clone());
+        let Ok(body) = sidecar.to_json() else {
+            continue;
+        };
+        let change = |action, diff| Change {
+            namespace: key.0.clone(),
+            name: key.1.clone(),
+            action,
+            diff,
+            body: Some(body.clone()),
+        };
+        match live.get(&key) {
+            None => plan
+                .changes
+                .push(change(Action::Create, diff(&Value::Null, &body))),
+            Some(l) if !l.ours => plan.blocked.push(format!("{}/{}", key.0, key.1)),
+            Some(l) => {
+                let current = managed_view(l, &body);
+                if current != body {
+                    plan.changes
+                        .push(change(Action::Update, diff(&current, &body)));
+                }
+            }
+        }
+    }
+    for ((ns, name), l) in live {
+        let wanted = desired
+            .sidecars
+            .values()
+            .any(|s| s.metadata.namespace == *ns && s.metadata.name == *name);
+        if l.ours && !wanted {
+            plan.changes.push(Change {
+                namespace: ns.clone(),
+                name: name.clone(),
+                action: Action::Delete,
+                diff: Vec::new(),
+                body: None,
+            });
+        }
+    }
+    plan
+}
+
+/// Writer settings.
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    pub render: RenderConfig,
+    /// Changes within this window are one pass.
+    pub debounce: Duration,
+    /// Writes per second at most.
+    pub max_writes_per_sec: u32,
+    /// Per API call.
+    pub timeout: Duration,
+    /// Compute and publish the plan; write nothing.
+    pub dry_run: bool,
+}
+
+/// Writer metrics.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    pub passes: AtomicU64,
+    pub applies: AtomicU64,
+    pub deletes: AtomicU64,
+    pub blocked: AtomicU64,
+    pub last_pass_ms: AtomicU64,
+    errors: Mutex<BTreeMap<String, u64>>,
+    plan: Mutex<Plan>,
+}
+
+impl WriterStats {
+    fn error(&self, reason: &str) {
+        *self
+            .errors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(reason.to_string())
+            .or_default() += 1;
+    }
+
+    pub fn errors(&self) -> BTreeMap<String, u64> {
+        self.errors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The last plan computed (all of it in dry-run; what was left to do otherwise).
+    pub fn plan(&self) -> Plan {
+        self.plan
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+fn reason(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) => match status.code {
+            409 => "conflict".into(),
+            429 => "throttled".into(),
+            500..=599 => format!("server_{}", status.code),
+            code => format!("http_{code}"),
+        },
+        _ => "transport".into(),
+    }
+}
+
+const RETRY_MIN: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Applies the desired state until `stop` resolves. Waits first for every watcher's
+/// initial list, so our existing Sidecars (and their learned deps) are known before any
+/// write: a restart never shrinks a Sidecar.
+pub async fn run(
+    client: Client,
+    learner: SharedLearner,
+    watched: Arc<Watched>,
+    mut synced: signal::Receiver<Vec<&'static str>>,
+    config: WriterConfig,
+    stats: Arc<WriterStats>,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(stop);
+    tokio::select! {
+        () = &mut stop => return,
+        _ = synced.wait_for(|s| KINDS.iter().all(|k| s.contains(k))) => {}
+    }
+    let forgotten = learner.index().forget_absent_workloads();
+    tracing::info!(
+        forgotten,
+        dry_run = config.dry_run,
+        "watches synced; writer starts"
+    );
+    let api_resource = istio_resource("Sidecar", "sidecars");
+    let min_gap = Duration::from_secs(1) / config.max_writes_per_sec.max(1);
+    let mut retry: Option<Duration> = None;
+    let mut last_plan = Plan::default();
+    loop {
+        tokio::time::sleep(config.debounce).await;
+        let started = Instant::now();
+        let desired = desired(&learner.index(), &config.render);
+        let plan = plan(&desired, &watched.sidecars());
+        stats.passes.fetch_add(1, Relaxed);
+        if plan.blocked.len() as u64 > 0 && plan.blocked != last_plan.blocked {
+            stats.blocked.fetch_add(plan.blocked.len() as u64, Relaxed);
+            tracing::warn!(sidecars = ?plan.blocked, "a Sidecar we would write exists and is not ours: left alone");
+        }
+        if config.dry_run {
+            if plan != last_plan {
+                for c in &plan.changes {
+                    tracing::info!(namespace = %c.namespace, name = %c.name, action = ?c.action,
+                        diff = %c.diff.join("\n"), "dry-run: would change Sidecar");
+                }
+            }
+        } else {
+            let failed = apply(
+                &client,
+                &api_resource,
+                &plan,
+                &watched,
+                &stats,
+                min_gap,
+                config.timeout,
+            )
+            .await;
+            retry = failed.then(|| retry.map_or(RETRY_MIN, |r| (r * 2).min(RETRY_MAX)));
+        }
+        *stats.plan.lock().unwrap_or_else(PoisonError::into_inner) = plan.clone();
+        last_plan = plan;
+        stats
+            .last_pass_ms
+            .store(started.elapsed().as_millis() as u64, Relaxed);
+        tokio::select! {
+            () = &mut stop => return,
+            () = learner.wait_changed() => {}
+            () = sleep_or_forever(retry) => {}
+        }
+    }
+}
+
+async fn sleep_or_forever(d: Option<Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Carries out `plan`; returns whether anything failed (to be retried with backoff).
+async fn apply(
+    client: &Client,
+    ar: &kube::api::ApiResource,
+    plan: &Plan,
+    watched: &Watched,
+    stats: &WriterStats,
+    min_gap: Duration,
+    timeout: Duration,
+) -> bool {
+    let mut failed = false;
+    for change in &plan.changes {
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &change.namespace, ar);
+        let started = Instant::now();
+        let result = match (&change.action, &change.body) {
+            (Action::Delete, _) => {
+                match tokio::time::timeout(
+                    timeout,
+                    api.delete(&change.name, &DeleteParams::default()),
+                )
+                .await
+                {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(kube::Error::Api(s))) if s.code == 404 => Ok(()),
+                    Ok(Err(e)) => Err(reason(&e)),
+                    Err(_) => Err("timeout".into()),
+                }
+            }
+            (_, Some(body)) => {
+                let params = PatchParams::apply(FIELD_MANAGER).force();
+                match tokio::time::timeout(
+                    timeout,
+                    api.patch(&change.name, &params, &Patch::Apply(body)),
+                )
+                .await
+                {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(reason(&e)),
+                    Err(_) => Err("timeout".into()),
+                }
+            }
+            (_, None) => Ok(()),
+        };
+        let key = (change.namespace.clone(), change.name.clone());
+        match result {
+            Ok(()) => {
+                // Record what we wrote now, so the next pass does not write it again
+                // before the watch echoes it back.
+                let mut live = watched.sidecars();
+                match (&change.action, &change.body) {
+                    (Action::Delete, _) => {
+                        live.remove(&key);
+                        stats.deletes.fetch_add(1, Relaxed);
+                    }
+                    (_, Some(body)) => {
+                        live.insert(key, live_from_body(body));
+                        stats.applies.fetch_add(1, Relaxed);
+                    }
+                    _ => {}
+                }
+                tracing::info!(namespace = %change.namespace, name = %change.name,
+                    action = ?change.action, ms = started.elapsed().as_millis() as u64, "Sidecar written");
+            }
+            Err(reason) => {
+                failed = true;
+                stats.error(&reason);
+                tracing::warn!(namespace = %change.namespace, name = %change.name,
+                    action = ?change.action, %reason, "Sidecar write failed; will retry");
+            }
+        }
+        let spent = started.elapsed();
+        if spent < min_gap {
+            tokio::time::sleep(min_gap - spent).await;
+        }
+    }
+    failed
+}
+
+fn live_from_body(body: &Value) -> LiveSidecar {
+    let strings = |v: &Value| -> BTreeMap<String, String> {
+        v.as_object()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    LiveSidecar {
+        ours: true,
+        labels: strings(&body["metadata"]["labels"]),
+        annotations: strings(&body["metadata"]["annotations"]),
+        spec: body["spec"].clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lazyxds_index::{Index, IndexConfig, Topology};
+
+    const TOPOLOGY: &str = r#"
+namespaces: [{name: shop, annotations: {lazyxds.io/enabled: "true"}}]
+workloads:
+  - {kind: Deployment, namespace: shop, name: web, labels: {app: web}, pods: [{ip: 10.0.0.1}]}
+services:
+  - {namespace: shop, name: api, selector: {app: api}, ports: [{port: 80, name: http}]}
+"#;
+
+    fn mk_desired() -> Desired {
+        let topology = Topology::from_yaml(TOPOLOGY, "t.yaml").unwrap();
+        let mut index = Index::new(IndexConfig::default());
+        topology.apply_to(&mut index);
+        desired(&index, &RenderConfig::default())
+    }
+
+    fn mk_live(desired: &Desired, ours: bool) -> BTreeMap<(String, String), LiveSidecar> {
+        desired
+            .sidecars
+            .values()
+            .map(|s| {
+                let mut live = live_from_body(&s.to_json().unwrap());
+                live.ours = ours;
+                (
+                    (s.metadata.namespace.clone(), s.metadata.name.clone()),
+                    live,
+                )
+            })
+            .collect()
+    }
+
+    fn actions(plan: &Plan) -> Vec<(Action, String)> {
+        plan.changes
+            .iter()
+            .map(|c| (c.action, format!("{}/{}", c.namespace, c.name)))
+            .collect()
+    }
+
+    const WEB: &str = "shop/lazyxds-deployment-web";
+
+    #[test]
+    fn creates_what_is_missing_and_nothing_when_equal() {
+        let desired = mk_desired();
+        let plan = plan(&desired, &BTreeMap::new());
+        assert_eq!(actions(&plan), vec![(Action::Create, WEB.to_string())]);
+        assert!(
+            plan.changes[0]
+                .diff
+                .iter()
+                .any(|l| l == "+    - istio-system/*"),
+            "{:?}",
+            plan.changes[0].diff
+        );
+        assert_eq!(
+            super::plan(&desired, &mk_live(&desired, true)),
+            Plan::default()
+        );
+    }
+
+    #[test]
+    fn updates_drift_ignoring_foreign_labels_and_annotations() {
+        let desired = mk_desired();
+        let mut live = mk_live(&desired, true);
+        let key = live.keys().next().unwrap().clone();
+        let web = live.get_mut(&key).unwrap();
+        web.annotations.insert(
+            "kubectl.kubernetes.io/last-applied-configuration".into(),
+            "{}".into(),
+        );
+        web.labels.insert("team".into(), "a".into());
+        assert_eq!(
+            plan(&desired, &live),
+            Plan::default(),
+            "foreign metadata is not ours to manage"
+        );
+        live.get_mut(&key).unwrap().spec["egress"][0]["hosts"] = serde_json::json!(["*/*"]);
+        let plan = plan(&desired, &live);
+        assert_eq!(actions(&plan), vec![(Action::Update, WEB.to_string())]);
+        assert!(
+            plan.changes[0].diff.contains(&"-    - '*/*'".to_string()),
+            "{:?}",
+            plan.changes[0].diff
+        );
+    }
+
+    #[test]
+    fn deletes_only_our_sidecars_that_are_no_longer_desired() {
+        let desired = mk_desired();
+        let mut live = mk_live(&desired, true);
+        let stale = live.values().next().unwrap().clone();
+        live.insert(
+            ("shop".into(), "lazyxds-deployment-gone".into()),
+            stale.clone(),
+        );
+        live.insert(
+            ("shop".into(), "users-own".into()),
+            LiveSidecar {
+                ours: false,
+                ..stale
+            },
+        );
+        assert_eq!(
+            actions(&plan(&desired, &live)),
+            vec![(Action::Delete, "shop/lazyxds-deployment-gone".to_string())]
+        );
+    }
+
+    #[test]
+    fn never_takes_over_a_sidecar_it_does_not_own() {
+        let desired = mk_desired();
+        let plan = plan(&desired, &mk_live(&desired, false));
+        assert_eq!(plan.changes, vec![]);
+        assert_eq!(plan.blocked, vec![WEB.to_string()]);
+    }
+}
