@@ -2,16 +2,15 @@
 //! binary, edges over real gRPC, Sidecars read back from disk.
 #![cfg(unix)]
 
+mod support;
+
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use lazyxds_proto::v1::edge_sink_client::EdgeSinkClient;
-use lazyxds_proto::v1::{gateway_message, Edge, EdgeBatch, GatewayMessage, Hello, Name};
 use serde_json::Value;
-use tokio_stream::wrappers::ReceiverStream;
+use support::{outbound, Controller};
 
 const TOPOLOGY: &str = r#"
 namespaces:
@@ -27,130 +26,6 @@ services:
 
 const API: &str = "api.shop.svc.cluster.local";
 const DB: &str = "db.shop.svc.cluster.local";
-
-/// The controller process; killed on drop. Its stderr goes to a file the test can read.
-struct Controller {
-    child: Child,
-    grpc: SocketAddr,
-    log: PathBuf,
-}
-
-impl Controller {
-    // The child is killed and waited for in Drop, which the lint cannot see.
-    #[allow(clippy::zombie_processes)]
-    fn start(dir: &Path) -> Controller {
-        let log = dir.join(format!(
-            "lazyxds-{}.log",
-            Instant::now().elapsed().as_nanos()
-        ));
-        let child = Command::new(env!("CARGO_BIN_EXE_lazyxds"))
-            .args([
-                "run",
-                "--grpc-addr",
-                "127.0.0.1:0",
-                "--http-addr",
-                "127.0.0.1:0",
-            ])
-            .arg("--file")
-            .arg(dir.join("topology.yaml"))
-            .arg("--out")
-            .arg(dir.join("sidecars"))
-            .env("LAZYXDS_LOG_LEVEL", "info")
-            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if let Some(grpc) = text.lines().find_map(|l| {
-                l.split("grpc=")
-                    .nth(1)?
-                    .split_whitespace()
-                    .next()?
-                    .parse()
-                    .ok()
-            }) {
-                return Controller { child, grpc, log };
-            }
-            assert!(
-                Instant::now() < deadline,
-                "controller did not start:\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// One stream: hello, then one batch with these (source IP, cluster) edges.
-    async fn send(&self, edges: &[([u8; 4], &str)]) {
-        let mut client = EdgeSinkClient::connect(format!("http://{}", self.grpc))
-            .await
-            .unwrap();
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let mut replies = client
-            .stream(ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
-        let names: Vec<Name> = edges
-            .iter()
-            .enumerate()
-            .map(|(i, (_, c))| Name {
-                id: i as u32 + 1,
-                value: c.to_string(),
-            })
-            .collect();
-        let edges = edges
-            .iter()
-            .enumerate()
-            .map(|(i, (ip, _))| Edge {
-                source_ip: ip.to_vec(),
-                cluster: i as u32 + 1,
-                requests: 1,
-                ..Edge::default()
-            })
-            .collect();
-        let hello = Hello {
-            gateway_id: "gw".into(),
-            worker: "w".into(),
-            resync: false,
-        };
-        let batch = EdgeBatch {
-            seq: 1,
-            sent_at_unix_s: now(),
-            names,
-            edges,
-        };
-        for kind in [
-            gateway_message::Kind::Hello(hello),
-            gateway_message::Kind::Batch(batch),
-        ] {
-            tx.send(GatewayMessage { kind: Some(kind) }).await.unwrap();
-        }
-        assert!(replies.message().await.unwrap().is_some(), "acked");
-    }
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-fn outbound(host: &str) -> String {
-    format!("outbound|80||{host}")
-}
 
 /// Learned deps in the web workload's Sidecar file (None: no file).
 fn web_deps(dir: &Path) -> Option<BTreeSet<String>> {
@@ -180,6 +55,17 @@ async fn wait_for_web_deps(dir: &Path, want: &[&str], controller: &Controller) {
     }
 }
 
+fn start(dir: &Path) -> Controller {
+    let (topology, out) = (dir.join("topology.yaml"), dir.join("sidecars"));
+    let args = [
+        "--file".as_ref(),
+        topology.as_os_str(),
+        "--out".as_ref(),
+        out.as_os_str(),
+    ];
+    Controller::start(dir, args, &[])
+}
+
 fn setup() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("topology.yaml"), TOPOLOGY).unwrap();
@@ -189,13 +75,13 @@ fn setup() -> tempfile::TempDir {
 #[tokio::test]
 async fn learned_deps_survive_a_restart_and_never_shrink() {
     let dir = setup();
-    let controller = Controller::start(dir.path());
+    let controller = start(dir.path());
     controller.send(&[([10, 0, 0, 1], &outbound(API))]).await;
     wait_for_web_deps(dir.path(), &[API], &controller).await;
     drop(controller); // SIGKILL: nothing flushed on the way out
 
     // A fresh process knows nothing but the files; a new edge adds to them.
-    let controller = Controller::start(dir.path());
+    let controller = start(dir.path());
     assert!(
         controller.log().contains("restored_deps=1"),
         "{}",
@@ -208,7 +94,7 @@ async fn learned_deps_survive_a_restart_and_never_shrink() {
 #[tokio::test]
 async fn a_bad_topology_edit_is_reported_and_the_last_good_state_kept() {
     let dir = setup();
-    let controller = Controller::start(dir.path());
+    let controller = start(dir.path());
     controller.send(&[([10, 0, 0, 1], &outbound(API))]).await;
     wait_for_web_deps(dir.path(), &[API], &controller).await;
 
@@ -269,7 +155,7 @@ fn a_bad_topology_at_start_is_a_clear_error() {
 #[tokio::test]
 async fn report_reads_the_topology_and_the_written_sidecars() {
     let dir = setup();
-    let controller = Controller::start(dir.path());
+    let controller = start(dir.path());
     controller.send(&[([10, 0, 0, 1], &outbound(API))]).await;
     wait_for_web_deps(dir.path(), &[API], &controller).await;
     drop(controller);
