@@ -1,0 +1,354 @@
+//! `lazyxds run --kube` against the in-process fake API server: the real binary with a
+//! kubeconfig, the real kube client and watchers, edges over real gRPC.
+#![cfg(unix)]
+
+mod support;
+
+use std::ffi::OsStr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use fake_apiserver::{Failure, FakeApiServer, RequestMatch, Verb};
+use serde_json::{json, Value};
+use support::{eventually, outbound, Controller};
+
+const SIDECARS: &str = "networking.istio.io/v1";
+const WEB_SIDECAR: &str = "lazyxds-deployment-web";
+const API: &str = "api.shop.svc.cluster.local";
+const DB: &str = "db.shop.svc.cluster.local";
+
+struct Cluster {
+    api: FakeApiServer,
+    dir: tempfile::TempDir,
+    kubeconfig: PathBuf,
+}
+
+impl Cluster {
+    /// A namespace `shop` opted in, Deployment `web` (ReplicaSet, one pod at 10.0.0.1) and
+    /// Services `api` and `db`.
+    async fn start() -> Cluster {
+        let api = FakeApiServer::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
+                 clusters: [{{name: fake, cluster: {{server: '{}'}}}}]\n\
+                 users: [{{name: test, user: {{}}}}]\n\
+                 contexts: [{{name: fake, context: {{cluster: fake, user: test}}}}]\n",
+                api.url()
+            ),
+        )
+        .unwrap();
+        let c = Cluster {
+            api,
+            dir,
+            kubeconfig,
+        };
+        c.namespace("shop", Some("true"));
+        c.deployment("web", None);
+        c.apply(json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
+            "metadata": {"name": "web-5d9", "namespace": "shop",
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": "u1", "controller": true}]},
+            "spec": {"selector": {"matchLabels": {"app": "web"}}}}));
+        c.pod("web-5d9-a", "web-5d9", "10.0.0.1", "web");
+        for svc in ["api", "db"] {
+            c.apply(json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": svc, "namespace": "shop"},
+                "spec": {"selector": {"app": svc}, "ports": [{"port": 80, "name": "http"}]}}));
+        }
+        c
+    }
+
+    fn apply(&self, obj: Value) {
+        self.api.apply_object(obj).unwrap();
+    }
+
+    fn namespace(&self, name: &str, enabled: Option<&str>) {
+        let annotations = enabled.map_or(json!({}), |e| json!({"lazyxds.io/enabled": e}));
+        self.apply(json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": name, "annotations": annotations}}));
+    }
+
+    fn deployment(&self, name: &str, enabled: Option<&str>) {
+        let annotations = enabled.map_or(json!({}), |e| json!({"lazyxds.io/enabled": e}));
+        self.apply(json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name, "namespace": "shop", "annotations": annotations},
+            "spec": {"selector": {"matchLabels": {"app": name}},
+                "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": []}}}}));
+    }
+
+    fn pod(&self, name: &str, replica_set: &str, ip: &str, app: &str) {
+        self.apply(json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "shop", "labels": {"app": app},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": replica_set, "uid": "u2", "controller": true}]},
+            "spec": {"containers": [], "serviceAccountName": app},
+            "status": {"podIP": ip, "podIPs": [{"ip": ip}], "startTime": "2026-01-01T00:00:00Z"}}));
+    }
+
+    fn controller(&self, extra: &[&str]) -> Controller {
+        let env: [(&str, &OsStr); 1] = [("KUBECONFIG", self.kubeconfig.as_os_str())];
+        let args: Vec<&str> = ["--kube", "--write-debounce-ms", "20"]
+            .iter()
+            .chain(extra)
+            .copied()
+            .collect();
+        Controller::start(self.dir.path(), args, &env)
+    }
+
+    fn sidecar(&self, name: &str) -> Option<Value> {
+        self.api.get_object(SIDECARS, "Sidecar", Some("shop"), name)
+    }
+
+    /// Learned deps of our web Sidecar (None: no Sidecar).
+    fn web_deps(&self) -> Option<Vec<String>> {
+        let sc = self.sidecar(WEB_SIDECAR)?;
+        let deps: serde_json::Map<String, Value> =
+            serde_json::from_str(sc["metadata"]["annotations"]["lazyxds.io/deps"].as_str()?)
+                .ok()?;
+        Some(deps.keys().cloned().collect())
+    }
+
+    async fn wait_web_deps(&self, want: &[&str], controller: &Controller) {
+        let want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
+        eventually(
+            Duration::from_secs(15),
+            || {
+                format!(
+                    "web deps {:?}, want {want:?}\n{}",
+                    self.web_deps(),
+                    controller.log()
+                )
+            },
+            || (self.web_deps().as_ref() == Some(&want)).then_some(()),
+        )
+        .await;
+    }
+
+    fn writes(&self) -> usize {
+        self.api
+            .requests()
+            .iter()
+            .filter(|r| {
+                r.verb.is_write()
+                    && r.field_manager.as_deref() != Some(fake_apiserver::TEST_MANAGER)
+            })
+            .filter(|r| r.resource.as_deref() == Some("sidecars"))
+            .count()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn learns_opts_out_and_prunes() {
+    let c = Cluster::start().await;
+    let ctl = c.controller(&[]);
+    // Opted in: a Sidecar at once, with nothing learned yet.
+    c.wait_web_deps(&[], &ctl).await;
+    let sc = c.sidecar(WEB_SIDECAR).unwrap();
+    assert_eq!(
+        sc["spec"]["workloadSelector"]["labels"],
+        json!({"app": "web"})
+    );
+    assert_eq!(
+        sc["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "lazyxds"
+    );
+    let applies = c
+        .api
+        .requests_matching(&RequestMatch::any().verb(Verb::Apply).resource("sidecars"));
+    assert!(applies
+        .iter()
+        .all(|r| r.field_manager.as_deref() == Some("lazyxds")));
+
+    ctl.send(&[([10, 0, 0, 1], &outbound(API))]).await;
+    c.wait_web_deps(&[API], &ctl).await;
+    let hosts = c.sidecar(WEB_SIDECAR).unwrap()["spec"]["egress"][0]["hosts"].clone();
+    assert!(
+        hosts
+            .as_array()
+            .unwrap()
+            .contains(&json!(format!("shop/{API}"))),
+        "{hosts}"
+    );
+
+    // The workload opts out: its Sidecar is deleted.
+    c.deployment("web", Some("false"));
+    eventually(
+        Duration::from_secs(15),
+        || ctl.log(),
+        || c.sidecar(WEB_SIDECAR).is_none().then_some(()),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_come_and_go_and_ip_reuse_moves_edges_to_the_new_pod() {
+    let c = Cluster::start().await;
+    c.deployment("jobs", None);
+    c.apply(json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "metadata": {"name": "jobs-1", "namespace": "shop",
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "jobs", "uid": "u3", "controller": true}]},
+        "spec": {"selector": {"matchLabels": {"app": "jobs"}}}}));
+    let ctl = c.controller(&[]);
+    c.wait_web_deps(&[], &ctl).await;
+    // web's pod goes away; a jobs pod gets its IP.
+    c.api
+        .delete_object("v1", "Pod", Some("shop"), "web-5d9-a")
+        .unwrap();
+    c.pod("jobs-1-a", "jobs-1", "10.0.0.1", "jobs");
+    let jobs_deps = || -> Option<Vec<String>> {
+        let sc = c.sidecar("lazyxds-deployment-jobs")?;
+        let deps: serde_json::Map<String, Value> =
+            serde_json::from_str(sc["metadata"]["annotations"]["lazyxds.io/deps"].as_str()?)
+                .ok()?;
+        Some(deps.keys().cloned().collect())
+    };
+    // The edge's last-seen is now: after the reuse, so it belongs to jobs.
+    eventually(
+        Duration::from_secs(15),
+        || ctl.log(),
+        || jobs_deps().map(|_| ()),
+    )
+    .await;
+    ctl.send(&[([10, 0, 0, 1], &outbound(DB))]).await;
+    eventually(
+        Duration::from_secs(15),
+        || format!("{:?} {}", jobs_deps(), ctl.log()),
+        || (jobs_deps() == Some(vec![DB.to_string()])).then_some(()),
+    )
+    .await;
+    assert_eq!(
+        c.web_deps(),
+        Some(vec![]),
+        "web learned nothing from its old IP"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_sidecar_is_never_touched() {
+    let c = Cluster::start().await;
+    // The user's Sidecar takes our would-be name and has no managed-by label.
+    c.api
+        .apply_object_as("kubectl", json!({"apiVersion": SIDECARS, "kind": "Sidecar",
+            "metadata": {"name": WEB_SIDECAR, "namespace": "shop"},
+            "spec": {"workloadSelector": {"labels": {"app": "other"}}, "egress": [{"hosts": ["*/*"]}]}}))
+        .unwrap();
+    let ctl = c.controller(&[]);
+    ctl.send(&[([10, 0, 0, 1], &outbound(API))]).await;
+    eventually(
+        Duration::from_secs(15),
+        || ctl.log(),
+        || ctl.log().contains("is not ours: left alone").then_some(()),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(c.writes(), 0, "no write to any Sidecar");
+    assert_eq!(
+        c.sidecar(WEB_SIDECAR).unwrap()["spec"]["egress"][0]["hosts"],
+        json!(["*/*"])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_never_shrinks_and_resync_merges() {
+    let c = Cluster::start().await;
+    let ctl = c.controller(&[]);
+    ctl.send(&[([10, 0, 0, 1], &outbound(API))]).await;
+    c.wait_web_deps(&[API], &ctl).await;
+    drop(ctl);
+    let applies_before = c.writes();
+
+    // A new process knows only the cluster: the Sidecar keeps its dep, and is not even
+    // re-written (nothing changed).
+    let ctl = c.controller(&[]);
+    eventually(
+        Duration::from_secs(15),
+        || ctl.log(),
+        || ctl.log().contains("writer starts").then_some(()),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(c.web_deps(), Some(vec![API.to_string()]));
+    assert_eq!(
+        c.writes(),
+        applies_before,
+        "no write after restart:\n{}",
+        ctl.log()
+    );
+    // A gateway resync adds to it.
+    ctl.send(&[
+        ([10, 0, 0, 1], &outbound(API)),
+        ([10, 0, 0, 1], &outbound(DB)),
+    ])
+    .await;
+    c.wait_web_deps(&[API, DB], &ctl).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_converge_without_losing_deps_or_hot_looping() {
+    let c = Cluster::start().await;
+    let apply = RequestMatch::any().verb(Verb::Apply).resource("sidecars");
+    c.api.fail_next(2, apply.clone(), Failure::Conflict);
+    c.api.fail_next(2, apply.clone(), Failure::InternalError);
+    let ctl = c.controller(&[]);
+    ctl.send(&[([10, 0, 0, 1], &outbound(API))]).await;
+    c.wait_web_deps(&[API], &ctl).await;
+    // Watches dropped and the event window expired: the watchers relist, nothing is lost.
+    c.api.expire_watch_window();
+    c.api.drop_watches(&RequestMatch::any());
+    ctl.send(&[([10, 0, 0, 1], &outbound(DB))]).await;
+    c.wait_web_deps(&[API, DB], &ctl).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let applies = c.api.count_requests(&apply);
+    assert!(
+        applies <= 10,
+        "{applies} applies for 2 changes + 4 injected failures"
+    );
+    let plan: Value = serde_json::from_str(&ctl.http_get("/debug/plan").await).unwrap();
+    let errors = &plan["writer"]["errors"];
+    assert_eq!(
+        (errors["conflict"].as_u64(), errors["server_500"].as_u64()),
+        (Some(2), Some(2)),
+        "{plan}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_writes_nothing_and_shows_the_plan() {
+    let c = Cluster::start().await;
+    let ctl = c.controller(&["--dry-run"]);
+    ctl.send(&[([10, 0, 0, 1], &outbound(API))]).await;
+    let plan = eventually(
+        Duration::from_secs(15),
+        || ctl.log(),
+        || {
+            let text = futures_lite_block(ctl.http_get("/debug/plan"));
+            let plan: Value = serde_json::from_str(&text).ok()?;
+            let change = plan["plan"]["changes"].as_array()?.first()?.clone();
+            change["diff"].to_string().contains(API).then_some(change)
+        },
+    )
+    .await;
+    assert_eq!(plan["action"], "create");
+    assert_eq!(plan["name"], WEB_SIDECAR);
+    let writes: Vec<_> = c
+        .api
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r.verb.is_write() && r.field_manager.as_deref() != Some(fake_apiserver::TEST_MANAGER)
+        })
+        .collect();
+    assert!(writes.is_empty(), "{writes:?}");
+    assert!(
+        ctl.log().contains("dry-run: would change Sidecar"),
+        "{}",
+        ctl.log()
+    );
+}
+
+/// Runs a future to completion from sync code inside the multi-thread runtime.
+fn futures_lite_block<F: std::future::Future>(f: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+}
