@@ -166,6 +166,26 @@ struct RunArgs {
     #[arg(long, env = "LAZYXDS_DRY_RUN", requires = "kube")]
     dry_run: bool,
 
+    /// Kubernetes mode: the controller's namespace (its Lease, its pods, the kill-switch
+    /// ConfigMap `lazyxds`). Set from the downward API.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "lazyxds-system")]
+    namespace: String,
+
+    /// Kubernetes mode: this replica's pod name (Lease identity, leader label, Events).
+    #[arg(long, env = "POD_NAME", default_value = "lazyxds")]
+    pod_name: String,
+
+    /// Kubernetes mode: elect a leader on the Lease `lazyxds-leader`; only the leader
+    /// writes and accepts gateway streams, and labels its pod `lazyxds.io/leader=true`
+    /// (the gRPC Service selects it). Needed with more than one replica.
+    #[arg(long, env = "LAZYXDS_LEADER_ELECTION")]
+    leader_election: bool,
+
+    /// Kubernetes mode: a leader that has not renewed its Lease for this long is replaced.
+    #[arg(long, env = "LAZYXDS_LEASE_DURATION_SECS", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(2..))]
+    lease_duration_secs: u64,
+
     /// Kubernetes mode: Sidecar writes per second at most.
     #[arg(long, env = "LAZYXDS_MAX_WRITES_PER_SEC", default_value_t = 20,
           value_parser = clap::value_parser!(u32).range(1..))]
@@ -265,25 +285,47 @@ async fn run(args: RunArgs) -> Result<()> {
             dry_run: args.dry_run,
         };
         let mut writer_stop = Shutdown::new(stop_rx.clone());
-        let (status, writer) = lazyxds::kube::start(client, learner.clone(), config, async move {
-            writer_stop.wait().await
-        });
+        let identity = lazyxds::kube::Identity {
+            namespace: args.namespace.clone(),
+            pod_name: args.pod_name.clone(),
+        };
+        let leader = if args.leader_election {
+            let config = lazyxds::kube::leader::LeaderConfig {
+                namespace: args.namespace.clone(),
+                pod_name: args.pod_name.clone(),
+                lease_name: "lazyxds-leader".into(),
+                duration_secs: args.lease_duration_secs,
+                grace_secs: (args.lease_duration_secs / 3).max(1),
+            };
+            lazyxds::kube::leader::elect(client.clone(), config)
+                .await
+                .context("starting leader election")?
+        } else {
+            lazyxds::kube::leader::always()
+        };
+        // Gateways stream to the leader: a follower ends streams (UNAVAILABLE) so they
+        // reconnect, through the Service, to whoever leads.
+        let streams_stop = follower_or_stopping(leader.clone(), stop_rx.clone());
+        let (status, writer) = lazyxds::kube::start(
+            client,
+            &identity,
+            learner.clone(),
+            leader,
+            config,
+            async move { writer_stop.wait().await },
+        );
         let deps: Arc<dyn DepsView> = learner.clone();
         let plan: Arc<dyn PlanView> = Arc::new(status);
         let views = (Some(deps), Some(plan));
-        return serve(
-            &args, listeners, learner, views, counters, writer, stop_tx, stop_rx,
-        )
-        .await;
+        let channels = (stop_tx, stop_rx, streams_stop);
+        return serve(&args, listeners, learner, views, counters, writer, channels).await;
     }
     let (Some(file), Some(out)) = (&args.file, &args.out) else {
         let sink = Arc::new(edges);
         let idle = std::future::ready(());
         let views = (None, None);
-        return serve(
-            &args, listeners, sink, views, counters, idle, stop_tx, stop_rx,
-        )
-        .await;
+        let channels = (stop_tx, stop_rx.clone(), stop_rx);
+        return serve(&args, listeners, sink, views, counters, idle, channels).await;
     };
     let topology = filemode::load_topology(file)?;
     let mut index = Index::new(args.scoping.index_config());
@@ -302,6 +344,7 @@ async fn run(args: RunArgs) -> Result<()> {
         writer_stop.wait().await
     });
     let deps: Arc<dyn DepsView> = learner.clone();
+    let channels = (stop_tx, stop_rx.clone(), stop_rx);
     serve(
         &args,
         listeners,
@@ -309,11 +352,37 @@ async fn run(args: RunArgs) -> Result<()> {
         (Some(deps), None),
         counters,
         writer,
-        stop_tx,
-        stop_rx,
+        channels,
     )
     .await
 }
+
+/// True while this replica must not hold gateway streams: stopping, or not leading.
+fn follower_or_stopping(
+    mut leader: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
+) -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(!*leader.borrow() || *stop.borrow());
+    tokio::spawn(async move {
+        // A closed leadership channel never changes again (no election: always leading).
+        let mut leader_open = true;
+        loop {
+            tx.send_replace(!*leader.borrow_and_update() || *stop.borrow_and_update());
+            tokio::select! {
+                changed = leader.changed(), if leader_open => leader_open = changed.is_ok(),
+                changed = stop.changed() => if changed.is_err() { return },
+            }
+        }
+    });
+    rx
+}
+
+/// The process stop signal (sender and receiver) and the signal that ends gateway streams.
+type Channels = (
+    watch::Sender<bool>,
+    watch::Receiver<bool>,
+    watch::Receiver<bool>,
+);
 
 /// The optional debug views: learned deps (index modes), the writer's plan (--kube).
 type Views = (Option<Arc<dyn DepsView>>, Option<Arc<dyn PlanView>>);
@@ -328,8 +397,7 @@ async fn serve<S: EdgeSink + EdgeView>(
     (deps, plan): Views,
     counters: Arc<Counters>,
     background: impl std::future::Future<Output = ()> + Send + 'static,
-    stop_tx: watch::Sender<bool>,
-    stop_rx: watch::Receiver<bool>,
+    (stop_tx, stop_rx, streams_stop): Channels,
 ) -> Result<()> {
     let grpc_addr = grpc_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
@@ -344,7 +412,7 @@ async fn serve<S: EdgeSink + EdgeView>(
         sink.clone(),
         counters.clone(),
         config,
-        Shutdown::new(stop_rx.clone()),
+        Shutdown::new(streams_stop),
     );
     let mut grpc_stop = Shutdown::new(stop_rx.clone());
     let grpc = tonic::transport::Server::builder()

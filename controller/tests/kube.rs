@@ -352,3 +352,177 @@ async fn dry_run_writes_nothing_and_shows_the_plan() {
 fn futures_lite_block<F: std::future::Future>(f: F) -> F::Output {
     tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
 }
+
+const SYSTEM: &str = "lazyxds-system";
+
+fn sidecars_ours(c: &Cluster) -> usize {
+    c.api
+        .list_objects(SIDECARS, "Sidecar", Some("shop"))
+        .iter()
+        .filter(|s| s["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "lazyxds")
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kill_switch_deletes_every_sidecar_we_own_and_nothing_else() {
+    let c = Cluster::start().await;
+    c.api
+        .apply_object_as("kubectl", json!({"apiVersion": SIDECARS, "kind": "Sidecar",
+            "metadata": {"name": "users-own", "namespace": "shop"},
+            "spec": {"workloadSelector": {"labels": {"app": "other"}}, "egress": [{"hosts": ["*/*"]}]}}))
+        .unwrap();
+    let ctl = c.controller(&[]);
+    ctl.send(&[([10, 0, 0, 1], &outbound(API))]).await;
+    c.wait_web_deps(&[API], &ctl).await;
+
+    let switch = |enabled: &str| {
+        c.apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "lazyxds", "namespace": SYSTEM}, "data": {"enabled": enabled}}));
+    };
+    switch("false");
+    let started = std::time::Instant::now();
+    eventually(
+        Duration::from_secs(10),
+        || ctl.log(),
+        || (sidecars_ours(&c) == 0).then_some(()),
+    )
+    .await;
+    println!(
+        "kill switch: our Sidecars gone {:?} after the ConfigMap change",
+        started.elapsed()
+    );
+    assert!(c.sidecar("users-own").is_some(), "the user's Sidecar stays");
+    let plan: Value = serde_json::from_str(&ctl.http_get("/debug/plan").await).unwrap();
+    assert_eq!(plan["kill_switch"], true);
+
+    // Switched back on: learned deps were kept in memory, the Sidecar comes back whole.
+    switch("true");
+    c.wait_web_deps(&[API], &ctl).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_say_when_a_workload_is_scoped_or_refused() {
+    let c = Cluster::start().await;
+    // No pod-template labels: its Sidecar would have an empty selector (the whole
+    // namespace), so it is refused.
+    c.apply(json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "nolabels", "namespace": "shop"},
+        "spec": {"selector": {}, "template": {"metadata": {}, "spec": {"containers": []}}}}));
+    let ctl = c.controller(&["--pod-name", "lazyxds-0"]);
+    let events = || {
+        c.api
+            .list_objects("events.k8s.io/v1", "Event", Some("shop"))
+    };
+    let find = |reason: &str, name: &str| {
+        events()
+            .into_iter()
+            .find(|e| e["reason"] == reason && e["regarding"]["name"] == name)
+    };
+    let scoped = eventually(
+        Duration::from_secs(15),
+        || format!("{:#?}\n{}", events(), ctl.log()),
+        || find("Scoped", "web"),
+    )
+    .await;
+    assert_eq!(scoped["type"], "Normal");
+    assert_eq!(scoped["regarding"]["kind"], "Deployment");
+    assert_eq!(scoped["reportingInstance"], "lazyxds-0");
+    let refused = eventually(
+        Duration::from_secs(15),
+        || format!("{:#?}", events()),
+        || find("NotScoped", "nolabels"),
+    )
+    .await;
+    assert_eq!(refused["type"], "Warning");
+    assert!(
+        refused["note"].as_str().unwrap().contains("workloadSelector"),
+        "{refused}"
+    );
+}
+
+fn controller_pod(c: &Cluster, name: &str) {
+    c.apply(json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": SYSTEM, "labels": {"app": "lazyxds"}},
+        "spec": {"containers": []}}));
+}
+
+fn is_leader(c: &Cluster, pod: &str) -> bool {
+    c.api
+        .get_object("v1", "Pod", Some(SYSTEM), pod)
+        .is_some_and(|p| p["metadata"]["labels"]["lazyxds.io/leader"] == "true")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_leader_writes_and_failover_moves_streams_without_losing_deps() {
+    let c = Cluster::start().await;
+    controller_pod(&c, "lazyxds-a");
+    controller_pod(&c, "lazyxds-b");
+    let ha = |pod: &'static str| {
+        [
+            "--leader-election",
+            "--lease-duration-secs",
+            "2",
+            "--pod-name",
+            pod,
+        ]
+    };
+    let mut a = c.controller(&ha("lazyxds-a"));
+    eventually(
+        Duration::from_secs(10),
+        || a.log(),
+        || is_leader(&c, "lazyxds-a").then_some(()),
+    )
+    .await;
+    let b = c.controller(&ha("lazyxds-b"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!is_leader(&c, "lazyxds-b"));
+
+    // The follower refuses gateway streams (they reconnect to the leader's Service).
+    let refused = b
+        .try_send(&[([10, 0, 0, 1], &outbound(API))])
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    a.send(&[([10, 0, 0, 1], &outbound(API))]).await;
+    c.wait_web_deps(&[API], &a).await;
+    assert!(
+        !b.log().contains("Sidecar written"),
+        "the follower wrote:\n{}",
+        b.log()
+    );
+
+    // The leader crashes without releasing the Lease: the follower takes over within the
+    // lease duration (plus a renewal), moves the label, and keeps what was learned.
+    a.kill();
+    let killed = std::time::Instant::now();
+    eventually(
+        Duration::from_secs(10),
+        || b.log(),
+        || (is_leader(&c, "lazyxds-b") && !is_leader(&c, "lazyxds-a")).then_some(()),
+    )
+    .await;
+    println!(
+        "failover: lazyxds-b leads {:?} after lazyxds-a died",
+        killed.elapsed()
+    );
+    eventually(
+        Duration::from_secs(10),
+        || b.log(),
+        || b.log().contains("writer starts").then_some(()),
+    )
+    .await;
+    // A gateway's resync after reconnecting, plus a new edge: merged, nothing lost.
+    eventually(
+        Duration::from_secs(10),
+        || b.log(),
+        || {
+            futures_lite_block(b.try_send(&[
+                ([10, 0, 0, 1], &outbound(API)),
+                ([10, 0, 0, 1], &outbound(DB)),
+            ]))
+            .ok()
+        },
+    )
+    .await;
+    c.wait_web_deps(&[API, DB], &b).await;
+}

@@ -1,6 +1,7 @@
 //! Kubernetes mode (`lazyxds run --kube`): watchers feed the index, a writer applies the
 //! desired Sidecars with server-side apply.
 
+pub mod leader;
 pub mod project;
 pub mod watch;
 pub mod writer;
@@ -39,14 +40,27 @@ impl PlanView for KubeStatus {
                 "errors": v.watch_errors.load(Relaxed),
                 "invalid_annotations": v.invalid_annotations.load(Relaxed),
             },
+            "kill_switch": v.disabled.load(Relaxed),
         })
     }
 }
 
+/// Who this replica is.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The controller's namespace (Lease, kill-switch ConfigMap, its pods).
+    pub namespace: String,
+    /// This replica's pod name (Lease identity, Event instance).
+    pub pod_name: String,
+}
+
 /// Starts the watchers; returns the status view and the writer (to run until `stop`).
+/// `leader` says when this replica may write ([`leader::always`] without election).
 pub fn start(
     client: ::kube::Client,
+    identity: &Identity,
     learner: SharedLearner,
+    leader: tokio::sync::watch::Receiver<bool>,
     config: writer::WriterConfig,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> (
@@ -56,13 +70,36 @@ pub fn start(
     let watched = Arc::new(watch::Watched::default());
     let stats = Arc::new(writer::WriterStats::default());
     let (synced_tx, synced_rx) = tokio::sync::watch::channel(Vec::new());
-    let tasks = watch::spawn_all(client.clone(), learner.clone(), watched.clone(), synced_tx);
+    let tasks = watch::spawn_all(
+        client.clone(),
+        &identity.namespace,
+        learner.clone(),
+        watched.clone(),
+        synced_tx,
+    );
     let status = KubeStatus {
         writer: stats.clone(),
         watched: watched.clone(),
     };
+    let recorder = (!config.dry_run).then(|| {
+        ::kube::runtime::events::Recorder::new(
+            client.clone(),
+            ::kube::runtime::events::Reporter {
+                controller: "lazyxds".into(),
+                instance: Some(identity.pod_name.clone()),
+            },
+        )
+    });
+    let parts = writer::WriterParts {
+        learner,
+        watched,
+        synced: synced_rx,
+        leader,
+        recorder,
+        stats,
+    };
     let writer = async move {
-        writer::run(client, learner, watched, synced_rx, config, stats, stop).await;
+        writer::run(client, parts, config, stop).await;
         for task in tasks {
             task.abort();
         }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::watcher::{self, Event};
@@ -35,8 +35,13 @@ pub fn istio_resource(kind: &str, plural: &str) -> ApiResource {
     }
 }
 
+/// The kill switch: ConfigMap `lazyxds` in the controller's namespace; `enabled: "false"`
+/// makes the writer delete every Sidecar we own.
+pub const KILL_SWITCH_CONFIGMAP: &str = "lazyxds";
+
 /// Every kind watched, by name; the writer starts when all are synced.
-pub const KINDS: [&str; 12] = [
+pub const KINDS: [&str; 13] = [
+    "configmap",
     "namespaces",
     "pods",
     "replicasets",
@@ -66,6 +71,8 @@ pub struct LiveSidecar {
 pub struct Watched {
     /// Every Sidecar in the cluster by (namespace, name).
     pub sidecars: Mutex<BTreeMap<(String, String), LiveSidecar>>,
+    /// The kill switch is on.
+    pub disabled: std::sync::atomic::AtomicBool,
     pub invalid_annotations: AtomicU64,
     pub watch_errors: AtomicU64,
     pub events: AtomicU64,
@@ -185,9 +192,63 @@ fn track_sidecar(ctx: &Ctx, obj: &DynamicObject) {
         .insert((ns.to_string(), name.to_string()), live);
 }
 
+/// Watches the kill-switch ConfigMap (absent = enabled).
+async fn run_kill_switch(api: Api<ConfigMap>, ctx: Arc<Ctx>) {
+    let config =
+        watcher::Config::default().fields(&format!("metadata.name={KILL_SWITCH_CONFIGMAP}"));
+    let stream = kube::runtime::watcher(api, config).default_backoff();
+    futures::pin_mut!(stream);
+    let mut seen = false;
+    let mut synced_once = false;
+    let set = |disabled: bool| {
+        let was = ctx.watched.disabled.swap(disabled, Relaxed);
+        if was != disabled {
+            let what = if disabled {
+                "ON: deleting every Sidecar we own"
+            } else {
+                "off"
+            };
+            tracing::warn!(disabled, "kill switch {what}");
+            ctx.learner.mark_changed();
+        }
+    };
+    let disabled = |cm: &ConfigMap| {
+        cm.data
+            .as_ref()
+            .and_then(|d| d.get("enabled"))
+            .map(|v| v.trim())
+            == Some("false")
+    };
+    while let Some(event) = stream.next().await {
+        match event {
+            Err(error) => {
+                ctx.watched.watch_errors.fetch_add(1, Relaxed);
+                tracing::warn!(kind = "configmap", %error, "watch failed; retrying with backoff");
+            }
+            Ok(Event::Init) => seen = false,
+            Ok(Event::InitApply(cm)) | Ok(Event::Apply(cm)) => {
+                seen = true;
+                set(disabled(&cm));
+            }
+            Ok(Event::Delete(_)) => set(false),
+            Ok(Event::InitDone) => {
+                if !seen {
+                    set(false);
+                }
+                if !synced_once {
+                    synced_once = true;
+                    ctx.synced.send_modify(|s| s.push("configmap"));
+                }
+            }
+        }
+    }
+}
+
 /// Starts every watcher; `synced` receives the kinds that completed their first list.
+/// `namespace` is the controller's own (the kill-switch ConfigMap lives there).
 pub fn spawn_all(
     client: Client,
+    namespace: &str,
     learner: SharedLearner,
     watched: Arc<Watched>,
     synced: signal::Sender<Vec<&'static str>>,
@@ -197,7 +258,10 @@ pub fn spawn_all(
         watched,
         synced,
     });
-    let mut tasks = Vec::new();
+    let mut tasks = vec![tokio::spawn(run_kill_switch(
+        Api::namespaced(client.clone(), namespace),
+        ctx.clone(),
+    ))];
     macro_rules! spawn {
         ($api:expr, $kind:expr) => {
             tasks.push(tokio::spawn(run_kind($api, $kind, ctx.clone())));

@@ -11,9 +11,11 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
 use kube::{Api, Client};
-use lazyxds_index::{desired, Desired, RenderConfig};
+use lazyxds_index::{desired, Desired, RenderConfig, WorkloadId, WorkloadKind};
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::watch as signal;
@@ -215,18 +217,35 @@ fn reason(error: &kube::Error) -> String {
 const RETRY_MIN: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
+/// What the writer needs besides the cluster client.
+pub struct WriterParts {
+    pub learner: SharedLearner,
+    pub watched: Arc<Watched>,
+    pub synced: signal::Receiver<Vec<&'static str>>,
+    /// Whether this replica leads (only the leader writes).
+    pub leader: signal::Receiver<bool>,
+    /// Kubernetes Events on workloads (scoped, refused); None in dry-run.
+    pub recorder: Option<Recorder>,
+    pub stats: Arc<WriterStats>,
+}
+
 /// Applies the desired state until `stop` resolves. Waits first for every watcher's
 /// initial list, so our existing Sidecars (and their learned deps) are known before any
-/// write: a restart never shrinks a Sidecar.
+/// write: a restart never shrinks a Sidecar. Writes only while this replica leads.
 pub async fn run(
     client: Client,
-    learner: SharedLearner,
-    watched: Arc<Watched>,
-    mut synced: signal::Receiver<Vec<&'static str>>,
+    parts: WriterParts,
     config: WriterConfig,
-    stats: Arc<WriterStats>,
     stop: impl std::future::Future<Output = ()>,
 ) {
+    let WriterParts {
+        learner,
+        watched,
+        mut synced,
+        mut leader,
+        recorder,
+        stats,
+    } = parts;
     tokio::pin!(stop);
     tokio::select! {
         () = &mut stop => return,
@@ -242,13 +261,31 @@ pub async fn run(
     let min_gap = Duration::from_secs(1) / config.max_writes_per_sec.max(1);
     let mut retry: Option<Duration> = None;
     let mut last_plan = Plan::default();
+    let mut evented: BTreeMap<WorkloadId, String> = BTreeMap::new();
+    // A closed leadership channel never changes again (no election: always leading).
+    let mut leader_open = true;
     loop {
+        // Followers compute nothing: the leader's view is the one that counts.
+        while !*leader.borrow_and_update() {
+            tokio::select! {
+                () = &mut stop => return,
+                changed = leader.changed(), if leader_open => leader_open = changed.is_ok(),
+            }
+        }
         tokio::time::sleep(config.debounce).await;
         let started = Instant::now();
-        let desired = desired(&learner.index(), &config.render);
+        let killed = watched.disabled.load(Relaxed);
+        let desired = if killed {
+            Desired {
+                sidecars: BTreeMap::new(),
+                refusals: Vec::new(),
+            }
+        } else {
+            desired(&learner.index(), &config.render)
+        };
         let plan = plan(&desired, &watched.sidecars());
         stats.passes.fetch_add(1, Relaxed);
-        if plan.blocked.len() as u64 > 0 && plan.blocked != last_plan.blocked {
+        if !plan.blocked.is_empty() && plan.blocked != last_plan.blocked {
             stats.blocked.fetch_add(plan.blocked.len() as u64, Relaxed);
             tracing::warn!(sidecars = ?plan.blocked, "a Sidecar we would write exists and is not ours: left alone");
         }
@@ -260,17 +297,21 @@ pub async fn run(
                 }
             }
         } else {
-            let failed = apply(
-                &client,
-                &api_resource,
-                &plan,
-                &watched,
-                &stats,
-                min_gap,
-                config.timeout,
-            )
-            .await;
-            retry = failed.then(|| retry.map_or(RETRY_MIN, |r| (r * 2).min(RETRY_MAX)));
+            // The kill switch must act within seconds: deletes are not spaced out then.
+            let gap = if killed { Duration::ZERO } else { min_gap };
+            let target = Target {
+                client: &client,
+                ar: &api_resource,
+                leader: &leader,
+                timeout: config.timeout,
+            };
+            let outcome = apply(&target, &plan, &watched, &stats, gap).await;
+            retry = outcome
+                .failed
+                .then(|| retry.map_or(RETRY_MIN, |r| (r * 2).min(RETRY_MAX)));
+            if let Some(recorder) = &recorder {
+                publish_events(recorder, &desired, &outcome.created, &mut evented).await;
+            }
         }
         *stats.plan.lock().unwrap_or_else(PoisonError::into_inner) = plan.clone();
         last_plan = plan;
@@ -281,6 +322,74 @@ pub async fn run(
             () = &mut stop => return,
             () = learner.wait_changed() => {}
             () = sleep_or_forever(retry) => {}
+            changed = leader.changed(), if leader_open => leader_open = changed.is_ok(),
+        }
+    }
+}
+
+/// The object reference of a workload, for Events.
+fn workload_ref(id: &WorkloadId) -> ObjectReference {
+    let api_version = match id.kind {
+        WorkloadKind::Deployment
+        | WorkloadKind::StatefulSet
+        | WorkloadKind::DaemonSet
+        | WorkloadKind::ReplicaSet => "apps/v1",
+        WorkloadKind::CronJob | WorkloadKind::Job => "batch/v1",
+        WorkloadKind::Pod => "v1",
+    };
+    ObjectReference {
+        api_version: Some(api_version.into()),
+        kind: Some(id.kind.as_str().into()),
+        namespace: Some(id.namespace.to_string()),
+        name: Some(id.name.to_string()),
+        ..ObjectReference::default()
+    }
+}
+
+/// Events on workloads: `Scoped` when their Sidecar is first created, `NotScoped` when a
+/// refusal appears or its reason changes. Failures are logged, never retried.
+async fn publish_events(
+    recorder: &Recorder,
+    desired: &Desired,
+    created: &[WorkloadId],
+    evented: &mut BTreeMap<WorkloadId, String>,
+) {
+    let mut events: Vec<(WorkloadId, KubeEvent)> = Vec::new();
+    for id in created {
+        let hosts = desired
+            .sidecar_of(id)
+            .map_or(0, |s| s.spec.egress.first().map_or(0, |e| e.hosts.len()));
+        events.push((id.clone(), KubeEvent {
+            type_: EventType::Normal,
+            reason: "Scoped".into(),
+            note: Some(format!("lazyxds created a Sidecar listing the {hosts} hosts this workload uses; other traffic goes through the lazy gateway")),
+            action: "CreateSidecar".into(),
+            secondary: None,
+        }));
+    }
+    let now: BTreeMap<WorkloadId, String> = desired
+        .refusals
+        .iter()
+        .map(|r| (r.workload.clone(), r.reason.to_string()))
+        .collect();
+    for (id, reason) in &now {
+        if evented.get(id) != Some(reason) {
+            events.push((
+                id.clone(),
+                KubeEvent {
+                    type_: EventType::Warning,
+                    reason: "NotScoped".into(),
+                    note: Some(format!("lazyxds does not scope this workload: {reason}")),
+                    action: "RefuseSidecar".into(),
+                    secondary: None,
+                },
+            ));
+        }
+    }
+    *evented = now;
+    for (id, event) in events {
+        if let Err(error) = recorder.publish(&event, &workload_ref(&id)).await {
+            tracing::warn!(workload = %id, %error, "cannot publish an Event");
         }
     }
 }
@@ -292,19 +401,39 @@ async fn sleep_or_forever(d: Option<Duration>) {
     }
 }
 
-/// Carries out `plan`; returns whether anything failed (to be retried with backoff).
+/// Where writes go.
+struct Target<'a> {
+    client: &'a Client,
+    ar: &'a kube::api::ApiResource,
+    leader: &'a signal::Receiver<bool>,
+    timeout: Duration,
+}
+
+#[derive(Debug, Default)]
+struct Outcome {
+    /// Something failed: retry with backoff.
+    failed: bool,
+    /// Workloads whose Sidecar was created in this pass.
+    created: Vec<WorkloadId>,
+}
+
+/// Carries out `plan`, checking leadership before every write.
 async fn apply(
-    client: &Client,
-    ar: &kube::api::ApiResource,
+    target: &Target<'_>,
     plan: &Plan,
     watched: &Watched,
     stats: &WriterStats,
     min_gap: Duration,
-    timeout: Duration,
-) -> bool {
-    let mut failed = false;
+) -> Outcome {
+    let mut outcome = Outcome::default();
     for change in &plan.changes {
-        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &change.namespace, ar);
+        if !*target.leader.borrow() {
+            tracing::info!("lost leadership: stopping writes");
+            return outcome;
+        }
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(target.client.clone(), &change.namespace, target.ar);
+        let timeout = target.timeout;
         let started = Instant::now();
         let result = match (&change.action, &change.body) {
             (Action::Delete, _) => {
@@ -346,9 +475,12 @@ async fn apply(
                         live.remove(&key);
                         stats.deletes.fetch_add(1, Relaxed);
                     }
-                    (_, Some(body)) => {
+                    (action, Some(body)) => {
                         live.insert(key, live_from_body(body));
                         stats.applies.fetch_add(1, Relaxed);
+                        if *action == Action::Create {
+                            outcome.created.extend(workload_of(&change.namespace, body));
+                        }
                     }
                     _ => {}
                 }
@@ -356,7 +488,7 @@ async fn apply(
                     action = ?change.action, ms = started.elapsed().as_millis() as u64, "Sidecar written");
             }
             Err(reason) => {
-                failed = true;
+                outcome.failed = true;
                 stats.error(&reason);
                 tracing::warn!(namespace = %change.namespace, name = %change.name,
                     action = ?change.action, %reason, "Sidecar write failed; will retry");
@@ -367,7 +499,16 @@ async fn apply(
             tokio::time::sleep(min_gap - spent).await;
         }
     }
-    failed
+    outcome
+}
+
+/// The workload a Sidecar body was rendered for (`lazyxds.io/workload: Kind/name`).
+fn workload_of(namespace: &str, body: &Value) -> Option<WorkloadId> {
+    let (kind, name) = body["metadata"]["annotations"]["lazyxds.io/workload"]
+        .as_str()?
+        .split_once('/')?;
+    let kind = WorkloadKind::ALL.into_iter().find(|k| k.as_str() == kind)?;
+    Some(WorkloadId::new(kind, namespace, name))
 }
 
 fn live_from_body(body: &Value) -> LiveSidecar {

@@ -94,15 +94,16 @@ impl Controller {
     /// One stream: hello, then one batch with these (source IP, cluster) edges; waits for
     /// the ack.
     pub async fn send(&self, edges: &[([u8; 4], &str)]) {
+        self.try_send(edges).await.unwrap();
+    }
+
+    /// [`Controller::send`], returning how the stream ended when it was not acked.
+    pub async fn try_send(&self, edges: &[([u8; 4], &str)]) -> Result<(), tonic::Status> {
         let mut client = EdgeSinkClient::connect(format!("http://{}", self.grpc))
             .await
             .unwrap();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let mut replies = client
-            .stream(ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
+        let mut replies = client.stream(ReceiverStream::new(rx)).await?.into_inner();
         let names: Vec<Name> = edges
             .iter()
             .enumerate()
@@ -136,9 +137,19 @@ impl Controller {
             gateway_message::Kind::Hello(hello),
             gateway_message::Kind::Batch(batch),
         ] {
-            tx.send(GatewayMessage { kind: Some(kind) }).await.unwrap();
+            // A refused stream may be closed already: the reply says why.
+            let _ = tx.send(GatewayMessage { kind: Some(kind) }).await;
         }
-        assert!(replies.message().await.unwrap().is_some(), "acked");
+        match replies.message().await? {
+            Some(_) => Ok(()),
+            None => Err(tonic::Status::unknown("stream ended without an ack")),
+        }
+    }
+
+    /// SIGKILL: a crash, nothing flushed.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// GET on the controller's HTTP server; the body.

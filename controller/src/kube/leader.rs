@@ -1,0 +1,103 @@
+//! Leader election on a `coordination.k8s.io` Lease: every replica serves (and is
+//! Ready), only the leader writes. The leader labels its own pod `lazyxds.io/leader=true`
+//! so the gRPC Service (which selects that label) sends gateways to it; it also clears the
+//! label from any other pod (a replica that died as leader keeps its label otherwise).
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::{Api, Client};
+use kube_lease_manager::LeaseManagerBuilder;
+use serde_json::json;
+use tokio::sync::watch;
+
+/// The label the leader puts on its pod; the gRPC Service selects it.
+pub const LEADER_LABEL: &str = "lazyxds.io/leader";
+
+#[derive(Debug, Clone)]
+pub struct LeaderConfig {
+    /// Namespace of the Lease and of the controller's pods.
+    pub namespace: String,
+    /// This replica's pod (the Lease holder identity, and the pod to label).
+    pub pod_name: String,
+    pub lease_name: String,
+    /// A holder that has not renewed for this long loses the lease.
+    pub duration_secs: u64,
+    /// Renew this long before the lease would expire.
+    pub grace_secs: u64,
+}
+
+/// Starts the election; the receiver says whether this replica leads now.
+pub async fn elect(
+    client: Client,
+    config: LeaderConfig,
+) -> kube_lease_manager::Result<watch::Receiver<bool>> {
+    let manager = LeaseManagerBuilder::new(client.clone(), &config.lease_name)
+        .with_namespace(&config.namespace)
+        .with_identity(&config.pod_name)
+        .with_duration(config.duration_secs)
+        .with_grace(config.grace_secs)
+        .build()
+        .await?;
+    let (mut lease, _task) = manager.watch().await;
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let pods: Api<Pod> = Api::namespaced(client, &config.namespace);
+        loop {
+            let leading = *lease.borrow_and_update();
+            // Followers stop writing before anything else happens.
+            tx.send_replace(leading);
+            tracing::info!(pod = %config.pod_name, leading, "leadership changed");
+            label_pods(&pods, &config.pod_name, leading).await;
+            if lease.changed().await.is_err() {
+                tx.send_replace(false);
+                return;
+            }
+        }
+    });
+    Ok(rx)
+}
+
+/// Puts the leader label on our pod (leading) or takes it off; as leader, also clears it
+/// from every other pod. Failures are logged; the next change retries.
+async fn label_pods(pods: &Api<Pod>, me: &str, leading: bool) {
+    let value = if leading { json!("true") } else { json!(null) };
+    let patch = json!({"metadata": {"labels": {LEADER_LABEL: value}}});
+    if let Err(error) = pods
+        .patch(me, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        tracing::warn!(pod = me, %error, "cannot update the leader label of our pod");
+    }
+    if !leading {
+        return;
+    }
+    let stale = match pods
+        .list(&ListParams::default().labels(&format!("{LEADER_LABEL}=true")))
+        .await
+    {
+        Ok(list) => list.items,
+        Err(error) => {
+            tracing::warn!(%error, "cannot list pods with the leader label");
+            return;
+        }
+    };
+    let clear = json!({"metadata": {"labels": {LEADER_LABEL: null}}});
+    for pod in stale {
+        let Some(name) = pod.metadata.name.filter(|n| n != me) else {
+            continue;
+        };
+        match pods
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&clear))
+            .await
+        {
+            Ok(_) => tracing::info!(pod = %name, "cleared a stale leader label"),
+            Err(error) => tracing::warn!(pod = %name, %error, "cannot clear a stale leader label"),
+        }
+    }
+}
+
+/// Leadership for a single replica without election: always leading (the sender is
+/// dropped: it never changes).
+pub fn always() -> watch::Receiver<bool> {
+    watch::channel(true).1
+}
