@@ -435,7 +435,10 @@ async fn events_say_when_a_workload_is_scoped_or_refused() {
     .await;
     assert_eq!(refused["type"], "Warning");
     assert!(
-        refused["note"].as_str().unwrap().contains("workloadSelector"),
+        refused["note"]
+            .as_str()
+            .unwrap()
+            .contains("workloadSelector"),
         "{refused}"
     );
 }
@@ -525,4 +528,16 @@ async fn only_the_leader_writes_and_failover_moves_streams_without_losing_deps()
     )
     .await;
     c.wait_web_deps(&[API, DB], &b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_from_a_pod_the_watch_has_not_shown_yet_is_held_then_attributed() {
+    let c = Cluster::start().await;
+    let ctl = c.controller(&[]);
+    c.wait_web_deps(&[], &ctl).await;
+    // The gateway saw a new pod before our pod watch did.
+    ctl.send(&[([10, 0, 0, 9], &outbound(DB))]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.pod("web-5d9-b", "web-5d9", "10.0.0.9", "web");
+    c.wait_web_deps(&[DB], &ctl).await;
 }

@@ -70,13 +70,22 @@ pub fn start(
     let watched = Arc::new(watch::Watched::default());
     let stats = Arc::new(writer::WriterStats::default());
     let (synced_tx, synced_rx) = tokio::sync::watch::channel(Vec::new());
-    let tasks = watch::spawn_all(
+    let mut tasks = watch::spawn_all(
         client.clone(),
         &identity.namespace,
         learner.clone(),
         watched.clone(),
         synced_tx,
     );
+    // Held edges (from IPs the pod watch has not shown yet) and TTL expiry need time.
+    let ticking = learner.clone();
+    tasks.push(tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            every.tick().await;
+            ticking.tick();
+        }
+    }));
     let status = KubeStatus {
         writer: stats.clone(),
         watched: watched.clone(),
