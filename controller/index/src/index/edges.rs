@@ -142,6 +142,17 @@ impl Index {
             self.counters.non_outbound += 1;
             return None;
         };
+        self.counters.attributed_requests += edge.requests;
+        // Traffic still reaching the gateway for a dep the workload already has:
+        // its Sidecar should have sent it direct ("stuck on the gateway").
+        if edge.requests > 0
+            && self
+                .deps
+                .get(&id)
+                .is_some_and(|d| d.deps.contains_key(&*dep))
+        {
+            self.counters.known_dep_requests += edge.requests;
+        }
         if self.record_dep(&id, dep, edge.last_seen_unix_s) && self.is_enabled(&id) {
             changed.insert(id);
         }

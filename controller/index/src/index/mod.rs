@@ -93,6 +93,11 @@ pub struct Counters {
     pub deps_expired: u64,
     /// Deps merged in from our Sidecars' annotations.
     pub deps_restored: u64,
+    /// Requests on edges attributed to a workload.
+    pub attributed_requests: u64,
+    /// Of those, requests for a dep the workload already had: once its Sidecar is in
+    /// effect, such traffic goes direct, so a high share means Sidecars are not applied.
+    pub known_dep_requests: u64,
 }
 
 /// One past or present holder of an IP.

@@ -385,6 +385,7 @@ fn unknown_ips_are_held_then_attributed_or_dropped() {
             unknown_dropped: 1,
             hold_overflow: 1,
             deps_added: 1,
+            attributed_requests: 1,
             ..Counters::default()
         }
     );
@@ -859,4 +860,20 @@ fn absent_workloads_are_forgotten_on_request() {
     );
     assert_eq!(index.forget_absent_workloads(), 1);
     assert_eq!(index.workloads_with_deps(), set(&[&productpage()]));
+}
+
+#[test]
+fn requests_for_deps_already_learned_count_as_stuck_on_the_gateway() {
+    let mut index = Index::test();
+    mk_deployment(&mut index, "shop", "web", "10.0.0.1");
+    let reviews = mk_outbound(9080, "reviews.shop.svc.cluster.local");
+    // First sighting learns the dep; the next requests should have gone direct.
+    index.record_edges([mk_edge("10.0.0.1", None, &reviews, 100)], 100);
+    let mut again = mk_edge("10.0.0.1", None, &reviews, 101);
+    again.requests = 4;
+    let mut resent = mk_edge("10.0.0.1", None, &reviews, 101);
+    resent.requests = 0; // a resync: no new traffic, not stuck
+    index.record_edges([again, resent], 101);
+    let c = index.counters();
+    assert_eq!((c.attributed_requests, c.known_dep_requests), (5, 4));
 }

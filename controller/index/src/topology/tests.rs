@@ -68,6 +68,7 @@ fn golden_demo_sidecars() {
             non_outbound: 1,
             held: 1,
             deps_added: 8,
+            attributed_requests: 8,
             ..Counters::default()
         }
     );
