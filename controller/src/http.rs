@@ -6,6 +6,7 @@
 //! - `GET /debug/deps`: learned dependencies per workload (when the index runs).
 //! - `GET /debug/plan`: what the Kubernetes writer would change, with diffs, and its
 //!   metrics (`run --kube`; the whole plan under `--dry-run`).
+//! - `GET /metrics`: Prometheus text ([`crate::metrics`]).
 //! - `GET /healthz`, `GET /readyz`: `ok`.
 
 use std::net::IpAddr;
@@ -94,6 +95,8 @@ pub struct Sources {
     pub deps: Option<Arc<dyn DepsView>>,
     /// With the Kubernetes writer.
     pub plan: Option<Arc<dyn PlanView>>,
+    /// Everything `/metrics` shows.
+    pub metrics: Vec<Arc<dyn crate::metrics::MetricsSource>>,
 }
 
 impl Sources {
@@ -101,6 +104,7 @@ impl Sources {
     pub fn edges(edges: Arc<dyn EdgeView>, counters: Arc<Counters>) -> Self {
         Sources {
             edges,
+            metrics: vec![counters.clone()],
             counters,
             deps: None,
             plan: None,
@@ -116,9 +120,20 @@ pub fn router(sources: Sources) -> Router {
         .route("/debug/rejections", get(debug_rejections))
         .route("/debug/deps", get(debug_deps))
         .route("/debug/plan", get(debug_plan))
+        .route("/metrics", get(metrics))
         .route("/healthz", get(ok))
         .route("/readyz", get(ok))
         .with_state(sources)
+}
+
+async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        crate::metrics::render(&state.metrics),
+    )
 }
 
 async fn debug_plan(

@@ -6,6 +6,7 @@
 //! - [`http`]: debug and health endpoints.
 //! - [`learn`]: the sink that feeds edges into the dependency index.
 //! - [`filemode`]: `run --file`: topology file in, Sidecar YAML files out.
+//! - [`install`]: `lazyxds install` / `uninstall`: the manifests, rendered.
 //! - [`kube`]: `run --kube`: watchers into the index, the Sidecar writer.
 #![forbid(unsafe_code)]
 
@@ -17,6 +18,7 @@ pub mod grpc;
 pub mod http;
 pub mod kube;
 pub mod learn;
+pub mod metrics;
 pub mod sink;
 
 pub use error::{BatchError, FileModeError};

@@ -21,6 +21,7 @@ use lazyxds::grpc::{EdgeSinkService, GrpcConfig, Shutdown};
 use lazyxds::http::{DepsView, EdgeView, PlanView, Sources};
 use lazyxds::kube::writer::WriterConfig;
 use lazyxds::learn::Learner;
+use lazyxds::metrics::MetricsSource;
 use lazyxds::sink::{EdgeSink, MemoryEdgeSink};
 use lazyxds_index::{desired, report, Index, IndexConfig, RenderConfig};
 
@@ -45,6 +46,13 @@ enum Command {
     /// Per workload: hosts visible without scoping vs with, and the clusters and
     /// endpoints scoping removes from its sidecar.
     Report(ReportArgs),
+    /// Print the manifests installing lazyxds into an Istio mesh (controller, RBAC, lazy
+    /// egress gateway, filter module, gateway routing):
+    /// `lazyxds install | kubectl apply --server-side -f -`.
+    Install(lazyxds::install::cli::InstallArgs),
+    /// Print what to delete, in a safe order, including every Sidecar the controller
+    /// wrote (read from the cluster): `lazyxds uninstall | kubectl delete --ignore-not-found -f -`.
+    Uninstall(lazyxds::install::cli::UninstallArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -225,7 +233,49 @@ fn try_main() -> Result<()> {
                 .block_on(run(args))
         }
         Command::Report(args) => print_report(&args),
+        Command::Install(args) => print_install(&args),
+        Command::Uninstall(args) => print_uninstall(&args),
     }
+}
+
+fn print_install(args: &lazyxds::install::cli::InstallArgs) -> Result<()> {
+    let install = lazyxds::install::render(&args.to_config()?)?;
+    match &args.out_dir {
+        Some(dir) => {
+            for name in install.write_dir(dir)? {
+                eprintln!("wrote {}", dir.join(name).display());
+            }
+        }
+        None => print!("{}", install.to_yaml()?),
+    }
+    Ok(())
+}
+
+fn print_uninstall(args: &lazyxds::install::cli::UninstallArgs) -> Result<()> {
+    let config = args.to_config()?;
+    let owned = if args.offline {
+        Vec::new()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the tokio runtime")?
+            .block_on(async {
+                let client = kube::Client::try_default().await.context(
+                    "no Kubernetes credentials (KUBECONFIG or ~/.kube/config) to list the \
+                     Sidecars to delete; --offline renders without them",
+                )?;
+                lazyxds::install::cluster::list_owned(&client)
+                    .await
+                    .context("listing the objects lazyxds owns")
+            })?
+    };
+    let refs = lazyxds::install::uninstall(&config, &owned)?;
+    print!(
+        "{}",
+        lazyxds::install::uninstall_yaml(&refs, !args.offline)?
+    );
+    Ok(())
 }
 
 fn print_report(args: &ReportArgs) -> Result<()> {
@@ -315,15 +365,17 @@ async fn run(args: RunArgs) -> Result<()> {
             async move { writer_stop.wait().await },
         );
         let deps: Arc<dyn DepsView> = learner.clone();
-        let plan: Arc<dyn PlanView> = Arc::new(status);
-        let views = (Some(deps), Some(plan));
+        let status = Arc::new(status);
+        let plan: Arc<dyn PlanView> = status.clone();
+        let metrics: Vec<Arc<dyn MetricsSource>> = vec![learner.clone(), status];
+        let views = (Some(deps), Some(plan), metrics);
         let channels = (stop_tx, stop_rx, streams_stop);
         return serve(&args, listeners, learner, views, counters, writer, channels).await;
     }
     let (Some(file), Some(out)) = (&args.file, &args.out) else {
         let sink = Arc::new(edges);
         let idle = std::future::ready(());
-        let views = (None, None);
+        let views = (None, None, Vec::new());
         let channels = (stop_tx, stop_rx.clone(), stop_rx);
         return serve(&args, listeners, sink, views, counters, idle, channels).await;
     };
@@ -345,16 +397,9 @@ async fn run(args: RunArgs) -> Result<()> {
     });
     let deps: Arc<dyn DepsView> = learner.clone();
     let channels = (stop_tx, stop_rx.clone(), stop_rx);
-    serve(
-        &args,
-        listeners,
-        learner,
-        (Some(deps), None),
-        counters,
-        writer,
-        channels,
-    )
-    .await
+    let metrics: Vec<Arc<dyn MetricsSource>> = vec![learner.clone()];
+    let views = (Some(deps), None, metrics);
+    serve(&args, listeners, learner, views, counters, writer, channels).await
 }
 
 /// True while this replica must not hold gateway streams: stopping, or not leading.
@@ -385,7 +430,11 @@ type Channels = (
 );
 
 /// The optional debug views: learned deps (index modes), the writer's plan (--kube).
-type Views = (Option<Arc<dyn DepsView>>, Option<Arc<dyn PlanView>>);
+type Views = (
+    Option<Arc<dyn DepsView>>,
+    Option<Arc<dyn PlanView>>,
+    Vec<Arc<dyn MetricsSource>>,
+);
 
 /// Serves gRPC and HTTP, and runs `background` (the writer), until a stop signal or a
 /// failure.
@@ -394,7 +443,7 @@ async fn serve<S: EdgeSink + EdgeView>(
     args: &RunArgs,
     (grpc_listener, http_listener): (TcpListener, TcpListener),
     sink: Arc<S>,
-    (deps, plan): Views,
+    (deps, plan, extra_metrics): Views,
     counters: Arc<Counters>,
     background: impl std::future::Future<Output = ()> + Send + 'static,
     (stop_tx, stop_rx, streams_stop): Channels,
@@ -425,11 +474,14 @@ async fn serve<S: EdgeSink + EdgeView>(
             async move { grpc_stop.wait().await },
         );
     let mut http_stop = Shutdown::new(stop_rx);
+    let mut metrics: Vec<Arc<dyn MetricsSource>> = vec![counters.clone()];
+    metrics.extend(extra_metrics);
     let sources = Sources {
         edges: sink.clone(),
         counters: counters.clone(),
         deps,
         plan,
+        metrics,
     };
     let http = axum::serve(http_listener, lazyxds::http::router(sources))
         .with_graceful_shutdown(async move { http_stop.wait().await });

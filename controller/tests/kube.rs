@@ -541,3 +541,36 @@ async fn an_edge_from_a_pod_the_watch_has_not_shown_yet_is_held_then_attributed(
     c.pod("web-5d9-b", "web-5d9", "10.0.0.9", "web");
     c.wait_web_deps(&[DB], &ctl).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_edges_writes_deps_and_traffic_stuck_on_the_gateway() {
+    let c = Cluster::start().await;
+    let ctl = c.controller(&[]);
+    ctl.send(&[([10, 0, 0, 1], &outbound(API))]).await;
+    c.wait_web_deps(&[API], &ctl).await;
+    // The same dep again, with new requests: the Sidecar should have sent these direct.
+    ctl.send(&[([10, 0, 0, 1], &outbound(API))]).await;
+    let text = eventually(
+        Duration::from_secs(10),
+        || ctl.log(),
+        || {
+            let text = futures_lite_block(ctl.http_get("/metrics"));
+            text.contains("lazyxds_index_known_dep_requests_total 1")
+                .then_some(text)
+        },
+    )
+    .await;
+    for line in [
+        "lazyxds_grpc_edges_received_total 2",
+        "lazyxds_index_attributed_requests_total 2",
+        "lazyxds_workload_deps{namespace=\"shop\",workload=\"Deployment/web\"} 1",
+        "lazyxds_watch_kill_switch 0",
+    ] {
+        assert!(text.contains(line), "{line} missing:\n{text}");
+    }
+    let applies = text
+        .lines()
+        .find_map(|l| l.strip_prefix("lazyxds_writer_applies_total "))
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(applies >= Some(2), "{text}");
+}

@@ -45,6 +45,64 @@ impl PlanView for KubeStatus {
     }
 }
 
+impl crate::metrics::MetricsSource for KubeStatus {
+    fn collect(&self, registry: &mut prometheus_client::registry::Registry) {
+        use crate::metrics::{register_counters, register_fields};
+        let w = &self.writer;
+        let v = &self.watched;
+        #[derive(serde::Serialize)]
+        struct Writer {
+            passes: u64,
+            applies: u64,
+            deletes: u64,
+            blocked: u64,
+            last_pass_ms: u64,
+        }
+        let writer = Writer {
+            passes: w.passes.load(Relaxed),
+            applies: w.applies.load(Relaxed),
+            deletes: w.deletes.load(Relaxed),
+            blocked: w.blocked.load(Relaxed),
+            last_pass_ms: w.last_pass_ms.load(Relaxed),
+        };
+        register_fields(
+            registry,
+            "writer",
+            &writer,
+            &["last_pass_ms"],
+            "the Sidecar writer",
+        );
+        register_counters(
+            registry,
+            "writer_errors",
+            "failed Sidecar writes, by reason",
+            w.errors()
+                .into_iter()
+                .map(|(reason, n)| (vec![("reason".to_string(), reason)], n)),
+        );
+        #[derive(serde::Serialize)]
+        struct Watch {
+            events: u64,
+            errors: u64,
+            invalid_annotations: u64,
+            kill_switch: u64,
+        }
+        let watch = Watch {
+            events: v.events.load(Relaxed),
+            errors: v.watch_errors.load(Relaxed),
+            invalid_annotations: v.invalid_annotations.load(Relaxed),
+            kill_switch: u64::from(v.disabled.load(Relaxed)),
+        };
+        register_fields(
+            registry,
+            "watch",
+            &watch,
+            &["kill_switch"],
+            "Kubernetes watches; kill_switch 1 = on",
+        );
+    }
+}
+
 /// Who this replica is.
 #[derive(Debug, Clone)]
 pub struct Identity {
