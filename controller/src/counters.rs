@@ -24,6 +24,8 @@ pub struct Counters {
     pub messages_undecodable: AtomicU64,
     /// New edges not stored because the store was full.
     pub edges_dropped_store_full: AtomicU64,
+    /// Namespace tables pushed to gateway workers (one per stream and change).
+    pub namespace_tables_sent: AtomicU64,
 }
 
 /// A point-in-time copy of [`Counters`]; this is the `counters` object of
@@ -38,6 +40,7 @@ pub struct CountersSnapshot {
     pub batches_rejected: u64,
     pub messages_undecodable: u64,
     pub edges_dropped_store_full: u64,
+    pub namespace_tables_sent: u64,
 }
 
 impl Counters {
@@ -56,6 +59,7 @@ impl Counters {
             batches_rejected: self.batches_rejected.load(Relaxed),
             messages_undecodable: self.messages_undecodable.load(Relaxed),
             edges_dropped_store_full: self.edges_dropped_store_full.load(Relaxed),
+            namespace_tables_sent: self.namespace_tables_sent.load(Relaxed),
         }
     }
 

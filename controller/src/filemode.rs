@@ -1,5 +1,7 @@
 //! File mode (`lazyxds run --file TOPOLOGY --out DIR`): a topology file stands in for the
-//! cluster, and the desired Sidecars are written as YAML files instead of applied.
+//! cluster, and the desired Sidecars are written as YAML files instead of applied; the
+//! gateway's routing objects go to `DIR/gateway/lazyxds-gateway.yaml`, and gateways get
+//! the namespace table of the topology's pods.
 //!
 //! State lives in the Sidecar files themselves (learned deps and last-seen in an
 //! annotation), exactly as it will in the cluster: on start they are read back before
@@ -11,7 +13,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use lazyxds_index::{desired, Desired, Index, RenderConfig, SidecarObject, Topology};
+use lazyxds_index::{
+    desired, gateway_objects, Desired, GatewayObjects, Index, RenderConfig, SidecarObject, Topology,
+};
 use serde_json::Value;
 
 use crate::error::FileModeError;
@@ -161,6 +165,35 @@ pub fn write_sidecars(dir: &Path, desired: &Desired) -> Result<WriteStats, FileM
     Ok(stats)
 }
 
+/// Where the gateway's routing objects are written, under `--out`: a subdirectory, so the
+/// Sidecar directory keeps one Sidecar per file.
+pub fn gateway_file(out_dir: &Path) -> PathBuf {
+    out_dir.join("gateway").join("lazyxds-gateway.yaml")
+}
+
+/// Writes the gateway's routing objects (one multi-document YAML file, write then
+/// rename) unless the file already says the same; returns whether it wrote.
+pub fn write_gateway(out_dir: &Path, objects: &GatewayObjects) -> Result<bool, FileModeError> {
+    let path = gateway_file(out_dir);
+    let text = objects.to_yaml().map_err(|e| FileModeError::Sidecar {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    if fs::read_to_string(&path).is_ok_and(|old| old == text) {
+        return Ok(false);
+    }
+    let io_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| FileModeError::Write { path, source }
+    };
+    let dir = path.parent().unwrap_or(out_dir);
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let tmp = dir.join(".lazyxds-gateway.yaml.tmp");
+    fs::write(&tmp, &text).map_err(io_err(&tmp))?;
+    fs::rename(&tmp, &path).map_err(io_err(&path))?;
+    Ok(true)
+}
+
 /// Builds the index for a topology and the Sidecars already in `dir` (restart safety).
 pub fn load_state(
     topology: &Topology,
@@ -200,12 +233,28 @@ pub async fn run_writer(
     let mut poll = tokio::time::interval(mode.poll);
     let mut last_refusals = BTreeMap::new();
     tokio::pin!(stop);
+    // Gateways connecting now need the table before the first (debounced) pass.
+    learner.publish_namespace_table(&render);
     // The first pass writes whatever the restored state renders to.
     let mut dirty = true;
     loop {
         if dirty {
             tokio::time::sleep(mode.debounce).await;
             dirty = false;
+            learner.publish_namespace_table(&render);
+            let gateway = gateway_objects(&learner.index(), &render);
+            match write_gateway(&mode.out_dir, &gateway) {
+                Ok(true) => tracing::info!(
+                    file = %gateway_file(&mode.out_dir).display(),
+                    virtual_services = gateway.virtual_services.len(),
+                    "gateway routing objects updated"
+                ),
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::error!(%error, "writing the gateway objects failed");
+                    dirty = true;
+                }
+            }
             let desired = desired(&learner.index(), &render);
             log_refusals(&desired, &mut last_refusals);
             match write_sidecars(&mode.out_dir, &desired) {

@@ -1,8 +1,9 @@
 //! The `lazyxds.v1.EdgeSink` gRPC service: one bidi stream per gateway worker.
 //!
 //! Each stream gets its own [`Decoder`]; applied batches go to an [`EdgeSink`] and are
-//! acked. A protocol violation ends the stream with a `Status` whose message says what was
-//! wrong. Knows nothing of Kubernetes or HTTP.
+//! acked. Right after `Hello`, and whenever it changes, the sink's namespace table is
+//! pushed down the same stream (first-call routing). A protocol violation ends the stream
+//! with a `Status` whose message says what was wrong. Knows nothing of Kubernetes or HTTP.
 
 use std::error::Error as _;
 use std::net::SocketAddr;
@@ -13,6 +14,7 @@ use std::time::Duration;
 use lazyxds_proto::v1::edge_sink_server::{EdgeSink as EdgeSinkRpc, EdgeSinkServer};
 use lazyxds_proto::v1::{
     controller_message, gateway_message, Ack, ControllerMessage, EdgeBatch, GatewayMessage, Hello,
+    NamespaceTable,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -121,6 +123,7 @@ impl<S: EdgeSink> EdgeSinkRpc for EdgeSinkService<S> {
             peer,
             gateway: None,
             tx,
+            table: self.sink.namespace_table(),
             batches: 0,
             edges: 0,
         };
@@ -157,8 +160,20 @@ struct StreamTask<S> {
     peer: Option<SocketAddr>,
     gateway: Option<GatewayInfo>,
     tx: mpsc::Sender<Result<ControllerMessage, Status>>,
+    /// The namespace table to push (`None`: the sink has none, or it is gone).
+    table: Option<watch::Receiver<Option<Arc<NamespaceTable>>>>,
     batches: u64,
     edges: u64,
+}
+
+/// Resolves when the table changed; never when there is none.
+async fn table_changed(
+    table: &mut Option<watch::Receiver<Option<Arc<NamespaceTable>>>>,
+) -> Result<(), watch::error::RecvError> {
+    match table {
+        Some(rx) => rx.changed().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl<S: EdgeSink> StreamTask<S> {
@@ -201,6 +216,7 @@ impl<S: EdgeSink> StreamTask<S> {
             }
         };
         self.hello(hello)?;
+        self.push_table().await?;
         loop {
             let Some(message) = self.next(inbound).await? else {
                 return Ok(Closed);
@@ -223,12 +239,21 @@ impl<S: EdgeSink> StreamTask<S> {
         &mut self,
         inbound: &mut Streaming<GatewayMessage>,
     ) -> Result<Option<gateway_message::Kind>, Status> {
-        let received = tokio::select! {
-            biased;
-            () = self.shutdown.wait() => {
-                return Err(Status::unavailable("lazyxds is shutting down"));
+        let received = loop {
+            tokio::select! {
+                biased;
+                () = self.shutdown.wait() => {
+                    return Err(Status::unavailable("lazyxds is shutting down"));
+                }
+                changed = table_changed(&mut self.table), if self.gateway.is_some() => {
+                    match changed {
+                        Ok(()) => self.push_table().await?,
+                        // The sink is gone (shutting down): nothing more to push.
+                        Err(_) => self.table = None,
+                    }
+                }
+                received = inbound.message() => break received,
             }
-            received = inbound.message() => received,
         };
         let (gateway, worker) = self.who();
         match received {
@@ -316,11 +341,31 @@ impl<S: EdgeSink> StreamTask<S> {
         let ack = ControllerMessage {
             kind: Some(controller_message::Kind::Ack(Ack { seq: batch.seq })),
         };
+        self.send(ack).await
+    }
+
+    /// Pushes the current namespace table, if there is one (and marks it seen).
+    async fn push_table(&mut self) -> Result<(), Status> {
+        let Some(rx) = &mut self.table else {
+            return Ok(());
+        };
+        let Some(table) = rx.borrow_and_update().clone() else {
+            return Ok(());
+        };
+        let push = ControllerMessage {
+            kind: Some(controller_message::Kind::Namespaces((*table).clone())),
+        };
+        self.send(push).await?;
+        self.counters.namespace_tables_sent.fetch_add(1, Relaxed);
+        Ok(())
+    }
+
+    async fn send(&mut self, message: ControllerMessage) -> Result<(), Status> {
         // Waiting here is the backpressure: no reading while the gateway is not reading.
         tokio::select! {
             biased;
             () = self.shutdown.wait() => Err(Status::unavailable("lazyxds is shutting down")),
-            sent = self.tx.send(Ok(ack)) => match sent {
+            sent = self.tx.send(Ok(message)) => match sent {
                 Ok(()) => Ok(()),
                 // The response side is gone: the gateway closed the stream.
                 Err(_) => Err(Status::cancelled("gateway stopped reading")),

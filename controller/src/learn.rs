@@ -4,8 +4,9 @@
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use lazyxds_index::{Index, ObservedEdge, WorkloadId};
-use tokio::sync::Notify;
+use lazyxds_index::{namespace_table, Index, ObservedEdge, RenderConfig, WorkloadId};
+use lazyxds_proto::v1::NamespaceTable;
+use tokio::sync::{watch, Notify};
 
 use crate::edges::StoredEdge;
 use crate::http::{DepsView, EdgeView, WorkloadDeps};
@@ -18,12 +19,14 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The index behind a lock, plus a wake-up for whoever writes the desired state.
+/// The index behind a lock, plus a wake-up for whoever writes the desired state, and the
+/// namespace table gateways get.
 #[derive(Debug)]
 pub struct Learner {
     index: Mutex<Index>,
     edges: MemoryEdgeSink,
     changed: Notify,
+    table: watch::Sender<Option<Arc<NamespaceTable>>>,
 }
 
 impl Learner {
@@ -32,7 +35,34 @@ impl Learner {
             index: Mutex::new(index),
             edges,
             changed: Notify::new(),
+            table: watch::channel(None).0,
         }
+    }
+
+    /// Recomputes the namespace table (pod IPs, namespaces, outbound policies) and hands it
+    /// to every gateway stream if it changed. Writers call it on each pass, once the
+    /// index reflects the mesh (in Kubernetes mode: after the watches synced).
+    pub fn publish_namespace_table(&self, render: &RenderConfig) -> bool {
+        let table = namespace_table(&self.index(), render);
+        let changed = self.table.send_if_modified(|current| {
+            if current.as_deref() == Some(&table) {
+                return false;
+            }
+            *current = Some(Arc::new(table));
+            true
+        });
+        if changed {
+            let t = self.table.borrow();
+            let (namespaces, ips) = t.as_deref().map_or((0, 0), |t| {
+                (t.namespaces.len(), t.ipv4.len() + t.ipv6.len() / 3)
+            });
+            tracing::info!(
+                namespaces,
+                pod_ips = ips,
+                "namespace table updated for gateways"
+            );
+        }
+        changed
     }
 
     /// The index, for reads and for applying watched objects. A panic while holding it
@@ -71,6 +101,10 @@ impl EdgeSink for Learner {
         if !changed.is_empty() {
             self.mark_changed();
         }
+    }
+
+    fn namespace_table(&self) -> Option<watch::Receiver<Option<Arc<NamespaceTable>>>> {
+        Some(self.table.subscribe())
     }
 }
 

@@ -6,6 +6,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use lazyxds_proto::v1::NamespaceTable;
+use tokio::sync::watch;
+
 use crate::counters::Counters;
 use crate::edges::{EdgeStore, ObservedEdge, StoredEdge};
 
@@ -25,6 +28,12 @@ pub trait EdgeSink: Send + Sync + 'static {
     fn hello(&self, gateway: &GatewayInfo);
     /// The edges of one applied batch, before it is acked.
     fn record(&self, gateway: &GatewayInfo, edges: Vec<ObservedEdge>);
+    /// The namespace table every stream pushes to its gateway worker right after Hello
+    /// and again whenever it changes (`None` until there is one). A sink that knows no
+    /// mesh returns `None`: nothing is pushed.
+    fn namespace_table(&self) -> Option<watch::Receiver<Option<Arc<NamespaceTable>>>> {
+        None
+    }
 }
 
 /// Keeps edges in an [`EdgeStore`] in memory.

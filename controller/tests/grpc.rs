@@ -107,6 +107,7 @@ impl Stream {
             .map_err(|s| (s.code(), s.message().to_string()))?;
         Ok(reply.map(|m| match m.kind {
             Some(controller_message::Kind::Ack(Ack { seq })) => seq,
+            Some(other) => panic!("a memory sink pushes nothing, got {other:?}"),
             None => panic!("reply without kind"),
         }))
     }
@@ -187,6 +188,7 @@ fn mk_counters(
         batches_rejected,
         messages_undecodable,
         edges_dropped_store_full: 0,
+        namespace_tables_sent: 0,
     }
 }
 

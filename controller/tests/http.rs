@@ -105,6 +105,7 @@ async fn debug_edges_json_shape() {
                 "batches_rejected": 0,
                 "messages_undecodable": 0,
                 "edges_dropped_store_full": 1,
+                "namespace_tables_sent": 0,
             },
         })
     );

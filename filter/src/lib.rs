@@ -3,14 +3,19 @@
 //! This is the only file that makes hostcalls. It calls `proxy_wasm::hostcalls::*`
 //! directly and handles every `Err`: the SDK's convenience trait methods unwrap hostcall
 //! results, and a panic kills the worker's VM (every later request on it fails until
-//! Envoy reloads it). The filter never pauses or fails a request.
+//! Envoy reloads it). The filter never fails a request because of the controller: it
+//! only pauses one that needs the namespace table before the first push, for at most
+//! `routing_wait_ms`.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use lazyxds_filter_core::{edge_cluster, CloseReason, Config, Reporter, RequestProperties};
+use lazyxds_filter_core::{
+    edge_cluster, CloseReason, Config, Decision, Reporter, RequestProperties, RequestView, Router,
+};
+use lazyxds_proto::v1::controller_message::Kind;
 use lazyxds_proto::{EDGE_SINK_METHOD, EDGE_SINK_SERVICE};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{BufferType, ContextType, LogLevel, MetricType};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -40,9 +45,36 @@ fn property(path: Vec<&str>) -> Option<Vec<u8>> {
     hostcalls::get_property(path).ok().flatten()
 }
 
+/// Carries out a routing decision on the current (or effective) HTTP context; false when
+/// the request was answered here and must not be resumed.
+fn apply(decision: &Decision) -> bool {
+    match decision {
+        Decision::Rewrite(authority) => {
+            // Envoy clears the route cache on a request-header mutation: the router
+            // selects the route again for the new authority.
+            let _ = hostcalls::set_map_value(
+                MapType::HttpRequestHeaders,
+                ":authority",
+                Some(authority),
+            );
+            true
+        }
+        Decision::Refuse(body) => {
+            let _ = hostcalls::send_http_response(
+                502,
+                vec![("content-type", "text/plain; charset=utf-8")],
+                Some(body.as_bytes()),
+            );
+            false
+        }
+        Decision::Continue | Decision::Wait => true,
+    }
+}
+
 /// State shared by a worker's root context and its HTTP contexts (same VM, same thread).
 struct Worker {
     reporter: RefCell<Reporter>,
+    router: RefCell<Router>,
     /// Time of the last tick: requests use it instead of a clock hostcall each.
     now_ms: Cell<u64>,
     /// Requests seen while the reporter was borrowed (re-entrant callback); counted on tick.
@@ -84,25 +116,29 @@ impl Root {
             config.gateway_id.clone()
         };
         let now = now_ms().unwrap_or(0);
-        let worker = format!("{now:x}-{}", self.context_id);
+        let worker = format!("{now}-{}", self.context_id);
         let flush = Duration::from_millis(config.flush_interval_ms);
         let report = config.report;
+        let router = Router::new(&config);
         let reporter = Reporter::new(config, gateway_id, worker);
         if report {
             hostcalls::set_tick_period(flush).map_err(|e| format!("set_tick_period: {e:?}"))?;
-            self.define_metrics(&reporter);
+            self.define_metrics(&reporter, &router);
         }
         self.worker = Some(Rc::new(Worker {
             reporter: RefCell::new(reporter),
+            router: RefCell::new(router),
             now_ms: Cell::new(now),
             unrecorded: Cell::new(0),
         }));
         Ok(())
     }
 
-    fn define_metrics(&mut self, reporter: &Reporter) {
+    fn define_metrics(&mut self, reporter: &Reporter, router: &Router) {
         self.metrics.clear();
-        for (name, _) in reporter.counters().fields() {
+        let fields = reporter.counters().fields();
+        let routing = router.counters().fields();
+        for (name, _) in fields.iter().chain(routing.iter()) {
             match hostcalls::define_metric(MetricType::Counter, &format!("lazyxds.{name}")) {
                 Ok(id) => self.metrics.push(id),
                 Err(e) => {
@@ -118,18 +154,37 @@ impl Root {
         self.exported = vec![0; self.metrics.len()];
     }
 
-    fn export_metrics(&mut self, reporter: &Reporter) {
+    fn export_metrics(&mut self, reporter: &Reporter, router: &Router) {
+        let fields = reporter.counters().fields();
+        let routing = router.counters().fields();
         for ((id, exported), (_, value)) in self
             .metrics
             .iter()
             .zip(self.exported.iter_mut())
-            .zip(reporter.counters().fields())
+            .zip(fields.iter().chain(routing.iter()))
         {
-            if value > *exported {
-                let _ = hostcalls::increment_metric(*id, (value - *exported) as i64);
-                *exported = value;
+            if *value > *exported {
+                let _ = hostcalls::increment_metric(*id, (*value - *exported) as i64);
+                *exported = *value;
             }
         }
+    }
+
+    /// Carries out the decisions for paused requests and resumes them. A request that
+    /// ended meanwhile has no context any more: skipped.
+    fn resume(&self, decisions: Vec<(u32, Decision)>) {
+        if decisions.is_empty() {
+            return;
+        }
+        for (context_id, decision) in decisions {
+            if hostcalls::set_effective_context(context_id).is_err() {
+                continue;
+            }
+            if apply(&decision) {
+                let _ = hostcalls::resume_http_request();
+            }
+        }
+        let _ = hostcalls::set_effective_context(self.context_id);
     }
 
     /// Closes the stream from our side (timeout, recycle, failed send).
@@ -160,7 +215,7 @@ impl Root {
                     reporter.stream_open_failed(now);
                     self.log_failure(
                         now,
-                        &format!("opening a gRPC stream on cluster {cluster:?}: {e:?}"),
+                        &format!("opening a gRPC stream on cluster `{cluster}`: {e:?}"),
                     );
                 }
             }
@@ -198,13 +253,24 @@ impl Context for Root {
         let Ok(mut reporter) = worker.reporter.try_borrow_mut() else {
             return;
         };
-        if let Ok(Some(bytes)) =
-            hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, message_size)
-        {
-            reporter.on_controller_message(&bytes);
-        }
+        let push = match hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, message_size) {
+            Ok(Some(bytes)) => reporter.on_controller_message(&bytes),
+            _ => None,
+        };
         // An ack may have opened the window: drain a backlog without waiting for the tick.
         self.pump(&mut reporter, worker.now_ms.get());
+        drop(reporter);
+        let Some(push) = push else { return };
+        let decisions = match worker.router.try_borrow_mut() {
+            Ok(mut router) => {
+                if let Kind::Namespaces(table) = push {
+                    router.apply_table(table);
+                }
+                router.resolved()
+            }
+            Err(_) => return,
+        };
+        self.resume(decisions);
     }
 
     fn on_grpc_stream_close(&mut self, token_id: u32, status_code: u32) {
@@ -265,6 +331,12 @@ impl RootContext for Root {
         };
         let Some(now) = now_ms() else { return };
         worker.now_ms.set(now);
+        // Paused requests whose wait is over go on without the table.
+        let due = match worker.router.try_borrow_mut() {
+            Ok(mut router) => router.due(now),
+            Err(_) => Vec::new(),
+        };
+        self.resume(due);
         let Ok(mut reporter) = worker.reporter.try_borrow_mut() else {
             return;
         };
@@ -277,16 +349,22 @@ impl RootContext for Root {
             self.drop_stream(&mut reporter, now, Some(reason));
         }
         self.pump(&mut reporter, now);
-        self.export_metrics(&reporter);
+        if let Ok(router) = worker.router.try_borrow() {
+            self.export_metrics(&reporter, &router);
+        };
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         // Never None: the SDK panics on it.
         let worker = self.worker.clone().filter(|w| {
             let report = w.reporter.try_borrow().map(|r| r.config().report);
             report.unwrap_or(true)
         });
-        Some(Box::new(Flow { worker }))
+        Some(Box::new(Flow {
+            context_id,
+            worker,
+            paused: false,
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -294,17 +372,71 @@ impl RootContext for Root {
     }
 }
 
-/// One HTTP request; it only reports, in `on_log`, after routing is final (`xds.*` read
-/// earlier can be stale after a header rewrite).
+/// One HTTP request: routed (authority rewrite, policy) in `on_http_request_headers`,
+/// reported in `on_log`, after routing is final (`xds.*` read earlier can be stale after
+/// a header rewrite).
 struct Flow {
+    context_id: u32,
     worker: Option<Rc<Worker>>,
+    /// Paused for the namespace table (the root resumes it).
+    paused: bool,
 }
 
 impl Context for Flow {}
 
 impl HttpContext for Flow {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Some(worker) = &self.worker else {
+            return Action::Continue;
+        };
+        // `request.host` is the `:authority` header.
+        let Some(authority) = property(vec!["request", "host"]) else {
+            return Action::Continue;
+        };
+        let decision = {
+            let Ok(mut router) = worker.router.try_borrow_mut() else {
+                return Action::Continue;
+            };
+            if !router.enabled() {
+                return Action::Continue;
+            }
+            // The route Envoy selected for the authority as sent (read before any rewrite).
+            let needs_route = router.needs_route(&authority);
+            let external = needs_route
+                && property(vec!["xds", "route_name"])
+                    .is_some_and(|route| Router::is_external_route(&route));
+            if needs_route && !external {
+                // A host with a route of its own (an FQDN): routed as sent.
+                return Action::Continue;
+            }
+            let principal = property(vec!["connection", "uri_san_peer_certificate"]);
+            let source = property(vec!["source", "address"]);
+            let request = RequestView {
+                authority: &authority,
+                external,
+                principal: principal.as_deref(),
+                source: source.as_deref(),
+            };
+            router.on_request(self.context_id, &request, worker.now_ms.get())
+        };
+        if decision == Decision::Wait {
+            self.paused = true;
+            return Action::Pause;
+        }
+        if apply(&decision) {
+            Action::Continue
+        } else {
+            Action::Pause
+        }
+    }
+
     fn on_log(&mut self) {
         let Some(worker) = &self.worker else { return };
+        if self.paused {
+            if let Ok(mut router) = worker.router.try_borrow_mut() {
+                router.forget(self.context_id);
+            }
+        }
         let cluster = property(vec!["xds", "cluster_name"]);
         let is_edge = cluster.as_deref().and_then(edge_cluster).is_some();
         // Requests that are no edge only need the cluster to be counted.

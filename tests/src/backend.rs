@@ -1,6 +1,7 @@
 //! In-process upstream servers: each answers every request with 200, body = its name and
 //! header `x-backend: <name>`. Naming a backend after its Envoy cluster tells the test which
-//! cluster served a request (a weighted route picks one at random).
+//! cluster served a request (a weighted route picks one at random). The Host the request
+//! arrived with comes back in `x-request-host`.
 
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -17,7 +18,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::client::BACKEND_HEADER;
+use crate::client::{BACKEND_HEADER, REQUEST_HOST_HEADER};
 
 /// A running backend; stops accepting when dropped.
 #[derive(Debug)]
@@ -78,10 +79,16 @@ async fn serve(listener: TcpListener, name: String, served: Arc<AtomicU64>) {
         };
         let name = name.clone();
         let served = served.clone();
-        let svc = service_fn(move |_req: Request<Incoming>| {
+        let svc = service_fn(move |req: Request<Incoming>| {
             served.fetch_add(1, Ordering::Relaxed);
+            let host = req
+                .headers()
+                .get(hyper::header::HOST)
+                .cloned()
+                .unwrap_or(hyper::header::HeaderValue::from_static(""));
             let resp = Response::builder()
                 .header(BACKEND_HEADER, &*name)
+                .header(REQUEST_HOST_HEADER, host)
                 .header("content-type", "text/plain")
                 .body(Full::new(Bytes::from(name.to_string())))
                 .map_err(|e| e.to_string());

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context, Result};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
-use hyper::header::{HeaderMap, HOST};
+use hyper::header::{HeaderMap, HeaderValue, HOST};
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpSocket;
@@ -20,6 +20,8 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The response header each test backend sets to its own name (= its Envoy cluster).
 pub const BACKEND_HEADER: &str = "x-backend";
+/// The response header each test backend sets to the Host its request arrived with.
+pub const REQUEST_HOST_HEADER: &str = "x-request-host";
 
 #[derive(Debug, Clone)]
 pub struct Response {
@@ -36,6 +38,11 @@ impl Response {
     /// The backend that served this request (absent for Envoy's own responses).
     pub fn backend(&self) -> Option<&str> {
         self.header(BACKEND_HEADER)
+    }
+
+    /// The Host the backend saw (after the gateway's rewrite, if any).
+    pub fn request_host(&self) -> Option<&str> {
+        self.header(REQUEST_HOST_HEADER)
     }
 }
 
@@ -86,10 +93,11 @@ async fn send(
     if !dest.ip().is_loopback() || !source.is_loopback() {
         return Err(anyhow!("refusing non-loopback traffic {source} -> {dest}"));
     }
+    // Raw bytes: tests also send Host values that are not ASCII.
     let req = Request::builder()
         .method(method)
         .uri(path)
-        .header(HOST, host)
+        .header(HOST, HeaderValue::from_bytes(host.as_bytes())?)
         .body(Empty::<Bytes>::new())?;
     tokio::time::timeout(REQUEST_TIMEOUT, async move {
         let socket = TcpSocket::new_v4()?;
@@ -116,6 +124,46 @@ async fn send(
     })
     .await
     .map_err(|_| anyhow!("timed out after {REQUEST_TIMEOUT:?}"))?
+}
+
+/// One HTTP/2 request without TLS (h2c, prior knowledge) on a fresh connection from `source`
+/// to `127.0.0.1:port`, with `:authority` = `authority`.
+pub async fn request_h2c(
+    source: Ipv4Addr,
+    port: u16,
+    authority: &str,
+    path: &str,
+) -> Result<Response> {
+    let dest = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let req = Request::builder()
+        .method(Method::GET)
+        .uri(format!("http://{authority}{path}"))
+        .body(Empty::<Bytes>::new())?;
+    tokio::time::timeout(REQUEST_TIMEOUT, async move {
+        let socket = TcpSocket::new_v4()?;
+        socket.set_reuseaddr(true)?;
+        socket.bind(SocketAddr::new(IpAddr::V4(source), 0))?;
+        let stream = socket.connect(dest).await?;
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            TokioIo::new(stream),
+        )
+        .await?;
+        let conn = tokio::spawn(conn);
+        let resp = sender.send_request(req).await?;
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await?.to_bytes();
+        drop(sender);
+        conn.abort();
+        Ok::<_, anyhow::Error>(Response {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    })
+    .await
+    .map_err(|_| anyhow!("timed out after {REQUEST_TIMEOUT:?}"))?
+    .with_context(|| format!("h2c GET http://{authority}{path} from {source} via {dest}"))
 }
 
 /// One request of a load run.

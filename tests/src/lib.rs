@@ -9,12 +9,17 @@
 
 pub mod backend;
 pub mod client;
+pub mod client_sidecar;
 pub mod controller;
+pub mod dns;
 pub mod edges;
 pub mod envoy;
 pub mod gateway;
+pub mod grpc;
+pub mod istio;
 pub mod mesh;
 pub mod paths;
+pub mod pki;
 pub mod ports;
 pub mod process;
 

@@ -344,10 +344,17 @@ async fn bad_plugin_config_is_refused_with_a_clear_message() -> Result<()> {
 #[tokio::test]
 async fn unmatched_routes_produce_no_edge() -> Result<()> {
     let stack = Stack::start(json!({})).await?;
+    // A short name (no namespace table from this controller: it waits for one, in vain,
+    // then goes on unchanged) and odd Host values the filter must leave alone.
+    let long = "a".repeat(300);
     let unknown = [
         "unknown.default.svc.cluster.local",
         "nope.example",
         "reviews",
+        "reviews:99999",
+        "-reviews:9080",
+        "reviews..default:9080",
+        long.as_str(),
     ];
     let outcomes = stack
         .load(
@@ -362,6 +369,11 @@ async fn unmatched_routes_produce_no_edge() -> Result<()> {
     ensure!(
         no_route == sent,
         "{SKIPPED_NO_ROUTE} = {no_route}, sent {sent}"
+    );
+    let timeouts = counter_reaches(&stack, "lazyxds.routing_wait_timeouts", 1).await?;
+    ensure!(
+        timeouts >= 1,
+        "`reviews` never waited for a namespace table"
     );
     // Many flush periods (20 ms) later, still nothing.
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -69,7 +69,7 @@ async fn traffic_through_the_gateway_becomes_the_expected_sidecars() -> Result<(
         .collect();
     let outcomes = run_load(stack.listen_port, &plan, 8, Duration::from_secs(20)).await;
     for o in &outcomes {
-        let want = if o.host.starts_with("nowhere.") {
+        let want = if o.host.starts_with("nowhere") {
             404
         } else {
             200

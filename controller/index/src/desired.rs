@@ -39,6 +39,8 @@ pub struct RenderConfig {
     pub gateway_host: String,
     pub gateway_namespace: String,
     pub egress_proxy_port: u16,
+    /// Labels of the gateway pods (the Gateway's selector, the EnvoyFilter's).
+    pub gateway_selector: Labels,
     /// The mesh's `outboundTrafficPolicy.mode`, for workloads without a default Sidecar.
     pub mesh_outbound_policy: OutboundPolicy,
     pub max_hosts_per_sidecar: usize,
@@ -50,6 +52,7 @@ impl Default for RenderConfig {
             gateway_host: "lazyxds-gateway.lazyxds-system.svc.cluster.local".to_string(),
             gateway_namespace: "lazyxds-system".to_string(),
             egress_proxy_port: 8080,
+            gateway_selector: Labels::from([("istio".to_string(), "lazyxds-gateway".to_string())]),
             mesh_outbound_policy: OutboundPolicy::AllowAny,
             max_hosts_per_sidecar: DEFAULT_MAX_HOSTS_PER_SIDECAR,
         }
@@ -210,6 +213,23 @@ pub fn desired(index: &Index, config: &RenderConfig) -> Desired {
     out
 }
 
+/// The outbound traffic policy a namespace's workloads have without lazyxds: their
+/// namespace default Sidecar's, else the root namespace's, else the mesh's. What the lazy
+/// gateway enforces for them on hosts the mesh does not know.
+pub fn outbound_policy(index: &Index, namespace: &str, config: &RenderConfig) -> OutboundPolicy {
+    let default =
+        namespace_default(index, namespace).or_else(|| namespace_default(index, ROOT_NAMESPACE));
+    policy_of(default, config)
+}
+
+fn policy_of(default: Option<&SidecarObject>, config: &RenderConfig) -> OutboundPolicy {
+    default
+        .and_then(|d| d.spec.pointer("/outboundTrafficPolicy/mode"))
+        .and_then(|m| m.as_str())
+        .and_then(OutboundPolicy::parse)
+        .unwrap_or(config.mesh_outbound_policy)
+}
+
 /// A namespace's selector-less user Sidecar (the first by name: Istio leaves several
 /// undefined).
 fn namespace_default<'a>(index: &'a Index, ns: &str) -> Option<&'a SidecarObject> {
@@ -350,11 +370,7 @@ impl Context<'_> {
         }
 
         let default_spec = self.default.map(|d| &d.spec);
-        let policy = default_spec
-            .and_then(|s| s.pointer("/outboundTrafficPolicy/mode"))
-            .and_then(|m| m.as_str())
-            .and_then(OutboundPolicy::parse)
-            .unwrap_or(self.config.mesh_outbound_policy);
+        let policy = policy_of(self.default, self.config);
         let copied = default_spec
             .and_then(|s| s.as_object())
             .map(|spec| {
@@ -428,6 +444,11 @@ impl Context<'_> {
             format!(
                 "{}/{}",
                 self.config.gateway_namespace, self.config.gateway_host
+            ),
+            // An HTTP route table per mesh port, whose catch-all goes to the gateway.
+            crate::gateway::placeholder_egress_host(
+                self.config,
+                &self.index.config().cluster_domain,
             ),
         ]);
         // A selector Sidecar does not merge with the namespace default: re-include it.

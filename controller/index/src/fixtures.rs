@@ -153,6 +153,7 @@ pub fn mk_virtual_service(
         gateways: Vec::new(),
         destinations: destinations.iter().map(|h| h.to_string()).collect(),
         export_to: Vec::new(),
+        http: Vec::new(),
     }
 }
 
@@ -225,6 +226,7 @@ impl RenderConfig {
             gateway_host: GATEWAY.to_string(),
             gateway_namespace: "lazyxds-system".to_string(),
             egress_proxy_port: 8080,
+            gateway_selector: mk_labels(&[("istio", "lazyxds-gateway")]),
             mesh_outbound_policy: OutboundPolicy::AllowAny,
             max_hosts_per_sidecar: 1000,
         }

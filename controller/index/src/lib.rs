@@ -3,12 +3,16 @@
 //! - [`Index`]: watched objects (projected), pods by IP, learned deps per workload;
 //!   edges in through [`Index::record_edges`], time through [`Index::tick`].
 //! - [`desired()`]: the Sidecar every opted-in workload should have, or why not.
+//! - [`gateway`]: the lazy gateway's routing objects and the namespace table its filter
+//!   gets, so a first call through it is routed as the caller's sidecar would have.
 //! - [`Topology`]: a mesh described in a YAML file, fed to the index like kube watchers.
 //! - [`report()`]: what scoping removes from each sidecar's config.
 #![forbid(unsafe_code)]
 
 pub mod desired;
+pub mod discovery;
 pub mod error;
+pub mod gateway;
 pub mod host;
 pub mod index;
 pub mod objects;
@@ -19,8 +23,12 @@ pub mod topology;
 #[cfg(test)]
 mod fixtures;
 
-pub use desired::{desired, sidecar_name, Desired, Refusal, RefusalReason, RenderConfig};
+pub use desired::{
+    desired, outbound_policy, sidecar_name, Desired, Refusal, RefusalReason, RenderConfig,
+};
+pub use discovery::{LabelSelector, MeshConfig};
 pub use error::{Error, TopologyError};
+pub use gateway::{gateway_objects, namespace_table, GatewayObjects};
 pub use index::{Counters, Index, IndexConfig, ObservedEdge};
 pub use objects::{
     Annotations, Job, Labels, Namespace, OwnerRef, Pin, Pod, Protocol, ReplicaSet, RestoredDeps,

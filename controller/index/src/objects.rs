@@ -494,6 +494,9 @@ pub struct VirtualService {
     pub destinations: Vec<String>,
     #[serde(default)]
     pub export_to: Vec<String>,
+    /// `spec.http`, as written: the gateway reproduces these routes for first calls.
+    #[serde(default)]
+    pub http: Vec<serde_json::Value>,
 }
 
 impl VirtualService {

@@ -7,6 +7,7 @@
 //! ```yaml
 //! mesh: {outboundTrafficPolicy: {mode: REGISTRY_ONLY}}      # optional
 //! gateway: {host: lazyxds-gateway.lazyxds-system.svc.cluster.local, namespace: lazyxds-system, port: 8080}
+//! # (optional `selector`: the gateway pods' labels, default {istio: lazyxds-gateway})
 //! namespaces: [{name: shop, annotations: {lazyxds.io/enabled: "true"}}]
 //! workloads:
 //!   - {kind: Deployment, namespace: shop, name: cart, labels: {app: cart},
@@ -15,6 +16,8 @@
 //! services: [{namespace: shop, name: cart, selector: {app: cart}, ports: [{port: 9080, name: http}]}]
 //! serviceEntries: [{namespace: shop, name: stripe, hosts: [api.stripe.com], ports: [{number: 443, name: https, protocol: HTTPS}]}]
 //! virtualServices: [{namespace: shop, name: reviews, hosts: [reviews], destinations: [reviews-v2]}]
+//! # or with Istio's own `http` routes (reproduced by the gateway for first calls):
+//! #   http: [{route: [{destination: {host: reviews, subset: v1}, weight: 90}, ...], timeout: 2s}]
 //! sidecars: [{namespace: shop, name: default, spec: {egress: [{hosts: ["./*"]}]}}]
 //! ```
 //!
@@ -57,6 +60,9 @@ pub struct Gateway {
     pub host: String,
     pub namespace: String,
     pub port: u16,
+    /// Labels of the gateway pods; default `istio: lazyxds-gateway`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<Labels>,
 }
 
 /// Projections, as the kube watchers would produce them.
@@ -137,6 +143,9 @@ impl Topology {
             config.gateway_host = gw.host.clone();
             config.gateway_namespace = gw.namespace.clone();
             config.egress_proxy_port = gw.port;
+            if let Some(selector) = &gw.selector {
+                config.gateway_selector = selector.clone();
+            }
         }
         config
     }
@@ -260,6 +269,9 @@ struct VirtualServiceDoc {
     destinations: Vec<String>,
     #[serde(default)]
     export_to: Vec<String>,
+    /// `spec.http` as Istio has it (matches, weights, subsets, rewrites, timeouts, ...).
+    #[serde(default)]
+    http: Vec<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -409,13 +421,28 @@ impl Parser<'_> {
             let loc = object_location("virtualServices", i, &item);
             let d: VirtualServiceDoc = self.typed(&loc, item)?;
             unique(&self, "virtualService", &d.namespace, &d.name, &loc)?;
+            let mut destinations = d.destinations;
+            for (j, route) in d.http.iter().enumerate() {
+                if !route.is_object() {
+                    return Err(self.error(format!("{loc}: http[{j}]"), "is not a route object"));
+                }
+                let dests = route.get("route").and_then(|r| r.as_array());
+                for dest in dests.into_iter().flatten() {
+                    if let Some(h) = dest.pointer("/destination/host").and_then(|h| h.as_str()) {
+                        if !destinations.iter().any(|d| d == h) {
+                            destinations.push(h.to_string());
+                        }
+                    }
+                }
+            }
             self.objects.virtual_services.push(VirtualService {
                 namespace: d.namespace.into(),
                 name: d.name.into(),
                 hosts: d.hosts,
                 gateways: d.gateways,
-                destinations: d.destinations,
+                destinations,
                 export_to: d.export_to,
+                http: d.http,
             });
         }
         for (i, item) in doc.sidecars.into_iter().enumerate() {

@@ -280,6 +280,7 @@ pub fn istio_virtual_service(obj: &DynamicObject) -> index::VirtualService {
         gateways: strings(&spec["gateways"]),
         destinations,
         export_to: strings(&spec["exportTo"]),
+        http: spec["http"].as_array().cloned().unwrap_or_default(),
     }
 }
 

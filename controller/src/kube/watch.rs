@@ -16,7 +16,7 @@ use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, Resource};
-use lazyxds_index::{Index, WorkloadKind};
+use lazyxds_index::{Index, MeshConfig, OutboundPolicy, WorkloadKind};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::sync::watch as signal;
@@ -39,9 +39,14 @@ pub fn istio_resource(kind: &str, plural: &str) -> ApiResource {
 /// makes the writer delete every Sidecar we own.
 pub const KILL_SWITCH_CONFIGMAP: &str = "lazyxds";
 
+/// Istio's mesh config: ConfigMap `istio` in `istio-system`, key `mesh`.
+pub const ISTIO_NAMESPACE: &str = "istio-system";
+pub const MESH_CONFIGMAP: &str = "istio";
+
 /// Every kind watched, by name; the writer starts when all are synced.
-pub const KINDS: [&str; 13] = [
+pub const KINDS: [&str; 14] = [
     "configmap",
+    "meshconfig",
     "namespaces",
     "pods",
     "replicasets",
@@ -73,6 +78,8 @@ pub struct Watched {
     pub sidecars: Mutex<BTreeMap<(String, String), LiveSidecar>>,
     /// The kill switch is on.
     pub disabled: std::sync::atomic::AtomicBool,
+    /// The mesh's outboundTrafficPolicy: 0 unset, 1 ALLOW_ANY, 2 REGISTRY_ONLY.
+    pub mesh_policy: std::sync::atomic::AtomicU8,
     pub invalid_annotations: AtomicU64,
     pub watch_errors: AtomicU64,
     pub events: AtomicU64,
@@ -192,54 +199,91 @@ fn track_sidecar(ctx: &Ctx, obj: &DynamicObject) {
         .insert((ns.to_string(), name.to_string()), live);
 }
 
-/// Watches the kill-switch ConfigMap (absent = enabled).
-async fn run_kill_switch(api: Api<ConfigMap>, ctx: Arc<Ctx>) {
-    let config =
-        watcher::Config::default().fields(&format!("metadata.name={KILL_SWITCH_CONFIGMAP}"));
+/// Watches one ConfigMap by name; `apply` sees it (None when absent or deleted).
+async fn run_configmap(
+    api: Api<ConfigMap>,
+    name: &'static str,
+    sync_name: &'static str,
+    ctx: Arc<Ctx>,
+    apply: fn(&Ctx, Option<&ConfigMap>),
+) {
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let stream = kube::runtime::watcher(api, config).default_backoff();
     futures::pin_mut!(stream);
     let mut seen = false;
     let mut synced_once = false;
-    let set = |disabled: bool| {
-        let was = ctx.watched.disabled.swap(disabled, Relaxed);
-        if was != disabled {
-            let what = if disabled {
-                "ON: deleting every Sidecar we own"
-            } else {
-                "off"
-            };
-            tracing::warn!(disabled, "kill switch {what}");
-            ctx.learner.mark_changed();
-        }
-    };
-    let disabled = |cm: &ConfigMap| {
-        cm.data
-            .as_ref()
-            .and_then(|d| d.get("enabled"))
-            .map(|v| v.trim())
-            == Some("false")
-    };
     while let Some(event) = stream.next().await {
         match event {
             Err(error) => {
                 ctx.watched.watch_errors.fetch_add(1, Relaxed);
-                tracing::warn!(kind = "configmap", %error, "watch failed; retrying with backoff");
+                tracing::warn!(kind = sync_name, %error, "watch failed; retrying with backoff");
             }
             Ok(Event::Init) => seen = false,
             Ok(Event::InitApply(cm)) | Ok(Event::Apply(cm)) => {
                 seen = true;
-                set(disabled(&cm));
+                apply(&ctx, Some(&cm));
             }
-            Ok(Event::Delete(_)) => set(false),
+            Ok(Event::Delete(_)) => apply(&ctx, None),
             Ok(Event::InitDone) => {
                 if !seen {
-                    set(false);
+                    apply(&ctx, None);
                 }
                 if !synced_once {
                     synced_once = true;
-                    ctx.synced.send_modify(|s| s.push("configmap"));
+                    ctx.synced.send_modify(|s| s.push(sync_name));
                 }
             }
+        }
+    }
+}
+
+/// The kill switch: `enabled: "false"` in the ConfigMap; absent = enabled.
+fn apply_kill_switch(ctx: &Ctx, cm: Option<&ConfigMap>) {
+    let disabled = cm
+        .and_then(|cm| cm.data.as_ref())
+        .and_then(|d| d.get("enabled"))
+        .map(|v| v.trim())
+        == Some("false");
+    let was = ctx.watched.disabled.swap(disabled, Relaxed);
+    if was != disabled {
+        let what = if disabled {
+            "ON: deleting every Sidecar we own"
+        } else {
+            "off"
+        };
+        tracing::warn!(disabled, "kill switch {what}");
+        ctx.learner.mark_changed();
+    }
+}
+
+/// Istio's mesh config (`data.mesh`): discoverySelectors and the mesh outbound policy.
+/// A config that does not parse is logged and the last good one kept.
+fn apply_mesh_config(ctx: &Ctx, cm: Option<&ConfigMap>) {
+    let yaml = cm
+        .and_then(|cm| cm.data.as_ref())
+        .and_then(|d| d.get("mesh"))
+        .map_or("", String::as_str);
+    match MeshConfig::parse(yaml) {
+        Ok(mesh) => {
+            let policy = match mesh.outbound_policy {
+                None => 0,
+                Some(OutboundPolicy::AllowAny) => 1,
+                Some(OutboundPolicy::RegistryOnly) => 2,
+            };
+            ctx.watched.mesh_policy.store(policy, Relaxed);
+            tracing::info!(
+                discovery_selectors = mesh.discovery_selectors.len(),
+                outbound_policy = ?mesh.outbound_policy,
+                "Istio mesh config"
+            );
+            ctx.learner
+                .index()
+                .set_discovery_selectors(mesh.discovery_selectors);
+            ctx.learner.mark_changed();
+        }
+        Err(error) => {
+            ctx.watched.invalid_annotations.fetch_add(1, Relaxed);
+            tracing::error!(%error, "Istio mesh config not understood; keeping the last one");
         }
     }
 }
@@ -258,10 +302,22 @@ pub fn spawn_all(
         watched,
         synced,
     });
-    let mut tasks = vec![tokio::spawn(run_kill_switch(
-        Api::namespaced(client.clone(), namespace),
-        ctx.clone(),
-    ))];
+    let mut tasks = vec![
+        tokio::spawn(run_configmap(
+            Api::namespaced(client.clone(), namespace),
+            KILL_SWITCH_CONFIGMAP,
+            "configmap",
+            ctx.clone(),
+            apply_kill_switch,
+        )),
+        tokio::spawn(run_configmap(
+            Api::namespaced(client.clone(), ISTIO_NAMESPACE),
+            MESH_CONFIGMAP,
+            "meshconfig",
+            ctx.clone(),
+            apply_mesh_config,
+        )),
+    ];
     macro_rules! spawn {
         ($api:expr, $kind:expr) => {
             tasks.push(tokio::spawn(run_kind($api, $kind, ctx.clone())));

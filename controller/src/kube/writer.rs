@@ -275,13 +275,22 @@ pub async fn run(
         tokio::time::sleep(config.debounce).await;
         let started = Instant::now();
         let killed = watched.disabled.load(Relaxed);
+        // The mesh's outboundTrafficPolicy, from Istio's mesh config when it sets one.
+        let mut render = config.render.clone();
+        match watched.mesh_policy.load(Relaxed) {
+            1 => render.mesh_outbound_policy = lazyxds_index::OutboundPolicy::AllowAny,
+            2 => render.mesh_outbound_policy = lazyxds_index::OutboundPolicy::RegistryOnly,
+            _ => {}
+        }
+        // Gateways route first calls with it: pod IPs, namespaces, outbound policies.
+        learner.publish_namespace_table(&render);
         let desired = if killed {
             Desired {
                 sidecars: BTreeMap::new(),
                 refusals: Vec::new(),
             }
         } else {
-            desired(&learner.index(), &config.render)
+            desired(&learner.index(), &render)
         };
         let plan = plan(&desired, &watched.sidecars());
         stats.passes.fetch_add(1, Relaxed);

@@ -33,6 +33,16 @@ pub struct Config {
     /// false: the filter is loaded but does nothing per request (for measuring the Wasm
     /// floor).
     pub report: bool,
+    /// First-call routing: expand short authorities (`reviews:9080`, `reviews.ns`, ...) to
+    /// the FQDN of the caller's namespace, and apply the caller's outbound policy to hosts
+    /// the mesh does not know. Needs the controller's namespace table, so a worker keeps
+    /// its stream open even with nothing to report.
+    pub routing: bool,
+    /// The mesh's DNS suffix: short names become `name.ns.svc.<cluster_domain>`.
+    pub cluster_domain: String,
+    /// How long a request that needs the namespace table waits for it (a fresh worker,
+    /// before the first push); then it goes on unchanged. 0: never wait.
+    pub routing_wait_ms: u64,
 }
 
 impl Default for Config {
@@ -50,6 +60,9 @@ impl Default for Config {
             ack_timeout_ms: 10_000,
             reconnect_max_backoff_ms: 2_000,
             report: true,
+            routing: true,
+            cluster_domain: "cluster.local".into(),
+            routing_wait_ms: 200,
         }
     }
 }
@@ -137,6 +150,19 @@ impl Config {
             1_000_000,
         )?;
         range("ack_timeout_ms", self.ack_timeout_ms, 100, 600_000)?;
+        range("routing_wait_ms", self.routing_wait_ms, 0, 10_000)?;
+        let domain_ok = !self.cluster_domain.is_empty()
+            && self.cluster_domain.len() <= 200
+            && self
+                .cluster_domain
+                .split('.')
+                .all(crate::authority::is_label);
+        if !domain_ok {
+            return Err(ConfigError {
+                field: "cluster_domain".into(),
+                message: "is not a DNS name (labels of letters, digits, '-')".into(),
+            });
+        }
         range(
             "reconnect_max_backoff_ms",
             self.reconnect_max_backoff_ms,
@@ -169,7 +195,8 @@ mod tests {
         let json = r#"{"controller_cluster":"sink","gateway_id":"gw-1","flush_interval_ms":5,
             "refresh_interval_s":30,"max_edges":100,"max_batch_edges":10,"max_batch_bytes":2048,
             "max_inflight_batches":2,"max_names_per_stream":64,"ack_timeout_ms":500,
-            "reconnect_max_backoff_ms":100,"report":false}"#;
+            "reconnect_max_backoff_ms":100,"report":false,"routing":false,
+            "cluster_domain":"mesh.example","routing_wait_ms":0}"#;
         let want = Config {
             controller_cluster: "sink".into(),
             gateway_id: "gw-1".into(),
@@ -183,6 +210,9 @@ mod tests {
             ack_timeout_ms: 500,
             reconnect_max_backoff_ms: 100,
             report: false,
+            routing: false,
+            cluster_domain: "mesh.example".into(),
+            routing_wait_ms: 0,
         };
         assert_eq!(Config::parse(json.as_bytes()), Ok(want));
     }
@@ -221,6 +251,21 @@ mod tests {
                 "must name",
             ),
             (r#"{"report":"yes"}"#, "report", "invalid type: string"),
+            (
+                r#"{"routing_wait_ms":60000}"#,
+                "routing_wait_ms",
+                "out of range",
+            ),
+            (
+                r#"{"cluster_domain":"cluster..local"}"#,
+                "cluster_domain",
+                "is not a DNS name",
+            ),
+            (
+                r#"{"cluster_domain":""}"#,
+                "cluster_domain",
+                "not a DNS name",
+            ),
             (r#"{"max_edges":10"#, ".", "EOF"),
             ("not json", ".", "expected a JSON object"),
             (r#"[1,2]"#, ".", "expected a JSON object"),

@@ -77,6 +77,7 @@ pub fn edge_cluster(cluster: &[u8]) -> Option<&str> {
 
 /// Parses Envoy's `source.address`: `1.2.3.4:5678`, `[::1]:5678`, or a bare IP.
 /// IPv4-mapped IPv6 addresses are reported as IPv4 (the pod's address).
+#[inline(never)] // two callers (edges, routing): one copy in the module
 pub fn parse_source_ip(address: &[u8]) -> Option<IpAddr> {
     let address = core::str::from_utf8(address).ok()?;
     let ip_text = if let Some(rest) = address.strip_prefix('[') {

@@ -3,6 +3,8 @@
 //! values, time and stream events in, and bytes out.
 //!
 //! - [`config`]: the plugin configuration.
+//! - [`authority`]: short authorities as a pod's DNS search path reads them; SPIFFE ids.
+//! - [`routing`]: first-call routing decisions (authority rewrite, policy, waiting).
 //! - [`edge`]: request properties → an edge (or a counted skip).
 //! - [`table`]: the bounded LRU dedup table.
 //! - [`reporter`]: batching, dictionary encoding, acks, re-sends, resync, backoff.
@@ -12,9 +14,11 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod authority;
 pub mod config;
 pub mod edge;
 pub mod reporter;
+pub mod routing;
 pub mod table;
 
 #[cfg(test)]
@@ -23,3 +27,4 @@ mod reporter_tests;
 pub use config::{Config, ConfigError};
 pub use edge::{edge_cluster, RequestProperties};
 pub use reporter::{CloseReason, Counters, Reporter};
+pub use routing::{Decision, RequestView, Router, RoutingCounters};

@@ -191,10 +191,14 @@ impl Reporter {
         self.carry.is_some() || self.table.pending_len() > 0
     }
 
-    /// True when the shell should open a stream now: there is something to send, none is
-    /// open, and the backoff has passed. Idle workers never open one.
+    /// True when the shell should open a stream now: there is something to send (or
+    /// first-call routing is on: the stream brings the namespace table), none is open, and
+    /// the backoff has passed. Without routing, idle workers never open one.
     pub fn wants_stream(&self, now_ms: u64) -> bool {
-        self.config.report && self.stream.is_none() && now_ms >= self.retry_at_ms && self.has_data()
+        self.config.report
+            && self.stream.is_none()
+            && now_ms >= self.retry_at_ms
+            && (self.config.routing || self.has_data())
     }
 
     /// The shell opened a stream; returns the `Hello` to send first.
@@ -281,16 +285,20 @@ impl Reporter {
         )
     }
 
-    /// A message from the controller on the open stream.
-    pub fn on_controller_message(&mut self, bytes: &[u8]) {
+    /// A message from the controller on the open stream. Acks are handled here; pushes
+    /// (namespace table, policies) are returned for the router.
+    pub fn on_controller_message(&mut self, bytes: &[u8]) -> Option<controller_message::Kind> {
         let Ok(message) = ControllerMessage::decode(bytes) else {
             self.counters.controller_messages_bad += 1;
-            return;
+            return None;
         };
         match message.kind {
-            Some(controller_message::Kind::Ack(ack)) => self.acked(ack.seq),
-            // A push this version does not know: newer controller; ignore.
-            None => {}
+            Some(controller_message::Kind::Ack(ack)) => {
+                self.acked(ack.seq);
+                None
+            }
+            // None: a push this version does not know (newer controller); ignored.
+            push => push,
         }
     }
 

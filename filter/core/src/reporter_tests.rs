@@ -82,9 +82,11 @@ impl Receiver {
     }
 }
 
+/// Reporting only: without first-call routing an idle worker opens no stream.
 fn mk_config() -> Config {
     Config {
         controller_cluster: "sink".into(),
+        routing: false,
         ..Config::default()
     }
 }
@@ -374,6 +376,36 @@ fn skips_are_counted_and_bad_controller_messages_do_not_hurt() {
     assert_eq!(c.controller_messages_bad, 1);
     assert_eq!(r.table_len(), 0);
     assert!(!r.wants_stream(T0));
+}
+
+#[test]
+fn with_routing_a_worker_opens_its_stream_at_once_and_hands_pushes_on() {
+    let mut r = mk_reporter(Config {
+        routing: true,
+        ..mk_config()
+    });
+    assert!(r.wants_stream(T0), "the stream brings the namespace table");
+    let mut rx = Receiver::default();
+    assert_eq!(pump(&mut r, &mut rx, T0, true), 0);
+    assert_eq!(rx.hellos.len(), 1);
+    let table = lazyxds_proto::v1::NamespaceTable {
+        namespaces: vec!["shop".into()],
+        policies: vec![1],
+        ipv4: vec![0x0a00_0001 << 32],
+        ..Default::default()
+    };
+    let push = ControllerMessage {
+        kind: Some(controller_message::Kind::Namespaces(table.clone())),
+    };
+    assert_eq!(
+        r.on_controller_message(&push.encode_to_vec()),
+        Some(controller_message::Kind::Namespaces(table))
+    );
+    assert_eq!(r.on_controller_message(&Receiver::ack(1)), None);
+    // Closed with nothing to send: it comes back after the backoff anyway.
+    r.stream_closed(T0, None);
+    assert!(!r.wants_stream(T0));
+    assert!(r.wants_stream(T0 + 2_000));
 }
 
 #[test]

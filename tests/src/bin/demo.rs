@@ -16,7 +16,7 @@ use lazyxds_e2e::client::Planned;
 use lazyxds_e2e::mesh::{
     demo_topology_path, demo_traffic, read_sidecar_files, MeshStack, SidecarFile,
 };
-use lazyxds_e2e::{paths, run_load};
+use lazyxds_e2e::{paths, request, run_load};
 
 /// Requests per (pod, host) pair.
 const REPEAT: usize = 3;
@@ -68,8 +68,8 @@ async fn main() -> Result<()> {
         .context("starting the demo (backends, controller, gateway)")?;
     println!("  topology    {}", relative(&topology));
     println!(
-        "  services    {} local HTTP servers, one per Envoy cluster the mesh would have",
-        stack.backends.len()
+        "  services    {} local servers (HTTP/1.1, gRPC for HTTP/2 ports), one per Envoy cluster the mesh would have",
+        stack.backends.len() + stack.grpc_backends.len()
     );
     println!(
         "  controller  lazyxds run --file {} --out {}   (pid {}, edges at http://127.0.0.1:{}/debug/edges)",
@@ -78,25 +78,61 @@ async fn main() -> Result<()> {
         stack.controller.pid().unwrap_or(0),
         stack.controller.http_port()
     );
+    let virtual_services = stack
+        .objects
+        .iter()
+        .filter(|o| o["kind"] == "VirtualService")
+        .count();
     println!(
-        "  gateway     Envoy (pid {}) on 127.0.0.1:{} with the lazyxds filter ({} routes)\n",
+        "  gateway     Envoy (pid {}) on 127.0.0.1:{} with the lazyxds filter; its routes are what istiod\n              would make of the controller's {} VirtualServices ({})\n",
         stack.envoy.pid(),
         stack.listen_port,
-        stack.routes.len()
+        virtual_services,
+        relative(&out.join("gateway/lazyxds-gateway.yaml")),
     );
 
     let traffic = demo_traffic();
     let pods: BTreeSet<_> = traffic.iter().map(|(ip, _)| *ip).collect();
+    // The first call of every (pod, host) pair, one by one: none of these workloads has
+    // ever called these services, and they use short names.
+    println!(
+        "First calls, with the short names applications use ({} pods; the gateway expands each\nname in the caller's namespace, known from its pod IP):\n",
+        pods.len()
+    );
+    println!(
+        "  {:<12} {:<40} {:>6}  SERVED BY (Envoy cluster)",
+        "FROM", "HOST", "STATUS"
+    );
+    let sent_at = Instant::now();
+    let mut first_failed = 0;
+    for (ip, host) in &traffic {
+        let r = request(*ip, stack.listen_port, host, "/").await?;
+        let served = match r.backend() {
+            Some(b) => b.to_string(),
+            None => format!("- ({})", r.body.trim()),
+        };
+        if r.status != 200 && !host.starts_with("nowhere") {
+            first_failed += 1;
+        }
+        println!(
+            "  {:<12} {:<40} {:>6}  {served}",
+            ip.to_string(),
+            host,
+            r.status
+        );
+    }
+    if first_failed > 0 {
+        bail!("{first_failed} first calls failed");
+    }
     let plan: Vec<Planned> = traffic
         .iter()
-        .flat_map(|(ip, host)| std::iter::repeat_n(Planned::new(*ip, host), REPEAT))
+        .flat_map(|(ip, host)| std::iter::repeat_n(Planned::new(*ip, host), REPEAT - 1))
         .collect();
     println!(
-        "Sending {} requests from {} pod IPs through the gateway...",
+        "\nSending {} more requests from {} pod IPs through the gateway...",
         plan.len(),
         pods.len()
     );
-    let sent_at = Instant::now();
     let outcomes = run_load(stack.listen_port, &plan, 8, Duration::from_secs(30)).await;
     let mut statuses: BTreeMap<String, usize> = BTreeMap::new();
     for o in &outcomes {
@@ -108,14 +144,14 @@ async fn main() -> Result<()> {
     }
     let summary: Vec<String> = statuses.iter().map(|(s, n)| format!("{n} × {s}")).collect();
     println!(
-        "  answered: {} (the 404s asked for a host nothing routes: no edge)\n",
+        "  answered: {} (the 404s asked for a service that does not exist: no edge)\n",
         summary.join(", ")
     );
 
     // Wait until the Sidecar files hold every learned dependency.
     let expected: BTreeSet<(std::net::Ipv4Addr, &str)> = traffic
         .iter()
-        .filter(|(_, h)| !h.starts_with("nowhere."))
+        .filter(|(_, h)| !h.starts_with("nowhere"))
         .copied()
         .collect();
     // Settled: every edge is at the controller and the files have not changed for a few
@@ -199,7 +235,7 @@ async fn main() -> Result<()> {
         t0.elapsed().as_secs_f64()
     );
     if hold {
-        println!("\nHolding. Try: curl --interface 127.0.0.18 -H 'Host: ledger.payments.svc.cluster.local:9080' http://127.0.0.1:{}/", stack.listen_port);
+        println!("\nHolding. Try: curl --interface 127.0.0.18 -H 'Host: ledger.payments:9080' http://127.0.0.1:{}/", stack.listen_port);
         println!("then: ls {}   (Ctrl-C stops)", relative(&out));
         tokio::signal::ctrl_c().await?;
     }

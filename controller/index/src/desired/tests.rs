@@ -74,6 +74,7 @@ fn renders_the_whole_sidecar() {
                 hosts: strings(&[
                     "istio-system/*",
                     "lazyxds-system/lazyxds-gateway.lazyxds-system.svc.cluster.local",
+                    "lazyxds-system/lazyxds-http-ports.lazyxds-system.svc.cluster.local",
                     "shop/postgres.shop.svc.cluster.local",
                     // The VirtualService's host, not reviews-v2.
                     "shop/reviews.shop.svc.cluster.local",
@@ -129,6 +130,7 @@ spec:
   - hosts:
     - istio-system/*
     - lazyxds-system/lazyxds-gateway.lazyxds-system.svc.cluster.local
+    - lazyxds-system/lazyxds-http-ports.lazyxds-system.svc.cluster.local
     - shop/postgres.shop.svc.cluster.local
     - shop/reviews.shop.svc.cluster.local
   outboundTrafficPolicy:
@@ -193,6 +195,7 @@ fn dep_hosts_take_the_namespace_of_every_defining_object() {
             "frontend/reviews.shop.svc.cluster.local",
             "istio-system/*",
             "lazyxds-system/lazyxds-gateway.lazyxds-system.svc.cluster.local",
+            "lazyxds-system/lazyxds-http-ports.lazyxds-system.svc.cluster.local",
             "payments/api.stripe.com",
             "shop/api.stripe.com",
             "shop/postgres.shop.svc.cluster.local",
@@ -411,6 +414,7 @@ fn namespace_defaults_are_copied() {
         let mut want_hosts = strings(&[
             "istio-system/*",
             "lazyxds-system/lazyxds-gateway.lazyxds-system.svc.cluster.local",
+            "lazyxds-system/lazyxds-http-ports.lazyxds-system.svc.cluster.local",
             "shop/postgres.shop.svc.cluster.local",
         ]);
         want_hosts.extend(strings(&copied_hosts));
@@ -501,6 +505,7 @@ fn opaque_services_are_always_visible() {
         strings(&[
             "istio-system/*",
             "lazyxds-system/lazyxds-gateway.lazyxds-system.svc.cluster.local",
+            "lazyxds-system/lazyxds-http-ports.lazyxds-system.svc.cluster.local",
             "payments/api.stripe.com",
             "shop/dns.shop.svc.cluster.local",
             "shop/postgres.shop.svc.cluster.local",
@@ -527,13 +532,14 @@ fn pins_are_always_included() {
             "*/api.stripe.com",
             "istio-system/*",
             "lazyxds-system/lazyxds-gateway.lazyxds-system.svc.cluster.local",
+            "lazyxds-system/lazyxds-http-ports.lazyxds-system.svc.cluster.local",
             "payments/payments.payments.svc.cluster.local",
             "shop/postgres.shop.svc.cluster.local",
         ])
     );
     assert_eq!(
         egress_of(&desired, &mk_id(Deployment, "shop", "reviews-v1")).len(),
-        4,
+        5,
         "namespace pins reach every workload"
     );
 }
@@ -541,7 +547,7 @@ fn pins_are_always_included() {
 #[test]
 fn the_host_cap_refuses() {
     let config = RenderConfig {
-        max_hosts_per_sidecar: 4,
+        max_hosts_per_sidecar: 5,
         ..RenderConfig::test()
     };
     let mut index = Index::test();
@@ -552,13 +558,13 @@ fn the_host_cap_refuses() {
     let want = refusal(
         productpage(),
         RefusalReason::HostCap {
-            cap: 4,
-            hosts: 5,
+            cap: 5,
+            hosts: 6,
             truncated: false,
         },
     );
     assert_eq!(out.refusals, vec![want.clone()]);
-    assert_eq!(want.reason.to_string(), "host cap 4 reached (5 hosts)");
+    assert_eq!(want.reason.to_string(), "host cap 5 reached (6 hosts)");
     assert_eq!(out.sidecar_of(&productpage()), None);
 
     // Deps dropped at the index's cap refuse even below the render cap.
@@ -576,14 +582,14 @@ fn the_host_cap_refuses() {
     let desired = desired(&index, &RenderConfig::test());
     let reason = RefusalReason::HostCap {
         cap: 1000,
-        hosts: 3,
+        hosts: 4,
         truncated: true,
     };
     assert_eq!(
         desired.refusals,
         vec![refusal(productpage(), reason.clone())]
     );
-    assert_eq!(reason.to_string(), "host cap 1000 reached (3+ hosts)");
+    assert_eq!(reason.to_string(), "host cap 1000 reached (4+ hosts)");
 }
 
 #[test]

@@ -145,6 +145,8 @@ pub struct Index {
     /// Earliest moment a dep can expire (`u64::MAX`: none).
     next_expiry: u64,
     next_prune: u64,
+    /// Istio's `discoverySelectors`: workloads in namespaces istiod ignores are not scoped.
+    discovery: Vec<crate::discovery::LabelSelector>,
 }
 
 impl Default for Index {
@@ -167,7 +169,23 @@ impl Index {
             counters: Counters::default(),
             next_expiry: u64::MAX,
             next_prune: 0,
+            discovery: Vec::new(),
         }
+    }
+
+    /// Istio's `discoverySelectors` (empty: every namespace).
+    pub fn set_discovery_selectors(&mut self, selectors: Vec<crate::discovery::LabelSelector>) {
+        self.discovery = selectors;
+    }
+
+    /// Whether istiod watches this namespace (by its labels and `discoverySelectors`).
+    pub fn is_discovered(&self, namespace: &str) -> bool {
+        if self.discovery.is_empty() {
+            return true;
+        }
+        self.ns(namespace)
+            .and_then(|s| s.object.as_ref())
+            .is_some_and(|n| crate::discovery::discovered(&self.discovery, &n.labels))
     }
 
     pub fn config(&self) -> &IndexConfig {

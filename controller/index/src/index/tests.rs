@@ -877,3 +877,26 @@ fn requests_for_deps_already_learned_count_as_stuck_on_the_gateway() {
     let c = index.counters();
     assert_eq!((c.attributed_requests, c.known_dep_requests), (5, 4));
 }
+
+#[test]
+fn namespaces_istio_does_not_discover_are_never_scoped() {
+    let mut index = Index::new(IndexConfig::default());
+    let mut shop = mk_namespace("shop", Some(true));
+    mk_deployment(&mut index, "shop", "web", "10.0.0.1");
+    index.apply_namespace(shop.clone());
+    let web = mk_id(WorkloadKind::Deployment, "shop", "web");
+    assert!(
+        index.is_enabled(&web),
+        "no discoverySelectors: every namespace"
+    );
+    let mesh =
+        crate::MeshConfig::parse("discoverySelectors: [{matchLabels: {mesh: 'on'}}]").unwrap();
+    index.set_discovery_selectors(mesh.discovery_selectors);
+    assert!(
+        !index.is_enabled(&web),
+        "opted in, but istiod ignores the namespace"
+    );
+    shop.labels.insert("mesh".into(), "on".into());
+    index.apply_namespace(shop);
+    assert!(index.is_enabled(&web));
+}

@@ -61,10 +61,14 @@ impl Index {
         Some(&self.ns(ns)?.object.as_ref()?.annotations)
     }
 
-    /// Opted in: the workload's `lazyxds.io/enabled` wins over its namespace's; default off.
+    /// Opted in: the workload's `lazyxds.io/enabled` wins over its namespace's; default off;
+    /// never in a namespace Istio's `discoverySelectors` leave out.
     /// Called per changed workload on the edge path, so it looks things up directly
     /// instead of building views.
     pub fn is_enabled(&self, id: &WorkloadId) -> bool {
+        if !self.is_discovered(&id.namespace) {
+            return false;
+        }
         let Some(state) = self.ns(&id.namespace) else {
             return false;
         };
@@ -93,8 +97,9 @@ impl Index {
             .collect()
     }
 
+    /// Workloads of a namespace; none where istiod does not look (`discoverySelectors`).
     pub(crate) fn views_in(&self, ns: &str) -> BTreeMap<WorkloadId, WorkloadView<'_>> {
-        let Some(state) = self.ns(ns) else {
+        let Some(state) = self.ns(ns).filter(|_| self.is_discovered(ns)) else {
             return BTreeMap::new();
         };
         let mut views: BTreeMap<WorkloadId, WorkloadView<'_>> = state

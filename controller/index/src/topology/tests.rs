@@ -383,6 +383,10 @@ fn errors_name_file_object_and_field() {
             topology_error("serviceEntries[0] (shop/a): hosts", "needs at least one host"),
         ),
         (
+            "virtualServices:\n- {namespace: shop, name: a, hosts: [a], http: [[]]}".to_string(),
+            topology_error("virtualServices[0] (shop/a): http[0]", "is not a route object"),
+        ),
+        (
             "sidecars:\n- {namespace: shop, name: lazyxds-x, labels: {app.kubernetes.io/managed-by: lazyxds}, annotations: {lazyxds.io/workload: Deployment/x, lazyxds.io/deps: \"[]\"}}".to_string(),
             topology_error("sidecars[0] (shop/lazyxds-x): annotations.\"lazyxds.io/deps\"", "\"[]\" is not a JSON object of host to unix seconds: invalid type: sequence, expected a map at line 1 column 0"),
         ),
@@ -394,6 +398,38 @@ fn errors_name_file_object_and_field() {
         topology_error("workloads[3] (default/reviews-v1): pods[0].ip", "\"10.0.0.x\" is not an IP address").to_string(),
         "topo.yaml: workloads[3] (default/reviews-v1): pods[0].ip: \"10.0.0.x\" is not an IP address"
     );
+}
+
+#[test]
+fn virtual_service_routes_and_the_gateway_selector() {
+    let text = r#"
+gateway: {host: egress.gw.svc.cluster.local, namespace: gw, port: 8443, selector: {app: egress}}
+virtualServices:
+  - namespace: shop
+    name: reviews
+    hosts: [reviews]
+    destinations: [reviews-v9]
+    http:
+      - match: [{headers: {x-canary: {exact: "1"}}}]
+        route: [{destination: {host: reviews-v3}}]
+      - route:
+          - {destination: {host: reviews, subset: v1}, weight: 90}
+          - {destination: {host: reviews-v2}, weight: 10}
+        timeout: 2s
+"#;
+    let topo = Topology::from_yaml(text, "topo.yaml").expect("parses");
+    let vs = &topo.objects.virtual_services[0];
+    // The shorthand first, then every route destination once: what Sidecars list.
+    assert_eq!(
+        vs.destinations,
+        ["reviews-v9", "reviews-v3", "reviews", "reviews-v2"]
+    );
+    assert_eq!(vs.http.len(), 2);
+    assert_eq!(vs.http[1]["timeout"], "2s");
+    let config = topo.render_config(RenderConfig::default());
+    assert_eq!(config.gateway_selector, mk_labels(&[("app", "egress")]));
+    assert_eq!(config.egress_proxy_port, 8443);
+    assert_eq!(config.gateway_namespace, "gw");
 }
 
 #[test]

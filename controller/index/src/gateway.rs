@@ -1,0 +1,623 @@
+//! What the lazy gateway needs so that a first call through it is routed exactly as the
+//! caller's sidecar would have routed it: the Istio objects (rendered here, pure) and the
+//! namespace table pushed to its filter ([`namespace_table`]).
+//!
+//! - A `Gateway` with one server on the egressProxy port, `tls.mode: ISTIO_MUTUAL` (the
+//!   filter then knows each caller's verified identity), and a `DestinationRule`
+//!   `ISTIO_MUTUAL` for the gateway host (gateway pods lack the auto-mTLS label).
+//! - A placeholder `Service` in the gateway namespace with every HTTP port of the mesh
+//!   (`http-<port>`): every lazy sidecar imports it, so it has an HTTP route table per port
+//!   and a call on any of them reaches the gateway as HTTP, Host intact.
+//! - One `VirtualService` per mesh host bound to the gateway: each HTTP port of the host is
+//!   matched by authority (`fqdn:port`; a Host without port means 80). Where the user has a
+//!   VirtualService for the host, its HTTP routes are reproduced (matches, subsets,
+//!   weights, rewrites, timeouts, ...) per port, with short destination hosts resolved from
+//!   the user's namespace. HTTP ServiceEntry hosts are routed the same way (they are lazy
+//!   too). `*.svc.<domain>` hosts without a Service get a 404 that says so.
+//! - An `EnvoyFilter` (gateway pods only) adding the catch-all route for hosts the mesh
+//!   does not know: Envoy's dynamic forward proxy, route name [`EXTERNAL_ROUTE`]. The
+//!   filter refuses requests bound for it from REGISTRY_ONLY callers and lets the others
+//!   out, as their sidecar would have.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use lazyxds_proto::v1::{NamespaceTable, OutboundPolicy as WirePolicy};
+use serde_json::{json, Map, Value};
+
+use crate::desired::{outbound_policy, RenderConfig};
+use crate::error::Error;
+use crate::host;
+use crate::index::Index;
+use crate::objects::{Protocol, VirtualService, LABEL_MANAGED_BY, MANAGED_BY_US};
+use crate::sidecar::OutboundPolicy;
+
+/// The placeholder Service carrying every HTTP port of the mesh.
+pub const PLACEHOLDER_SERVICE: &str = "lazyxds-http-ports";
+/// Route (and virtual host, and cluster) name of the catch-all for unknown hosts; the
+/// filter knows it by this name.
+pub const EXTERNAL_ROUTE: &str = "lazyxds-external";
+/// The VirtualService answering `*.svc.<domain>` hosts no Service has.
+pub const UNKNOWN_MESH_HOSTS: &str = "lazyxds-unknown-mesh-hosts";
+/// Its answer.
+pub const UNKNOWN_MESH_HOST_BODY: &str =
+    "lazyxds: no such service in the mesh (check the name and the namespace)\n";
+/// Prefix of the per-host VirtualServices.
+pub const ROUTE_PREFIX: &str = "lazyxds-route-";
+
+/// Every object the gateway needs, as Kubernetes manifests.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewayObjects {
+    pub gateway: Value,
+    pub destination_rule: Value,
+    pub placeholder_service: Value,
+    /// Sorted by name; [`UNKNOWN_MESH_HOSTS`] first.
+    pub virtual_services: Vec<Value>,
+    pub envoy_filter: Value,
+}
+
+impl GatewayObjects {
+    /// Every object, in apply order.
+    pub fn all(&self) -> Vec<&Value> {
+        let mut all = vec![
+            &self.placeholder_service,
+            &self.destination_rule,
+            &self.gateway,
+            &self.envoy_filter,
+        ];
+        all.extend(&self.virtual_services);
+        all
+    }
+
+    /// One multi-document YAML stream.
+    pub fn to_yaml(&self) -> Result<String, Error> {
+        let mut out = String::new();
+        for object in self.all() {
+            let doc = serde_norway::to_string(object).map_err(|e| Error::Serialize {
+                what: format!(
+                    "{} {}",
+                    object["kind"].as_str().unwrap_or_default(),
+                    object["metadata"]["name"].as_str().unwrap_or_default()
+                ),
+                message: e.to_string(),
+            })?;
+            out.push_str("---\n");
+            out.push_str(&doc);
+        }
+        Ok(out)
+    }
+
+    /// The VirtualService routing `host`, if any.
+    pub fn virtual_service_for(&self, host: &str) -> Option<&Value> {
+        self.virtual_services.iter().find(|vs| {
+            vs["spec"]["hosts"]
+                .as_array()
+                .is_some_and(|h| h.iter().any(|h| h == host))
+        })
+    }
+}
+
+/// The Gateway object's name: the gateway Service's (first label of its host).
+pub fn gateway_name(config: &RenderConfig) -> &str {
+    config
+        .gateway_host
+        .split('.')
+        .next()
+        .unwrap_or(&config.gateway_host)
+}
+
+/// `ns/host` of the placeholder Service, as lazy Sidecars list it.
+pub fn placeholder_egress_host(config: &RenderConfig, cluster_domain: &str) -> String {
+    let ns = &config.gateway_namespace;
+    format!(
+        "{ns}/{}",
+        host::service_fqdn(PLACEHOLDER_SERVICE, ns, cluster_domain)
+    )
+}
+
+/// A host the gateway routes, with the HTTP ports it has.
+#[derive(Debug, Default)]
+struct Routable {
+    ports: BTreeSet<u16>,
+}
+
+/// Renders every gateway object for the mesh in `index`.
+pub fn gateway_objects(index: &Index, config: &RenderConfig) -> GatewayObjects {
+    let domain = index.config().cluster_domain.clone();
+    let (routable, http_ports) = routable_hosts(index, &domain);
+    let user_vs = user_virtual_services(index, &domain);
+    let mut virtual_services = vec![unknown_mesh_hosts(config, &domain)];
+    let hosts: BTreeSet<&String> = routable.keys().chain(user_vs.keys()).collect();
+    let mut per_host = Vec::new();
+    for host in hosts {
+        let ports: Vec<Option<u16>> = match routable.get(host) {
+            Some(r) if !host.starts_with('*') && !r.ports.is_empty() => {
+                r.ports.iter().copied().map(Some).collect()
+            }
+            _ => vec![None],
+        };
+        let http = match user_vs.get(host) {
+            Some(vs) => reproduce(vs, host, &ports, &routable, &domain),
+            None => ports
+                .iter()
+                .flatten()
+                .map(|&port| default_route(host, port))
+                .collect(),
+        };
+        if http.is_empty() {
+            continue;
+        }
+        per_host.push(virtual_service(
+            config,
+            &host::object_name(ROUTE_PREFIX, &host.replace('*', "wildcard")),
+            host,
+            http,
+        ));
+    }
+    per_host.sort_by(|a, b| {
+        a["metadata"]["name"]
+            .as_str()
+            .cmp(&b["metadata"]["name"].as_str())
+    });
+    virtual_services.extend(per_host);
+    GatewayObjects {
+        gateway: gateway(config),
+        destination_rule: destination_rule(config),
+        placeholder_service: placeholder_service(config, &http_ports),
+        virtual_services,
+        envoy_filter: envoy_filter(config),
+    }
+}
+
+fn metadata(config: &RenderConfig, name: &str) -> Value {
+    json!({
+        "name": name,
+        "namespace": config.gateway_namespace,
+        "labels": {LABEL_MANAGED_BY: MANAGED_BY_US},
+    })
+}
+
+fn gateway(config: &RenderConfig) -> Value {
+    json!({
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "Gateway",
+        "metadata": metadata(config, gateway_name(config)),
+        "spec": {
+            "selector": config.gateway_selector,
+            "servers": [{
+                "port": {
+                    "number": config.egress_proxy_port,
+                    "name": "https-lazyxds",
+                    "protocol": "HTTPS",
+                },
+                // Our VirtualServices only (they live in the gateway namespace); no SNI
+                // match, so every sidecar's `outbound_.<port>_._.<gateway>` SNI is fine.
+                "hosts": ["./*"],
+                "tls": {"mode": "ISTIO_MUTUAL"},
+            }],
+        },
+    })
+}
+
+fn destination_rule(config: &RenderConfig) -> Value {
+    json!({
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "DestinationRule",
+        "metadata": metadata(config, gateway_name(config)),
+        "spec": {
+            "host": config.gateway_host,
+            "exportTo": ["*"],
+            "trafficPolicy": {"portLevelSettings": [{
+                "port": {"number": config.egress_proxy_port},
+                "tls": {"mode": "ISTIO_MUTUAL"},
+            }]},
+        },
+    })
+}
+
+fn placeholder_service(config: &RenderConfig, ports: &BTreeSet<u16>) -> Value {
+    let ports: Vec<Value> = ports
+        .iter()
+        .map(
+            |p| json!({"name": format!("http-{p}"), "port": p, "protocol": "TCP", "targetPort": p}),
+        )
+        .collect();
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(config, PLACEHOLDER_SERVICE),
+        // No selector, so no endpoints: it only gives sidecars an HTTP route table per
+        // port, whose catch-all sends unknown hosts to the gateway.
+        "spec": {"ports": ports},
+    })
+}
+
+fn envoy_filter(config: &RenderConfig) -> Value {
+    let dns_cache = json!({"name": "lazyxds_external", "dns_lookup_family": "V4_PREFERRED"});
+    let port = config.egress_proxy_port;
+    json!({
+        "apiVersion": "networking.istio.io/v1alpha3",
+        "kind": "EnvoyFilter",
+        "metadata": metadata(config, EXTERNAL_ROUTE),
+        "spec": {
+            "workloadSelector": {"labels": config.gateway_selector},
+            "configPatches": [
+                {
+                    "applyTo": "CLUSTER",
+                    "match": {"context": "GATEWAY"},
+                    "patch": {"operation": "ADD", "value": {
+                        "name": EXTERNAL_ROUTE,
+                        "connect_timeout": "5s",
+                        "lb_policy": "CLUSTER_PROVIDED",
+                        "cluster_type": {
+                            "name": "envoy.clusters.dynamic_forward_proxy",
+                            "typed_config": {
+                                "@type": "type.googleapis.com/envoy.extensions.clusters.dynamic_forward_proxy.v3.ClusterConfig",
+                                "dns_cache_config": dns_cache,
+                            },
+                        },
+                    }},
+                },
+                {
+                    "applyTo": "HTTP_FILTER",
+                    "match": {"context": "GATEWAY", "listener": {
+                        "portNumber": port,
+                        "filterChain": {"filter": {
+                            "name": "envoy.filters.network.http_connection_manager",
+                            "subFilter": {"name": "envoy.filters.http.router"},
+                        }},
+                    }},
+                    "patch": {"operation": "INSERT_BEFORE", "value": {
+                        "name": "envoy.filters.http.dynamic_forward_proxy",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_forward_proxy.v3.FilterConfig",
+                            "dns_cache_config": dns_cache,
+                        },
+                    }},
+                },
+                {
+                    "applyTo": "VIRTUAL_HOST",
+                    "match": {"context": "GATEWAY", "routeConfiguration": {"portNumber": port}},
+                    "patch": {"operation": "ADD", "value": external_virtual_host()},
+                },
+            ],
+        },
+    })
+}
+
+/// The catch-all virtual host (Envoy config): every host no VirtualService has goes out
+/// through the dynamic forward proxy, unless the filter refuses it first.
+pub fn external_virtual_host() -> Value {
+    json!({
+        "name": EXTERNAL_ROUTE,
+        "domains": ["*"],
+        "routes": [{
+            "name": EXTERNAL_ROUTE,
+            "match": {"prefix": "/"},
+            "route": {"cluster": EXTERNAL_ROUTE},
+        }],
+    })
+}
+
+fn virtual_service(config: &RenderConfig, name: &str, host: &str, http: Vec<Value>) -> Value {
+    json!({
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": metadata(config, name),
+        "spec": {
+            "hosts": [host],
+            "gateways": [format!("{}/{}", config.gateway_namespace, gateway_name(config))],
+            // Gateway routes only: no sidecar needs to import them.
+            "exportTo": ["."],
+            "http": http,
+        },
+    })
+}
+
+fn unknown_mesh_hosts(config: &RenderConfig, domain: &str) -> Value {
+    virtual_service(
+        config,
+        UNKNOWN_MESH_HOSTS,
+        &format!("*.svc.{domain}"),
+        vec![json!({
+            "name": "unknown-mesh-host",
+            "directResponse": {"status": 404, "body": {"string": UNKNOWN_MESH_HOST_BODY}},
+        })],
+    )
+}
+
+/// Every Service and ServiceEntry host with HTTP ports, and every HTTP port of the mesh
+/// (ports some opaque TCP/TLS service also uses are left out: a placeholder `http-<port>`
+/// would conflict with it on the sidecar's listener).
+fn routable_hosts(index: &Index, domain: &str) -> (BTreeMap<String, Routable>, BTreeSet<u16>) {
+    let mut routable: BTreeMap<String, Routable> = BTreeMap::new();
+    let mut http_ports = BTreeSet::new();
+    let mut opaque_ports = BTreeSet::new();
+    let mut note = |port: u16, protocol: Protocol| {
+        if protocol.may_carry_http() {
+            http_ports.insert(port);
+            true
+        } else {
+            opaque_ports.insert(port);
+            false
+        }
+    };
+    for ns in index.namespace_names() {
+        let Some(state) = index.ns(ns) else { continue };
+        for svc in state.services.values() {
+            let host = svc.host(domain);
+            for port in &svc.ports {
+                if note(port.port, Protocol::of_service_port(port)) {
+                    routable
+                        .entry(host.clone())
+                        .or_default()
+                        .ports
+                        .insert(port.port);
+                }
+            }
+        }
+        for se in state.service_entries.values() {
+            for port in &se.ports {
+                if !note(port.number, port.istio_protocol()) {
+                    continue;
+                }
+                for h in &se.hosts {
+                    // A wildcard ServiceEntry has no single destination to route to.
+                    let h = host::resolve_config_host(h, ns, domain);
+                    if !h.contains('*') {
+                        routable.entry(h).or_default().ports.insert(port.number);
+                    }
+                }
+            }
+        }
+    }
+    let ports = http_ports.difference(&opaque_ports).copied().collect();
+    (routable, ports)
+}
+
+/// Mesh VirtualServices by (resolved) host: the first by namespace and name wins, as the
+/// oldest does in Istio.
+fn user_virtual_services<'a>(index: &'a Index, domain: &str) -> BTreeMap<String, UserVs<'a>> {
+    let mut out: BTreeMap<String, UserVs<'a>> = BTreeMap::new();
+    for ns in index.namespace_names() {
+        let Some(state) = index.ns(ns) else { continue };
+        for vs in state
+            .virtual_services
+            .values()
+            .filter(|v| v.applies_to_mesh())
+        {
+            for h in &vs.hosts {
+                let h = host::resolve_config_host(h, ns, domain);
+                if h == "*" {
+                    continue;
+                }
+                out.entry(h).or_insert(UserVs { vs, ns });
+            }
+        }
+    }
+    out
+}
+
+struct UserVs<'a> {
+    vs: &'a VirtualService,
+    ns: &'a str,
+}
+
+/// The route of a host's port when no user VirtualService covers it.
+fn default_route(host: &str, port: u16) -> Value {
+    json!({
+        "name": format!("{host}:{port}"),
+        "match": authority_matches(host, Some(port), &Map::new()),
+        "route": [{"destination": {"host": host, "port": {"number": port}}}],
+    })
+}
+
+/// `base` plus an authority match for `host:port` (and the bare host for port 80); `base`
+/// alone when the port is unknown.
+fn authority_matches(host: &str, port: Option<u16>, base: &Map<String, Value>) -> Vec<Value> {
+    let Some(port) = port else {
+        return if base.is_empty() {
+            Vec::new()
+        } else {
+            vec![Value::Object(base.clone())]
+        };
+    };
+    let mut authorities = vec![format!("{host}:{port}")];
+    if port == 80 {
+        authorities.insert(0, host.to_string());
+    }
+    authorities
+        .into_iter()
+        .map(|a| {
+            let mut m = base.clone();
+            m.insert("authority".into(), json!({"exact": a}));
+            Value::Object(m)
+        })
+        .collect()
+}
+
+/// The user's HTTP routes for `host`, once per port, as the gateway must have them.
+fn reproduce(
+    user: &UserVs<'_>,
+    host: &str,
+    ports: &[Option<u16>],
+    routable: &BTreeMap<String, Routable>,
+    domain: &str,
+) -> Vec<Value> {
+    // The `destinations` shorthand of a topology file: everything to the first one.
+    let shorthand;
+    let routes: &[Value] = if user.vs.http.is_empty() {
+        let Some(dest) = user.vs.destinations.first() else {
+            return Vec::new();
+        };
+        shorthand = [json!({"route": [{"destination": {"host": dest}}]})];
+        &shorthand
+    } else {
+        &user.vs.http
+    };
+    let mut out = Vec::new();
+    for &port in ports {
+        for (i, route) in routes.iter().enumerate() {
+            let Some(route) = route.as_object() else {
+                continue;
+            };
+            // A delegate's routes live in another VirtualService: not reproduced.
+            if route.contains_key("delegate") {
+                continue;
+            }
+            let mut route = route.clone();
+            let matches = match route.remove("match") {
+                Some(Value::Array(ms)) if !ms.is_empty() => {
+                    let kept: Vec<Value> = ms
+                        .iter()
+                        .filter_map(|m| gateway_match(m, host, port))
+                        .flatten()
+                        .collect();
+                    // None of its conditions can hold at the gateway.
+                    if kept.is_empty() {
+                        continue;
+                    }
+                    kept
+                }
+                _ => authority_matches(host, port, &Map::new()),
+            };
+            if !matches.is_empty() {
+                route.insert("match".into(), Value::Array(matches));
+            }
+            let name = route
+                .get("name")
+                .and_then(Value::as_str)
+                .map_or_else(|| format!("route-{i}"), str::to_string);
+            let name = match port {
+                Some(p) => format!("{name}:{p}"),
+                None => name,
+            };
+            route.insert("name".into(), Value::String(name));
+            let resolve = |d: &mut Value| resolve_destination(d, user.ns, port, routable, domain);
+            if let Some(Value::Array(dests)) = route.get_mut("route") {
+                for d in dests.iter_mut() {
+                    if let Some(d) = d.get_mut("destination") {
+                        resolve(d);
+                    }
+                }
+            }
+            if let Some(m) = route.get_mut("mirror") {
+                resolve(m);
+            }
+            if let Some(Value::Array(mirrors)) = route.get_mut("mirrors") {
+                for m in mirrors.iter_mut() {
+                    if let Some(d) = m.get_mut("destination") {
+                        resolve(d);
+                    }
+                }
+            }
+            out.push(Value::Object(route));
+        }
+    }
+    out
+}
+
+/// One user match condition at the gateway: `None` when it can never hold there (source
+/// labels/namespace are the gateway's own there; another gateway; another port), else
+/// the condition with the port's authority instead of `port`.
+fn gateway_match(m: &Value, host: &str, port: Option<u16>) -> Option<Vec<Value>> {
+    let mut m = m.as_object()?.clone();
+    if m.contains_key("sourceLabels") || m.contains_key("sourceNamespace") {
+        return None;
+    }
+    if let Some(gateways) = m.remove("gateways") {
+        let mesh = gateways
+            .as_array()
+            .is_some_and(|g| g.iter().any(|g| g == "mesh"));
+        if !mesh {
+            return None;
+        }
+    }
+    if let Some(p) = m.remove("port") {
+        if port.is_some_and(|port| p.as_u64() != Some(u64::from(port))) {
+            return None;
+        }
+    }
+    if m.contains_key("authority") {
+        return Some(vec![Value::Object(m)]);
+    }
+    let matches = authority_matches(host, port, &m);
+    Some(if matches.is_empty() {
+        vec![Value::Object(m)]
+    } else {
+        matches
+    })
+}
+
+/// A user destination as the gateway needs it: an FQDN (short names are relative to the
+/// user's VirtualService namespace) and an explicit port (at the gateway the listener port
+/// is the gateway's, so Istio could not infer the one the caller used).
+fn resolve_destination(
+    d: &mut Value,
+    vs_ns: &str,
+    port: Option<u16>,
+    routable: &BTreeMap<String, Routable>,
+    domain: &str,
+) {
+    let Some(d) = d.as_object_mut() else { return };
+    let Some(h) = d.get("host").and_then(Value::as_str) else {
+        return;
+    };
+    let fqdn = host::resolve_config_host(h, vs_ns, domain);
+    if !d.contains_key("port") {
+        let only = routable
+            .get(&fqdn)
+            .filter(|r| r.ports.len() == 1)
+            .and_then(|r| r.ports.first().copied());
+        if let Some(p) = only.or(port) {
+            d.insert("port".into(), json!({"number": p}));
+        }
+    }
+    d.insert("host".into(), Value::String(fqdn));
+}
+
+/// The table the controller pushes to every gateway worker: each namespace with its
+/// outbound policy, and every running pod's IP with its namespace (sorted, as the filter
+/// binary-searches it).
+pub fn namespace_table(index: &Index, config: &RenderConfig) -> NamespaceTable {
+    let wire = |p: OutboundPolicy| match p {
+        OutboundPolicy::AllowAny => WirePolicy::AllowAny as i32,
+        OutboundPolicy::RegistryOnly => WirePolicy::RegistryOnly as i32,
+    };
+    let names = index.namespace_names();
+    let position: BTreeMap<&str, u32> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (&***n, i as u32))
+        .collect();
+    let mut table = NamespaceTable {
+        namespaces: names.iter().map(|n| n.to_string()).collect(),
+        policies: names
+            .iter()
+            .map(|n| wire(outbound_policy(index, n, config)))
+            .collect(),
+        mesh_policy: wire(config.mesh_outbound_policy),
+        ..NamespaceTable::default()
+    };
+    // `ip_table` is sorted: IPv4 first, each family in address order.
+    for (ip, ns) in index.ip_table() {
+        let Some(&i) = position.get(&*ns) else {
+            continue;
+        };
+        match ip {
+            IpAddr::V4(v4) => table
+                .ipv4
+                .push(u64::from(u32::from(v4)) << 32 | u64::from(i)),
+            IpAddr::V6(v6) => {
+                let v6 = u128::from(v6);
+                table
+                    .ipv6
+                    .extend([(v6 >> 64) as u64, v6 as u64, u64::from(i)]);
+            }
+        }
+    }
+    table
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,544 @@
+use serde_json::json;
+
+use super::*;
+use crate::fixtures::*;
+
+const GW_LABELS: &str = "lazyxds";
+
+fn meta(name: &str) -> Value {
+    json!({
+        "name": name,
+        "namespace": "lazyxds-system",
+        "labels": {"app.kubernetes.io/managed-by": GW_LABELS},
+    })
+}
+
+fn mk_vs(name: &str, host: &str, http: Value) -> Value {
+    json!({
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": meta(name),
+        "spec": {
+            "hosts": [host],
+            "gateways": ["lazyxds-system/lazyxds-gateway"],
+            "exportTo": ["."],
+            "http": http,
+        },
+    })
+}
+
+fn by_port(host: &str, port: u16) -> Value {
+    json!({
+        "name": format!("{host}:{port}"),
+        "match": [{"authority": {"exact": format!("{host}:{port}")}}],
+        "route": [{"destination": {"host": host, "port": {"number": port}}}],
+    })
+}
+
+/// shop: reviews (9080), ratings (9080 + 9081 admin), web (80), postgres (TCP 5432),
+/// legacy (TCP 9081: a port both HTTP and opaque); VirtualService `reviews` (user http
+/// routes); ServiceEntries api.partner.test (HTTP 80), api.stripe.com (HTTPS 443),
+/// *.wild.test (HTTP 80). payments: payments (9080).
+fn mk_index() -> Index {
+    let mut index = Index::default();
+    index.apply_namespace(mk_namespace("shop", Some(true)));
+    index.apply_namespace(mk_namespace("payments", None));
+    let http = [(9080, "http")];
+    index.apply_service(mk_service("shop", "reviews", &[("app", "reviews")], &http));
+    index.apply_service(mk_service(
+        "shop",
+        "ratings",
+        &[("app", "ratings")],
+        &[(9080, "http"), (9081, "http-admin")],
+    ));
+    index.apply_service(mk_service(
+        "shop",
+        "web",
+        &[("app", "web")],
+        &[(80, "http-web")],
+    ));
+    index.apply_service(mk_service(
+        "shop",
+        "postgres",
+        &[("app", "postgres")],
+        &[(5432, "tcp-postgres")],
+    ));
+    index.apply_service(mk_service(
+        "shop",
+        "legacy",
+        &[("app", "legacy")],
+        &[(9090, "grpc"), (7000, "tcp-legacy")],
+    ));
+    index.apply_service(mk_service(
+        "payments",
+        "payments",
+        &[("app", "payments")],
+        &http,
+    ));
+    index.apply_service_entry(mk_service_entry(
+        "shop",
+        "partner",
+        &["api.partner.test"],
+        &[(80, "HTTP")],
+    ));
+    index.apply_service_entry(mk_service_entry(
+        "shop",
+        "stripe",
+        &["api.stripe.com"],
+        &[(443, "HTTPS")],
+    ));
+    index.apply_service_entry(mk_service_entry(
+        "shop",
+        "wild",
+        &["*.wild.test"],
+        &[(80, "HTTP")],
+    ));
+    let mut vs = mk_virtual_service("shop", "reviews", &["reviews"], &[]);
+    vs.http = vec![
+        json!({
+            "name": "canary",
+            "match": [
+                {"headers": {"x-canary": {"exact": "1"}}},
+                // Cannot hold at the gateway: dropped.
+                {"sourceLabels": {"app": "productpage"}},
+            ],
+            "route": [{"destination": {"host": "reviews", "subset": "v3"}}],
+        }),
+        json!({
+            "route": [
+                {"destination": {"host": "reviews", "subset": "v1"}, "weight": 90},
+                {"destination": {"host": "reviews.shop.svc.cluster.local", "subset": "v2"}, "weight": 10},
+            ],
+            "timeout": "2s",
+            "rewrite": {"uri": "/v1"},
+            "mirror": {"host": "ratings"},
+        }),
+    ];
+    index.apply_virtual_service(vs);
+    // Bound to some other gateway only: sidecars ignore it, so does the lazy gateway.
+    let mut ingress = mk_virtual_service("shop", "ingress", &["web.example.com"], &["web"]);
+    ingress.gateways = vec!["istio-system/ingress".into()];
+    index.apply_virtual_service(ingress);
+    index
+}
+
+#[test]
+fn renders_every_object() {
+    let objects = gateway_objects(&mk_index(), &RenderConfig::test());
+    assert_eq!(
+        objects.gateway,
+        json!({
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "Gateway",
+            "metadata": meta("lazyxds-gateway"),
+            "spec": {
+                "selector": {"istio": "lazyxds-gateway"},
+                "servers": [{
+                    "port": {"number": 8080, "name": "https-lazyxds", "protocol": "HTTPS"},
+                    "hosts": ["./*"],
+                    "tls": {"mode": "ISTIO_MUTUAL"},
+                }],
+            },
+        })
+    );
+    assert_eq!(
+        objects.destination_rule,
+        json!({
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "DestinationRule",
+            "metadata": meta("lazyxds-gateway"),
+            "spec": {
+                "host": GATEWAY,
+                "exportTo": ["*"],
+                "trafficPolicy": {"portLevelSettings": [
+                    {"port": {"number": 8080}, "tls": {"mode": "ISTIO_MUTUAL"}},
+                ]},
+            },
+        })
+    );
+    // 7000 and 5432 are opaque; 443 is TLS; every other port can carry HTTP.
+    assert_eq!(
+        objects.placeholder_service,
+        json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": meta("lazyxds-http-ports"),
+            "spec": {"ports": [
+                {"name": "http-80", "port": 80, "protocol": "TCP", "targetPort": 80},
+                {"name": "http-9080", "port": 9080, "protocol": "TCP", "targetPort": 9080},
+                {"name": "http-9081", "port": 9081, "protocol": "TCP", "targetPort": 9081},
+                {"name": "http-9090", "port": 9090, "protocol": "TCP", "targetPort": 9090},
+            ]},
+        })
+    );
+    let names: Vec<&str> = objects
+        .virtual_services
+        .iter()
+        .map(|v| v["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "lazyxds-unknown-mesh-hosts",
+            "lazyxds-route-api.partner.test",
+            "lazyxds-route-legacy.shop.svc.cluster.local",
+            "lazyxds-route-payments.payments.svc.cluster.local",
+            "lazyxds-route-ratings.shop.svc.cluster.local",
+            "lazyxds-route-reviews.shop.svc.cluster.local",
+            "lazyxds-route-web.shop.svc.cluster.local",
+        ]
+    );
+    assert_eq!(
+        objects.virtual_services[0],
+        mk_vs(
+            "lazyxds-unknown-mesh-hosts",
+            "*.svc.cluster.local",
+            json!([{
+                "name": "unknown-mesh-host",
+                "directResponse": {"status": 404, "body": {"string": UNKNOWN_MESH_HOST_BODY}},
+            }])
+        )
+    );
+    let ratings = "ratings.shop.svc.cluster.local";
+    // Two ports: each by its own authority.
+    assert_eq!(
+        objects.virtual_service_for(ratings),
+        Some(&mk_vs(
+            "lazyxds-route-ratings.shop.svc.cluster.local",
+            ratings,
+            json!([by_port(ratings, 9080), by_port(ratings, 9081)])
+        ))
+    );
+    // Port 80: a Host without port is port 80.
+    let web = "web.shop.svc.cluster.local";
+    assert_eq!(
+        objects.virtual_service_for(web),
+        Some(&mk_vs(
+            "lazyxds-route-web.shop.svc.cluster.local",
+            web,
+            json!([{
+                "name": "web.shop.svc.cluster.local:80",
+                "match": [
+                    {"authority": {"exact": web}},
+                    {"authority": {"exact": "web.shop.svc.cluster.local:80"}},
+                ],
+                "route": [{"destination": {"host": web, "port": {"number": 80}}}],
+            }])
+        ))
+    );
+    // An HTTP ServiceEntry host is lazy too.
+    assert_eq!(
+        objects.virtual_service_for("api.partner.test"),
+        Some(&mk_vs(
+            "lazyxds-route-api.partner.test",
+            "api.partner.test",
+            json!([{
+                "name": "api.partner.test:80",
+                "match": [
+                    {"authority": {"exact": "api.partner.test"}},
+                    {"authority": {"exact": "api.partner.test:80"}},
+                ],
+                "route": [{"destination": {"host": "api.partner.test", "port": {"number": 80}}}],
+            }])
+        ))
+    );
+    // Only HTTP-capable ports of a mixed service.
+    let legacy = "legacy.shop.svc.cluster.local";
+    assert_eq!(
+        objects.virtual_service_for(legacy),
+        Some(&mk_vs(
+            "lazyxds-route-legacy.shop.svc.cluster.local",
+            legacy,
+            json!([by_port(legacy, 9090)])
+        ))
+    );
+    for unrouted in [
+        "api.stripe.com",
+        "*.wild.test",
+        "web.example.com",
+        "postgres.shop.svc.cluster.local",
+    ] {
+        assert_eq!(objects.virtual_service_for(unrouted), None, "{unrouted}");
+    }
+}
+
+#[test]
+fn a_user_virtual_service_is_reproduced_per_port() {
+    let objects = gateway_objects(&mk_index(), &RenderConfig::test());
+    let reviews = "reviews.shop.svc.cluster.local";
+    let authority = json!({"exact": "reviews.shop.svc.cluster.local:9080"});
+    assert_eq!(
+        objects.virtual_service_for(reviews),
+        Some(&mk_vs(
+            "lazyxds-route-reviews.shop.svc.cluster.local",
+            reviews,
+            json!([
+                {
+                    "name": "canary:9080",
+                    "match": [{"headers": {"x-canary": {"exact": "1"}}, "authority": authority}],
+                    "route": [{"destination": {"host": reviews, "subset": "v3", "port": {"number": 9080}}}],
+                },
+                {
+                    "name": "route-1:9080",
+                    "match": [{"authority": authority}],
+                    "route": [
+                        {"destination": {"host": reviews, "subset": "v1", "port": {"number": 9080}}, "weight": 90},
+                        {"destination": {"host": reviews, "subset": "v2", "port": {"number": 9080}}, "weight": 10},
+                    ],
+                    "timeout": "2s",
+                    "rewrite": {"uri": "/v1"},
+                    // ratings has two ports: the one the caller used.
+                    "mirror": {"host": "ratings.shop.svc.cluster.local", "port": {"number": 9080}},
+                },
+            ])
+        ))
+    );
+}
+
+#[test]
+fn user_match_conditions_at_the_gateway() {
+    let host = "h.ns.svc.cluster.local";
+    let cases = [
+        (
+            json!({}),
+            Some(vec![
+                json!({"authority": {"exact": "h.ns.svc.cluster.local:9080"}}),
+            ]),
+        ),
+        (
+            json!({"uri": {"prefix": "/a"}, "port": 9080}),
+            Some(vec![
+                json!({"uri": {"prefix": "/a"}, "authority": {"exact": "h.ns.svc.cluster.local:9080"}}),
+            ]),
+        ),
+        (json!({"port": 9081}), None),
+        (json!({"sourceLabels": {"app": "x"}}), None),
+        (json!({"sourceNamespace": "ns"}), None),
+        (json!({"gateways": ["istio-system/ingress"]}), None),
+        (
+            json!({"gateways": ["mesh"]}),
+            Some(vec![
+                json!({"authority": {"exact": "h.ns.svc.cluster.local:9080"}}),
+            ]),
+        ),
+        // The user's own authority condition is kept as written.
+        (
+            json!({"authority": {"prefix": "h"}}),
+            Some(vec![json!({"authority": {"prefix": "h"}})]),
+        ),
+        (json!("not an object"), None),
+    ];
+    for (m, want) in cases {
+        assert_eq!(gateway_match(&m, host, Some(9080)), want, "{m}");
+    }
+    // Unknown ports (a VirtualService-only host): the condition as it is, minus `port`.
+    assert_eq!(
+        gateway_match(
+            &json!({"port": 80, "headers": {"a": {"exact": "b"}}}),
+            host,
+            None
+        ),
+        Some(vec![json!({"headers": {"a": {"exact": "b"}}})])
+    );
+    assert_eq!(
+        gateway_match(&json!({"port": 80}), host, None),
+        Some(vec![json!({})])
+    );
+}
+
+#[test]
+fn virtual_service_only_hosts_and_the_destinations_shorthand() {
+    let mut index = mk_index();
+    // A host no Service has: routes without authority conditions.
+    let mut only = mk_virtual_service("shop", "all", &["all-reviews.example"], &[]);
+    only.http = vec![json!({"route": [{"destination": {"host": "reviews"}}]})];
+    index.apply_virtual_service(only);
+    // The shorthand: everything to the first destination.
+    index.apply_virtual_service(mk_virtual_service(
+        "payments",
+        "pay",
+        &["payments"],
+        &["payments-v2", "x"],
+    ));
+    let objects = gateway_objects(&index, &RenderConfig::test());
+    assert_eq!(
+        objects
+            .virtual_service_for("all-reviews.example")
+            .map(|v| &v["spec"]["http"]),
+        Some(&json!([{
+            "name": "route-0",
+            "route": [{"destination": {"host": "reviews.shop.svc.cluster.local", "port": {"number": 9080}}}],
+        }]))
+    );
+    assert_eq!(
+        objects
+            .virtual_service_for("payments.payments.svc.cluster.local")
+            .map(|v| &v["spec"]["http"]),
+        Some(&json!([{
+            "name": "route-0:9080",
+            "match": [{"authority": {"exact": "payments.payments.svc.cluster.local:9080"}}],
+            "route": [{"destination": {"host": "payments-v2.payments.svc.cluster.local", "port": {"number": 9080}}}],
+        }]))
+    );
+}
+
+#[test]
+fn the_envoy_filter_adds_the_forward_proxy_catch_all() {
+    let config = RenderConfig {
+        egress_proxy_port: 8443,
+        gateway_selector: mk_labels(&[("app", "egress")]),
+        ..RenderConfig::test()
+    };
+    let objects = gateway_objects(&Index::default(), &config);
+    let dns = json!({"name": "lazyxds_external", "dns_lookup_family": "V4_PREFERRED"});
+    assert_eq!(
+        objects.envoy_filter,
+        json!({
+            "apiVersion": "networking.istio.io/v1alpha3",
+            "kind": "EnvoyFilter",
+            "metadata": meta("lazyxds-external"),
+            "spec": {
+                "workloadSelector": {"labels": {"app": "egress"}},
+                "configPatches": [
+                    {
+                        "applyTo": "CLUSTER",
+                        "match": {"context": "GATEWAY"},
+                        "patch": {"operation": "ADD", "value": {
+                            "name": "lazyxds-external",
+                            "connect_timeout": "5s",
+                            "lb_policy": "CLUSTER_PROVIDED",
+                            "cluster_type": {
+                                "name": "envoy.clusters.dynamic_forward_proxy",
+                                "typed_config": {
+                                    "@type": "type.googleapis.com/envoy.extensions.clusters.dynamic_forward_proxy.v3.ClusterConfig",
+                                    "dns_cache_config": dns,
+                                },
+                            },
+                        }},
+                    },
+                    {
+                        "applyTo": "HTTP_FILTER",
+                        "match": {"context": "GATEWAY", "listener": {
+                            "portNumber": 8443,
+                            "filterChain": {"filter": {
+                                "name": "envoy.filters.network.http_connection_manager",
+                                "subFilter": {"name": "envoy.filters.http.router"},
+                            }},
+                        }},
+                        "patch": {"operation": "INSERT_BEFORE", "value": {
+                            "name": "envoy.filters.http.dynamic_forward_proxy",
+                            "typed_config": {
+                                "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_forward_proxy.v3.FilterConfig",
+                                "dns_cache_config": dns,
+                            },
+                        }},
+                    },
+                    {
+                        "applyTo": "VIRTUAL_HOST",
+                        "match": {"context": "GATEWAY", "routeConfiguration": {"portNumber": 8443}},
+                        "patch": {"operation": "ADD", "value": {
+                            "name": "lazyxds-external",
+                            "domains": ["*"],
+                            "routes": [{
+                                "name": "lazyxds-external",
+                                "match": {"prefix": "/"},
+                                "route": {"cluster": "lazyxds-external"},
+                            }],
+                        }},
+                    },
+                ],
+            },
+        })
+    );
+    assert_eq!(
+        objects.gateway["spec"]["selector"],
+        json!({"app": "egress"})
+    );
+    assert_eq!(
+        objects.gateway["spec"]["servers"][0]["port"]["number"],
+        8443
+    );
+    // An empty mesh: only the unknown-host answer; the placeholder has no port.
+    assert_eq!(objects.virtual_services.len(), 1);
+    assert_eq!(objects.placeholder_service["spec"]["ports"], json!([]));
+}
+
+#[test]
+fn yaml_has_every_object_in_apply_order() {
+    let objects = gateway_objects(&mk_index(), &RenderConfig::test());
+    let yaml = objects.to_yaml().unwrap();
+    let kinds: Vec<String> = yaml
+        .split("---\n")
+        .filter(|d| !d.is_empty())
+        .map(|d| {
+            let v: Value = serde_norway::from_str(d).unwrap();
+            format!(
+                "{} {}",
+                v["kind"].as_str().unwrap(),
+                v["metadata"]["name"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(kinds.len(), 4 + objects.virtual_services.len());
+    assert_eq!(
+        kinds[..5],
+        [
+            "Service lazyxds-http-ports",
+            "DestinationRule lazyxds-gateway",
+            "Gateway lazyxds-gateway",
+            "EnvoyFilter lazyxds-external",
+            "VirtualService lazyxds-unknown-mesh-hosts",
+        ]
+    );
+}
+
+#[test]
+fn the_namespace_table() {
+    let mut index = mk_index();
+    index.apply_namespace(mk_namespace("strict", None));
+    index.apply_sidecar(mk_user_sidecar(
+        "strict",
+        "default",
+        json!({"outboundTrafficPolicy": {"mode": "REGISTRY_ONLY"}}),
+    ));
+    mk_deployment(&mut index, "shop", "productpage", "10.0.0.10");
+    mk_deployment(&mut index, "strict", "client", "10.0.0.2");
+    mk_deployment(&mut index, "payments", "api", "fd00::7");
+    mk_deployment(&mut index, "payments", "api2", "9.0.0.1");
+    let table = namespace_table(&index, &RenderConfig::test());
+    let allow = WirePolicy::AllowAny as i32;
+    let registry = WirePolicy::RegistryOnly as i32;
+    assert_eq!(
+        table,
+        NamespaceTable {
+            namespaces: vec!["payments".into(), "shop".into(), "strict".into()],
+            policies: vec![allow, allow, registry],
+            mesh_policy: allow,
+            // address << 32 | namespace index
+            ipv4: vec![
+                0x0900_0001_0000_0000,
+                0x0a00_0002_0000_0002,
+                0x0a00_000a_0000_0001
+            ],
+            // high, low, namespace index
+            ipv6: vec![0xfd00_0000_0000_0000, 7, 0],
+        }
+    );
+    // A REGISTRY_ONLY mesh: namespaces without a default Sidecar inherit it.
+    let config = RenderConfig {
+        mesh_outbound_policy: OutboundPolicy::RegistryOnly,
+        ..RenderConfig::test()
+    };
+    let table = namespace_table(&index, &config);
+    assert_eq!(table.policies, vec![registry, registry, registry]);
+    assert_eq!(table.mesh_policy, registry);
+    // A root-namespace default applies to namespaces without their own.
+    index.apply_sidecar(mk_user_sidecar(
+        "istio-system",
+        "default",
+        json!({"outboundTrafficPolicy": {"mode": "REGISTRY_ONLY"}}),
+    ));
+    let table = namespace_table(&index, &RenderConfig::test());
+    assert_eq!(table.namespaces[0], "istio-system");
+    assert_eq!(table.policies, vec![registry, registry, registry, registry]);
+}
