@@ -400,6 +400,11 @@ impl HttpContext for Flow {
             if !router.enabled() {
                 return Action::Continue;
             }
+            // This VM serves traffic: it needs the namespace table (main-thread VMs never
+            // get here, so they open no idle stream).
+            if let Ok(mut reporter) = worker.reporter.try_borrow_mut() {
+                reporter.traffic_seen();
+            }
             // The route Envoy selected for the authority as sent (read before any rewrite).
             let needs_route = router.needs_route(&authority);
             let external = needs_route

@@ -152,6 +152,13 @@ async fn reports_every_edge_from_40_sources() -> Result<()> {
         not_outbound == passthrough as u64,
         "{SKIPPED_NOT_OUTBOUND} = {not_outbound}, sent {passthrough} to PassthroughCluster"
     );
+    // One stream per worker that served traffic; Envoy's main-thread VMs open none.
+    let streams = stack.controller.counters().await?["streams_opened"];
+    ensure!(
+        (1..=u64::from(gateway::TEST_CONCURRENCY)).contains(&streams),
+        "{streams} streams for {} workers",
+        gateway::TEST_CONCURRENCY
+    );
     Ok(())
 }
 

@@ -112,6 +112,8 @@ pub struct Reporter {
     retry_at_ms: u64,
     host_buf: String,
     counters: Counters,
+    /// Set by the first request this worker handles.
+    traffic_seen: bool,
 }
 
 impl Reporter {
@@ -129,6 +131,7 @@ impl Reporter {
             retry_at_ms: 0,
             host_buf: String::new(),
             counters: Counters::default(),
+            traffic_seen: false,
         }
     }
 
@@ -192,13 +195,19 @@ impl Reporter {
     }
 
     /// True when the shell should open a stream now: there is something to send (or
-    /// first-call routing is on: the stream brings the namespace table), none is open, and
-    /// the backoff has passed. Without routing, idle workers never open one.
+    /// first-call routing is on and this worker serves traffic: the stream brings the
+    /// namespace table), none is open, and the backoff has passed. VMs that never see a
+    /// request (Envoy's main-thread VMs) never open one.
     pub fn wants_stream(&self, now_ms: u64) -> bool {
         self.config.report
             && self.stream.is_none()
             && now_ms >= self.retry_at_ms
-            && (self.config.routing || self.has_data())
+            && ((self.config.routing && self.traffic_seen) || self.has_data())
+    }
+
+    /// The worker handled a request (from the request-headers callback, before any edge).
+    pub fn traffic_seen(&mut self) {
+        self.traffic_seen = true;
     }
 
     /// The shell opened a stream; returns the `Hello` to send first.

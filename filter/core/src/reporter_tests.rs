@@ -379,11 +379,16 @@ fn skips_are_counted_and_bad_controller_messages_do_not_hurt() {
 }
 
 #[test]
-fn with_routing_a_worker_opens_its_stream_at_once_and_hands_pushes_on() {
+fn with_routing_a_worker_opens_its_stream_on_its_first_request_and_hands_pushes_on() {
     let mut r = mk_reporter(Config {
         routing: true,
         ..mk_config()
     });
+    assert!(
+        !r.wants_stream(T0),
+        "a VM that serves no traffic opens no stream"
+    );
+    r.traffic_seen();
     assert!(r.wants_stream(T0), "the stream brings the namespace table");
     let mut rx = Receiver::default();
     assert_eq!(pump(&mut r, &mut rx, T0, true), 0);
