@@ -622,3 +622,47 @@ async fn istio_mesh_config_discovery_selectors_and_outbound_policy_are_honoured(
             "annotations": {"lazyxds.io/enabled": "true"}}}));
     c.wait_web_deps(&[], &ctl).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_routes_follow_the_mesh() {
+    let c = Cluster::start().await;
+    let ctl = c.controller(&[]);
+    let routes = || -> Vec<String> {
+        c.api
+            .list_objects(SIDECARS, "VirtualService", Some(SYSTEM))
+            .iter()
+            .filter(|v| v["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "lazyxds")
+            .flat_map(|v| v["spec"]["hosts"].as_array().cloned().unwrap_or_default())
+            .filter_map(|h| h.as_str().map(String::from))
+            .collect()
+    };
+    eventually(
+        Duration::from_secs(15),
+        || format!("{:?}\n{}", routes(), ctl.log()),
+        || {
+            let r = routes();
+            (r.contains(&API.to_string()) && r.contains(&DB.to_string())).then_some(())
+        },
+    )
+    .await;
+    let placeholder = c.api.list_objects("v1", "Service", Some(SYSTEM));
+    assert!(
+        placeholder
+            .iter()
+            .any(|s| s["spec"]["ports"].to_string().contains("\"port\":80")),
+        "the placeholder Service carries the mesh's HTTP port 80: {placeholder:?}"
+    );
+    // The db Service goes away: its route is pruned, the others stay.
+    c.api
+        .delete_object("v1", "Service", Some("shop"), "db")
+        .unwrap();
+    eventually(
+        Duration::from_secs(15),
+        || format!("{:?}", routes()),
+        || {
+            let r = routes();
+            (!r.contains(&DB.to_string()) && r.contains(&API.to_string())).then_some(())
+        },
+    )
+    .await;
+}

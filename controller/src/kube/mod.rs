@@ -3,6 +3,7 @@
 
 pub mod leader;
 pub mod project;
+pub mod routing;
 pub mod watch;
 pub mod writer;
 

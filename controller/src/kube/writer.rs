@@ -262,6 +262,7 @@ pub async fn run(
     let mut retry: Option<Duration> = None;
     let mut last_plan = Plan::default();
     let mut evented: BTreeMap<WorkloadId, String> = BTreeMap::new();
+    let mut routing = super::routing::RoutingState::default();
     // A closed leadership channel never changes again (no election: always leading).
     let mut leader_open = true;
     loop {
@@ -315,8 +316,22 @@ pub async fn run(
                 timeout: config.timeout,
             };
             let outcome = apply(&target, &plan, &watched, &stats, gap).await;
-            retry = outcome
-                .failed
+            // The gateway's routes follow the mesh (not the kill switch: first calls
+            // through the gateway keep working either way).
+            let routes_failed = if *leader.borrow() {
+                let objects = lazyxds_index::gateway_objects(&learner.index(), &render);
+                super::routing::sync(
+                    &client,
+                    &objects,
+                    &render.gateway_namespace,
+                    &mut routing,
+                    config.timeout,
+                )
+                .await
+            } else {
+                false
+            };
+            retry = (outcome.failed || routes_failed)
                 .then(|| retry.map_or(RETRY_MIN, |r| (r * 2).min(RETRY_MAX)));
             if let Some(recorder) = &recorder {
                 publish_events(recorder, &desired, &outcome.created, &mut evented).await;

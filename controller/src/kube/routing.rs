@@ -1,0 +1,129 @@
+//! The gateway's routing objects in a cluster: the per-host VirtualServices and the
+//! placeholder Service (every HTTP port of the mesh) change with the mesh, so the leader
+//! keeps them applied, like Sidecars: server-side apply as `lazyxds`, pruning only
+//! VirtualServices carrying our label. The static objects (Gateway, DestinationRule,
+//! EnvoyFilter) come with `lazyxds install`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::{Api, Client};
+use lazyxds_index::objects::{LABEL_MANAGED_BY, MANAGED_BY_US};
+use lazyxds_index::GatewayObjects;
+use serde_json::Value;
+
+use super::watch::istio_resource;
+use super::writer::FIELD_MANAGER;
+
+/// (kind, namespace, name).
+type Key = (String, String, String);
+
+fn key(object: &Value) -> Key {
+    let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    (
+        s(&object["kind"]),
+        s(&object["metadata"]["namespace"]),
+        s(&object["metadata"]["name"]),
+    )
+}
+
+fn resource(kind: &str) -> Option<ApiResource> {
+    match kind {
+        "VirtualService" => Some(istio_resource("VirtualService", "virtualservices")),
+        "Service" => Some(ApiResource {
+            group: String::new(),
+            version: "v1".into(),
+            api_version: "v1".into(),
+            kind: "Service".into(),
+            plural: "services".into(),
+        }),
+        _ => None,
+    }
+}
+
+/// What this writer applied, so unchanged objects are not applied again.
+#[derive(Debug, Default)]
+pub struct RoutingState {
+    applied: BTreeMap<Key, Value>,
+    /// Our VirtualServices found in the cluster at start (to prune what is stale).
+    listed: bool,
+}
+
+/// Applies the dynamic routing objects that changed and deletes our VirtualServices that
+/// are no longer desired. Returns whether something failed (retried on the next pass).
+pub async fn sync(
+    client: &Client,
+    objects: &GatewayObjects,
+    gateway_namespace: &str,
+    state: &mut RoutingState,
+    timeout: Duration,
+) -> bool {
+    let vs = istio_resource("VirtualService", "virtualservices");
+    if !state.listed {
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), gateway_namespace, &vs);
+        let ours = ListParams::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY_US}"));
+        match tokio::time::timeout(timeout, api.list(&ours)).await {
+            Ok(Ok(list)) => {
+                for item in list.items {
+                    let name = item.metadata.name.clone().unwrap_or_default();
+                    // Unknown content: it will be compared unequal and re-applied once.
+                    state.applied.insert(
+                        ("VirtualService".into(), gateway_namespace.into(), name),
+                        Value::Null,
+                    );
+                }
+                state.listed = true;
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "cannot list our gateway VirtualServices");
+                return true;
+            }
+            Err(_) => return true,
+        }
+    }
+    let mut failed = false;
+    let mut desired: BTreeSet<Key> = BTreeSet::new();
+    let dynamic = std::iter::once(&objects.placeholder_service).chain(&objects.virtual_services);
+    for object in dynamic {
+        let k = key(object);
+        desired.insert(k.clone());
+        if state.applied.get(&k) == Some(object) {
+            continue;
+        }
+        let Some(ar) = resource(&k.0) else { continue };
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &k.1, &ar);
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        match tokio::time::timeout(timeout, api.patch(&k.2, &params, &Patch::Apply(object))).await {
+            Ok(Ok(_)) => {
+                tracing::info!(kind = %k.0, namespace = %k.1, name = %k.2, "gateway route applied");
+                state.applied.insert(k, object.clone());
+            }
+            Ok(Err(error)) => {
+                failed = true;
+                tracing::warn!(kind = %k.0, name = %k.2, %error, "gateway route apply failed; will retry");
+            }
+            Err(_) => failed = true,
+        }
+    }
+    let stale: Vec<Key> = state
+        .applied
+        .keys()
+        .filter(|k| k.0 == "VirtualService" && !desired.contains(*k))
+        .cloned()
+        .collect();
+    for k in stale {
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &k.1, &vs);
+        match tokio::time::timeout(timeout, api.delete(&k.2, &DeleteParams::default())).await {
+            Ok(Ok(_)) => {
+                tracing::info!(namespace = %k.1, name = %k.2, "gateway route deleted");
+                state.applied.remove(&k);
+            }
+            Ok(Err(kube::Error::Api(s))) if s.code == 404 => {
+                state.applied.remove(&k);
+            }
+            _ => failed = true,
+        }
+    }
+    failed
+}
