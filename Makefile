@@ -83,6 +83,37 @@ lint: ## rustfmt and clippy (-D warnings), native and wasm
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy -p lazyxds-filter --target $(WASM_TARGET) -- -D warnings
 
+# ---- benchmarks -------------------------------------------------------------------
+
+.PHONY: bench bench-quick
+bench: setup-envoy wasm ## side-by-side benchmarks (~15 min): table, bench/results/latest.json, SVG plots
+	$(CARGO) build --release -p lazyxds --bin lazyxds -p lazyxds-bench
+	LAZYXDS_BIN=$(abspath target/release/lazyxds) $(CARGO) run --release --quiet -p lazyxds-bench
+
+bench-quick: setup-envoy build ## the bench harness in seconds: checks it works and its JSON, not the goals
+	BENCH_QUICK=1 $(CARGO) run --quiet -p lazyxds-bench
+
+# ---- install: manifests, images, docker-compose ------------------------------------
+# The checks run in `make test`: drift, RBAC, round trips and cross-checks in test-unit
+# (controller/tests/install.rs), `envoy --mode validate` of every shipped Envoy config in
+# test-envoy (tests/tests/validate.rs).
+
+VERSION = $(shell awk -F'"' '/^version = /{print $$2; exit}' Cargo.toml)
+IMAGE_REGISTRY ?= ghcr.io/lazyxds
+
+.PHONY: manifests images compose-up
+manifests: controller ## re-render the committed manifests: envoyfilter/{install,wasmplugin}/, compose's envoy.yaml
+	$(LAZYXDS_BIN) install --no-module --out-dir envoyfilter/install
+	$(LAZYXDS_BIN) install --module-url oci://ghcr.io/lazyxds/lazyxds-filter:$(VERSION) --out-dir envoyfilter/wasmplugin
+	LAZYXDS_BLESS=1 $(CARGO) test -p lazyxds-e2e --test validate -- --exact compose_envoy_config_is_generated_from_the_local_template
+
+images: ## controller and filter images, tagged with the crate version (needs Docker)
+	docker build -f controller/Dockerfile -t $(IMAGE_REGISTRY)/lazyxds:$(VERSION) .
+	docker build -f filter/Dockerfile -t $(IMAGE_REGISTRY)/lazyxds-filter:$(VERSION) .
+
+compose-up: wasm ## the gateway, controller, backends and a client in docker-compose (needs Docker)
+	docker compose -f envoyfilter/compose/docker-compose.yaml up --build
+
 # ---- demo -------------------------------------------------------------------------
 
 .PHONY: demo

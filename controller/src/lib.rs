@@ -16,6 +16,7 @@ pub mod error;
 pub mod filemode;
 pub mod grpc;
 pub mod http;
+pub mod install;
 pub mod kube;
 pub mod learn;
 pub mod metrics;

@@ -344,7 +344,9 @@ fn routable_hosts(index: &Index, domain: &str) -> (BTreeMap<String, Routable>, B
     };
     for ns in index.namespace_names() {
         let Some(state) = index.ns(ns) else { continue };
-        for svc in state.services.values() {
+        // Our own placeholder Service (once applied, the watch shows it): neither a route
+        // target nor a source of ports, or its ports would never go away.
+        for svc in state.services.values().filter(|s| &*s.name != PLACEHOLDER_SERVICE) {
             let host = svc.host(domain);
             for port in &svc.ports {
                 if note(port.port, Protocol::of_service_port(port)) {

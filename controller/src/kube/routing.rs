@@ -84,7 +84,13 @@ pub async fn sync(
     }
     let mut failed = false;
     let mut desired: BTreeSet<Key> = BTreeSet::new();
-    let dynamic = std::iter::once(&objects.placeholder_service).chain(&objects.virtual_services);
+    // The unknown-mesh-hosts VirtualService is static: `lazyxds install` owns it.
+    let dynamic = std::iter::once(&objects.placeholder_service).chain(
+        objects
+            .virtual_services
+            .iter()
+            .filter(|v| v["metadata"]["name"] != lazyxds_index::gateway::UNKNOWN_MESH_HOSTS),
+    );
     for object in dynamic {
         let k = key(object);
         desired.insert(k.clone());
@@ -110,6 +116,7 @@ pub async fn sync(
         .applied
         .keys()
         .filter(|k| k.0 == "VirtualService" && !desired.contains(*k))
+        .filter(|k| k.2 != lazyxds_index::gateway::UNKNOWN_MESH_HOSTS)
         .cloned()
         .collect();
     for k in stale {
