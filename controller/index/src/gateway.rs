@@ -346,7 +346,11 @@ fn routable_hosts(index: &Index, domain: &str) -> (BTreeMap<String, Routable>, B
         let Some(state) = index.ns(ns) else { continue };
         // Our own placeholder Service (once applied, the watch shows it): neither a route
         // target nor a source of ports, or its ports would never go away.
-        for svc in state.services.values().filter(|s| &*s.name != PLACEHOLDER_SERVICE) {
+        for svc in state
+            .services
+            .values()
+            .filter(|s| &*s.name != PLACEHOLDER_SERVICE)
+        {
             let host = svc.host(domain);
             for port in &svc.ports {
                 if note(port.port, Protocol::of_service_port(port)) {
