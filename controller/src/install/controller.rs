@@ -1,10 +1,11 @@
-//! The controller: ServiceAccount, RBAC, Deployment, Services, PodDisruptionBudget.
+//! The controller: ServiceAccount, kill-switch ConfigMap, RBAC, Deployment, Services,
+//! PodDisruptionBudget.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    Capabilities, ConfigMap, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
     ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
     SeccompProfile, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec,
     TopologySpreadConstraint,
@@ -136,8 +137,18 @@ pub(super) fn objects(config: &InstallConfig) -> Result<Vec<Value>, InstallError
         }),
         ..PodDisruptionBudget::default()
     };
+    // The kill switch, shipped on: `enabled: "false"` deletes every Sidecar we own.
+    let kill_switch = ConfigMap {
+        metadata: meta(crate::kube::watch::KILL_SWITCH_CONFIGMAP, true),
+        data: Some(BTreeMap::from([(
+            "enabled".to_string(),
+            "true".to_string(),
+        )])),
+        ..ConfigMap::default()
+    };
     Ok(vec![
         to_value("ServiceAccount", &sa)?,
+        to_value("ConfigMap", &kill_switch)?,
         to_value("ClusterRole", &cluster_role)?,
         to_value("ClusterRoleBinding", &cluster_binding)?,
         to_value("Role", &role)?,
