@@ -4,9 +4,11 @@
 //! - [`v1`]: the `lazyxds.v1` protobuf messages (prost; tonic stubs with the `grpc`
 //!   feature).
 //! - [`cluster`]: Istio cluster names (`outbound|port|subset|host`, ...) as typed values.
+//! - [`identity`]: Istio SPIFFE identities.
 #![forbid(unsafe_code)]
 
 pub mod cluster;
+pub mod identity;
 
 /// Messages of `proto/lazyxds/v1/edges.proto`.
 pub mod v1 {

@@ -53,24 +53,7 @@ pub fn exported_to(export_to: &[String], own_ns: &str, to_ns: &str) -> bool {
             .any(|e| e == "*" || e == to_ns || (e == "." && own_ns == to_ns))
 }
 
-/// `(namespace, service account)` of `spiffe://<trust domain>/ns/<ns>/sa/<sa>`.
-pub fn parse_spiffe(principal: &str) -> Option<(&str, &str)> {
-    let rest = principal.strip_prefix("spiffe://")?;
-    let (_trust_domain, path) = rest.split_once('/')?;
-    let mut parts = path.split('/');
-    match (
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-    ) {
-        (Some("ns"), Some(ns), Some("sa"), Some(sa), None) if !ns.is_empty() && !sa.is_empty() => {
-            Some((ns, sa))
-        }
-        _ => None,
-    }
-}
+pub use lazyxds_proto::identity::parse_spiffe;
 
 /// FNV-1a, 64 bit: a hash that is stable across Rust releases (names must not change).
 pub fn fnv1a64(bytes: &[u8]) -> u64 {
@@ -177,24 +160,6 @@ mod tests {
         ];
         for (export, own, to, want) in cases {
             assert_eq!(exported_to(&export, own, to), want, "{export:?} {own} {to}");
-        }
-    }
-
-    #[test]
-    fn spiffe_ids() {
-        let cases = [
-            (
-                "spiffe://cluster.local/ns/shop/sa/cart",
-                Some(("shop", "cart")),
-            ),
-            ("spiffe://td/ns/a/sa/b/extra", None),
-            ("spiffe://td/ns//sa/b", None),
-            ("spiffe://td/sa/b/ns/a", None),
-            ("https://td/ns/a/sa/b", None),
-            ("spiffe://td", None),
-        ];
-        for (principal, want) in cases {
-            assert_eq!(parse_spiffe(principal), want, "{principal}");
         }
     }
 

@@ -128,20 +128,8 @@ fn is_port(port: &str) -> bool {
 /// The namespace of a verified peer identity `spiffe://<trust domain>/ns/<ns>/sa/<sa>`.
 pub fn spiffe_namespace(principal: &[u8]) -> Option<&str> {
     let principal = core::str::from_utf8(principal).ok()?;
-    let path = principal.strip_prefix("spiffe://")?.split_once('/')?.1;
-    let mut parts = path.split('/');
-    match (
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-    ) {
-        (Some("ns"), Some(ns), Some("sa"), Some(sa), None) if is_label(ns) && !sa.is_empty() => {
-            Some(ns)
-        }
-        _ => None,
-    }
+    let (ns, _sa) = lazyxds_proto::identity::parse_spiffe(principal)?;
+    is_label(ns).then_some(ns)
 }
 
 #[cfg(test)]
