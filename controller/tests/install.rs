@@ -811,18 +811,7 @@ async fn rbac_allows_exactly_the_calls_the_controller_makes() {
     // the controller's own pod.
     let api = FakeApiServer::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
-             clusters: [{{name: fake, cluster: {{server: '{}'}}}}]\n\
-             users: [{{name: test, user: {{}}}}]\n\
-             contexts: [{{name: fake, context: {{cluster: fake, user: test}}}}]\n",
-            api.url()
-        ),
-    )
-    .unwrap();
+    let kubeconfig = support::write_kubeconfig(dir.path(), &api.url());
     let apply = |v: Value| {
         api.apply_object(v).unwrap();
     };
@@ -1035,18 +1024,7 @@ async fn rbac_allows_exactly_the_calls_the_controller_makes() {
 async fn uninstall_deletes_the_controller_then_our_sidecars_then_the_gateway() {
     let api = FakeApiServer::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
-             clusters: [{{name: fake, cluster: {{server: '{}'}}}}]\n\
-             users: [{{name: test, user: {{}}}}]\n\
-             contexts: [{{name: fake, context: {{cluster: fake, user: test}}}}]\n",
-            api.url()
-        ),
-    )
-    .unwrap();
+    let kubeconfig = support::write_kubeconfig(dir.path(), &api.url());
     let ours = json!({"app.kubernetes.io/managed-by": "lazyxds"});
     for (ns, n, labels) in [
         ("shop", "lazyxds-deployment-web", ours.clone()),

@@ -29,18 +29,7 @@ impl Cluster {
     async fn start() -> Cluster {
         let api = FakeApiServer::start().await;
         let dir = tempfile::tempdir().unwrap();
-        let kubeconfig = dir.path().join("kubeconfig");
-        std::fs::write(
-            &kubeconfig,
-            format!(
-                "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
-                 clusters: [{{name: fake, cluster: {{server: '{}'}}}}]\n\
-                 users: [{{name: test, user: {{}}}}]\n\
-                 contexts: [{{name: fake, context: {{cluster: fake, user: test}}}}]\n",
-                api.url()
-            ),
-        )
-        .unwrap();
+        let kubeconfig = support::write_kubeconfig(dir.path(), &api.url());
         let c = Cluster {
             api,
             dir,
