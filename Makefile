@@ -60,7 +60,7 @@ controller: ## build the lazyxds binary (debug)
 # ---- tests: `make test` runs every tier -------------------------------------------
 
 .PHONY: test test-unit test-wasm test-envoy check-wasm-size lint
-test: test-unit test-wasm test-envoy check-wasm-size ## all test tiers
+test: test-unit test-wasm test-envoy check-wasm-size bench-quick ## all test tiers (+ the bench harness in quick mode)
 
 test-unit: ## tier 1: native unit/table tests of every crate but the e2e one
 	$(CARGO) test --workspace --exclude lazyxds-e2e
@@ -86,7 +86,7 @@ lint: ## rustfmt and clippy (-D warnings), native and wasm
 # ---- benchmarks -------------------------------------------------------------------
 
 .PHONY: bench bench-quick
-bench: setup-envoy wasm ## side-by-side benchmarks (~15 min): table, bench/results/latest.json, SVG plots
+bench: setup-envoy wasm ## side-by-side benchmarks (~12 min + builds): table, bench/results/latest.json, SVG plots
 	$(CARGO) build --release -p lazyxds --bin lazyxds -p lazyxds-bench
 	LAZYXDS_BIN=$(abspath target/release/lazyxds) $(CARGO) run --release --quiet -p lazyxds-bench
 
