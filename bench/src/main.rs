@@ -203,7 +203,7 @@ fn run() -> Result<bool> {
             let p2v = results.iter().find(|m| m.key == "p2").and_then(|m| m.value);
             let path = out_dir.join("p1_p2_gateway_cpu.svg");
             let title = format!(
-                "Envoy CPU per request at {} req/s (median of {} rounds, whiskers min-max): P1 c/a = {:.3}, P2 c/d = {:.3}",
+                "Envoy CPU per request, {} req/s, median of {} rounds (whiskers: min-max): P1 c/a = {:.3}, P2 c/d = {:.3}",
                 cfg.rate,
                 cfg.rounds,
                 p1v.unwrap_or(f64::NAN),

@@ -31,7 +31,7 @@ const COLORS: [RGBColor; 5] = [
 
 /// Bars (e.g. Envoy CPU µs per request per variant) with min–max whiskers.
 pub fn bars(path: &Path, title: &str, y_desc: &str, bars: &[Bar]) -> Result<()> {
-    let root = SVGBackend::new(path, (900, 520)).into_drawing_area();
+    let root = SVGBackend::new(path, (1000, 520)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let top = bars
         .iter()
@@ -41,7 +41,7 @@ pub fn bars(path: &Path, title: &str, y_desc: &str, bars: &[Bar]) -> Result<()> 
         * 1.2;
     let n = bars.len();
     let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 20))
+        .caption(title, ("sans-serif", 17))
         .margin(20)
         .x_label_area_size(50)
         .y_label_area_size(70)
