@@ -1,5 +1,7 @@
 //! Round trips through the real tonic service on a loopback port.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -7,7 +9,7 @@ use std::time::Duration;
 
 use lazyxds::counters::{Counters, CountersSnapshot};
 use lazyxds::edges::{EdgeStats, Limits, StoredEdge};
-use lazyxds::grpc::{EdgeSinkService, GrpcConfig, Shutdown};
+use lazyxds::grpc::GrpcConfig;
 use lazyxds::sink::MemoryEdgeSink;
 use lazyxds_proto::v1::edge_sink_client::EdgeSinkClient;
 use lazyxds_proto::v1::{
@@ -31,26 +33,9 @@ struct Server {
 }
 
 async fn mk_server(config: GrpcConfig) -> Server {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let counters = Arc::new(Counters::default());
     let sink = Arc::new(MemoryEdgeSink::new(1_000, counters.clone()));
-    let (stop, stop_rx) = watch::channel(false);
-    let service = EdgeSinkService::new(
-        sink.clone(),
-        counters.clone(),
-        config,
-        Shutdown::new(stop_rx.clone()),
-    );
-    let mut server_stop = Shutdown::new(stop_rx);
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(service.into_server())
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listener),
-                async move { server_stop.wait().await },
-            ),
-    );
+    let (addr, stop) = support::serve_in_process(sink.clone(), counters.clone(), config).await;
     Server {
         addr,
         sink,

@@ -1,12 +1,14 @@
 //! The namespace table goes down the edge stream: right after Hello, then on every change.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
 use lazyxds::counters::Counters;
-use lazyxds::grpc::{EdgeSinkService, GrpcConfig, Shutdown};
+use lazyxds::grpc::GrpcConfig;
 use lazyxds::learn::Learner;
 use lazyxds::sink::MemoryEdgeSink;
 use lazyxds_index::{Index, RenderConfig, Topology};
@@ -48,25 +50,7 @@ async fn mk_server(
     learner: Arc<Learner>,
     counters: Arc<Counters>,
 ) -> (SocketAddr, watch::Sender<bool>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stop_rx) = watch::channel(false);
-    let service = EdgeSinkService::new(
-        learner,
-        counters,
-        GrpcConfig::default(),
-        Shutdown::new(stop_rx.clone()),
-    );
-    let mut server_stop = Shutdown::new(stop_rx);
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(service.into_server())
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listener),
-                async move { server_stop.wait().await },
-            ),
-    );
-    (addr, stop)
+    support::serve_in_process(learner, counters, GrpcConfig::default()).await
 }
 
 async fn mk_stream(

@@ -216,3 +216,27 @@ pub fn write_kubeconfig(dir: &Path, server: &str) -> PathBuf {
     .unwrap();
     path
 }
+
+/// The gRPC edge service on 127.0.0.1:0 in this process, over `sink`; sending `true`
+/// on the returned sender stops it (streams end UNAVAILABLE).
+pub async fn serve_in_process<S: lazyxds::sink::EdgeSink>(
+    sink: std::sync::Arc<S>,
+    counters: std::sync::Arc<lazyxds::counters::Counters>,
+    config: lazyxds::grpc::GrpcConfig,
+) -> (SocketAddr, tokio::sync::watch::Sender<bool>) {
+    use lazyxds::grpc::{EdgeSinkService, Shutdown};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let service = EdgeSinkService::new(sink, counters, config, Shutdown::new(stop_rx.clone()));
+    let mut server_stop = Shutdown::new(stop_rx);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service.into_server())
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener),
+                async move { server_stop.wait().await },
+            ),
+    );
+    (addr, stop)
+}
