@@ -1,78 +1,243 @@
 //! The lazyxds gateway filter: the proxy-wasm shell around `lazyxds-filter-core`.
 //!
-//! This is the only file that makes hostcalls. It calls `proxy_wasm::hostcalls::*`
-//! directly and handles every `Err`: the SDK's convenience trait methods unwrap hostcall
-//! results, and a panic kills the worker's VM (every later request on it fails until
-//! Envoy reloads it). The filter never fails a request because of the controller: it
-//! only pauses one that needs the namespace table before the first push, for at most
-//! `routing_wait_ms`.
+//! This file and `abi.rs` are the only code with hostcalls. The module implements the
+//! proxy-wasm ABI itself (no SDK dispatcher) and exports only the callbacks it uses: per
+//! request Envoy enters the VM three times (context create, request headers, log) instead
+//! of seven or more, and each entry costs about as much as a hostcall. Every hostcall's
+//! error is handled; a panic would kill the worker's VM. The filter never fails a request
+//! because of the controller: it only pauses one that needs the namespace table before the
+//! first push, for at most `routing_wait_ms`.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod abi;
+
+use abi::{BufferType, LogLevel};
 use lazyxds_filter_core::{
-    edge_cluster, CloseReason, Config, Decision, Reporter, RequestProperties, RequestView, Router,
+    edge_cluster, CloseReason, Config, Decision, Flows, Reporter, RequestProperties, RequestView,
+    Router,
 };
 use lazyxds_proto::v1::controller_message::Kind;
 use lazyxds_proto::{EDGE_SINK_METHOD, EDGE_SINK_SERVICE};
-use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::time::{Duration, UNIX_EPOCH};
-
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
-    // Replaces the SDK's hook, which unwraps its own log call.
-    std::panic::set_hook(Box::new(|info| {
-        let _ = hostcalls::log(LogLevel::Critical, &format!("lazyxds: panic: {info}"));
-    }));
-    proxy_wasm::set_root_context(|context_id| Box::new(Root::new(context_id)));
-}}
 
 /// Stream failures are logged at most this often (an outage closes a stream per backoff).
 const LOG_EVERY_MS: u64 = 10_000;
+/// Tick of a root that does not report: only marks it alive.
+const IDLE_TICK_MS: u32 = 1_000;
+/// A root silent for this long plus ten of its tick periods was deleted by Envoy (a
+/// configuration change replaced it; this module does not export `proxy_on_delete`, which
+/// Envoy would also call for every request): its state is dropped.
+const DEAD_ROOT_MS: u64 = 60_000;
 
-fn log(level: LogLevel, message: &str) {
-    let _ = hostcalls::log(level, message);
+// Property paths, NUL-separated as the ABI wants them.
+const HOST: &[u8] = b"request\0host";
+const CLUSTER: &[u8] = b"xds\0cluster_name";
+const ROUTE: &[u8] = b"xds\0route_name";
+const SOURCE: &[u8] = b"source\0address";
+const PRINCIPAL: &[u8] = b"connection\0uri_san_peer_certificate";
+const NODE_ID: &[u8] = b"node\0id";
+
+// ---- exports ------------------------------------------------------------------------
+
+#[no_mangle]
+pub extern "C" fn proxy_abi_version_0_2_1() {}
+
+#[cfg(target_os = "wasi")]
+extern "C" {
+    fn __wasm_call_ctors();
 }
 
-fn now_ms() -> Option<u64> {
-    let now = hostcalls::get_current_time().ok()?;
-    Some(now.duration_since(UNIX_EPOCH).ok()?.as_millis() as u64)
+/// WASI reactor entry point: constructors, then our panic hook.
+#[no_mangle]
+pub extern "C" fn _initialize() {
+    #[cfg(target_os = "wasi")]
+    // SAFETY: called once by the host before any other export.
+    unsafe {
+        __wasm_call_ctors();
+    }
+    std::panic::set_hook(Box::new(|info| {
+        abi::log(LogLevel::Critical, &format!("lazyxds: panic: {info}"));
+    }));
 }
 
-fn property(path: Vec<&str>) -> Option<Vec<u8>> {
-    hostcalls::get_property(path).ok().flatten()
-}
-
-/// Carries out a routing decision on the current (or effective) HTTP context; false when
-/// the request was answered here and must not be resumed.
-fn apply(decision: &Decision) -> bool {
-    match decision {
-        Decision::Rewrite(authority) => {
-            // Envoy clears the route cache on a request-header mutation: the router
-            // selects the route again for the new authority.
-            let _ = hostcalls::set_map_value(
-                MapType::HttpRequestHeaders,
-                ":authority",
-                Some(authority),
-            );
-            true
-        }
-        Decision::Refuse(body) => {
-            let _ = hostcalls::send_http_response(
-                502,
-                vec![("content-type", "text/plain; charset=utf-8")],
-                Some(body.as_bytes()),
-            );
-            false
-        }
-        Decision::Continue | Decision::Wait => true,
+#[no_mangle]
+pub extern "C" fn proxy_on_context_create(context_id: u32, root_context_id: u32) {
+    if root_context_id == 0 {
+        with_roots(|roots| roots.push(Root::new(context_id)));
+        return;
+    }
+    // With one plugin per VM (the usual case) a request needs no record of its root.
+    let several = WORKERS.with(|w| w.try_borrow().is_ok_and(|w| w.len() > 1));
+    if several {
+        let now = now_ms_cached();
+        FLOWS.with(|flows| {
+            if let Ok(mut flows) = flows.try_borrow_mut() {
+                flows.entry(context_id, root_context_id, now);
+            }
+        });
     }
 }
 
-/// State shared by a worker's root context and its HTTP contexts (same VM, same thread).
+#[no_mangle]
+pub extern "C" fn proxy_on_vm_start(_context_id: u32, _vm_configuration_size: usize) -> bool {
+    true
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_configure(context_id: u32, plugin_configuration_size: usize) -> bool {
+    let bytes = match abi::buffer(BufferType::PluginConfiguration, plugin_configuration_size) {
+        Ok(bytes) => bytes.unwrap_or_default(),
+        Err(e) => {
+            abi::log(
+                LogLevel::Error,
+                &format!("lazyxds: cannot read the plugin configuration: {e:?}"),
+            );
+            return false;
+        }
+    };
+    let worker = with_root(context_id, |root| root.configure(&bytes))
+        .unwrap_or_else(|| Err(format!("no root context {context_id}")));
+    match worker {
+        Ok(worker) => {
+            WORKERS.with(|workers| {
+                if let Ok(mut workers) = workers.try_borrow_mut() {
+                    workers.retain(|(id, _)| *id != context_id);
+                    workers.push((context_id, worker));
+                }
+            });
+            true
+        }
+        Err(message) => {
+            abi::log(
+                LogLevel::Error,
+                &format!("lazyxds: {message}; the filter refuses to start"),
+            );
+            false
+        }
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_tick(context_id: u32) {
+    let Some(now) = abi::now_ms() else { return };
+    let due = with_root(context_id, |root| root.on_tick(now)).flatten();
+    if let Some((worker, due)) = due {
+        resume(context_id, &worker, due);
+    }
+    FLOWS.with(|flows| {
+        if let Ok(mut flows) = flows.try_borrow_mut() {
+            flows.sweep(now);
+        }
+    });
+    forget_dead_roots(now);
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_grpc_receive(context_id: u32, token: u32, size: usize) {
+    let resolved = with_root(context_id, |root| root.on_grpc_message(token, size)).flatten();
+    if let Some((worker, decisions)) = resolved {
+        resume(context_id, &worker, decisions);
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_grpc_close(context_id: u32, token: u32, status_code: u32) {
+    with_root(context_id, |root| root.on_grpc_close(token, status_code));
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_request_headers(
+    context_id: u32,
+    _num_headers: usize,
+    _end_of_stream: bool,
+) -> u32 {
+    const CONTINUE: u32 = 0;
+    const PAUSE: u32 = 1;
+    match on_request_headers(context_id) {
+        Flow::Continue => CONTINUE,
+        Flow::Pause => PAUSE,
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_log(context_id: u32) {
+    on_log(context_id);
+}
+
+// ---- state --------------------------------------------------------------------------
+
+thread_local! {
+    /// Root contexts (one per plugin configuration in this VM). Only root callbacks
+    /// borrow it.
+    static ROOTS: RefCell<Vec<Root>> = const { RefCell::new(Vec::new()) };
+    /// Each configured root's worker state. Request callbacks read this, never `ROOTS`:
+    /// they can run inside a root callback (a resumed request may finish synchronously).
+    static WORKERS: RefCell<Vec<(u32, Rc<Worker>)>> = const { RefCell::new(Vec::new()) };
+    /// Requests between their header and log callbacks.
+    static FLOWS: RefCell<Flows> = RefCell::new(Flows::default());
+}
+
+fn with_roots<T>(f: impl FnOnce(&mut Vec<Root>) -> T) -> Option<T> {
+    ROOTS.with(|roots| roots.try_borrow_mut().ok().map(|mut roots| f(&mut roots)))
+}
+
+fn with_root<T>(context_id: u32, f: impl FnOnce(&mut Root) -> T) -> Option<T> {
+    with_roots(|roots| roots.iter_mut().find(|r| r.context_id == context_id).map(f)).flatten()
+}
+
+/// The worker a request belongs to: the only one, else the one of the root recorded at
+/// context creation (`root()` is asked only then), else the newest.
+fn worker_for(root: impl FnOnce() -> Option<u32>) -> Option<Rc<Worker>> {
+    WORKERS.with(|workers| {
+        let workers = workers.try_borrow().ok()?;
+        let found = if workers.len() <= 1 {
+            workers.last()
+        } else {
+            let root = root();
+            workers
+                .iter()
+                .find(|(id, _)| Some(*id) == root)
+                .or(workers.last())
+        };
+        found.map(|(_, worker)| worker.clone())
+    })
+}
+
+/// The newest tick time any worker saw (requests use it instead of a clock hostcall).
+fn now_ms_cached() -> u64 {
+    worker_for(|| None).map_or(0, |w| w.now_ms.get())
+}
+
+/// Drops roots whose ticks stopped: Envoy deleted them.
+fn forget_dead_roots(now: u64) {
+    let dead: Vec<u32> = with_roots(|roots| {
+        let dead: Vec<u32> = roots
+            .iter()
+            .filter(|r| {
+                r.last_tick_ms > 0
+                    && now.saturating_sub(r.last_tick_ms)
+                        > DEAD_ROOT_MS + 10 * u64::from(r.tick_period_ms)
+            })
+            .map(|r| r.context_id)
+            .collect();
+        roots.retain(|r| !dead.contains(&r.context_id));
+        dead
+    })
+    .unwrap_or_default();
+    if dead.is_empty() {
+        return;
+    }
+    WORKERS.with(|workers| {
+        if let Ok(mut workers) = workers.try_borrow_mut() {
+            workers.retain(|(id, _)| !dead.contains(id));
+        }
+    });
+}
+
+/// State shared by a root context and its requests (same VM, same thread).
 struct Worker {
+    report: bool,
     reporter: RefCell<Reporter>,
     router: RefCell<Router>,
     /// Time of the last tick: requests use it instead of a clock hostcall each.
@@ -80,6 +245,197 @@ struct Worker {
     /// Requests seen while the reporter was borrowed (re-entrant callback); counted on tick.
     unrecorded: Cell<u64>,
 }
+
+// ---- requests -----------------------------------------------------------------------
+
+enum Flow {
+    Continue,
+    Pause,
+}
+
+/// Remembers what the log callback needs of this request (bounded; forgetting is
+/// harmless).
+fn remember(context_id: u32, worker: &Worker, authority: Option<Vec<u8>>, paused: bool) {
+    FLOWS.with(|flows| {
+        if let Ok(mut flows) = flows.try_borrow_mut() {
+            if let Some(flow) = flows.entry(context_id, 0, worker.now_ms.get()) {
+                flow.authority = authority;
+                flow.paused = paused;
+            }
+        }
+    });
+}
+
+fn flow_root(context_id: u32) -> Option<u32> {
+    FLOWS.with(|flows| {
+        flows
+            .try_borrow()
+            .ok()
+            .and_then(|f| f.get(context_id).map(|f| f.root))
+            .filter(|root| *root != 0)
+    })
+}
+
+/// Routing: rewrite a short authority, refuse an unknown host for REGISTRY_ONLY callers,
+/// or pause until the namespace table arrives.
+fn on_request_headers(context_id: u32) -> Flow {
+    let Some(worker) = worker_for(|| flow_root(context_id)) else {
+        return Flow::Continue;
+    };
+    if !worker.report {
+        return Flow::Continue;
+    }
+    let Some(authority) = abi::request_header(":authority") else {
+        return Flow::Continue;
+    };
+    let decision = {
+        let Ok(mut router) = worker.router.try_borrow_mut() else {
+            return Flow::Continue;
+        };
+        if !router.enabled() {
+            drop(router);
+            remember(context_id, &worker, Some(authority), false);
+            return Flow::Continue;
+        }
+        // This VM serves traffic: it needs the namespace table (main-thread VMs never get
+        // here, so they open no idle stream).
+        if let Ok(mut reporter) = worker.reporter.try_borrow_mut() {
+            reporter.traffic_seen();
+        }
+        // The route Envoy selected for the authority as sent (read before any rewrite).
+        let needs_route = router.needs_route(&authority);
+        let external = needs_route
+            && abi::property(ROUTE).is_some_and(|route| Router::is_external_route(&route));
+        if needs_route && !external {
+            // A host with a route of its own (an FQDN): routed as sent.
+            drop(router);
+            remember(context_id, &worker, Some(authority), false);
+            return Flow::Continue;
+        }
+        let principal = abi::property(PRINCIPAL);
+        let source = abi::property(SOURCE);
+        let request = RequestView {
+            authority: &authority,
+            external,
+            principal: principal.as_deref(),
+            source: source.as_deref(),
+        };
+        router.on_request(context_id, &request, worker.now_ms.get())
+    };
+    match decision {
+        Decision::Wait => {
+            // The authority may still change: the log callback reads it.
+            remember(context_id, &worker, None, true);
+            Flow::Pause
+        }
+        Decision::Rewrite(rewritten) => {
+            // Envoy clears the route cache on a request-header mutation: the router
+            // selects the route again for the new authority.
+            let _ = abi::set_request_header(":authority", &rewritten);
+            remember(context_id, &worker, Some(rewritten.into_bytes()), false);
+            Flow::Continue
+        }
+        Decision::Continue => {
+            remember(context_id, &worker, Some(authority), false);
+            Flow::Continue
+        }
+        refuse @ Decision::Refuse(_) => {
+            // The local reply may end the request (and call `proxy_on_log`) right here.
+            apply(&refuse);
+            Flow::Pause
+        }
+    }
+}
+
+/// Reporting, after routing is final (`xds.*` read earlier can be stale after a header
+/// rewrite).
+fn on_log(context_id: u32) {
+    let flow = FLOWS.with(|flows| {
+        flows
+            .try_borrow_mut()
+            .ok()
+            .and_then(|mut f| f.take(context_id))
+    });
+    let root = flow.as_ref().map(|f| f.root).filter(|r| *r != 0);
+    let Some(worker) = worker_for(|| root) else {
+        return;
+    };
+    if !worker.report {
+        return;
+    }
+    let (authority, paused) = flow.map_or((None, false), |f| (f.authority, f.paused));
+    if paused {
+        if let Ok(mut router) = worker.router.try_borrow_mut() {
+            router.forget(context_id);
+        }
+    }
+    let cluster = abi::property(CLUSTER);
+    let is_edge = cluster.as_deref().and_then(edge_cluster).is_some();
+    // Requests that are no edge only need the cluster to be counted.
+    let (source, host, principal) = if is_edge {
+        (
+            abi::property(SOURCE),
+            authority.or_else(|| abi::property(HOST)),
+            abi::property(PRINCIPAL),
+        )
+    } else {
+        (None, None, None)
+    };
+    let props = RequestProperties {
+        cluster: cluster.as_deref(),
+        source: source.as_deref(),
+        host: host.as_deref(),
+        principal: principal.as_deref(),
+    };
+    match worker.reporter.try_borrow_mut() {
+        Ok(mut reporter) => reporter.observe(&props, worker.now_ms.get()),
+        Err(_) => worker.unrecorded.set(worker.unrecorded.get() + 1),
+    };
+}
+
+/// Carries out a routing decision on the current (or effective) request; false when the
+/// request was answered here and must not be resumed.
+fn apply(decision: &Decision) -> bool {
+    match decision {
+        Decision::Rewrite(authority) => {
+            // Envoy clears the route cache on a request-header mutation: the router
+            // selects the route again for the new authority.
+            let _ = abi::set_request_header(":authority", authority);
+            true
+        }
+        Decision::Refuse(body) => {
+            let _ = abi::send_local_response(502, "text/plain; charset=utf-8", body.as_bytes());
+            false
+        }
+        Decision::Continue | Decision::Wait => true,
+    }
+}
+
+/// Carries out the decisions for paused requests and resumes them, outside any borrow of
+/// the root (a resumed request may finish, and log, synchronously). A request that ended
+/// meanwhile has no context any more: skipped.
+fn resume(root_id: u32, worker: &Worker, decisions: Vec<(u32, Decision)>) {
+    if decisions.is_empty() {
+        return;
+    }
+    for (context_id, decision) in decisions {
+        if abi::set_effective_context(context_id).is_err() {
+            continue;
+        }
+        // The request is no longer paused; what it is routed as is read when it ends.
+        remember(context_id, worker, None, false);
+        if apply(&decision) {
+            let _ = abi::resume_request();
+        }
+    }
+    let _ = abi::set_effective_context(root_id);
+}
+
+// ---- root contexts --------------------------------------------------------------------
+
+/// Paused requests a root callback decided, with their worker: resumed by the caller once
+/// the root is no longer borrowed.
+type Resumable = (Rc<Worker>, Vec<(u32, Decision)>);
 
 struct Root {
     context_id: u32,
@@ -90,6 +446,8 @@ struct Root {
     metrics: Vec<u32>,
     exported: Vec<u64>,
     last_failure_log_ms: u64,
+    last_tick_ms: u64,
+    tick_period_ms: u32,
 }
 
 impl Root {
@@ -102,36 +460,46 @@ impl Root {
             metrics: Vec::new(),
             exported: Vec::new(),
             last_failure_log_ms: 0,
+            last_tick_ms: 0,
+            tick_period_ms: 0,
         }
     }
 
-    fn configure(&mut self, bytes: &[u8]) -> Result<(), String> {
+    fn configure(&mut self, bytes: &[u8]) -> Result<Rc<Worker>, String> {
         let config = Config::parse(bytes).map_err(|e| e.to_string())?;
         let gateway_id = if config.gateway_id.is_empty() {
-            property(vec!["node", "id"])
+            abi::property(NODE_ID)
                 .and_then(|id| String::from_utf8(id).ok())
                 .filter(|id| !id.is_empty())
                 .unwrap_or_else(|| "unknown".into())
         } else {
             config.gateway_id.clone()
         };
-        let now = now_ms().unwrap_or(0);
-        let worker = format!("{now}-{}", self.context_id);
-        let flush = Duration::from_millis(config.flush_interval_ms);
+        let now = abi::now_ms().unwrap_or(0);
+        let worker_name = format!("{now}-{}", self.context_id);
         let report = config.report;
+        let tick = if report {
+            u32::try_from(config.flush_interval_ms).unwrap_or(u32::MAX)
+        } else {
+            IDLE_TICK_MS
+        };
         let router = Router::new(&config);
-        let reporter = Reporter::new(config, gateway_id, worker);
+        let reporter = Reporter::new(config, gateway_id, worker_name);
+        abi::set_tick_period_ms(tick).map_err(|e| format!("set_tick_period: {e:?}"))?;
         if report {
-            hostcalls::set_tick_period(flush).map_err(|e| format!("set_tick_period: {e:?}"))?;
             self.define_metrics(&reporter, &router);
         }
-        self.worker = Some(Rc::new(Worker {
+        let worker = Rc::new(Worker {
+            report,
             reporter: RefCell::new(reporter),
             router: RefCell::new(router),
             now_ms: Cell::new(now),
             unrecorded: Cell::new(0),
-        }));
-        Ok(())
+        });
+        self.worker = Some(worker.clone());
+        self.last_tick_ms = now;
+        self.tick_period_ms = tick;
+        Ok(worker)
     }
 
     fn define_metrics(&mut self, reporter: &Reporter, router: &Router) {
@@ -139,10 +507,10 @@ impl Root {
         let fields = reporter.counters().fields();
         let routing = router.counters().fields();
         for (name, _) in fields.iter().chain(routing.iter()) {
-            match hostcalls::define_metric(MetricType::Counter, &format!("lazyxds.{name}")) {
+            match abi::define_counter(&format!("lazyxds.{name}")) {
                 Ok(id) => self.metrics.push(id),
                 Err(e) => {
-                    log(
+                    abi::log(
                         LogLevel::Warn,
                         &format!("lazyxds: no stats: define_metric {name}: {e:?}"),
                     );
@@ -164,33 +532,92 @@ impl Root {
             .zip(fields.iter().chain(routing.iter()))
         {
             if *value > *exported {
-                let _ = hostcalls::increment_metric(*id, (*value - *exported) as i64);
+                let _ = abi::increment_metric(*id, (*value - *exported) as i64);
                 *exported = *value;
             }
         }
     }
 
-    /// Carries out the decisions for paused requests and resumes them. A request that
-    /// ended meanwhile has no context any more: skipped.
-    fn resume(&self, decisions: Vec<(u32, Decision)>) {
-        if decisions.is_empty() {
+    /// Periodic work; returns the paused requests whose wait is over, for the caller to
+    /// resume once this root is no longer borrowed.
+    fn on_tick(&mut self, now: u64) -> Option<Resumable> {
+        self.last_tick_ms = now;
+        let worker = self.worker.clone()?;
+        worker.now_ms.set(now);
+        if !worker.report {
+            return None;
+        }
+        // Paused requests whose wait is over go on without the table.
+        let due = match worker.router.try_borrow_mut() {
+            Ok(mut router) => router.due(now),
+            Err(_) => Vec::new(),
+        };
+        if let Ok(mut reporter) = worker.reporter.try_borrow_mut() {
+            if std::mem::take(&mut self.close_missed) {
+                reporter.stream_closed(now, None);
+            }
+            reporter.counters_mut().requests_unrecorded += worker.unrecorded.take();
+            reporter.tick(now);
+            if let Some(reason) = reporter.close_reason(now) {
+                self.drop_stream(&mut reporter, now, Some(reason));
+            }
+            self.pump(&mut reporter, now);
+            if let Ok(router) = worker.router.try_borrow() {
+                self.export_metrics(&reporter, &router);
+            };
+        }
+        Some((worker, due))
+    }
+
+    /// A message from the controller; returns paused requests it resolved.
+    fn on_grpc_message(&mut self, token: u32, size: usize) -> Option<Resumable> {
+        if self.stream != Some(token) {
+            return None;
+        }
+        let worker = self.worker.clone()?;
+        let mut reporter = worker.reporter.try_borrow_mut().ok()?;
+        let push = match abi::buffer(BufferType::GrpcReceiveBuffer, size) {
+            Ok(Some(bytes)) => reporter.on_controller_message(&bytes),
+            _ => None,
+        };
+        // An ack may have opened the window: drain a backlog without waiting for the tick.
+        self.pump(&mut reporter, worker.now_ms.get());
+        drop(reporter);
+        let push = push?;
+        let decisions = {
+            let mut router = worker.router.try_borrow_mut().ok()?;
+            if let Kind::Namespaces(table) = push {
+                router.apply_table(table);
+            }
+            router.resolved()
+        };
+        Some((worker, decisions))
+    }
+
+    fn on_grpc_close(&mut self, token: u32, status_code: u32) {
+        if self.stream != Some(token) {
             return;
         }
-        for (context_id, decision) in decisions {
-            if hostcalls::set_effective_context(context_id).is_err() {
-                continue;
-            }
-            if apply(&decision) {
-                let _ = hostcalls::resume_http_request();
-            }
-        }
-        let _ = hostcalls::set_effective_context(self.context_id);
+        let Some(worker) = self.worker.clone() else {
+            return;
+        };
+        self.stream = None;
+        let now = abi::now_ms().unwrap_or_else(|| worker.now_ms.get());
+        let detail = abi::grpc_status_message().unwrap_or_default();
+        self.log_failure(
+            now,
+            &format!("edge stream closed: grpc status {status_code} {detail}"),
+        );
+        match worker.reporter.try_borrow_mut() {
+            Ok(mut reporter) => reporter.stream_closed(now, None),
+            Err(_) => self.close_missed = true,
+        };
     }
 
     /// Closes the stream from our side (timeout, recycle, failed send).
     fn drop_stream(&mut self, reporter: &mut Reporter, now: u64, reason: Option<CloseReason>) {
         if let Some(token) = self.stream.take() {
-            let _ = hostcalls::cancel_grpc_stream(token);
+            let _ = abi::grpc_cancel(token);
         }
         reporter.stream_closed(now, reason);
     }
@@ -199,13 +626,11 @@ impl Root {
     fn pump(&mut self, reporter: &mut Reporter, now: u64) {
         if self.stream.is_none() && reporter.wants_stream(now) {
             let cluster = reporter.config().controller_cluster.clone();
-            match hostcalls::open_grpc_stream(&cluster, EDGE_SINK_SERVICE, EDGE_SINK_METHOD, vec![])
-            {
+            match abi::open_grpc_stream(&cluster, EDGE_SINK_SERVICE, EDGE_SINK_METHOD) {
                 Ok(token) => {
                     let hello = reporter.stream_opened();
                     self.stream = Some(token);
-                    if let Err(e) = hostcalls::send_grpc_stream_message(token, Some(&hello), false)
-                    {
+                    if let Err(e) = abi::grpc_send(token, &hello) {
                         reporter.counters_mut().send_failures += 1;
                         self.log_failure(now, &format!("sending hello to {cluster}: {e:?}"));
                         self.drop_stream(reporter, now, None);
@@ -222,7 +647,7 @@ impl Root {
         }
         let Some(token) = self.stream else { return };
         while let Some(batch) = reporter.next_batch(now) {
-            if let Err(e) = hostcalls::send_grpc_stream_message(token, Some(&batch), false) {
+            if let Err(e) = abi::grpc_send(token, &batch) {
                 reporter.counters_mut().send_failures += 1;
                 self.log_failure(now, &format!("sending a batch: {e:?}"));
                 self.drop_stream(reporter, now, None);
@@ -234,235 +659,10 @@ impl Root {
     fn log_failure(&mut self, now: u64, message: &str) {
         if now.saturating_sub(self.last_failure_log_ms) >= LOG_EVERY_MS {
             self.last_failure_log_ms = now;
-            log(
+            abi::log(
                 LogLevel::Warn,
                 &format!("lazyxds: {message} (edges are kept and re-sent)"),
             );
-        }
-    }
-}
-
-impl Context for Root {
-    fn on_grpc_stream_message(&mut self, token_id: u32, message_size: usize) {
-        if self.stream != Some(token_id) {
-            return;
-        }
-        let Some(worker) = self.worker.clone() else {
-            return;
-        };
-        let Ok(mut reporter) = worker.reporter.try_borrow_mut() else {
-            return;
-        };
-        let push = match hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, message_size) {
-            Ok(Some(bytes)) => reporter.on_controller_message(&bytes),
-            _ => None,
-        };
-        // An ack may have opened the window: drain a backlog without waiting for the tick.
-        self.pump(&mut reporter, worker.now_ms.get());
-        drop(reporter);
-        let Some(push) = push else { return };
-        let decisions = match worker.router.try_borrow_mut() {
-            Ok(mut router) => {
-                if let Kind::Namespaces(table) = push {
-                    router.apply_table(table);
-                }
-                router.resolved()
-            }
-            Err(_) => return,
-        };
-        self.resume(decisions);
-    }
-
-    fn on_grpc_stream_close(&mut self, token_id: u32, status_code: u32) {
-        if self.stream != Some(token_id) {
-            return;
-        }
-        let Some(worker) = self.worker.clone() else {
-            return;
-        };
-        self.stream = None;
-        let now = now_ms().unwrap_or_else(|| worker.now_ms.get());
-        let detail = hostcalls::get_grpc_status()
-            .ok()
-            .and_then(|(_, m)| m)
-            .unwrap_or_default();
-        self.log_failure(
-            now,
-            &format!("edge stream closed: grpc status {status_code} {detail}"),
-        );
-        match worker.reporter.try_borrow_mut() {
-            Ok(mut reporter) => reporter.stream_closed(now, None),
-            Err(_) => self.close_missed = true,
-        };
-    }
-}
-
-impl RootContext for Root {
-    fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
-        let bytes = match hostcalls::get_buffer(
-            BufferType::PluginConfiguration,
-            0,
-            plugin_configuration_size,
-        ) {
-            Ok(bytes) => bytes.unwrap_or_default(),
-            Err(e) => {
-                log(
-                    LogLevel::Error,
-                    &format!("lazyxds: cannot read the plugin configuration: {e:?}"),
-                );
-                return false;
-            }
-        };
-        match self.configure(&bytes) {
-            Ok(()) => true,
-            Err(message) => {
-                log(
-                    LogLevel::Error,
-                    &format!("lazyxds: {message}; the filter refuses to start"),
-                );
-                false
-            }
-        }
-    }
-
-    fn on_tick(&mut self) {
-        let Some(worker) = self.worker.clone() else {
-            return;
-        };
-        let Some(now) = now_ms() else { return };
-        worker.now_ms.set(now);
-        // Paused requests whose wait is over go on without the table.
-        let due = match worker.router.try_borrow_mut() {
-            Ok(mut router) => router.due(now),
-            Err(_) => Vec::new(),
-        };
-        self.resume(due);
-        let Ok(mut reporter) = worker.reporter.try_borrow_mut() else {
-            return;
-        };
-        if std::mem::take(&mut self.close_missed) {
-            reporter.stream_closed(now, None);
-        }
-        reporter.counters_mut().requests_unrecorded += worker.unrecorded.take();
-        reporter.tick(now);
-        if let Some(reason) = reporter.close_reason(now) {
-            self.drop_stream(&mut reporter, now, Some(reason));
-        }
-        self.pump(&mut reporter, now);
-        if let Ok(router) = worker.router.try_borrow() {
-            self.export_metrics(&reporter, &router);
-        };
-    }
-
-    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        // Never None: the SDK panics on it.
-        let worker = self.worker.clone().filter(|w| {
-            let report = w.reporter.try_borrow().map(|r| r.config().report);
-            report.unwrap_or(true)
-        });
-        Some(Box::new(Flow {
-            context_id,
-            worker,
-            paused: false,
-        }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
-}
-
-/// One HTTP request: routed (authority rewrite, policy) in `on_http_request_headers`,
-/// reported in `on_log`, after routing is final (`xds.*` read earlier can be stale after
-/// a header rewrite).
-struct Flow {
-    context_id: u32,
-    worker: Option<Rc<Worker>>,
-    /// Paused for the namespace table (the root resumes it).
-    paused: bool,
-}
-
-impl Context for Flow {}
-
-impl HttpContext for Flow {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let Some(worker) = &self.worker else {
-            return Action::Continue;
-        };
-        // `request.host` is the `:authority` header.
-        let Some(authority) = property(vec!["request", "host"]) else {
-            return Action::Continue;
-        };
-        let decision = {
-            let Ok(mut router) = worker.router.try_borrow_mut() else {
-                return Action::Continue;
-            };
-            if !router.enabled() {
-                return Action::Continue;
-            }
-            // This VM serves traffic: it needs the namespace table (main-thread VMs never
-            // get here, so they open no idle stream).
-            if let Ok(mut reporter) = worker.reporter.try_borrow_mut() {
-                reporter.traffic_seen();
-            }
-            // The route Envoy selected for the authority as sent (read before any rewrite).
-            let needs_route = router.needs_route(&authority);
-            let external = needs_route
-                && property(vec!["xds", "route_name"])
-                    .is_some_and(|route| Router::is_external_route(&route));
-            if needs_route && !external {
-                // A host with a route of its own (an FQDN): routed as sent.
-                return Action::Continue;
-            }
-            let principal = property(vec!["connection", "uri_san_peer_certificate"]);
-            let source = property(vec!["source", "address"]);
-            let request = RequestView {
-                authority: &authority,
-                external,
-                principal: principal.as_deref(),
-                source: source.as_deref(),
-            };
-            router.on_request(self.context_id, &request, worker.now_ms.get())
-        };
-        if decision == Decision::Wait {
-            self.paused = true;
-            return Action::Pause;
-        }
-        if apply(&decision) {
-            Action::Continue
-        } else {
-            Action::Pause
-        }
-    }
-
-    fn on_log(&mut self) {
-        let Some(worker) = &self.worker else { return };
-        if self.paused {
-            if let Ok(mut router) = worker.router.try_borrow_mut() {
-                router.forget(self.context_id);
-            }
-        }
-        let cluster = property(vec!["xds", "cluster_name"]);
-        let is_edge = cluster.as_deref().and_then(edge_cluster).is_some();
-        // Requests that are no edge only need the cluster to be counted.
-        let (source, host, principal) = if is_edge {
-            (
-                property(vec!["source", "address"]),
-                property(vec!["request", "host"]),
-                property(vec!["connection", "uri_san_peer_certificate"]),
-            )
-        } else {
-            (None, None, None)
-        };
-        let props = RequestProperties {
-            cluster: cluster.as_deref(),
-            source: source.as_deref(),
-            host: host.as_deref(),
-            principal: principal.as_deref(),
-        };
-        match worker.reporter.try_borrow_mut() {
-            Ok(mut reporter) => reporter.observe(&props, worker.now_ms.get()),
-            Err(_) => worker.unrecorded.set(worker.unrecorded.get() + 1),
         }
     }
 }

@@ -7,6 +7,7 @@
 //! - [`routing`]: first-call routing decisions (authority rewrite, policy, waiting).
 //! - [`edge`]: request properties → an edge (or a counted skip).
 //! - [`table`]: the bounded LRU dedup table.
+//! - [`flows`]: what the shell remembers of a request between its callbacks (bounded).
 //! - [`reporter`]: batching, dictionary encoding, acks, re-sends, resync, backoff.
 #![forbid(unsafe_code)]
 #![cfg_attr(
@@ -17,6 +18,7 @@
 pub mod authority;
 pub mod config;
 pub mod edge;
+pub mod flows;
 pub mod reporter;
 pub mod routing;
 pub mod table;
@@ -26,5 +28,6 @@ mod reporter_tests;
 
 pub use config::{Config, ConfigError};
 pub use edge::{edge_cluster, RequestProperties};
+pub use flows::{Flow, Flows};
 pub use reporter::{CloseReason, Counters, Reporter};
 pub use routing::{Decision, RequestView, Router, RoutingCounters};
