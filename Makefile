@@ -86,7 +86,7 @@ lint: ## rustfmt and clippy (-D warnings), native and wasm
 # ---- benchmarks -------------------------------------------------------------------
 
 .PHONY: bench bench-quick
-bench: setup-envoy wasm ## side-by-side benchmarks (~12 min + builds): table, bench/results/latest.json, SVG plots
+bench: setup-envoy wasm ## side-by-side benchmarks (~16 min + builds): table, bench/results/latest.json, SVG plots
 	$(CARGO) build --release -p lazyxds --bin lazyxds -p lazyxds-bench
 	LAZYXDS_BIN=$(abspath target/release/lazyxds) $(CARGO) run --release --quiet -p lazyxds-bench
 

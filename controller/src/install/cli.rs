@@ -126,7 +126,7 @@ pub struct Settings {
     pub flush_interval_ms: u64,
 
     /// A known edge is re-reported at most this often.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = lazyxds_filter_core::Config::default().refresh_interval_s)]
     pub refresh_interval_s: u64,
 
     /// What happens to requests when the filter's VM fails.

@@ -190,7 +190,7 @@ impl Default for InstallConfig {
             },
             filter: FilterSettings {
                 flush_interval_ms: 20,
-                refresh_interval_s: 60,
+                refresh_interval_s: lazyxds_filter_core::Config::default().refresh_interval_s,
                 failure_policy: FailurePolicy::FailReload,
                 extra: Map::new(),
             },

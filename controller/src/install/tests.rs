@@ -16,7 +16,7 @@ fn the_default_plugin_configuration_names_the_controller_cluster() {
         json!({
             "controller_cluster": "outbound|18000||lazyxds.lazyxds-system.svc.cluster.local",
             "flush_interval_ms": 20,
-            "refresh_interval_s": 60,
+            "refresh_interval_s": 300,
         })
     );
     // The filter's own default is the same cluster: an install with defaults and a filter

@@ -15,6 +15,9 @@ pub struct Config {
     /// about one interval).
     pub flush_interval_ms: u64,
     /// A known edge is reported again (with its accumulated count) at most this often.
+    /// What a refresh carries is only needed coarsely: request counts for the metrics and
+    /// last-seen for an expiry (off by default, TTL/10 granularity). A new edge never waits
+    /// for it, and a reconnect re-sends the whole table anyway.
     pub refresh_interval_s: u64,
     /// Capacity of the per-worker dedup table (LRU).
     pub max_edges: usize,
@@ -51,7 +54,7 @@ impl Default for Config {
             controller_cluster: "outbound|18000||lazyxds.lazyxds-system.svc.cluster.local".into(),
             gateway_id: String::new(),
             flush_interval_ms: 20,
-            refresh_interval_s: 60,
+            refresh_interval_s: 300,
             max_edges: 10_000,
             max_batch_edges: 1_000,
             max_batch_bytes: 1 << 20,
