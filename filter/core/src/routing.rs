@@ -65,7 +65,8 @@ pub struct RoutingCounters {
     pub waits: u64,
     /// Paused requests that went on without the table.
     pub wait_timeouts: u64,
-    /// Unknown hosts forwarded (caller ALLOW_ANY).
+    /// Unknown hosts forwarded (caller ALLOW_ANY). An FQDN or external name is seen as
+    /// unknown only while some namespace is REGISTRY_ONLY: otherwise its route is not read.
     pub external_forwarded: u64,
     /// Unknown hosts refused (caller REGISTRY_ONLY).
     pub external_refused: u64,
@@ -163,6 +164,17 @@ impl Table {
         self.0.namespaces.get(index).map(String::as_str)
     }
 
+    /// Whether some caller (a namespace, or an unknown one under the mesh policy) is
+    /// REGISTRY_ONLY: only then does a host the mesh does not know get refused.
+    fn refuses_unknown_hosts(&self) -> bool {
+        Policy::from_wire(Some(&self.0.mesh_policy)) == Policy::RegistryOnly
+            || self
+                .0
+                .policies
+                .iter()
+                .any(|p| Policy::from_wire(Some(p)) == Policy::RegistryOnly)
+    }
+
     fn policy(&self, index: Option<usize>) -> Policy {
         match index {
             Some(i) => Policy::from_wire(self.0.policies.get(i)),
@@ -234,13 +246,19 @@ impl Router {
 
     /// Whether deciding on this authority needs the name of the route Envoy selected for
     /// it (it may be an unknown host). When it does and the route is not the catch-all,
-    /// the request is routed as sent: the shell reads nothing more.
+    /// the request is routed as sent: the shell reads nothing more. An FQDN or external
+    /// name only needs it while some caller may be refused (REGISTRY_ONLY) or before the
+    /// first table: with every namespace ALLOW_ANY (Istio's default) it goes on as sent
+    /// whatever its route, and the gateway saves a property read per request.
     pub fn needs_route(&self, authority: &[u8]) -> bool {
-        self.enabled
-            && matches!(
-                Authority::parse(authority, &self.cluster_domain),
-                Authority::Pair { .. } | Authority::Other
-            )
+        if !self.enabled {
+            return false;
+        }
+        match Authority::parse(authority, &self.cluster_domain) {
+            Authority::Pair { .. } => true,
+            Authority::Other => self.table.as_ref().is_none_or(Table::refuses_unknown_hosts),
+            Authority::Bare { .. } | Authority::Svc { .. } => false,
+        }
     }
 
     /// Requests paused now.

@@ -388,6 +388,33 @@ fn which_requests_need_the_route() {
     ] {
         assert_eq!(r.needs_route(authority.as_bytes()), want, "{authority}");
     }
+    // Once every caller is ALLOW_ANY, an FQDN or external name goes on as sent whatever
+    // its route: no route read. A pair (`reviews.ns-a`, `example.com`) still needs it: it
+    // may be a short name to rewrite.
+    let mut allow_all = mk_router();
+    allow_all.apply_table(mk_table(ALLOW, &[("ns-a", ALLOW, &["127.0.0.2"])]));
+    let mut registry_mesh = mk_router();
+    registry_mesh.apply_table(mk_table(REGISTRY, &[("ns-a", ALLOW, &["127.0.0.2"])]));
+    for (authority, want_allow_all, want_registry) in [
+        ("reviews", false, false),
+        ("reviews.ns-a", true, true),
+        ("example.com", true, true),
+        ("api.example.com", false, true),
+        ("reviews.ns-a.svc.cluster.local", false, true),
+    ] {
+        assert_eq!(
+            allow_all.needs_route(authority.as_bytes()),
+            want_allow_all,
+            "{authority}"
+        );
+        assert_eq!(
+            registry_mesh.needs_route(authority.as_bytes()),
+            want_registry,
+            "{authority}"
+        );
+    }
+    // One REGISTRY_ONLY namespace is enough (mk_ready_router's ns-b).
+    assert!(mk_ready_router().needs_route(b"api.example.com"));
     assert!(Router::is_external_route(b"lazyxds-external"));
     assert!(!Router::is_external_route(b"lazyxds-external-2"));
     assert!(!Router::is_external_route(b""));
