@@ -1,9 +1,11 @@
 //! The lazyxds gateway filter: the proxy-wasm shell around `lazyxds-filter-core`.
 //!
 //! This file and `abi.rs` are the only code with hostcalls. The module implements the
-//! proxy-wasm ABI itself (no SDK dispatcher) and exports only the callbacks it uses: per
-//! request Envoy enters the VM three times (context create, request headers, log) instead
-//! of seven or more, and each entry costs about as much as a hostcall. Every hostcall's
+//! proxy-wasm ABI itself (no SDK dispatcher) and exports only the callbacks it needs: per
+//! request Envoy enters the VM twice (request headers, log) instead of seven times, and
+//! each entry costs several hostcalls' worth. Not even `proxy_on_context_create` is
+//! exported (root contexts are made on their first callback), nor `proxy_on_done` /
+//! `proxy_on_delete` (a root whose ticks stopped is dropped). Every hostcall's
 //! error is handled; a panic would kill the worker's VM. The filter never fails a request
 //! because of the controller: it only pauses one that needs the namespace table before the
 //! first push, for at most `routing_wait_ms`.
@@ -62,26 +64,19 @@ pub extern "C" fn _initialize() {
 }
 
 #[no_mangle]
-pub extern "C" fn proxy_on_context_create(context_id: u32, root_context_id: u32) {
-    if root_context_id == 0 {
-        with_roots(|roots| roots.push(Root::new(context_id)));
-        return;
-    }
-    // With one plugin per VM (the usual case) a request needs no record of its root.
-    let several = WORKERS.with(|w| w.try_borrow().is_ok_and(|w| w.len() > 1));
-    if several {
-        let now = now_ms_cached();
-        FLOWS.with(|flows| {
-            if let Ok(mut flows) = flows.try_borrow_mut() {
-                flows.entry(context_id, root_context_id, now);
-            }
-        });
-    }
+pub extern "C" fn proxy_on_vm_start(context_id: u32, _vm_configuration_size: usize) -> bool {
+    ensure_root(context_id);
+    true
 }
 
-#[no_mangle]
-pub extern "C" fn proxy_on_vm_start(_context_id: u32, _vm_configuration_size: usize) -> bool {
-    true
+/// Root contexts are made on their first callback: the module does not export
+/// `proxy_on_context_create`, which Envoy would also call for every request.
+fn ensure_root(context_id: u32) {
+    with_roots(|roots| {
+        if !roots.iter().any(|r| r.context_id == context_id) {
+            roots.push(Root::new(context_id));
+        }
+    });
 }
 
 #[no_mangle]
@@ -96,6 +91,7 @@ pub extern "C" fn proxy_on_configure(context_id: u32, plugin_configuration_size:
             return false;
         }
     };
+    ensure_root(context_id);
     let worker = with_root(context_id, |root| root.configure(&bytes))
         .unwrap_or_else(|| Err(format!("no root context {context_id}")));
     match worker {
@@ -186,27 +182,12 @@ fn with_root<T>(context_id: u32, f: impl FnOnce(&mut Root) -> T) -> Option<T> {
     with_roots(|roots| roots.iter_mut().find(|r| r.context_id == context_id).map(f)).flatten()
 }
 
-/// The worker a request belongs to: the only one, else the one of the root recorded at
-/// context creation (`root()` is asked only then), else the newest.
-fn worker_for(root: impl FnOnce() -> Option<u32>) -> Option<Rc<Worker>> {
-    WORKERS.with(|workers| {
-        let workers = workers.try_borrow().ok()?;
-        let found = if workers.len() <= 1 {
-            workers.last()
-        } else {
-            let root = root();
-            workers
-                .iter()
-                .find(|(id, _)| Some(*id) == root)
-                .or(workers.last())
-        };
-        found.map(|(_, worker)| worker.clone())
-    })
-}
-
-/// The newest tick time any worker saw (requests use it instead of a clock hostcall).
-fn now_ms_cached() -> u64 {
-    worker_for(|| None).map_or(0, |w| w.now_ms.get())
+/// The worker requests use: the newest configured root's. A VM has several roots only
+/// while a configuration change drains the old one (or when two plugin configurations
+/// share a `vm_id`, which the install never does): knowing a request's root would take
+/// `proxy_on_context_create`, one more VM entry per request.
+fn request_worker() -> Option<Rc<Worker>> {
+    WORKERS.with(|workers| workers.try_borrow().ok()?.last().map(|(_, w)| w.clone()))
 }
 
 /// Drops roots whose ticks stopped: Envoy deleted them.
@@ -258,7 +239,7 @@ enum Flow {
 fn remember(context_id: u32, worker: &Worker, authority: Option<Vec<u8>>, paused: bool) {
     FLOWS.with(|flows| {
         if let Ok(mut flows) = flows.try_borrow_mut() {
-            if let Some(flow) = flows.entry(context_id, 0, worker.now_ms.get()) {
+            if let Some(flow) = flows.entry(context_id, worker.now_ms.get()) {
                 flow.authority = authority;
                 flow.paused = paused;
             }
@@ -266,20 +247,10 @@ fn remember(context_id: u32, worker: &Worker, authority: Option<Vec<u8>>, paused
     });
 }
 
-fn flow_root(context_id: u32) -> Option<u32> {
-    FLOWS.with(|flows| {
-        flows
-            .try_borrow()
-            .ok()
-            .and_then(|f| f.get(context_id).map(|f| f.root))
-            .filter(|root| *root != 0)
-    })
-}
-
 /// Routing: rewrite a short authority, refuse an unknown host for REGISTRY_ONLY callers,
 /// or pause until the namespace table arrives.
 fn on_request_headers(context_id: u32) -> Flow {
-    let Some(worker) = worker_for(|| flow_root(context_id)) else {
+    let Some(worker) = request_worker() else {
         return Flow::Continue;
     };
     if !worker.report {
@@ -356,8 +327,7 @@ fn on_log(context_id: u32) {
             .ok()
             .and_then(|mut f| f.take(context_id))
     });
-    let root = flow.as_ref().map(|f| f.root).filter(|r| *r != 0);
-    let Some(worker) = worker_for(|| root) else {
+    let Some(worker) = request_worker() else {
         return;
     };
     if !worker.report {

@@ -1,7 +1,7 @@
 //! What the shell remembers of a request between its request-headers callback and its log
 //! callback: the authority as routed (so the log callback need not read `request.host`
 //! again: every property read is a hostcall plus a call back into the VM to allocate the
-//! value), whether it was paused, and which root context owns it when a VM has several.
+//! value) and whether it was paused.
 //!
 //! Bounded: at [`MAX_FLOWS`] a new request is not remembered, and an entry older than
 //! [`MAX_FLOW_AGE_MS`] is dropped on the next sweep. Forgetting is harmless: the log
@@ -18,8 +18,6 @@ pub const SWEEP_EVERY_MS: u64 = 60_000;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Flow {
-    /// The root context (plugin) the request belongs to.
-    pub root: u32,
     /// `:authority` as routed (after a rewrite); `None`: read it in the log callback.
     pub authority: Option<Vec<u8>>,
     /// Paused for the namespace table: the router must forget it when it ends.
@@ -46,14 +44,13 @@ impl Flows {
         self.map.is_empty()
     }
 
-    /// The entry of `context_id`, created (owned by `root`) if there is room.
-    pub fn entry(&mut self, context_id: u32, root: u32, now_ms: u64) -> Option<&mut Flow> {
+    /// The entry of `context_id`, created if there is room.
+    pub fn entry(&mut self, context_id: u32, now_ms: u64) -> Option<&mut Flow> {
         if self.map.len() >= MAX_FLOWS && !self.map.contains_key(&context_id) {
             self.full += 1;
             return None;
         }
         Some(self.map.entry(context_id).or_insert_with(|| Flow {
-            root,
             started_ms: now_ms,
             ..Flow::default()
         }))
@@ -91,14 +88,14 @@ mod tests {
     #[test]
     fn an_entry_lives_from_headers_to_log() {
         let mut flows = Flows::default();
-        let flow = flows.entry(7, 1, 0).unwrap();
+        let flow = flows.entry(7, 0).unwrap();
         flow.authority = Some(b"a.ns.svc.cluster.local".to_vec());
         // A second callback of the same request finds the same entry.
         assert_eq!(
-            flows.entry(7, 1, 5).unwrap().authority.as_deref(),
+            flows.entry(7, 5).unwrap().authority.as_deref(),
             Some(&b"a.ns.svc.cluster.local"[..])
         );
-        assert_eq!(flows.get(7).map(|f| f.root), Some(1));
+        assert!(flows.get(7).is_some());
         let taken = flows.take(7).unwrap();
         assert!(!taken.paused);
         assert!(flows.take(7).is_none());
@@ -109,14 +106,14 @@ mod tests {
     fn a_full_map_remembers_no_new_request_and_counts_it() {
         let mut flows = Flows::default();
         for id in 0..MAX_FLOWS as u32 {
-            assert!(flows.entry(id, 1, 0).is_some());
+            assert!(flows.entry(id, 0).is_some());
         }
-        assert!(flows.entry(u32::MAX, 1, 0).is_none());
+        assert!(flows.entry(u32::MAX, 0).is_none());
         assert_eq!(flows.full, 1);
         // Known requests are still found.
-        assert!(flows.entry(3, 1, 0).is_some());
+        assert!(flows.entry(3, 0).is_some());
         flows.take(3);
-        assert!(flows.entry(u32::MAX, 1, 0).is_some());
+        assert!(flows.entry(u32::MAX, 0).is_some());
         assert_eq!(flows.len(), MAX_FLOWS);
     }
 
@@ -132,15 +129,15 @@ mod tests {
         for (started, at, want) in cases {
             let mut flows = Flows::default();
             for (id, s) in started.iter().enumerate() {
-                flows.entry(id as u32, 1, *s);
+                flows.entry(id as u32, *s);
             }
             assert_eq!(flows.sweep(*at), *want, "{started:?} swept at {at}");
             assert_eq!(flows.expired, *want as u64);
             assert_eq!(flows.len(), started.len() - want);
         }
         let mut flows = Flows::default();
-        flows.entry(1, 1, 0);
-        flows.entry(2, 1, MAX_FLOW_AGE_MS);
+        flows.entry(1, 0);
+        flows.entry(2, MAX_FLOW_AGE_MS);
         assert_eq!(flows.sweep(MAX_FLOW_AGE_MS), 1);
         // Too soon after that sweep: nothing happens.
         assert_eq!(flows.sweep(MAX_FLOW_AGE_MS + SWEEP_EVERY_MS - 1), 0);
