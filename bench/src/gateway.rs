@@ -81,6 +81,37 @@ pub fn service_host(i: usize) -> String {
     format!("svc-{i}.bench.svc.cluster.local")
 }
 
+/// The bench mesh as a `lazyxds run --file` topology: namespace `bench` (opted in, mesh
+/// ALLOW_ANY), one Deployment per client pod at each source address, services `svc-N`
+/// (port 9080, one pod each). With it the controller works as deployed: it attributes
+/// edges to workloads, writes Sidecars and pushes the namespace table the filter routes by.
+pub fn topology(sources: &[std::net::Ipv4Addr], services: usize) -> String {
+    let mut out = String::from(
+        "mesh:\n  outboundTrafficPolicy: {mode: ALLOW_ANY}\n\
+         gateway: {host: lazyxds-gateway.lazyxds-system.svc.cluster.local, namespace: lazyxds-system, port: 8080}\n\
+         namespaces:\n  - {name: bench, annotations: {lazyxds.io/enabled: \"true\"}}\n\
+         workloads:\n",
+    );
+    for (k, ip) in sources.iter().enumerate() {
+        out.push_str(&format!(
+            "  - {{kind: Deployment, namespace: bench, name: client-{k}, labels: {{app: client-{k}}}, serviceAccount: client, pods: [{{ip: {ip}}}]}}\n"
+        ));
+    }
+    for i in 0..services {
+        out.push_str(&format!(
+            "  - {{kind: Deployment, namespace: bench, name: svc-{i}, labels: {{app: svc-{i}}}, serviceAccount: svc-{i}, pods: [{{ip: 127.0.3.{}}}]}}\n",
+            1 + i % 250
+        ));
+    }
+    out.push_str("services:\n");
+    for i in 0..services {
+        out.push_str(&format!(
+            "  - {{namespace: bench, name: svc-{i}, selector: {{app: svc-{i}}}, ports: [{{port: 9080, name: http}}]}}\n"
+        ));
+    }
+    out
+}
+
 /// Istio's cluster name for service `i`, port 9080.
 pub fn service_cluster(i: usize) -> String {
     format!("outbound|9080||{}", service_host(i))

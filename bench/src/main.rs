@@ -172,7 +172,7 @@ fn run() -> Result<bool> {
         .build()?;
     let testdata = root.join("bench/testdata");
     let (cpu, p3, p6) = rt.block_on(async {
-        let up = Upstreams::start(cfg.services, wasm.clone()).await?;
+        let up = Upstreams::start(cfg.sources, cfg.services, wasm.clone()).await?;
         let cpu = measures::gateway_cpu(&cfg, &up).await;
         let (p3, p6) = tokio::join!(
             measures::bytes_to_sink(&cfg, &up),

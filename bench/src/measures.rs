@@ -158,18 +158,31 @@ impl RunConfig {
 #[derive(Debug)]
 pub struct Upstreams {
     pub backends: Vec<Backend>,
+    /// In file mode on the bench mesh ([`gateway::topology`]), as deployed: it pushes the
+    /// namespace table and writes Sidecars.
     pub controller: Controller,
     pub als: AlsServer,
     pub wasm: PathBuf,
+    /// The topology file and the Sidecars the controller writes.
+    _files: tempfile::TempDir,
 }
 
 impl Upstreams {
-    pub async fn start(services: usize, wasm: PathBuf) -> Result<Upstreams> {
+    pub async fn start(sources: usize, services: usize, wasm: PathBuf) -> Result<Upstreams> {
         let mut backends = Vec::new();
         for i in 0..services {
             backends.push(Backend::start(&gateway::service_cluster(i)).await?);
         }
-        let controller = Controller::start()
+        let files = tempfile::tempdir()?;
+        let topology = files.path().join("topology.yaml");
+        std::fs::write(
+            &topology,
+            gateway::topology(&load::sources(sources), services),
+        )
+        .with_context(|| format!("writing {}", topology.display()))?;
+        let out = files.path().join("sidecars");
+        let (topology, out) = (topology.display().to_string(), out.display().to_string());
+        let controller = Controller::start_with_args(&["--file", &topology, "--out", &out])
             .await
             .context("starting the controller")?;
         let als = AlsServer::start().await?;
@@ -178,6 +191,7 @@ impl Upstreams {
             controller,
             als,
             wasm,
+            _files: files,
         })
     }
 
