@@ -78,14 +78,11 @@ struct ScopingArgs {
     #[arg(long, env = "LAZYXDS_MAX_HOSTS", default_value_t = 1000,
           value_parser = clap::value_parser!(u32).range(1..))]
     max_hosts: u32,
-    /// FQDN of the lazy egress gateway Service (the Sidecars' egressProxy host). In file
-    /// mode the topology's `gateway` section wins.
-    #[arg(
-        long,
-        env = "LAZYXDS_GATEWAY_HOST",
-        default_value = "lazyxds-gateway.lazyxds-system.svc.cluster.local"
-    )]
-    gateway_host: String,
+    /// FQDN of the lazy egress gateway Service (the Sidecars' egressProxy host); default
+    /// `lazyxds-gateway.<gateway namespace>.svc.<cluster domain>`. In file mode the
+    /// topology's `gateway` section wins.
+    #[arg(long, env = "LAZYXDS_GATEWAY_HOST")]
+    gateway_host: Option<String>,
     /// Namespace of the gateway Service.
     #[arg(
         long,
@@ -101,6 +98,30 @@ struct ScopingArgs {
     /// seeing it: expiry means the next call goes through the gateway and re-learns it.
     #[arg(long, env = "LAZYXDS_TTL_SECS", default_value_t = 0)]
     ttl_secs: u64,
+    /// The cluster's DNS domain: Service FQDNs are `name.namespace.svc.<domain>`. Must
+    /// match the gateway filter's `cluster_domain` (install sets both).
+    #[arg(long, env = "LAZYXDS_CLUSTER_DOMAIN", default_value = lazyxds_index::host::DEFAULT_CLUSTER_DOMAIN,
+          value_parser = parse_cluster_domain)]
+    cluster_domain: String,
+}
+
+/// A DNS domain: dot-separated lower-case labels (`cluster.local`, `corp.example`).
+fn parse_cluster_domain(value: &str) -> Result<String, String> {
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if value.len() <= 253 && value.split('.').all(label_ok) {
+        Ok(value.to_string())
+    } else {
+        Err(format!(
+            "{value:?} is not a DNS domain (lower-case labels separated by dots, e.g. cluster.local)"
+        ))
+    }
 }
 
 impl ScopingArgs {
@@ -108,6 +129,7 @@ impl ScopingArgs {
         IndexConfig {
             ttl: (self.ttl_secs > 0).then(|| Duration::from_secs(self.ttl_secs)),
             max_deps_per_workload: self.max_hosts as usize,
+            cluster_domain: self.cluster_domain.clone(),
             ..IndexConfig::default()
         }
     }
@@ -115,7 +137,13 @@ impl ScopingArgs {
     fn render_config(&self) -> RenderConfig {
         RenderConfig {
             max_hosts_per_sidecar: self.max_hosts as usize,
-            gateway_host: self.gateway_host.clone(),
+            gateway_host: self.gateway_host.clone().unwrap_or_else(|| {
+                lazyxds_index::host::service_fqdn(
+                    "lazyxds-gateway",
+                    &self.gateway_namespace,
+                    &self.cluster_domain,
+                )
+            }),
             gateway_namespace: self.gateway_namespace.clone(),
             egress_proxy_port: self.egress_proxy_port,
             ..RenderConfig::default()

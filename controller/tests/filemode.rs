@@ -196,3 +196,47 @@ async fn report_reads_the_topology_and_the_written_sidecars() {
         .unwrap();
     assert!(web.to_string().contains("scoped"), "{web}");
 }
+
+#[tokio::test]
+async fn a_cluster_domain_names_the_services_and_a_bad_one_is_refused() {
+    let dir = setup();
+    let (topology, out) = (
+        dir.path().join("topology.yaml"),
+        dir.path().join("sidecars"),
+    );
+    let args = [
+        "--file".as_ref(),
+        topology.as_os_str(),
+        "--out".as_ref(),
+        out.as_os_str(),
+        "--cluster-domain".as_ref(),
+        "corp.example".as_ref(),
+    ];
+    let controller = Controller::start(dir.path(), args, &[]);
+    let api = "api.shop.svc.corp.example";
+    controller.send(&[([10, 0, 0, 1], &outbound(api))]).await;
+    wait_for_web_deps(dir.path(), &[api], &controller).await;
+    drop(controller);
+    // Every host the Sidecar names (the gateway, the placeholder Service) is in the domain.
+    let sidecar =
+        std::fs::read_to_string(dir.path().join("sidecars/shop_lazyxds-deployment-web.yaml"))
+            .unwrap();
+    assert!(
+        sidecar.contains("lazyxds-gateway.lazyxds-system.svc.corp.example")
+            && !sidecar.contains("cluster.local"),
+        "{sidecar}"
+    );
+
+    for bad in ["Corp.Example", "corp..example", "-corp.example", ""] {
+        let out = Command::new(env!("CARGO_BIN_EXE_lazyxds"))
+            .args(["run".to_string(), format!("--cluster-domain={bad}")])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{bad:?} accepted");
+        assert!(
+            stderr.contains("--cluster-domain") && stderr.contains("is not a DNS domain"),
+            "{bad:?}: {stderr}"
+        );
+    }
+}

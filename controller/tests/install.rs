@@ -503,6 +503,12 @@ fn assert_consistent(docs: &[Value], config: &InstallConfig) {
     assert_eq!(env["LAZYXDS_GATEWAY_HOST"], gateway_host);
     assert_eq!(env["LAZYXDS_GATEWAY_NAMESPACE"], *ns);
     assert_eq!(env["LAZYXDS_EGRESS_PROXY_PORT"], egress_port.to_string());
+    // The controller expands hosts in the same cluster domain as the filter.
+    assert_eq!(
+        env.get("LAZYXDS_CLUSTER_DOMAIN")
+            .map_or("cluster.local", |d| d.as_str()),
+        config.cluster_domain
+    );
 
     // Everything aimed at the gateway pods selects them, on the egress port.
     let gw_labels = pod_labels(gateway);

@@ -201,6 +201,13 @@ pub fn controller_env(config: &InstallConfig) -> Vec<EnvVar> {
     if c.dry_run {
         settings.insert("LAZYXDS_DRY_RUN".into(), "true".into());
     }
+    // Like the filter's configuration: only when not the default.
+    if config.cluster_domain != lazyxds_index::host::DEFAULT_CLUSTER_DOMAIN {
+        settings.insert(
+            "LAZYXDS_CLUSTER_DOMAIN".into(),
+            config.cluster_domain.clone(),
+        );
+    }
     // One writer, and gateways stream to it: the gRPC Service selects the leader's label,
     // so even a single replica must elect itself to get it.
     settings.insert("LAZYXDS_LEADER_ELECTION".into(), "true".into());
