@@ -96,7 +96,9 @@ impl EdgeSink for Learner {
 
     fn record(&self, gateway: &GatewayInfo, edges: Vec<ObservedEdge>) {
         // Clones are reference counts; the debug store needs its own copy.
-        self.edges.record(gateway, edges.clone());
+        if self.edges.keeps_edges() {
+            self.edges.record(gateway, edges.clone());
+        }
         let changed = self.index().record_edges(edges, unix_now());
         if !changed.is_empty() {
             self.mark_changed();

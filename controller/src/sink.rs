@@ -36,11 +36,14 @@ pub trait EdgeSink: Send + Sync + 'static {
     }
 }
 
-/// Keeps edges in an [`EdgeStore`] in memory.
+/// Keeps edges in an [`EdgeStore`] in memory. With room for no edge it is off: it keeps
+/// and counts nothing (where an index keeps what was learned, this store only backs
+/// `/debug/edges`, at some 200 bytes per distinct edge).
 #[derive(Debug)]
 pub struct MemoryEdgeSink {
     state: Mutex<MemoryState>,
     counters: Arc<Counters>,
+    off: bool,
 }
 
 #[derive(Debug)]
@@ -60,7 +63,13 @@ impl MemoryEdgeSink {
                 last_drop_log: None,
             }),
             counters,
+            off: max_edges == 0,
         }
+    }
+
+    /// Whether edges are kept at all (`max_edges` > 0).
+    pub fn keeps_edges(&self) -> bool {
+        !self.off
     }
 
     /// All learned edges, sorted.
@@ -79,6 +88,9 @@ impl EdgeSink for MemoryEdgeSink {
     fn hello(&self, _gateway: &GatewayInfo) {}
 
     fn record(&self, gateway: &GatewayInfo, edges: Vec<ObservedEdge>) {
+        if self.off {
+            return;
+        }
         let mut state = self.lock();
         let outcome = state.store.record(edges);
         if outcome.dropped == 0 {
@@ -106,5 +118,43 @@ impl EdgeSink for MemoryEdgeSink {
                 "edge store is full (--max-edges), new edges are dropped"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn edge(ip: [u8; 4]) -> ObservedEdge {
+        ObservedEdge {
+            source_ip: std::net::IpAddr::from(ip),
+            host: Some("api".into()),
+            cluster: "outbound|80||api.shop.svc.cluster.local".into(),
+            principal: None,
+            requests: 1,
+            last_seen_unix_s: 1,
+        }
+    }
+
+    #[test]
+    fn full_store_counts_drops_and_no_room_keeps_nothing_quietly() {
+        let gateway = GatewayInfo {
+            gateway_id: "gw".into(),
+            worker: "0".into(),
+            resync: false,
+            peer: None,
+        };
+        let counters = Arc::new(Counters::default());
+        let one = MemoryEdgeSink::new(1, counters.clone());
+        one.record(&gateway, vec![edge([10, 0, 0, 1]), edge([10, 0, 0, 2])]);
+        assert_eq!(one.snapshot().len(), 1);
+        assert_eq!(counters.snapshot().edges_dropped_store_full, 1);
+
+        let counters = Arc::new(Counters::default());
+        let off = MemoryEdgeSink::new(0, counters.clone());
+        assert!(!off.keeps_edges());
+        off.record(&gateway, vec![edge([10, 0, 0, 1])]);
+        assert!(off.snapshot().is_empty());
+        assert_eq!(counters.snapshot().edges_dropped_store_full, 0);
     }
 }

@@ -282,7 +282,7 @@ impl<'a> LabelSets<'a> {
             if let Some(object) = view.object {
                 sets.push((&view.id, &object.template_labels));
             }
-            sets.extend(view.pods.iter().map(|p| (&view.id, &p.labels)));
+            sets.extend(view.pods.iter().map(|p| (&view.id, &*p.labels)));
         }
         let mut by_label: BTreeMap<(&str, &str), Vec<usize>> = BTreeMap::new();
         for (i, (_, labels)) in sets.iter().enumerate() {
@@ -342,7 +342,7 @@ impl Context<'_> {
             .object
             .map(|o| &o.template_labels)
             .into_iter()
-            .chain(view.pods.iter().map(|p| &p.labels));
+            .chain(view.pods.iter().map(|p| &*p.labels));
         let own_labels: Vec<&Labels> = own_labels.collect();
         for user in self.user_sidecars {
             let Some(user_selector) = &user.selector else {

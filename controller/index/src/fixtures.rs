@@ -54,7 +54,7 @@ pub fn mk_pod(
         ips: vec![mk_ip(ip)],
         host_network: false,
         service_account: "default".into(),
-        labels: mk_labels(labels),
+        labels: mk_labels(labels).into(),
         owner: owner.map(|(kind, name)| OwnerRef::new(kind, name)),
         annotations: Annotations::default(),
         start_time_unix_s: Some(0),

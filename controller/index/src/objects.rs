@@ -253,8 +253,10 @@ pub struct Pod {
     #[serde(default)]
     pub host_network: bool,
     pub service_account: Arc<str>,
+    /// Shared: the index keeps one copy of each distinct label set (the pods of a
+    /// workload mostly have the same labels).
     #[serde(default)]
-    pub labels: Labels,
+    pub labels: Arc<Labels>,
     #[serde(default)]
     pub owner: Option<OwnerRef>,
     /// The pod's annotations (copied from its template).
@@ -526,7 +528,8 @@ pub struct SidecarObject {
     /// `spec.workloadSelector.labels`; `None` for a namespace default.
     #[serde(default)]
     pub selector: Option<Labels>,
-    /// The whole spec, as Istio has it.
+    /// The whole spec, as Istio has it; `Null` on ours (never read: the writer keeps what
+    /// it compares, and our deps are in `restored`).
     #[serde(default)]
     pub spec: serde_json::Value,
     /// Parsed from our annotations; `None` on users' Sidecars.
@@ -563,7 +566,7 @@ impl SidecarObject {
             name: name.into(),
             labels,
             selector,
-            spec,
+            spec: if ours { serde_json::Value::Null } else { spec },
             restored,
         })
     }

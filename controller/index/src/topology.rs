@@ -618,7 +618,7 @@ impl Parser<'_> {
                 ips: vec![ip],
                 host_network: d.host_network,
                 service_account: d.service_account.as_deref().unwrap_or("default").into(),
-                labels,
+                labels: labels.into(),
                 owner: owner.clone(),
                 annotations: pod_annotations.clone(),
                 start_time_unix_s: Some(0),

@@ -26,8 +26,9 @@ impl PlanView for KubeStatus {
     fn plan(&self) -> serde_json::Value {
         let w = &self.writer;
         let v = &self.watched;
+        let plan = w.plan();
         json!({
-            "plan": w.plan(),
+            "plan": &*plan,
             "writer": {
                 "passes": w.passes.load(Relaxed),
                 "applies": w.applies.load(Relaxed),

@@ -108,7 +108,7 @@ pub fn pod_entry(pod: &Pod) -> Projected<index::Pod> {
             spec.and_then(|s| s.service_account_name.as_deref())
                 .unwrap_or("default"),
         ),
-        labels: labels(&pod.metadata.labels),
+        labels: Arc::new(labels(&pod.metadata.labels)),
         owner: owner(&pod.metadata),
         annotations: annotations(&what, &pod.metadata.annotations, &mut warning),
         start_time_unix_s: status
@@ -258,7 +258,8 @@ pub fn istio_service_entry(obj: &DynamicObject) -> index::ServiceEntry {
     }
 }
 
-/// `networking.istio.io` VirtualService: hosts, gateways and every destination host.
+/// `networking.istio.io` VirtualService: hosts, gateways, every destination host, and the
+/// HTTP routes when sidecars use it (the gateway reproduces those).
 pub fn istio_virtual_service(obj: &DynamicObject) -> index::VirtualService {
     let spec = &obj.data["spec"];
     let mut destinations = Vec::new();
@@ -273,15 +274,21 @@ pub fn istio_virtual_service(obj: &DynamicObject) -> index::VirtualService {
             }
         }
     }
-    index::VirtualService {
+    let mut vs = index::VirtualService {
         namespace: namespace(&obj.metadata),
         name: name(&obj.metadata),
         hosts: strings(&spec["hosts"]),
         gateways: strings(&spec["gateways"]),
         destinations,
         export_to: strings(&spec["exportTo"]),
-        http: spec["http"].as_array().cloned().unwrap_or_default(),
+        http: Vec::new(),
+    };
+    // Only mesh VirtualServices have their routes reproduced on the gateway; ours (one per
+    // mesh host, bound to the gateway) would otherwise keep every route twice.
+    if vs.applies_to_mesh() {
+        vs.http = spec["http"].as_array().cloned().unwrap_or_default();
     }
+    vs
 }
 
 /// `networking.istio.io` Sidecar (ours carry learned deps). An invalid annotation on one
@@ -328,9 +335,11 @@ mod tests {
                 ips: vec!["10.0.0.1".parse().unwrap(), "fd00::1".parse().unwrap()],
                 host_network: false,
                 service_account: "web".into(),
-                labels: [("app".to_string(), "web".to_string())]
-                    .into_iter()
-                    .collect(),
+                labels: Arc::new(
+                    [("app".to_string(), "web".to_string())]
+                        .into_iter()
+                        .collect()
+                ),
                 owner: Some(index::OwnerRef::new("ReplicaSet", "web-5d9")),
                 annotations: Annotations {
                     enabled: Some(true),

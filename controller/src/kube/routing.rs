@@ -42,10 +42,26 @@ fn resource(kind: &str) -> Option<ApiResource> {
     }
 }
 
-/// What this writer applied, so unchanged objects are not applied again.
+type Digest = [u8; 32];
+
+/// Never the digest of an object.
+const UNKNOWN: Digest = [0; 32];
+
+/// SHA-256 of the object's JSON (keys sorted: equal objects, equal digests).
+fn digest(object: &Value) -> Digest {
+    let mut out = UNKNOWN;
+    out.copy_from_slice(
+        ring::digest::digest(&ring::digest::SHA256, object.to_string().as_bytes()).as_ref(),
+    );
+    out
+}
+
+/// What this writer applied, so unchanged objects are not applied again: the SHA-256 of
+/// each object's JSON (one VirtualService per mesh host: keeping the objects themselves
+/// would cost kilobytes each).
 #[derive(Debug, Default)]
 pub struct RoutingState {
-    applied: BTreeMap<Key, Value>,
+    applied: BTreeMap<Key, Digest>,
     /// Our VirtualServices found in the cluster at start (to prune what is stale).
     listed: bool,
 }
@@ -70,7 +86,7 @@ pub async fn sync(
                     // Unknown content: it will be compared unequal and re-applied once.
                     state.applied.insert(
                         ("VirtualService".into(), gateway_namespace.into(), name),
-                        Value::Null,
+                        UNKNOWN,
                     );
                 }
                 state.listed = true;
@@ -94,7 +110,8 @@ pub async fn sync(
     for object in dynamic {
         let k = key(object);
         desired.insert(k.clone());
-        if state.applied.get(&k) == Some(object) {
+        let digest = digest(object);
+        if state.applied.get(&k) == Some(&digest) {
             continue;
         }
         let Some(ar) = resource(&k.0) else { continue };
@@ -103,7 +120,7 @@ pub async fn sync(
         match tokio::time::timeout(timeout, api.patch(&k.2, &params, &Patch::Apply(object))).await {
             Ok(Ok(_)) => {
                 tracing::info!(kind = %k.0, namespace = %k.1, name = %k.2, "gateway route applied");
-                state.applied.insert(k, object.clone());
+                state.applied.insert(k, digest);
             }
             Ok(Err(error)) => {
                 failed = true;

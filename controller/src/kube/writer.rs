@@ -20,7 +20,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::watch as signal;
 
-use super::watch::{istio_resource, LiveSidecar, Watched, KINDS};
+use super::watch::{istio_resource, spec_text, LiveSidecar, Watched, KINDS};
 use crate::learn::SharedLearner;
 
 /// The field manager of every apply.
@@ -82,7 +82,20 @@ fn diff(old: &Value, new: &Value) -> Vec<String> {
     out
 }
 
-/// The parts of a live Sidecar we manage, shaped like the desired object, for comparing.
+/// Whether the live Sidecar's labels and annotations we set, and its spec, are as desired.
+fn up_to_date(live: &LiveSidecar, desired: &Value) -> bool {
+    let subset = |live: &BTreeMap<String, String>, want: &Value| -> bool {
+        want.as_object().is_none_or(|m| {
+            m.iter()
+                .all(|(k, v)| live.get(k).map(String::as_str) == v.as_str())
+        })
+    };
+    subset(&live.labels, &desired["metadata"]["labels"])
+        && subset(&live.annotations, &desired["metadata"]["annotations"])
+        && live.spec == spec_text(&desired["spec"])
+}
+
+/// The parts of a live Sidecar we manage, shaped like the desired object, for the diff.
 fn managed_view(live: &LiveSidecar, desired: &Value) -> Value {
     let pick = |live: &BTreeMap<String, String>, want: &Value| -> Value {
         let keys = want
@@ -98,7 +111,7 @@ fn managed_view(live: &LiveSidecar, desired: &Value) -> Value {
     let mut view = desired.clone();
     view["metadata"]["labels"] = pick(&live.labels, &desired["metadata"]["labels"]);
     view["metadata"]["annotations"] = pick(&live.annotations, &desired["metadata"]["annotations"]);
-    view["spec"] = live.spec.clone();
+    view["spec"] = live.spec();
     view
 }
 
@@ -111,33 +124,28 @@ pub fn plan(desired: &Desired, live: &BTreeMap<(String, String), LiveSidecar>) -
         let Ok(body) = sidecar.to_json() else {
             continue;
         };
-        let change = |action, diff| Change {
-            namespace: key.0.clone(),
-            name: key.1.clone(),
-            action,
-            diff,
-            body: Some(body.clone()),
-        };
         match live.get(&key) {
-            None => plan
-                .changes
-                .push(change(Action::Create, diff(&Value::Null, &body))),
+            None => plan.changes.push(Change {
+                namespace: key.0,
+                name: key.1,
+                action: Action::Create,
+                diff: diff(&Value::Null, &body),
+                body: Some(body),
+            }),
             Some(l) if !l.ours => plan.blocked.push(format!("{}/{}", key.0, key.1)),
-            Some(l) => {
-                let current = managed_view(l, &body);
-                if current != body {
-                    plan.changes
-                        .push(change(Action::Update, diff(&current, &body)));
-                }
-            }
+            Some(l) if up_to_date(l, &body) => {}
+            Some(l) => plan.changes.push(Change {
+                namespace: key.0,
+                name: key.1,
+                action: Action::Update,
+                diff: diff(&managed_view(l, &body), &body),
+                body: Some(body),
+            }),
         }
     }
-    for ((ns, name), l) in live {
-        let wanted = desired
-            .sidecars
-            .values()
-            .any(|s| s.metadata.namespace == *ns && s.metadata.name == *name);
-        if l.ours && !wanted {
+    for (key, l) in live {
+        let (ns, name) = key;
+        if l.ours && !desired.sidecars.contains_key(key) {
             plan.changes.push(Change {
                 namespace: ns.clone(),
                 name: name.clone(),
@@ -173,7 +181,8 @@ pub struct WriterStats {
     pub blocked: AtomicU64,
     pub last_pass_ms: AtomicU64,
     errors: Mutex<BTreeMap<String, u64>>,
-    plan: Mutex<Plan>,
+    /// Shared with the writer's own last plan: one copy of it in memory.
+    plan: Mutex<Arc<Plan>>,
 }
 
 impl WriterStats {
@@ -194,7 +203,7 @@ impl WriterStats {
     }
 
     /// The last plan computed (all of it in dry-run; what was left to do otherwise).
-    pub fn plan(&self) -> Plan {
+    pub fn plan(&self) -> Arc<Plan> {
         self.plan
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -260,7 +269,7 @@ pub async fn run(
     let api_resource = istio_resource("Sidecar", "sidecars");
     let min_gap = Duration::from_secs(1) / config.max_writes_per_sec.max(1);
     let mut retry: Option<Duration> = None;
-    let mut last_plan = Plan::default();
+    let mut last_plan = Arc::new(Plan::default());
     let mut evented: BTreeMap<WorkloadId, String> = BTreeMap::new();
     let mut routing = super::routing::RoutingState::default();
     // A closed leadership channel never changes again (no election: always leading).
@@ -293,14 +302,19 @@ pub async fn run(
         } else {
             desired(&learner.index(), &render)
         };
-        let plan = plan(&desired, &watched.sidecars());
+        let mut plan = plan(&desired, &watched.sidecars());
         stats.passes.fetch_add(1, Relaxed);
         if !plan.blocked.is_empty() && plan.blocked != last_plan.blocked {
             stats.blocked.fetch_add(plan.blocked.len() as u64, Relaxed);
             tracing::warn!(sidecars = ?plan.blocked, "a Sidecar we would write exists and is not ours: left alone");
         }
         if config.dry_run {
-            if plan != last_plan {
+            // Nothing is applied: the bodies are not needed (the diffs show the changes),
+            // and the whole plan stays in memory until the next pass.
+            for c in &mut plan.changes {
+                c.body = None;
+            }
+            if plan != *last_plan {
                 for c in &plan.changes {
                     tracing::info!(namespace = %c.namespace, name = %c.name, action = ?c.action,
                         diff = %c.diff.join("\n"), "dry-run: would change Sidecar");
@@ -337,6 +351,9 @@ pub async fn run(
                 publish_events(recorder, &desired, &outcome.created, &mut evented).await;
             }
         }
+        // Not kept while waiting: the whole mesh's Sidecars, rendered.
+        drop(desired);
+        let plan = Arc::new(plan);
         *stats.plan.lock().unwrap_or_else(PoisonError::into_inner) = plan.clone();
         last_plan = plan;
         stats
@@ -545,12 +562,11 @@ fn live_from_body(body: &Value) -> LiveSidecar {
             })
             .unwrap_or_default()
     };
-    LiveSidecar {
-        ours: true,
-        labels: strings(&body["metadata"]["labels"]),
-        annotations: strings(&body["metadata"]["annotations"]),
-        spec: body["spec"].clone(),
-    }
+    LiveSidecar::new(
+        strings(&body["metadata"]["labels"]),
+        strings(&body["metadata"]["annotations"]),
+        &body["spec"],
+    )
 }
 
 #[cfg(test)]
@@ -579,7 +595,12 @@ services:
             .values()
             .map(|s| {
                 let mut live = live_from_body(&s.to_json().unwrap());
-                live.ours = ours;
+                if !ours {
+                    live = LiveSidecar {
+                        ours: false,
+                        ..LiveSidecar::new(BTreeMap::new(), BTreeMap::new(), &Value::Null)
+                    };
+                }
                 (
                     (s.metadata.namespace.clone(), s.metadata.name.clone()),
                     live,
@@ -632,7 +653,10 @@ services:
             Plan::default(),
             "foreign metadata is not ours to manage"
         );
-        live.get_mut(&key).unwrap().spec["egress"][0]["hosts"] = serde_json::json!(["*/*"]);
+        let web = live.get_mut(&key).unwrap();
+        let mut spec = web.spec();
+        spec["egress"][0]["hosts"] = serde_json::json!(["*/*"]);
+        web.spec = spec_text(&spec);
         let plan = plan(&desired, &live);
         assert_eq!(actions(&plan), vec![(Action::Update, WEB.to_string())]);
         assert!(

@@ -135,7 +135,7 @@ impl Index {
         };
         let Some(dep) = self.hosts.resolve(
             &id.namespace,
-            edge.host.as_deref(),
+            edge.host.as_ref(),
             &edge.cluster,
             &self.config.cluster_domain,
         ) else {
@@ -271,6 +271,9 @@ impl Index {
             holders.retain(|h| h.until.is_none_or(|u| u >= horizon));
             !holders.is_empty()
         });
+        // Label sets no pod (current or remembered) uses any more.
+        self.pod_labels
+            .retain(|labels| Arc::strong_count(labels) > 1);
     }
 }
 

@@ -84,31 +84,33 @@ impl HostTable {
 
     /// The dependency host of an edge from a pod in `src_ns`: the requested host when a
     /// VirtualService, Service or ServiceEntry defines it (short names expanded), else
-    /// the outbound cluster's host. `None`: not an outbound cluster.
+    /// the outbound cluster's host. `None`: not an outbound cluster. The cache keeps the
+    /// caller's `Arc`s (the pod's namespace, the stream's names): no copies.
     pub fn resolve(
         &mut self,
-        src_ns: &str,
-        requested: Option<&str>,
-        cluster: &str,
+        src_ns: &Arc<str>,
+        requested: Option<&Arc<str>>,
+        cluster: &Arc<str>,
         cluster_domain: &str,
     ) -> Option<Arc<str>> {
         let query = CacheQuery {
             ns: src_ns,
-            host: requested,
+            host: requested.map(|h| &**h),
             cluster,
         };
         if let Some(hit) = self.cache.get(&query) {
             return hit.clone();
         }
-        let resolved = self.resolve_uncached(src_ns, requested, cluster, cluster_domain);
+        let resolved =
+            self.resolve_uncached(src_ns, requested.map(|h| &**h), cluster, cluster_domain);
         if self.cache.len() >= MAX_CACHE {
             self.cache.clear();
         }
         self.cache.insert(
             CacheKey {
-                ns: src_ns.into(),
-                host: requested.map(Arc::from),
-                cluster: cluster.into(),
+                ns: src_ns.clone(),
+                host: requested.cloned(),
+                cluster: cluster.clone(),
             },
             resolved.clone(),
         );

@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use crate::host::{self, DEFAULT_CLUSTER_DOMAIN};
 use crate::objects::{
-    Job, Namespace, Pod, ReplicaSet, Service, ServiceEntry, SidecarObject, VirtualService,
+    Job, Labels, Namespace, Pod, ReplicaSet, Service, ServiceEntry, SidecarObject, VirtualService,
     WorkloadId, WorkloadKind, WorkloadObject,
 };
 
@@ -147,6 +147,8 @@ pub struct Index {
     next_prune: u64,
     /// Istio's `discoverySelectors`: workloads in namespaces istiod ignores are not scoped.
     discovery: Vec<crate::discovery::LabelSelector>,
+    /// One copy of each pod label set in use; unused ones are dropped with the IP history.
+    pod_labels: hashbrown::HashSet<Arc<Labels>>,
 }
 
 impl Default for Index {
@@ -170,6 +172,7 @@ impl Index {
             next_expiry: u64::MAX,
             next_prune: 0,
             discovery: Vec::new(),
+            pod_labels: hashbrown::HashSet::new(),
         }
     }
 
@@ -248,7 +251,14 @@ impl Index {
 
     // ---- Pods ----------------------------------------------------------------------
 
-    pub fn apply_pod(&mut self, pod: Pod) {
+    pub fn apply_pod(&mut self, mut pod: Pod) {
+        pod.labels = match self.pod_labels.get(&pod.labels) {
+            Some(shared) => shared.clone(),
+            None => {
+                self.pod_labels.insert(pod.labels.clone());
+                pod.labels
+            }
+        };
         let pod = Arc::new(pod);
         let old = self
             .ns_mut(&pod.namespace)
@@ -270,7 +280,8 @@ impl Index {
         }
         let from = pod.start_time_unix_s.unwrap_or(self.clock);
         for ip in &pod.ips {
-            let holders = self.ips.entry(*ip).or_default();
+            // Most IPs only ever have one holder: no room for more until needed.
+            let holders = self.ips.entry(*ip).or_insert_with(|| Vec::with_capacity(1));
             match holders.last_mut() {
                 // Same pod, still holding: refresh its projection.
                 Some(h) if h.until.is_none() && same_pod(&h.pod, &pod) => {
@@ -561,7 +572,7 @@ impl Index {
 
     /// Applies a Sidecar; one of ours also restores its workload's deps (merge: max
     /// last-seen), so applying our Sidecars before the first write makes restarts safe.
-    pub fn apply_sidecar(&mut self, sidecar: SidecarObject) {
+    pub fn apply_sidecar(&mut self, mut sidecar: SidecarObject) {
         if let Some(restored) = sidecar.restored.as_ref().filter(|_| sidecar.is_ours()) {
             let deps = restored
                 .deps
@@ -569,6 +580,8 @@ impl Index {
                 .map(|(h, t)| (Arc::<str>::from(h.as_str()), *t))
                 .collect::<Vec<_>>();
             self.merge_deps(&restored.workload, deps);
+            // Merged: the index's deps are the state from here on.
+            sidecar.restored = None;
         }
         let name = sidecar.name.clone();
         self.ns_mut(&sidecar.namespace.clone())

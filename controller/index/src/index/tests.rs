@@ -708,6 +708,11 @@ fn our_sidecars_restore_deps() {
         })
     );
     assert_eq!(sidecar.selector, Some(mk_labels(&[("app", "productpage")])));
+    assert_eq!(
+        sidecar.spec,
+        serde_json::Value::Null,
+        "ours: the spec is not kept"
+    );
 
     let mut index = Index::test();
     index.record_edges(
@@ -724,6 +729,11 @@ fn our_sidecars_restore_deps() {
         index.deps(&productpage()),
         mk_deps(&[(RATINGS, 60), (REVIEWS, 70)]),
         "max last seen"
+    );
+    let stored = &index.ns("shop").unwrap().sidecars["lazyxds-deployment-productpage"];
+    assert_eq!(
+        stored.restored, None,
+        "merged into the index, not kept twice"
     );
 
     // Users' Sidecars carry nothing to restore; ours must be readable.
@@ -899,4 +909,21 @@ fn namespaces_istio_does_not_discover_are_never_scoped() {
     shop.labels.insert("mesh".into(), "on".into());
     index.apply_namespace(shop);
     assert!(index.is_enabled(&web));
+}
+
+#[test]
+fn pods_share_one_copy_of_equal_labels_until_none_uses_it() {
+    let mut index = Index::default();
+    index.apply_pod(mk_pod("shop", "web-1", "10.0.0.1", None, &[("app", "web")]));
+    index.apply_pod(mk_pod("shop", "web-2", "10.0.0.2", None, &[("app", "web")]));
+    index.apply_pod(mk_pod("shop", "db-1", "10.0.0.3", None, &[("app", "db")]));
+    let pods = &index.ns("shop").unwrap().pods;
+    assert!(Arc::ptr_eq(&pods["web-1"].labels, &pods["web-2"].labels));
+    assert_eq!(index.pod_labels.len(), 2);
+    for name in ["web-1", "web-2", "db-1"] {
+        index.delete_pod("shop", name);
+    }
+    // Deleted pods are remembered as past IP holders for a while, then forgotten.
+    index.tick(100_000);
+    assert!(index.pod_labels.is_empty());
 }
