@@ -10,12 +10,14 @@
 //! - [`proxy`] / [`h2count`]: a byte-counting TCP proxy that counts gRPC messages and their
 //!   bytes (protobuf + 5-byte frame) in front of either sink, identically.
 //! - [`ingest`]: the controller's gRPC edge sink fed in-process (P4).
+//! - [`ctlmem`]: the real controller on a 100k-pod mesh in the fake API server (P7).
 //! - [`procfs`]: CPU time, RSS and CPU pinning from `/proc`.
 //! - [`report`] / [`plot`]: the table, `latest.json` and the SVG plots.
 //! - [`measures`]: one function per measure, P1…P8.
 #![deny(unsafe_code)]
 
 pub mod als;
+pub mod ctlmem;
 pub mod gateway;
 pub mod h2count;
 pub mod ingest;

@@ -4,8 +4,9 @@
 //! - P1/P2 [`gateway_cpu`]: five gateway variants interleaved, Envoy CPU per request.
 //! - P3 [`bytes_to_sink`]: bytes at our controller vs at the ALS sink per 1M requests.
 //! - P4 [`controller_ingest`]: edges/s into the controller's sink over gRPC.
-//! - P5 [`convergence`]: file mode, first request to Sidecar file. P7 [`controller_memory`]: pending until the controller's file
-//!   and Kubernetes modes land; each is one function to fill in.
+//! - P5 [`convergence`]: file mode, first request to Sidecar file.
+//! - P7 [`controller_memory`]: RSS of the real `lazyxds run --kube` holding a 100k-pod mesh
+//!   from the fake API server and 1M edges (see [`crate::ctlmem`]).
 //! - P6 [`sidecar_memory`]: Envoy memory, full mesh config vs a lazy Sidecar's.
 //! - P8 [`wasm_size`].
 
@@ -809,7 +810,7 @@ pub async fn controller_ingest(cfg: &RunConfig) -> Result<Measure> {
     })))
 }
 
-// ---- P5 / P7: pending ----------------------------------------------------------------
+// ---- P5 / P7 --------------------------------------------------------------------------
 
 pub const P5_NAME: &str = "convergence: first request → Sidecar written (p99)";
 pub const P7_NAME: &str = "controller RSS at 100k pods / 20k services / 1M edges";
@@ -861,18 +862,113 @@ pub async fn convergence(rounds: usize) -> Result<Measure> {
     Ok(m)
 }
 
-/// P7: controller RSS with 100k pods / 20k services / 1M edges fed through the kube
-/// watchers' compact projections. To do: a synthetic mesh through the index's `apply`
-/// path, 1M edges through the gRPC sink, then RSS of the process.
-pub fn controller_memory() -> Measure {
-    Measure::pending(
-        "p7",
-        P7_NAME,
-        Goal::AtMost(300.0),
-        "MB",
-        "needs the index fed through the Kubernetes watchers' compact projections \
-         (controller/index, Kubernetes mode), still being written",
-    )
+/// P7: RSS of the real controller (`lazyxds run --kube`, its own process, the installed
+/// Deployment's defaults) after it listed and watched 100k pods / 20k services from the
+/// fake API server, took 1M edges over gRPC and wrote every Sidecar and gateway route
+/// ([`crate::ctlmem`]). `quick`: 1k pods / 200 services / 10k edges (checks the harness).
+pub async fn controller_memory(quick: bool) -> Result<Measure> {
+    controller_memory_with(quick, |_| {}).await
+}
+
+/// [`controller_memory`] with the mesh spec adjusted (the `p7` binary's knobs).
+pub async fn controller_memory_with(
+    quick: bool,
+    adjust: impl FnOnce(&mut crate::ctlmem::MeshSpec),
+) -> Result<Measure> {
+    use crate::ctlmem::{self, MeshSpec};
+    let mut spec = if quick {
+        MeshSpec::quick()
+    } else {
+        MeshSpec::full()
+    };
+    adjust(&mut spec);
+    let bin = lazyxds_e2e::paths::lazyxds_bin()?;
+    progress!(
+        "P7: {} pods / {} services / {} edges in the fake API server and over gRPC, into {}",
+        spec.pods(),
+        spec.services,
+        spec.edges(),
+        bin.display()
+    );
+    let r = ctlmem::run(&bin, &spec).await?;
+    let (edges, deps, applies) = (
+        r.counter("index_edges"),
+        r.counter("index_deps_added"),
+        r.counter("writer_applies"),
+    );
+    let want_deps = (spec.services * spec.deps_per_workload) as u64;
+    ensure!(
+        edges == r.edges_sent,
+        "the index took {edges} of {} edges",
+        r.edges_sent
+    );
+    ensure!(
+        deps == want_deps,
+        "{deps} deps learned, {want_deps} expected"
+    );
+    let dropped = r.counter("edges_dropped_store_full");
+    let kept = r.edges_sent.saturating_sub(dropped);
+    let total_s = r.seeded.seconds + r.sync_s + r.edges_s + r.settle_s;
+    let mode = if spec.write {
+        "Sidecars and gateway routes written"
+    } else {
+        "--dry-run"
+    };
+    Ok(Measure::measured("p7", P7_NAME, mb(r.rss), Goal::AtMost(300.0), "MB")
+        .with_note(format!(
+            "VmRSS of `lazyxds run --kube` (MB = 10^6 B; peak VmHWM {:.0} MB): {} pods, {} services, {} edges over {} gRPC streams, {} workloads with {} deps, {mode}; {:.0} MB after the mesh alone; /debug/edges kept {kept} edges (--max-edges)",
+            mb(r.hwm),
+            r.seeded.pods,
+            r.seeded.services,
+            r.edges_sent,
+            spec.streams,
+            r.seeded.deployments,
+            deps,
+            mb(r.rss_after_mesh),
+        ))
+        .with_details(json!({
+            "unit": "MB = 10^6 bytes (VmRSS, VmHWM of /proc/<pid>/status)",
+            "rss_bytes": r.rss,
+            "hwm_bytes": r.hwm,
+            "rss_after_mesh_bytes": r.rss_after_mesh,
+            "mesh": {
+                "namespaces": r.seeded.namespaces,
+                "services": r.seeded.services,
+                "deployments": r.seeded.deployments,
+                "replica_sets": r.seeded.replica_sets,
+                "pods": r.seeded.pods,
+                "pod_json_bytes": r.seeded.pod_json_bytes,
+                "deps_per_workload": spec.deps_per_workload,
+            },
+            "edges": {
+                "sent": r.edges_sent, "batches": r.batches, "streams": spec.streams,
+                "indexed": edges, "deps_learned": deps,
+                "kept_for_debug_edges": kept, "dropped_by_debug_store": dropped,
+            },
+            "writer": {
+                "mode": mode,
+                "sidecar_applies": applies,
+                "passes": r.counter("writer_passes"),
+                "watch_events": r.counter("watch_events"),
+            },
+            // Of everything (pods, services, Sidecars, routes, deps, streams): per pod, and
+            // per edge. The RSS change across the edges is not the edges' cost alone: the
+            // first writes' transient memory is being given back meanwhile.
+            "estimates": {
+                "rss_bytes_per_pod_all_state": r.rss as f64 / r.seeded.pods.max(1) as f64,
+                "rss_bytes_per_edge_all_state": r.rss as f64 / r.edges_sent.max(1) as f64,
+                "rss_change_across_edges_mb": mb(r.rss) - mb(r.rss_after_mesh),
+            },
+            "seconds": {
+                "seed_fake_apiserver": r.seeded.seconds,
+                "list_watch_and_first_writes": r.sync_s,
+                "edges_acked": r.edges_s,
+                "writer_settled": r.settle_s,
+                "total": total_s,
+            },
+            "controller_args": r.controller_args,
+            "how": "real binary, kubeconfig to the in-process fake API server (real list/watch/SSA); objects projected by the kube watchers; edges over gRPC like gateway workers (names once per stream, 1,000-edge batches, 8 unacked); measured once every Sidecar in the fake lists its deps and the writer is idle, streams still open",
+        })))
 }
 
 // ---- P6 ------------------------------------------------------------------------------

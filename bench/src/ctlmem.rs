@@ -1,0 +1,729 @@
+//! P7: the memory of the real controller process holding a big mesh.
+//!
+//! The most faithful setup that fits in about a minute and a half of bench time:
+//!
+//! 1. A synthetic mesh is written into the in-process fake API server
+//!    (`tests/fake-apiserver`, the real REST + watch protocol): namespaces opted in with
+//!    `lazyxds.io/enabled`, one Deployment per Service, each with its current and one old
+//!    ReplicaSet, and pods with distinct IPv4 addresses, Istio-injected labels and
+//!    annotations, owner references and a service account each. The objects are built one
+//!    at a time as JSON and handed to the fake; only the fake (in the bench process) keeps
+//!    them.
+//! 2. The real `lazyxds run --kube` binary (the one `make bench` measures, in its own
+//!    process, with the installed Deployment's defaults) lists and watches them with its
+//!    kube-runtime watchers, which project every object into the index's compact entries
+//!    and drop it (`controller/src/kube/watch.rs`).
+//! 3. The writer server-side applies a Sidecar per workload and a gateway VirtualService
+//!    per mesh host (the fake's watches echo them back, so the controller holds what it
+//!    holds in a cluster), and publishes an Event per new Sidecar. `write: false` runs it
+//!    with `--dry-run` instead (the whole plan kept, nothing written).
+//! 4. Edges arrive over real gRPC on loopback, like gateway workers send them: a few bidi
+//!    streams, names sent once per stream, 1,000-edge batches, a window of unacked batches,
+//!    every edge with the source pod's SPIFFE principal. The controller's sink is the same
+//!    [`lazyxds::learn::Learner`] as in production: the index, plus the `/debug/edges`
+//!    store (`--max-edges`). The writer then rewrites every Sidecar with its deps.
+//! 5. Once every Sidecar in the fake lists its deps and the writer is idle (the streams
+//!    still open, as gateways keep them), `VmRSS` and `VmHWM` come from
+//!    `/proc/<pid>/status`.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, ensure, Context, Result};
+use fake_apiserver::FakeApiServer;
+use lazyxds_e2e::process::Proc;
+use lazyxds_proto::v1::edge_sink_client::EdgeSinkClient;
+use lazyxds_proto::v1::{
+    controller_message, gateway_message, Edge, EdgeBatch, GatewayMessage, Hello, Name,
+};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::progress;
+
+/// The size and shape of the synthetic mesh, and how edges are sent.
+#[derive(Debug, Clone)]
+pub struct MeshSpec {
+    pub namespaces: usize,
+    /// Services; each has one Deployment of the same name.
+    pub services: usize,
+    pub pods_per_workload: usize,
+    /// Services each workload calls; each of its pods calls all of them, so distinct
+    /// (pod, host) edges = pods × this.
+    pub deps_per_workload: usize,
+    /// gRPC streams (gateway workers) the edges are spread over.
+    pub streams: usize,
+    pub edges_per_batch: usize,
+    /// Unacked batches per stream.
+    pub window: usize,
+    /// Extra arguments to `lazyxds run --kube`.
+    pub controller_args: Vec<String>,
+    /// Let the writer apply the Sidecars and the gateway routes (to the fake API server,
+    /// whose watches echo them back), as in a cluster; false: `--dry-run`.
+    pub write: bool,
+    /// How long everything may take before the measure fails.
+    pub timeout: Duration,
+}
+
+impl MeshSpec {
+    /// The goal's size: 100k pods, 20k services, 1M edges.
+    pub fn full() -> MeshSpec {
+        MeshSpec {
+            namespaces: 200,
+            services: 20_000,
+            pods_per_workload: 5,
+            deps_per_workload: 10,
+            streams: 4,
+            edges_per_batch: 1000,
+            window: 8,
+            controller_args: Vec::new(),
+            write: true,
+            timeout: Duration::from_secs(300),
+        }
+    }
+
+    /// `BENCH_QUICK`: 1k pods, 200 services, 10k edges.
+    pub fn quick() -> MeshSpec {
+        MeshSpec {
+            namespaces: 10,
+            services: 200,
+            timeout: Duration::from_secs(60),
+            ..MeshSpec::full()
+        }
+    }
+
+    pub fn pods(&self) -> usize {
+        self.services * self.pods_per_workload
+    }
+
+    pub fn edges(&self) -> usize {
+        self.pods() * self.deps_per_workload
+    }
+
+    fn namespace_of(&self, w: usize) -> String {
+        format!("ns-{:03}", w * self.namespaces / self.services)
+    }
+
+    fn service_name(w: usize) -> String {
+        format!("svc-{w:05}")
+    }
+
+    fn fqdn(&self, w: usize) -> String {
+        format!(
+            "{}.{}.svc.cluster.local",
+            Self::service_name(w),
+            self.namespace_of(w)
+        )
+    }
+
+    /// The services workload `w` calls: spread over the mesh (mostly other namespaces).
+    fn deps_of(&self, w: usize) -> Vec<usize> {
+        let mut deps = Vec::with_capacity(self.deps_per_workload);
+        let mut k = 1;
+        while deps.len() < self.deps_per_workload.min(self.services.saturating_sub(1)) {
+            let d = (w + k * 7919) % self.services;
+            k += 1;
+            if d != w && !deps.contains(&d) {
+                deps.push(d);
+            }
+        }
+        deps
+    }
+
+    /// Pod `p`'s IP: 10.1.0.0 + p.
+    fn pod_ip(p: usize) -> Ipv4Addr {
+        Ipv4Addr::from(0x0A01_0000u32 + p as u32)
+    }
+}
+
+/// A pod-template-hash-like suffix (k8s uses a safe alphabet: no vowels).
+fn hash_suffix(mut x: u64, len: usize) -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    x = x.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17) ^ 0x5851_F42D_4C95_7F2D;
+    (0..len)
+        .map(|_| {
+            let c = ALPHABET[(x % ALPHABET.len() as u64) as usize] as char;
+            x /= ALPHABET.len() as u64;
+            if x == 0 {
+                x = 0x2545_F491_4F6C_DD1D;
+            }
+            c
+        })
+        .collect()
+}
+
+fn rfc3339(unix_s: u64) -> String {
+    // Days since the epoch → civil date (Howard Hinnant's algorithm).
+    let days = (unix_s / 86_400) as i64;
+    let secs = unix_s % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+/// What was written into the fake API server.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Seeded {
+    pub namespaces: usize,
+    pub deployments: usize,
+    pub replica_sets: usize,
+    pub pods: usize,
+    pub services: usize,
+    /// Bytes of JSON of one pod as built (the API server adds managedFields etc.).
+    pub pod_json_bytes: usize,
+    pub seconds: f64,
+}
+
+/// Writes the mesh into `api`, one object at a time.
+pub fn seed(api: &FakeApiServer, spec: &MeshSpec, now: u64) -> Result<Seeded> {
+    let started = Instant::now();
+    let mut s = Seeded::default();
+    let apply = |obj: Value| -> Result<()> {
+        api.apply_object(obj)
+            .map(|_| ())
+            .map_err(|e| anyhow::anyhow!("fake API server refused an object: {e:?}"))
+    };
+    apply(json!({"apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": "lazyxds-system"}}))?;
+    for n in 0..spec.namespaces {
+        apply(json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": format!("ns-{n:03}"),
+                "labels": {"istio-injection": "enabled", "kubernetes.io/metadata.name": format!("ns-{n:03}")},
+                "annotations": {"lazyxds.io/enabled": "true"}}}))?;
+        s.namespaces += 1;
+    }
+    let start_time = rfc3339(now.saturating_sub(3600));
+    let mut p = 0usize;
+    for w in 0..spec.services {
+        let ns = spec.namespace_of(w);
+        let name = MeshSpec::service_name(w);
+        let labels = json!({"app": name, "version": "v1"});
+        let cluster_ip = Ipv4Addr::from(0xAC14_0000u32 + w as u32).to_string();
+        apply(json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": ns, "labels": {"app": name, "service": name}},
+            "spec": {"type": "ClusterIP", "clusterIP": cluster_ip, "clusterIPs": [cluster_ip],
+                "selector": {"app": name},
+                "ports": [
+                    {"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"},
+                    {"name": "grpc", "port": 9090, "targetPort": 9090, "protocol": "TCP", "appProtocol": "grpc"}]}}))?;
+        s.services += 1;
+        let template_annotations = json!({"lazyxds.io/enabled": "true",
+            "prometheus.io/scrape": "true", "prometheus.io/port": "8080"});
+        let deploy_uid = format!("d{w:07}-0000-4000-8000-000000000000");
+        apply(json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name, "namespace": ns, "uid": deploy_uid, "labels": {"app": name},
+                "annotations": {"deployment.kubernetes.io/revision": "2"}},
+            "spec": {"replicas": spec.pods_per_workload,
+                "selector": {"matchLabels": {"app": name}},
+                "template": {"metadata": {"labels": labels, "annotations": template_annotations},
+                    "spec": {"serviceAccountName": name,
+                        "containers": [{"name": "app", "image": format!("registry.example.com/{name}:1.4.2"),
+                            "ports": [{"containerPort": 8080, "name": "http"}, {"containerPort": 9090, "name": "grpc"}]}]}}},
+            "status": {"replicas": spec.pods_per_workload, "readyReplicas": spec.pods_per_workload}}))?;
+        s.deployments += 1;
+        // The current ReplicaSet and one old one (scaled to 0), as rollouts leave them.
+        let mut current = String::new();
+        for (rev, replicas) in [(1u64, 0usize), (2, spec.pods_per_workload)] {
+            let hash = hash_suffix((w as u64) << 8 | rev, 10);
+            let rs = format!("{name}-{hash}");
+            apply(json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                "metadata": {"name": rs, "namespace": ns,
+                    "uid": format!("r{w:07}-{rev:04}-4000-8000-000000000000"),
+                    "labels": {"app": name, "version": "v1", "pod-template-hash": hash},
+                    "annotations": {"deployment.kubernetes.io/revision": rev.to_string()},
+                    "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": name,
+                        "uid": deploy_uid, "controller": true, "blockOwnerDeletion": true}]},
+                "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name, "pod-template-hash": hash}}},
+                "status": {"replicas": replicas}}))?;
+            s.replica_sets += 1;
+            current = hash;
+        }
+        let rs = format!("{name}-{current}");
+        for _ in 0..spec.pods_per_workload {
+            let ip = MeshSpec::pod_ip(p).to_string();
+            let pod = json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": format!("{rs}-{}", hash_suffix(p as u64, 5)), "namespace": ns,
+                    "uid": format!("p{p:07}-0000-4000-8000-000000000000"),
+                    "labels": {"app": name, "version": "v1", "pod-template-hash": current,
+                        "security.istio.io/tlsMode": "istio",
+                        "service.istio.io/canonical-name": name,
+                        "service.istio.io/canonical-revision": "v1"},
+                    "annotations": {"lazyxds.io/enabled": "true",
+                        "prometheus.io/scrape": "true", "prometheus.io/port": "15020",
+                        "prometheus.io/path": "/stats/prometheus",
+                        "kubectl.kubernetes.io/default-container": "app",
+                        "sidecar.istio.io/status": "{\"initContainers\":[\"istio-init\"],\"containers\":[\"istio-proxy\"],\"volumes\":[\"workload-socket\",\"credential-socket\",\"workload-certs\",\"istio-envoy\",\"istio-data\",\"istio-podinfo\",\"istio-token\",\"istiod-ca-cert\"],\"imagePullSecrets\":null,\"revision\":\"default\"}"},
+                    "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": rs,
+                        "uid": format!("r{w:07}-0002-4000-8000-000000000000"),
+                        "controller": true, "blockOwnerDeletion": true}]},
+                "spec": {"serviceAccountName": name, "nodeName": format!("node-{:03}", p % 500),
+                    "containers": [
+                        {"name": "app", "image": format!("registry.example.com/{name}:1.4.2"),
+                            "ports": [{"containerPort": 8080, "name": "http", "protocol": "TCP"}]},
+                        {"name": "istio-proxy", "image": "docker.io/istio/proxyv2:1.28.0",
+                            "args": ["proxy", "sidecar", "--domain", "$(POD_NAMESPACE).svc.cluster.local"]}]},
+                "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+                    "hostIP": format!("192.168.{}.{}", (p % 500) / 250, (p % 500) % 250 + 1),
+                    "startTime": start_time,
+                    "conditions": [{"type": "Ready", "status": "True"}, {"type": "ContainersReady", "status": "True"}]}});
+            if p == 0 {
+                s.pod_json_bytes = pod.to_string().len();
+            }
+            apply(pod)?;
+            s.pods += 1;
+            p += 1;
+        }
+    }
+    s.seconds = started.elapsed().as_secs_f64();
+    Ok(s)
+}
+
+/// A kubeconfig for the fake API server.
+fn write_kubeconfig(dir: &Path, server: &str) -> Result<std::path::PathBuf> {
+    let path = dir.join("kubeconfig");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
+             clusters: [{{name: fake, cluster: {{server: '{server}'}}}}]\n\
+             users: [{{name: bench, user: {{}}}}]\n\
+             contexts: [{{name: fake, context: {{cluster: fake, user: bench}}}}]\n"
+        ),
+    )
+    .with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+/// `VmRSS` and `VmHWM` of `pid`, in bytes.
+pub fn rss_hwm(pid: u32) -> Result<(u64, u64)> {
+    let path = format!("/proc/{pid}/status");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let field = |name: &str| -> Result<u64> {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(name))
+            .with_context(|| format!("no {name} in {path}"))?;
+        let kb: u64 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("bad line {line:?} in {path}"))?;
+        Ok(kb * 1024)
+    };
+    Ok((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// The unlabelled samples of `GET /metrics` (name → value).
+async fn metrics(http_port: u16) -> Result<HashMap<String, f64>> {
+    let r = lazyxds_e2e::client::get(http_port, "/metrics").await?;
+    ensure!(r.status == 200, "/metrics: {} {}", r.status, r.body);
+    Ok(r.body
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.contains('{'))
+        .filter_map(|l| {
+            let (name, value) = l.split_once(' ')?;
+            Some((name.to_string(), value.trim().parse().ok()?))
+        })
+        .collect())
+}
+
+/// A metric by the end of its name (prefix and `_total` vary).
+fn metric(m: &HashMap<String, f64>, name: &str) -> u64 {
+    m.iter()
+        .filter(|(k, _)| k.trim_end_matches("_total").ends_with(name))
+        .map(|(_, v)| *v as u64)
+        .max()
+        .unwrap_or(0)
+}
+
+/// One gateway-like stream, kept open until dropped.
+struct EdgeStream {
+    tx: mpsc::Sender<GatewayMessage>,
+    reader: tokio::task::JoinHandle<Result<()>>,
+    sent_batches: u64,
+    acked: Arc<AtomicU64>,
+}
+
+/// Sends every edge of the pods `p % streams == s`, returns the open stream.
+async fn feed_stream(port: u16, s: usize, spec: &MeshSpec, now: u64) -> Result<EdgeStream> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .context("connecting to the controller's gRPC port")?;
+    let mut client = EdgeSinkClient::new(channel).max_decoding_message_size(64 << 20);
+    let (tx, rx) = mpsc::channel::<GatewayMessage>(spec.window + 1);
+    tx.send(GatewayMessage {
+        kind: Some(gateway_message::Kind::Hello(Hello {
+            gateway_id: "bench-p7".into(),
+            worker: format!("w{s}"),
+            resync: false,
+        })),
+    })
+    .await?;
+    let mut inbound = client
+        .stream(ReceiverStream::new(rx))
+        .await
+        .context("opening the edge stream")?
+        .into_inner();
+    let window = Arc::new(Semaphore::new(spec.window));
+    let acked = Arc::new(AtomicU64::new(0));
+    let (reader_window, reader_acked) = (window.clone(), acked.clone());
+    let reader = tokio::spawn(async move {
+        let mut last = 0u64;
+        while let Some(msg) = inbound.message().await? {
+            if let Some(controller_message::Kind::Ack(ack)) = msg.kind {
+                let n = ack.seq.saturating_sub(last);
+                last = last.max(ack.seq);
+                reader_acked.fetch_add(n, Relaxed);
+                reader_window.add_permits(n as usize);
+            }
+        }
+        Ok(())
+    });
+    let mut ids: HashMap<String, u32> = HashMap::new();
+    let mut names: Vec<Name> = Vec::new();
+    let mut id_of = |value: String, names: &mut Vec<Name>| -> u32 {
+        let next = ids.len() as u32 + 1;
+        *ids.entry(value.clone()).or_insert_with(|| {
+            names.push(Name { id: next, value });
+            next
+        })
+    };
+    let mut edges = Vec::with_capacity(spec.edges_per_batch);
+    let mut seq = 0u64;
+    let deps: Vec<Vec<usize>> = (0..spec.services).map(|w| spec.deps_of(w)).collect();
+    let send = |edges: &mut Vec<Edge>, names: &mut Vec<Name>, seq: &mut u64| {
+        *seq += 1;
+        GatewayMessage {
+            kind: Some(gateway_message::Kind::Batch(EdgeBatch {
+                seq: *seq,
+                sent_at_unix_s: now,
+                names: std::mem::take(names),
+                edges: std::mem::take(edges),
+            })),
+        }
+    };
+    for p in (s..spec.pods()).step_by(spec.streams) {
+        let w = p / spec.pods_per_workload;
+        let ip = MeshSpec::pod_ip(p).octets().to_vec();
+        let principal = id_of(
+            format!(
+                "spiffe://cluster.local/ns/{}/sa/{}",
+                spec.namespace_of(w),
+                MeshSpec::service_name(w)
+            ),
+            &mut names,
+        );
+        for &d in &deps[w] {
+            let host = spec.fqdn(d);
+            let cluster = id_of(format!("outbound|80||{host}"), &mut names);
+            let host = id_of(host, &mut names);
+            edges.push(Edge {
+                source_ip: ip.clone(),
+                host,
+                cluster,
+                requests: 1 + (p as u64 % 5),
+                idle_s: 0,
+                principal,
+            });
+            if edges.len() == spec.edges_per_batch {
+                window.acquire().await?.forget();
+                tx.send(send(&mut edges, &mut names, &mut seq)).await?;
+            }
+        }
+    }
+    if !edges.is_empty() {
+        window.acquire().await?.forget();
+        tx.send(send(&mut edges, &mut names, &mut seq)).await?;
+    }
+    Ok(EdgeStream {
+        tx,
+        reader,
+        sent_batches: seq,
+        acked,
+    })
+}
+
+/// What P7 measured.
+#[derive(Debug, Clone)]
+pub struct MemResult {
+    pub seeded: Seeded,
+    pub rss_after_mesh: u64,
+    pub rss: u64,
+    pub hwm: u64,
+    /// Seconds: the controller's list/watch until its writer's first pass; the edges
+    /// until every batch was acked; then until the writer was idle.
+    pub sync_s: f64,
+    pub edges_s: f64,
+    pub settle_s: f64,
+    pub edges_sent: u64,
+    pub batches: u64,
+    /// From `/metrics` at the end.
+    pub counters: HashMap<String, f64>,
+    pub controller_args: Vec<String>,
+}
+
+impl MemResult {
+    pub fn counter(&self, name: &str) -> u64 {
+        metric(&self.counters, name)
+    }
+}
+
+/// Polls `/metrics` until `done` holds, then until `keys` stop changing for `quiet` (at
+/// least twice the writer's last pass, so a pass in progress is not mistaken for idle).
+async fn wait_metrics(
+    http_port: u16,
+    proc: &mut Proc,
+    deadline: Instant,
+    what: &str,
+    done: impl Fn(&HashMap<String, f64>) -> bool,
+    keys: &[&str],
+    quiet: Duration,
+) -> Result<HashMap<String, f64>> {
+    let mut last: Option<(Vec<u64>, Instant)> = None;
+    loop {
+        if let Some(status) = proc.exited() {
+            bail!("lazyxds exited ({status}):\n{}", proc.log_tail(30));
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "timed out waiting for {what}; log tail:\n{}",
+                proc.log_tail(20)
+            );
+        }
+        if let Ok(m) = metrics(http_port).await {
+            if done(&m) {
+                let now: Vec<u64> = keys.iter().map(|k| metric(&m, k)).collect();
+                let quiet = quiet.max(Duration::from_millis(2 * metric(&m, "writer_last_pass_ms")));
+                match &last {
+                    Some((prev, since)) if *prev == now => {
+                        if since.elapsed() >= quiet {
+                            return Ok(m);
+                        }
+                    }
+                    _ => last = Some((now, Instant::now())),
+                }
+            } else {
+                last = None;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Sidecars in the fake API server that we own, and how many list `deps` learned deps.
+fn sidecars_written(api: &FakeApiServer, deps: usize) -> (usize, usize) {
+    let all = api.list_objects("networking.istio.io/v1", "Sidecar", None);
+    let with_deps = all
+        .iter()
+        .filter(|s| {
+            s["metadata"]["annotations"]["lazyxds.io/deps"]
+                .as_str()
+                .and_then(|d| serde_json::from_str::<serde_json::Map<String, Value>>(d).ok())
+                .is_some_and(|d| d.len() == deps)
+        })
+        .count();
+    (all.len(), with_deps)
+}
+
+/// Runs P7 once: the mesh in a fake API server, `bin` (`lazyxds`) in Kubernetes mode on
+/// it, the edges over gRPC, then the process's memory.
+pub async fn run(bin: &Path, spec: &MeshSpec) -> Result<MemResult> {
+    let deadline = Instant::now() + spec.timeout;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let api = FakeApiServer::start().await;
+    let seeded = seed(&api, spec, now)?;
+    progress!(
+        "P7: mesh in the fake API server: {} namespaces, {} services, {} deployments, {} replicasets, {} pods ({:.1} s)",
+        seeded.namespaces,
+        seeded.services,
+        seeded.deployments,
+        seeded.replica_sets,
+        seeded.pods,
+        seeded.seconds
+    );
+    let dir = tempfile::tempdir()?;
+    let kubeconfig = write_kubeconfig(dir.path(), &api.url())?;
+    let grpc_port = lazyxds_e2e::free_port()?;
+    let http_port = lazyxds_e2e::free_port()?;
+    let mut args: Vec<String> = [
+        "run",
+        "--kube",
+        "--grpc-addr",
+        &format!("127.0.0.1:{grpc_port}"),
+        "--http-addr",
+        &format!("127.0.0.1:{http_port}"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if spec.write {
+        // The default (20/s) would take minutes for 20k Sidecars; memory is what counts.
+        args.extend(["--max-writes-per-sec".into(), "100000".into()]);
+    } else {
+        args.push("--dry-run".into());
+    }
+    args.extend(spec.controller_args.iter().cloned());
+    let mut cmd = Command::new(bin);
+    cmd.args(&args)
+        .env("KUBECONFIG", &kubeconfig)
+        .env("LAZYXDS_LOG_LEVEL", "info")
+        .env("NO_COLOR", "1")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("RUST_LOG");
+    let log = dir.path().join("lazyxds.log");
+    let started = Instant::now();
+    let mut proc = Proc::spawn("lazyxds", &mut cmd, &log)?;
+    let pid = proc.pid();
+    // Synced and the first pass over the whole mesh done (and written, with `write`).
+    let m = wait_metrics(
+        http_port,
+        &mut proc,
+        deadline,
+        "the watches to sync and the writer's first pass",
+        |m| {
+            metric(m, "writer_passes") >= 1
+                && (!spec.write || sidecars_written(&api, 0).0 >= spec.services)
+        },
+        &["writer_passes", "writer_applies", "watch_events"],
+        Duration::from_secs(2),
+    )
+    .await?;
+    let sync_s = started.elapsed().as_secs_f64();
+    let errors = metric(&m, "watch_errors");
+    ensure!(
+        errors == 0,
+        "{errors} watch errors; log tail:\n{}",
+        proc.log_tail(20)
+    );
+    let (rss_after_mesh, _) = rss_hwm(pid)?;
+    progress!(
+        "P7: lazyxds synced the mesh and planned every Sidecar in {sync_s:.1} s: RSS {:.0} MB",
+        crate::measures::mb(rss_after_mesh)
+    );
+
+    let edges_started = Instant::now();
+    let shared = Arc::new(spec.clone());
+    let feeds: Vec<_> = (0..spec.streams)
+        .map(|s| {
+            let spec = shared.clone();
+            tokio::spawn(async move { feed_stream(grpc_port, s, &spec, now).await })
+        })
+        .collect();
+    let mut streams = Vec::new();
+    for feed in feeds {
+        streams.push(feed.await.context("edge feed panicked")??);
+    }
+    let batches: u64 = streams.iter().map(|s| s.sent_batches).sum();
+    loop {
+        let acked: u64 = streams.iter().map(|s| s.acked.load(Relaxed)).sum();
+        if acked >= batches {
+            break;
+        }
+        if streams.iter().any(|s| s.reader.is_finished()) {
+            bail!(
+                "an edge stream ended early; log tail:\n{}",
+                proc.log_tail(20)
+            );
+        }
+        ensure!(Instant::now() < deadline, "timed out waiting for acks");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let edges_s = edges_started.elapsed().as_secs_f64();
+    let edges_sent = spec.edges() as u64;
+    progress!(
+        "P7: {} edges in {batches} batches over {} streams acked in {edges_s:.1} s",
+        edges_sent,
+        spec.streams
+    );
+    let settle_started = Instant::now();
+    let counters = wait_metrics(
+        http_port,
+        &mut proc,
+        deadline,
+        "the writer to be idle after the edges",
+        |m| {
+            metric(m, "index_edges") >= edges_sent
+                && (!spec.write
+                    || sidecars_written(&api, spec.deps_per_workload).1 >= spec.services)
+        },
+        &[
+            "writer_passes",
+            "writer_applies",
+            "watch_events",
+            "index_deps_added",
+        ],
+        Duration::from_secs(2),
+    )
+    .await?;
+    let settle_s = settle_started.elapsed().as_secs_f64();
+    let (rss, hwm) = rss_hwm(pid)?;
+    progress!(
+        "P7: writer idle after {settle_s:.1} s more: RSS {:.0} MB, peak {:.0} MB",
+        crate::measures::mb(rss),
+        crate::measures::mb(hwm)
+    );
+    proc.terminate(Duration::from_secs(5));
+    for s in streams {
+        drop(s.tx);
+        s.reader.abort();
+    }
+    drop(api);
+    Ok(MemResult {
+        seeded,
+        rss_after_mesh,
+        rss,
+        hwm,
+        sync_s,
+        edges_s,
+        settle_s,
+        edges_sent,
+        batches,
+        counters,
+        controller_args: args,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mesh_shape() {
+        let spec = MeshSpec::quick();
+        assert_eq!((spec.pods(), spec.edges()), (1000, 10_000));
+        let full = MeshSpec::full();
+        assert_eq!((full.pods(), full.edges()), (100_000, 1_000_000));
+        for w in [0, 7, 199] {
+            let deps = spec.deps_of(w);
+            assert_eq!(deps.len(), 10);
+            assert!(!deps.contains(&w));
+        }
+        assert_eq!(spec.namespace_of(199), "ns-009");
+        assert_eq!(MeshSpec::pod_ip(0), Ipv4Addr::new(10, 1, 0, 0));
+        assert_eq!(rfc3339(1_795_687_200), "2026-11-26T10:00:00Z");
+        assert_eq!(hash_suffix(3, 10).len(), 10);
+        assert_ne!(hash_suffix(3, 5), hash_suffix(4, 5));
+    }
+}
