@@ -125,11 +125,53 @@ struct Routable {
 pub fn gateway_objects(index: &Index, config: &RenderConfig) -> GatewayObjects {
     let domain = index.config().cluster_domain.clone();
     let (routable, http_ports) = routable_hosts(index, &domain);
-    let user_vs = user_virtual_services(index, &domain);
     let mut virtual_services = vec![unknown_mesh_hosts(config, &domain)];
+    for_each_host_route(index, config, &domain, &routable, |vs| {
+        virtual_services.push(vs)
+    });
+    GatewayObjects {
+        gateway: gateway(config),
+        destination_rule: destination_rule(config),
+        placeholder_service: placeholder_service(config, &http_ports),
+        virtual_services,
+        envoy_filter: envoy_filter(config),
+    }
+}
+
+/// The gateway objects that change with the mesh, one at a time: the placeholder Service,
+/// then the per-host VirtualServices in [`GatewayObjects`] order (without
+/// [`UNKNOWN_MESH_HOSTS`], which is static). For a caller that keeps little of each: all
+/// of them at once cost kilobytes per mesh host.
+pub fn visit_dynamic_gateway_objects(
+    index: &Index,
+    config: &RenderConfig,
+    mut visit: impl FnMut(Value),
+) {
+    let domain = index.config().cluster_domain.clone();
+    let (routable, http_ports) = routable_hosts(index, &domain);
+    visit(placeholder_service(config, &http_ports));
+    for_each_host_route(index, config, &domain, &routable, visit);
+}
+
+/// The per-host VirtualServices, sorted by name.
+fn for_each_host_route(
+    index: &Index,
+    config: &RenderConfig,
+    domain: &str,
+    routable: &BTreeMap<String, Routable>,
+    mut visit: impl FnMut(Value),
+) {
+    let user_vs = user_virtual_services(index, domain);
     let hosts: BTreeSet<&String> = routable.keys().chain(user_vs.keys()).collect();
-    let mut per_host = Vec::new();
-    for host in hosts {
+    let mut named: Vec<(String, &String)> = hosts
+        .into_iter()
+        .map(|h| {
+            let name = host::object_name(ROUTE_PREFIX, &h.replace('*', "wildcard"));
+            (name, h)
+        })
+        .collect();
+    named.sort();
+    for (name, host) in named {
         let ports: Vec<Option<u16>> = match routable.get(host) {
             Some(r) if !host.starts_with('*') && !r.ports.is_empty() => {
                 r.ports.iter().copied().map(Some).collect()
@@ -137,7 +179,7 @@ pub fn gateway_objects(index: &Index, config: &RenderConfig) -> GatewayObjects {
             _ => vec![None],
         };
         let http = match user_vs.get(host) {
-            Some(vs) => reproduce(vs, host, &ports, &routable, &domain),
+            Some(vs) => reproduce(vs, host, &ports, routable, domain),
             None => ports
                 .iter()
                 .flatten()
@@ -147,25 +189,7 @@ pub fn gateway_objects(index: &Index, config: &RenderConfig) -> GatewayObjects {
         if http.is_empty() {
             continue;
         }
-        per_host.push(virtual_service(
-            config,
-            &host::object_name(ROUTE_PREFIX, &host.replace('*', "wildcard")),
-            host,
-            http,
-        ));
-    }
-    per_host.sort_by(|a, b| {
-        a["metadata"]["name"]
-            .as_str()
-            .cmp(&b["metadata"]["name"].as_str())
-    });
-    virtual_services.extend(per_host);
-    GatewayObjects {
-        gateway: gateway(config),
-        destination_rule: destination_rule(config),
-        placeholder_service: placeholder_service(config, &http_ports),
-        virtual_services,
-        envoy_filter: envoy_filter(config),
+        visit(virtual_service(config, &name, host, http));
     }
 }
 

@@ -28,7 +28,9 @@ pub use desired::{
 };
 pub use discovery::{LabelSelector, MeshConfig};
 pub use error::{Error, TopologyError};
-pub use gateway::{gateway_objects, namespace_table, GatewayObjects};
+pub use gateway::{
+    gateway_objects, namespace_table, visit_dynamic_gateway_objects, GatewayObjects,
+};
 pub use index::{Counters, Index, IndexConfig, ObservedEdge};
 pub use objects::{
     Annotations, Job, Labels, Namespace, OwnerRef, Pin, Pod, Protocol, ReplicaSet, RestoredDeps,

@@ -10,7 +10,7 @@ use std::time::Duration;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::{Api, Client};
 use lazyxds_index::objects::{LABEL_MANAGED_BY, MANAGED_BY_US};
-use lazyxds_index::GatewayObjects;
+use lazyxds_index::{visit_dynamic_gateway_objects, Index, RenderConfig};
 use serde_json::Value;
 
 use super::watch::istio_resource;
@@ -47,12 +47,11 @@ type Digest = [u8; 32];
 /// Never the digest of an object.
 const UNKNOWN: Digest = [0; 32];
 
-/// SHA-256 of the object's JSON (keys sorted: equal objects, equal digests).
-fn digest(object: &Value) -> Digest {
+/// SHA-256 of an object's JSON (`Value::to_string`: keys sorted, so equal objects have
+/// equal digests).
+fn digest(text: &str) -> Digest {
     let mut out = UNKNOWN;
-    out.copy_from_slice(
-        ring::digest::digest(&ring::digest::SHA256, object.to_string().as_bytes()).as_ref(),
-    );
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, text.as_bytes()).as_ref());
     out
 }
 
@@ -66,11 +65,39 @@ pub struct RoutingState {
     listed: bool,
 }
 
-/// Applies the dynamic routing objects that changed and deletes our VirtualServices that
-/// are no longer desired. Returns whether something failed (retried on the next pass).
+/// One dynamic gateway object as [`render`] keeps it.
+#[derive(Debug)]
+pub struct Rendered {
+    key: Key,
+    digest: Digest,
+    /// The object's JSON, only when it is not what this writer last applied.
+    text: Option<String>,
+}
+
+/// Renders the gateway objects that change with the mesh (the placeholder Service and a
+/// VirtualService per mesh host), one at a time, keeping of each its digest, and its JSON
+/// only when it changed. Pure: call it under the index lock, then [`sync`].
+pub fn render(index: &Index, config: &RenderConfig, state: &RoutingState) -> Vec<Rendered> {
+    let mut out = Vec::new();
+    visit_dynamic_gateway_objects(index, config, |object| {
+        let key = key(&object);
+        let text = object.to_string();
+        let digest = digest(&text);
+        let changed = state.applied.get(&key) != Some(&digest);
+        out.push(Rendered {
+            key,
+            digest,
+            text: changed.then_some(text),
+        });
+    });
+    out
+}
+
+/// Applies the rendered objects that changed and deletes our VirtualServices that are no
+/// longer desired. Returns whether something failed (retried on the next pass).
 pub async fn sync(
     client: &Client,
-    objects: &GatewayObjects,
+    rendered: Vec<Rendered>,
     gateway_namespace: &str,
     state: &mut RoutingState,
     timeout: Duration,
@@ -100,24 +127,25 @@ pub async fn sync(
     }
     let mut failed = false;
     let mut desired: BTreeSet<Key> = BTreeSet::new();
-    // The unknown-mesh-hosts VirtualService is static: `lazyxds install` owns it.
-    let dynamic = std::iter::once(&objects.placeholder_service).chain(
-        objects
-            .virtual_services
-            .iter()
-            .filter(|v| v["metadata"]["name"] != lazyxds_index::gateway::UNKNOWN_MESH_HOSTS),
-    );
-    for object in dynamic {
-        let k = key(object);
+    for Rendered {
+        key: k,
+        digest,
+        text,
+    } in rendered
+    {
         desired.insert(k.clone());
-        let digest = digest(object);
-        if state.applied.get(&k) == Some(&digest) {
+        // Unchanged, or changed since `render` but applied meanwhile: nothing to do.
+        let Some(text) = text.filter(|_| state.applied.get(&k) != Some(&digest)) else {
             continue;
-        }
+        };
         let Some(ar) = resource(&k.0) else { continue };
+        let Ok(object) = serde_json::from_str::<Value>(&text) else {
+            continue;
+        };
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &k.1, &ar);
         let params = PatchParams::apply(FIELD_MANAGER).force();
-        match tokio::time::timeout(timeout, api.patch(&k.2, &params, &Patch::Apply(object))).await {
+        match tokio::time::timeout(timeout, api.patch(&k.2, &params, &Patch::Apply(&object))).await
+        {
             Ok(Ok(_)) => {
                 tracing::info!(kind = %k.0, namespace = %k.1, name = %k.2, "gateway route applied");
                 state.applied.insert(k, digest);

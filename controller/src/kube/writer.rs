@@ -34,9 +34,10 @@ pub struct Change {
     pub action: Action,
     /// Lines removed (`-`) and added (`+`), YAML; empty for a delete.
     pub diff: Vec<String>,
-    /// The full object to apply (not for deletes).
+    /// The full object to apply, as compact JSON (not for deletes). Text: a plan may hold
+    /// every Sidecar of the mesh, and a parsed `Value` costs some ten times more.
     #[serde(skip)]
-    pub body: Option<Value>,
+    pub body: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -130,7 +131,7 @@ pub fn plan(desired: &Desired, live: &BTreeMap<(String, String), LiveSidecar>) -
                 name: key.1,
                 action: Action::Create,
                 diff: diff(&Value::Null, &body),
-                body: Some(body),
+                body: Some(body.to_string()),
             }),
             Some(l) if !l.ours => plan.blocked.push(format!("{}/{}", key.0, key.1)),
             Some(l) if up_to_date(l, &body) => {}
@@ -139,7 +140,7 @@ pub fn plan(desired: &Desired, live: &BTreeMap<(String, String), LiveSidecar>) -
                 name: key.1,
                 action: Action::Update,
                 diff: diff(&managed_view(l, &body), &body),
-                body: Some(body),
+                body: Some(body.to_string()),
             }),
         }
     }
@@ -333,10 +334,10 @@ pub async fn run(
             // The gateway's routes follow the mesh (not the kill switch: first calls
             // through the gateway keep working either way).
             let routes_failed = if *leader.borrow() {
-                let objects = lazyxds_index::gateway_objects(&learner.index(), &render);
+                let rendered = super::routing::render(&learner.index(), &render, &routing);
                 super::routing::sync(
                     &client,
-                    &objects,
+                    rendered,
                     &render.gateway_namespace,
                     &mut routing,
                     config.timeout,
@@ -476,7 +477,12 @@ async fn apply(
             Api::namespaced_with(target.client.clone(), &change.namespace, target.ar);
         let timeout = target.timeout;
         let started = Instant::now();
-        let result = match (&change.action, &change.body) {
+        // Parsed one change at a time (the plan keeps text).
+        let body: Option<Value> = change
+            .body
+            .as_deref()
+            .and_then(|b| serde_json::from_str(b).ok());
+        let result = match (&change.action, &body) {
             (Action::Delete, _) => {
                 match tokio::time::timeout(
                     timeout,
@@ -511,7 +517,7 @@ async fn apply(
                 // Record what we wrote now, so the next pass does not write it again
                 // before the watch echoes it back.
                 let mut live = watched.sidecars();
-                match (&change.action, &change.body) {
+                match (&change.action, &body) {
                     (Action::Delete, _) => {
                         live.remove(&key);
                         stats.deletes.fetch_add(1, Relaxed);
