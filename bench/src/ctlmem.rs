@@ -1,6 +1,6 @@
 //! P7: the memory of the real controller process holding a big mesh.
 //!
-//! The most faithful setup that fits in about a minute and a half of bench time:
+//! The most faithful setup that fits in about a minute of bench time:
 //!
 //! 1. A synthetic mesh is written into the in-process fake API server
 //!    (`tests/fake-apiserver`, the real REST + watch protocol): namespaces opted in with

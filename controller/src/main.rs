@@ -185,8 +185,8 @@ struct RunArgs {
     /// Most distinct edges kept for /debug/edges; beyond it new edges are dropped and
     /// counted (edges_dropped_store_full), known ones still updated. 0 keeps none. With
     /// --kube or --file the index keeps what was learned (per workload, /debug/deps), so
-    /// this store is only a debugging view: it costs some 150-200 bytes per edge
-    /// (bench P7: ~150 MB more RSS at 1M edges).
+    /// this store is only a debugging view: it costs some 200 bytes per edge
+    /// (bench P7: ~200 MB more RSS at 1M edges).
     #[arg(long, env = "LAZYXDS_MAX_EDGES", default_value_t = 100_000)]
     max_edges: usize,
 
