@@ -3,9 +3,8 @@
 //!
 //! Why not the SDK: the SDK's dispatcher exports every `proxy_on_*` callback, and Envoy
 //! enters the VM for each exported one on every request (response headers, body, done,
-//! delete, ...), each entry costing about as much as a hostcall. Here the module exports
-//! only the callbacks it implements (see `lib.rs`); Envoy skips the others without
-//! entering the VM. No function here panics: each returns the host's status.
+//! delete, ...). Here the module exports only the callbacks it implements (see `lib.rs`);
+//! Envoy skips the others without entering the VM. No function here panics: each returns the host's status.
 
 use std::ptr::{null, null_mut};
 

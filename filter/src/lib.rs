@@ -2,11 +2,10 @@
 //!
 //! This file and `abi.rs` are the only code with hostcalls. The module implements the
 //! proxy-wasm ABI itself (no SDK dispatcher) and exports only the callbacks it needs: per
-//! request Envoy enters the VM twice (request headers, log) instead of seven times, and
-//! each entry costs several hostcalls' worth. Not even `proxy_on_context_create` is
-//! exported (root contexts are made on their first callback), nor `proxy_on_done` /
-//! `proxy_on_delete` (a root whose ticks stopped is dropped). Every hostcall's
-//! error is handled; a panic would kill the worker's VM. The filter never fails a request
+//! request Envoy enters the VM twice (request headers, log) instead of seven times. Not
+//! even `proxy_on_context_create` is exported (root contexts are made on their first
+//! callback), nor `proxy_on_done` / `proxy_on_delete` (a root whose ticks stopped is
+//! dropped). Every hostcall's error is handled; a panic would kill the worker's VM. The filter never fails a request
 //! because of the controller: it only pauses one that needs the namespace table before the
 //! first push, for at most `routing_wait_ms`.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

@@ -1,7 +1,7 @@
 //! The built module's exports. Envoy enters the VM for every exported per-request callback
-//! on every request (each entry costs several hostcalls' worth of gateway CPU), so the
-//! module exports only request headers and log; this fails if an SDK or a new callback
-//! brings back the others.
+//! on every request (a V8 call and Envoy's bookkeeping around it), so the module exports
+//! only request headers and log; this fails if an SDK or a new callback brings back the
+//! others.
 
 use std::collections::BTreeSet;
 
