@@ -9,7 +9,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lazyxds_proto::v1::edge_sink_client::EdgeSinkClient;
-use lazyxds_proto::v1::{gateway_message, Edge, EdgeBatch, GatewayMessage, Hello, Name};
+use lazyxds_proto::v1::{
+    controller_message, gateway_message, ControllerMessage, Edge, EdgeBatch, GatewayMessage, Hello,
+    Name,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -140,9 +143,16 @@ impl Controller {
             // A refused stream may be closed already: the reply says why.
             let _ = tx.send(GatewayMessage { kind: Some(kind) }).await;
         }
-        match replies.message().await? {
-            Some(_) => Ok(()),
-            None => Err(tonic::Status::unknown("stream ended without an ack")),
+        // The namespace table may come first (it follows Hello): wait for the ack itself,
+        // else the stream could close before the batch was taken in.
+        loop {
+            match replies.message().await? {
+                Some(ControllerMessage {
+                    kind: Some(controller_message::Kind::Ack(ack)),
+                }) if ack.seq >= 1 => return Ok(()),
+                Some(_) => continue,
+                None => return Err(tonic::Status::unknown("stream ended without an ack")),
+            }
         }
     }
 
