@@ -38,9 +38,7 @@ use anyhow::{bail, ensure, Context, Result};
 use fake_apiserver::FakeApiServer;
 use lazyxds_e2e::process::Proc;
 use lazyxds_proto::v1::edge_sink_client::EdgeSinkClient;
-use lazyxds_proto::v1::{
-    controller_message, gateway_message, Edge, EdgeBatch, GatewayMessage, Hello, Name,
-};
+use lazyxds_proto::v1::{gateway_message, Edge, EdgeBatch, GatewayMessage, Hello, Name};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
@@ -296,22 +294,6 @@ pub fn seed(api: &FakeApiServer, spec: &MeshSpec, now: u64) -> Result<Seeded> {
     Ok(s)
 }
 
-/// A kubeconfig for the fake API server.
-fn write_kubeconfig(dir: &Path, server: &str) -> Result<std::path::PathBuf> {
-    let path = dir.join("kubeconfig");
-    std::fs::write(
-        &path,
-        format!(
-            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
-             clusters: [{{name: fake, cluster: {{server: '{server}'}}}}]\n\
-             users: [{{name: bench, user: {{}}}}]\n\
-             contexts: [{{name: fake, context: {{cluster: fake, user: bench}}}}]\n"
-        ),
-    )
-    .with_context(|| format!("writing {}", path.display()))?;
-    Ok(path)
-}
-
 /// `VmRSS` and `VmHWM` of `pid`, in bytes.
 pub fn rss_hwm(pid: u32) -> Result<(u64, u64)> {
     let path = format!("/proc/{pid}/status");
@@ -379,7 +361,7 @@ async fn feed_stream(port: u16, s: usize, spec: &MeshSpec, now: u64) -> Result<E
         })),
     })
     .await?;
-    let mut inbound = client
+    let inbound = client
         .stream(ReceiverStream::new(rx))
         .await
         .context("opening the edge stream")?
@@ -388,16 +370,12 @@ async fn feed_stream(port: u16, s: usize, spec: &MeshSpec, now: u64) -> Result<E
     let acked = Arc::new(AtomicU64::new(0));
     let (reader_window, reader_acked) = (window.clone(), acked.clone());
     let reader = tokio::spawn(async move {
-        let mut last = 0u64;
-        while let Some(msg) = inbound.message().await? {
-            if let Some(controller_message::Kind::Ack(ack)) = msg.kind {
-                let n = ack.seq.saturating_sub(last);
-                last = last.max(ack.seq);
-                reader_acked.fetch_add(n, Relaxed);
-                reader_window.add_permits(n as usize);
-            }
-        }
-        Ok(())
+        let on_acked = move |n| {
+            reader_acked.fetch_add(n, Relaxed);
+        };
+        crate::ingest::read_acks(inbound, reader_window, on_acked)
+            .await
+            .map_err(anyhow::Error::from)
     });
     let mut ids: HashMap<String, u32> = HashMap::new();
     let mut names: Vec<Name> = Vec::new();
@@ -564,7 +542,9 @@ pub async fn run(bin: &Path, spec: &MeshSpec) -> Result<MemResult> {
         seeded.seconds
     );
     let dir = tempfile::tempdir()?;
-    let kubeconfig = write_kubeconfig(dir.path(), &api.url())?;
+    let kubeconfig = api
+        .write_kubeconfig(dir.path())
+        .context("writing the kubeconfig")?;
     let grpc_port = lazyxds_e2e::free_port()?;
     let http_port = lazyxds_e2e::free_port()?;
     let mut args: Vec<String> = [

@@ -57,6 +57,25 @@ pub struct IngestResult {
     pub server_batches_rejected: u64,
 }
 
+/// Reads a stream's replies until it ends: each cumulative ack reports the batches it newly
+/// acks to `acked` and opens the send window by as many.
+pub(crate) async fn read_acks(
+    mut inbound: tonic::Streaming<ControllerMessage>,
+    window: Arc<Semaphore>,
+    acked: impl Fn(u64),
+) -> Result<(), Status> {
+    let mut last = 0u64;
+    while let Some(msg) = inbound.message().await? {
+        if let Some(controller_message::Kind::Ack(ack)) = msg.kind {
+            let n = ack.seq.saturating_sub(last);
+            last = last.max(ack.seq);
+            acked(n);
+            window.add_permits(n as usize);
+        }
+    }
+    Ok(())
+}
+
 /// Passes pre-encoded `GatewayMessage` bytes through; decodes the controller's replies.
 #[derive(Debug, Clone, Copy, Default)]
 struct RawCodec;
@@ -188,22 +207,11 @@ async fn run_stream(
         )
         .await
         .context("opening the edge stream")?;
-    let mut inbound = response.into_inner();
     let window = Arc::new(Semaphore::new(opts.window));
-    let reader_window = window.clone();
     let reader_stats = stats.clone();
-    let reader = tokio::spawn(async move {
-        let mut last = 0u64;
-        while let Some(msg) = inbound.message().await? {
-            if let Some(controller_message::Kind::Ack(ack)) = msg.kind {
-                let n = ack.seq.saturating_sub(last);
-                last = last.max(ack.seq);
-                reader_stats.acked_batches.fetch_add(n, Relaxed);
-                reader_window.add_permits(n as usize);
-            }
-        }
-        Ok::<(), Status>(())
-    });
+    let reader = tokio::spawn(read_acks(response.into_inner(), window.clone(), move |n| {
+        reader_stats.acked_batches.fetch_add(n, Relaxed);
+    }));
     let mut seq = 0u64;
     while !stop.load(Relaxed) {
         let permit = window.acquire().await?;

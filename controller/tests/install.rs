@@ -817,7 +817,7 @@ async fn rbac_allows_exactly_the_calls_the_controller_makes() {
     // the controller's own pod.
     let api = FakeApiServer::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = support::write_kubeconfig(dir.path(), &api.url());
+    let kubeconfig = api.write_kubeconfig(dir.path()).unwrap();
     let apply = |v: Value| {
         api.apply_object(v).unwrap();
     };
@@ -1030,7 +1030,7 @@ async fn rbac_allows_exactly_the_calls_the_controller_makes() {
 async fn uninstall_deletes_the_controller_then_our_sidecars_then_the_gateway() {
     let api = FakeApiServer::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = support::write_kubeconfig(dir.path(), &api.url());
+    let kubeconfig = api.write_kubeconfig(dir.path()).unwrap();
     let ours = json!({"app.kubernetes.io/managed-by": "lazyxds"});
     for (ns, n, labels) in [
         ("shop", "lazyxds-deployment-web", ours.clone()),

@@ -29,7 +29,7 @@ impl Cluster {
     async fn start() -> Cluster {
         let api = FakeApiServer::start().await;
         let dir = tempfile::tempdir().unwrap();
-        let kubeconfig = support::write_kubeconfig(dir.path(), &api.url());
+        let kubeconfig = api.write_kubeconfig(dir.path()).unwrap();
         let c = Cluster {
             api,
             dir,

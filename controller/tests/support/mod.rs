@@ -211,22 +211,6 @@ pub async fn eventually<T>(
     }
 }
 
-/// A kubeconfig in `dir` pointing at `server` (the fake API server's URL), for the binary.
-pub fn write_kubeconfig(dir: &Path, server: &str) -> PathBuf {
-    let path = dir.join("kubeconfig");
-    std::fs::write(
-        &path,
-        format!(
-            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
-             clusters: [{{name: fake, cluster: {{server: '{server}'}}}}]\n\
-             users: [{{name: test, user: {{}}}}]\n\
-             contexts: [{{name: fake, context: {{cluster: fake, user: test}}}}]\n"
-        ),
-    )
-    .unwrap();
-    path
-}
-
 /// The gRPC edge service on 127.0.0.1:0 in this process, over `sink`; sending `true`
 /// on the returned sender stops it (streams end UNAVAILABLE).
 pub async fn serve_in_process<S: lazyxds::sink::EdgeSink>(

@@ -240,6 +240,23 @@ impl FakeApiServer {
         kube::Config::new(self.url().parse().expect("a valid URL"))
     }
 
+    /// Writes `dir/kubeconfig` pointing at this server, for a separate process (the real
+    /// binary) to use; returns its path.
+    pub fn write_kubeconfig(&self, dir: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
+        let path = dir.join("kubeconfig");
+        let server = self.url();
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
+                 clusters: [{{name: fake, cluster: {{server: '{server}'}}}}]\n\
+                 users: [{{name: client, user: {{}}}}]\n\
+                 contexts: [{{name: fake, context: {{cluster: fake, user: client}}}}]\n"
+            ),
+        )?;
+        Ok(path)
+    }
+
     /// A real `kube::Client` for this server.
     pub fn client(&self) -> kube::Client {
         kube::Client::try_from(self.config()).expect("fake-apiserver: build kube::Client")
