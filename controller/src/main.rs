@@ -113,15 +113,7 @@ struct ScopingArgs {
 
 /// A DNS domain: dot-separated lower-case labels (`cluster.local`, `corp.example`).
 fn parse_cluster_domain(value: &str) -> Result<String, String> {
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && l.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-    };
-    if value.len() <= 253 && value.split('.').all(label_ok) {
+    if lazyxds_index::host::is_dns_domain(value) {
         Ok(value.to_string())
     } else {
         Err(format!(

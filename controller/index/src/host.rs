@@ -2,6 +2,22 @@
 
 pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
 
+/// A DNS label as Kubernetes names want it: 1–63 of a-z, 0-9, '-', not starting or ending
+/// with '-'.
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// A DNS domain such as a cluster domain: dot-separated [`is_dns_label`]s.
+pub fn is_dns_domain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
 /// `name.ns.svc.<domain>`.
 pub fn service_fqdn(name: &str, namespace: &str, cluster_domain: &str) -> String {
     format!("{name}.{namespace}.svc.{cluster_domain}")

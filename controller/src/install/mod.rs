@@ -313,24 +313,17 @@ fn check(config: &InstallConfig) -> Result<(), InstallError> {
             message: message.to_string(),
         })
     };
-    let dns_label = |s: &str| {
-        !s.is_empty()
-            && s.len() <= 63
-            && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !s.starts_with('-')
-            && !s.ends_with('-')
-    };
-    if !dns_label(&config.namespace) {
+    use lazyxds_index::host::{is_dns_domain, is_dns_label};
+    if !is_dns_label(&config.namespace) {
         return bad("--namespace", "must be a DNS label (a-z, 0-9, '-')");
     }
-    if !dns_label(&config.gateway.name) || config.gateway.name == config::CONTROLLER_NAME {
+    if !is_dns_label(&config.gateway.name) || config.gateway.name == config::CONTROLLER_NAME {
         return bad(
             "--gateway-name",
             "must be a DNS label other than the controller's name `lazyxds`",
         );
     }
-    if !config.cluster_domain.split('.').all(dns_label) {
+    if !is_dns_domain(&config.cluster_domain) {
         return bad("--cluster-domain", "must be a DNS name");
     }
     if config.controller.replicas < 1 {
