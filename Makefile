@@ -16,6 +16,16 @@ WASM_BINDGEN_VERSION = $(shell awk '/^name = "wasm-bindgen"$$/{getline; gsub(/[^
 export ENVOY_BIN ?= $(abspath $(firstword $(wildcard $(VENV)/lib/python3*/site-packages/envoy/_bin/envoy)))
 export LAZYXDS_WASM := $(abspath $(WASM))
 export LAZYXDS_BIN := $(abspath target/debug/lazyxds)
+# The real control plane (make setup-cluster): built from the pinned Go modules under
+# tests/cluster/go/ (their go.mod files are the pins, each with its reason).
+CLUSTER_GO     := tests/cluster/go
+export LAZYXDS_CLUSTER_BIN := $(abspath target/cluster/bin)
+CLUSTER_PINS   := $(CLUSTER_GO)/build.sh $(wildcard $(CLUSTER_GO)/*/go.mod $(CLUSTER_GO)/*/go.sum $(CLUSTER_GO)/*/cmd/*/*.go)
+# The e2e tests run in a network namespace of their own (root): the control plane, pod IPs
+# and Envoys listening on 0.0.0.0 are reachable only from inside it. Cargo runs each test
+# binary through this runner.
+HOST_TRIPLE    = $(shell rustc -vV | awk '/^host:/{print $$2}')
+E2E_RUNNER     = CARGO_TARGET_$(shell echo '$(HOST_TRIPLE)' | tr 'a-z-' 'A-Z_')_RUNNER=$(abspath tests/cluster/netns-run)
 
 .PHONY: help
 help: ## list targets
@@ -23,8 +33,8 @@ help: ## list targets
 
 # ---- setup: everything a fresh machine needs (idempotent) -------------------------
 
-.PHONY: setup setup-rust setup-envoy setup-wasm-test
-setup: setup-rust setup-envoy setup-wasm-test ## install wasm targets, Envoy, the wasm test runner
+.PHONY: setup setup-rust setup-envoy setup-wasm-test setup-cluster
+setup: setup-rust setup-envoy setup-wasm-test setup-cluster ## install wasm targets, Envoy, the wasm test runner, the control plane
 
 setup-rust: ## rustup targets for the filter and its wasm tests
 	rustup target add $(WASM_TARGET) wasm32-unknown-unknown
@@ -45,10 +55,17 @@ setup-wasm-test: ## wasm-bindgen-test-runner pinned to Cargo.lock's wasm-bindgen
 	  $(CARGO) install wasm-bindgen-cli --version "$$want"; \
 	else echo "wasm-bindgen-test-runner $$have"; fi
 
+setup-cluster: $(LAZYXDS_CLUSTER_BIN)/.built ## etcd, kube-apiserver/-controller-manager/-scheduler, kubectl, istiod, pilot-agent, istioctl from pinned Go modules (cold: ~20 min on 2 cores; cached after)
+
+$(LAZYXDS_CLUSTER_BIN)/.built: $(CLUSTER_PINS)
+	@command -v go >/dev/null || { echo "setup-cluster needs Go (go.dev toolchain, >= the go line of $(CLUSTER_GO)/*/go.mod)"; exit 1; }
+	$(CLUSTER_GO)/build.sh $(LAZYXDS_CLUSTER_BIN)
+	touch $@
+
 # ---- build ------------------------------------------------------------------------
 
 .PHONY: build wasm controller
-build: wasm controller ## build the filter module and the controller
+build: setup-rust wasm controller ## build the filter module and the controller
 
 wasm: ## build the gateway filter module ($(WASM))
 	$(CARGO) build -p lazyxds-filter --profile wasm --target $(WASM_TARGET)
@@ -59,19 +76,21 @@ controller: ## build the lazyxds binary (debug)
 
 # ---- tests: `make test` runs every tier -------------------------------------------
 
-.PHONY: test test-unit test-wasm test-envoy check-wasm-size lint
-test: test-unit test-wasm test-envoy check-wasm-size bench-quick ## all test tiers (+ the bench harness in quick mode)
+.PHONY: test test-unit test-wasm test-envoy test-cluster check-wasm-size lint
+test: test-unit test-wasm test-envoy check-wasm-size bench-quick ## all test tiers (+ the bench harness in quick mode); installs what they need
 
 test-unit: ## tier 1: native unit/table tests of every crate but the e2e one
 	$(CARGO) test --workspace --exclude lazyxds-e2e
 
-test-wasm: ## tier 2: the filter core compiled to wasm32, under Node
+test-wasm: setup-rust setup-wasm-test ## tier 2: the filter core compiled to wasm32, under Node
 	$(CARGO) test -p lazyxds-filter-core --target wasm32-unknown-unknown
 	$(CARGO) test -p lazyxds-filter-core --target $(WASM_TARGET)
 
-test-envoy: build ## tier 3: real Envoy + the filter + the real controller
-	@test -x "$(ENVOY_BIN)" || { echo "no Envoy binary: run 'make setup-envoy'"; exit 1; }
-	$(CARGO) test -p lazyxds-e2e
+test-envoy: setup-envoy setup-cluster build ## tiers 3-4: real Envoy + the filter + the controller; the real control plane (tests/tests/cluster.rs)
+	$(E2E_RUNNER) $(CARGO) test -p lazyxds-e2e
+
+test-cluster: setup-envoy setup-cluster build ## tier 4 alone: real kube-apiserver, istiod, pilot-agent + Envoy, the install applied
+	$(E2E_RUNNER) $(CARGO) test -p lazyxds-e2e --test cluster
 
 check-wasm-size: wasm ## the module stays under $(WASM_MAX_BYTES) bytes
 	@size=$$(stat -c %s $(WASM)); \

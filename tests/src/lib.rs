@@ -10,6 +10,7 @@
 pub mod backend;
 pub mod client;
 pub mod client_sidecar;
+pub mod cluster;
 pub mod controller;
 pub mod dns;
 pub mod edges;

@@ -56,6 +56,9 @@ pub(super) fn objects(config: &InstallConfig) -> Result<Vec<Value>, InstallError
                     port: i32::from(STATUS_PORT),
                     target_port: Some(IntOrString::Int(i32::from(STATUS_PORT))),
                     protocol: Some("TCP".into()),
+                    // Envoy's health endpoint is HTTP; without a protocol `istioctl
+                    // validate` refuses a port name that is not `<protocol>[-suffix]`.
+                    app_protocol: Some("http".into()),
                     ..ServicePort::default()
                 },
                 ServicePort {

@@ -57,10 +57,11 @@ pub const CLUSTER_RULES: &[Rule] = &[
     Rule {
         group: "networking.istio.io",
         resources: &["sidecars"],
-        verbs: &["delete", "list", "patch", "watch"],
+        verbs: &["create", "delete", "list", "patch", "watch"],
         names: &[],
         why: "user Sidecars (defaults to copy, collisions to avoid) and ours: server-side \
-              apply (patch) and delete",
+              apply (patch; `create` too when it creates, the API server checks both) and \
+              delete",
     },
 ];
 
@@ -98,12 +99,21 @@ pub const NAMESPACE_RULES: &[Rule] = &[
         why: "the gateway's placeholder Service carries every HTTP port of the mesh (server-side apply)",
     },
     Rule {
+        group: "",
+        resources: &["services"],
+        verbs: &["create"],
+        names: &[],
+        why: "the first apply of the placeholder Service creates it (Kubernetes cannot \
+              restrict `create` by name; this namespace holds only lazyxds)",
+    },
+    Rule {
         group: "networking.istio.io",
         resources: &["virtualservices"],
-        verbs: &["delete", "patch"],
+        verbs: &["create", "delete", "patch"],
         names: &[],
         why: "the gateway's per-host routes (server-side apply; stale ones deleted); \
-              the gateway runs in the controller's namespace",
+              the gateway runs in the controller's namespace; an apply that creates is \
+              also a `create`",
     },
     Rule {
         group: "",

@@ -21,7 +21,8 @@ pub enum Verb {
 }
 
 impl Verb {
-    /// The RBAC verb (`Apply` is authorized as `patch`).
+    /// The RBAC verb (`Apply` is authorized as `patch`; one that creates the object also
+    /// as `create`: [`RequestRecord::rbac_verbs`]).
     pub fn rbac(self) -> &'static str {
         match self {
             Verb::Get => "get",
@@ -85,6 +86,15 @@ impl RequestRecord {
         form_urlencoded::parse(self.query.as_bytes())
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.into_owned())
+    }
+
+    /// The RBAC verbs the real API server authorizes this request with: a server-side
+    /// apply is a `patch`, and when it creates the object (201) also a `create`.
+    pub fn rbac_verbs(&self) -> Vec<&'static str> {
+        match (self.verb, self.code) {
+            (Verb::Apply, 201) => vec!["patch", "create"],
+            (v, _) => vec![v.rbac()],
+        }
     }
 
     /// `resource` or `resource/subresource`, as RBAC names it.
