@@ -501,6 +501,11 @@ impl Dump {
     /// gateway: the virtual host whose domains hold its host, then the route whose
     /// `:authority` header match is exactly it. None when no route matches it so.
     fn gateway_route(&self, authority: &str) -> Option<&Value> {
+        self.gateway_routes(authority).first().copied()
+    }
+
+    /// Every route with this exact `:authority` match, in Envoy's order.
+    fn gateway_routes(&self, authority: &str) -> Vec<&Value> {
         let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
         self.route_configs()
             .into_iter()
@@ -511,13 +516,14 @@ impl Dump {
                     .is_some_and(|d| d.iter().any(|x| x == host))
             })
             .flat_map(|vh| vh["routes"].as_array().into_iter().flatten())
-            .find(|r| {
+            .filter(|r| {
                 r["match"]["headers"].as_array().is_some_and(|hs| {
                     hs.iter().any(|h| {
                         h["name"] == ":authority" && h["string_match"]["exact"] == authority
                     })
                 })
             })
+            .collect()
     }
 }
 
@@ -558,9 +564,15 @@ async fn istiod_turns_our_objects_into_config_the_gateway_and_a_scoped_sidecar_a
                 {"name": "v2", "labels": {"version": "v2"}}]}}),
         json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
             "metadata": {"name": "reviews", "namespace": shop.ns},
-            "spec": {"hosts": ["reviews"], "http": [{"route": [
-                {"destination": {"host": "reviews", "subset": "v1"}, "weight": 80},
-                {"destination": {"host": "reviews", "subset": "v2"}, "weight": 20}]}]}}),
+            "spec": {"hosts": ["reviews"], "http": [
+                {"match": [{"headers": {"x-canary": {"exact": "1"}}, "uri": {"prefix": "/api"}}],
+                 "rewrite": {"uri": "/v2/api"}, "timeout": "3s",
+                 "route": [{"destination": {"host": "reviews", "subset": "v2"}}]},
+                {"route": [
+                    {"destination": {"host": "reviews", "subset": "v1"}, "weight": 80},
+                    {"destination": {"host": "reviews", "subset": "v2"}, "weight": 20}]}]}}),
+        // Two HTTP ports: the gateway must keep the port asked for.
+        service(&shop.ns, "ratings", &[("http", 9080), ("grpc-api", 9090)]),
     ])
     .unwrap();
     let ctl = controller(c, inst).await.unwrap();
@@ -600,9 +612,12 @@ async fn istiod_turns_our_objects_into_config_the_gateway_and_a_scoped_sidecar_a
 
     // The gateway routes each mesh host by authority; reviews keeps the user's 80/20.
     let dump = wait_config(&gateway, "gateway routes", |d| {
+        // The user's header route comes first, the weighted one after it.
         let route = d
-            .gateway_route(&format!("{reviews}:9080"))
-            .context("no gateway route for reviews:9080")?;
+            .gateway_routes(&format!("{reviews}:9080"))
+            .get(1)
+            .copied()
+            .context("no second gateway route for reviews:9080")?;
         let weighted = &route["route"]["weighted_clusters"]["clusters"];
         let got: BTreeMap<String, u64> = weighted
             .as_array()
@@ -633,6 +648,66 @@ async fn istiod_turns_our_objects_into_config_the_gateway_and_a_scoped_sidecar_a
         Ok(())
     })
     .await;
+    // The fast tier's model of istiod (tests/src/istio.rs, which builds the gateway of the
+    // first-call tests) must route every authority our VirtualServices name the way istiod
+    // does, so it cannot drift from the real thing unnoticed.
+    let ours: Vec<Value> = c
+        .list("virtualservices.networking.istio.io", NAMESPACE)
+        .unwrap()
+        .into_iter()
+        .filter(|vs| vs["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "lazyxds")
+        .collect();
+    assert!(
+        !ours.is_empty(),
+        "the controller wrote no gateway VirtualService"
+    );
+    let model = lazyxds_e2e::istio::gateway_routes(&ours).unwrap();
+    let mut drift = Vec::new();
+    let mut compared = 0;
+    for vh in &model.virtual_hosts {
+        for route in vh["routes"].as_array().into_iter().flatten() {
+            let want = route_semantics(route);
+            let authority = authority_of(route);
+            // Routes without an authority match (the `*.svc` 404) are matched by domain.
+            // The k-th model route for an authority is compared with istiod's k-th.
+            let position = vh["routes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .take_while(|r| *r != route)
+                .filter(|r| authority_of(r) == authority)
+                .count();
+            compared += 1;
+            let got = match authority {
+                Some(a) => dump
+                    .gateway_routes(a)
+                    .get(position)
+                    .map(|r| route_semantics(r)),
+                None => dump
+                    .route_configs()
+                    .into_iter()
+                    .flat_map(|rc| rc["virtual_hosts"].as_array().into_iter().flatten())
+                    .find(|real| real["domains"] == vh["domains"])
+                    .and_then(|real| real["routes"].get(0))
+                    .map(route_semantics),
+            };
+            if got.as_ref() != Some(&want) {
+                drift.push(format!(
+                    "{} {authority:?}:\n  model  {want}\n  istiod {}",
+                    vh["name"],
+                    got.map_or("(no route)".into(), |g| g.to_string())
+                ));
+            }
+        }
+    }
+    assert!(compared >= 8, "only {compared} routes compared");
+    assert!(
+        drift.is_empty(),
+        "tests/src/istio.rs disagrees with istiod on {} route(s):\n{}",
+        drift.len(),
+        drift.join("\n")
+    );
+
     // Our filter is in the gateway's listener, before the router.
     let listener = dump
         .listeners()
@@ -717,6 +792,45 @@ async fn istiod_turns_our_objects_into_config_the_gateway_and_a_scoped_sidecar_a
         "{}",
         web.log()
     );
+}
+
+/// The exact `:authority` a route matches, if it matches one.
+fn authority_of(route: &Value) -> Option<&str> {
+    route["match"]["headers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|h| h["name"] == ":authority")
+        .and_then(|h| h["string_match"]["exact"].as_str())
+}
+
+/// What a route does, as far as a request can tell: its match (path, headers) and where it
+/// sends (cluster, weighted clusters, direct response status), leaving out what istiod adds
+/// that changes no destination (retry policy, max gRPC timeout, names, case flags).
+fn route_semantics(route: &Value) -> Value {
+    let m = &route["match"];
+    let mut headers: Vec<Value> = m["headers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|h| json!({"name": h["name"], "match": h["string_match"]}))
+        .collect();
+    headers.sort_by_key(|h| h.to_string());
+    let action = if let Some(c) = route["route"]["cluster"].as_str() {
+        json!({"cluster": c})
+    } else if let Some(w) = route["route"]["weighted_clusters"]["clusters"].as_array() {
+        json!({"weighted": w.iter().map(|x| json!([x["name"], x["weight"]])).collect::<Vec<_>>()})
+    } else if !route["direct_response"].is_null() {
+        json!({"direct_response": route["direct_response"]["status"]})
+    } else {
+        json!({"other": route})
+    };
+    json!({
+        "prefix": m["prefix"], "path": m["path"], "regex": m["safe_regex"]["regex"],
+        "headers": headers, "action": action,
+        "prefix_rewrite": route["route"]["prefix_rewrite"],
+        "host_rewrite": route["route"]["host_rewrite_literal"],
+    })
 }
 
 fn labels_of(pod: &Value) -> BTreeMap<String, String> {
