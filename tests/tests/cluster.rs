@@ -841,3 +841,160 @@ fn labels_of(pod: &Value) -> BTreeMap<String, String> {
         .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
         .collect()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_on_real_workloads_say_scoped_or_not_scoped() {
+    let _serial = SERIAL.lock().await;
+    let c = cluster().await;
+    let inst = installed(c).await;
+    let shop = Shop::create(c, true).await.unwrap();
+    let ctl = controller(c, inst).await.unwrap();
+    let events = || c.list("events.events.k8s.io", &shop.ns).unwrap_or_default();
+    let find = |reason: &str, name: &str| {
+        events()
+            .into_iter()
+            .find(|e| e["reason"] == reason && e["regarding"]["name"] == name)
+    };
+    let scoped = eventually(
+        Duration::from_secs(30),
+        || format!("{:#?}\n{}", events(), tail(&ctl.log())),
+        || find("Scoped", "web"),
+    )
+    .await;
+    assert_eq!(scoped["type"], "Normal");
+    assert_eq!(scoped["regarding"]["kind"], "Deployment");
+    assert_eq!(scoped["reportingInstance"], ctl.pod);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_pod_ip_moves_new_edges_to_the_new_pod() {
+    let _serial = SERIAL.lock().await;
+    let c = cluster().await;
+    let inst = installed(c).await;
+    let shop = Shop::create(c, true).await.unwrap();
+    c.apply_json(&[deployment(&shop.ns, "jobs", 1)]).unwrap();
+    let jobs = lazyxds::scheduled_pods(c, &shop.ns, "jobs", 1)
+        .await
+        .unwrap();
+    let jobs_pod = jobs[0]["metadata"]["name"].as_str().unwrap().to_string();
+    let ctl = controller(c, inst).await.unwrap();
+    shop.wait_web_deps(&[], &ctl).await;
+    // web's pod goes away (its ReplicaSet makes another, not yet running); the jobs pod
+    // starts with the IP web's pod had. No kubelet confirms a graceful deletion here, so
+    // the test deletes as a kubelet finishing one would: at once.
+    c.kubectl(
+        &[
+            "delete",
+            "pod",
+            &shop.web_pod,
+            "-n",
+            &shop.ns,
+            "--grace-period=0",
+            "--force",
+        ],
+        None,
+    )
+    .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        || "web's pod is still there".into(),
+        || {
+            c.get("pod", Some(&shop.ns), &shop.web_pod)
+                .ok()?
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+    c.set_pod_running(&shop.ns, &jobs_pod, shop.web_ip).unwrap();
+    let db = shop.host("db");
+    let jobs_deps = || -> Option<Vec<String>> {
+        let sc = shop.sidecar("lazyxds-deployment-jobs")?;
+        let deps: serde_json::Map<String, Value> =
+            serde_json::from_str(sc["metadata"]["annotations"]["lazyxds.io/deps"].as_str()?)
+                .ok()?;
+        Some(deps.keys().cloned().collect())
+    };
+    eventually(
+        Duration::from_secs(30),
+        || tail(&ctl.log()),
+        || jobs_deps().map(|_| ()),
+    )
+    .await;
+    send_edges(&ctl.grpc_addr(), &[(shop.web_ip, &outbound(&db, 80))])
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        || format!("jobs deps {:?}\n{}", jobs_deps(), tail(&ctl.log())),
+        || (jobs_deps()? == vec![db.clone()]).then_some(()),
+    )
+    .await;
+    // Nothing of it went to web.
+    assert_eq!(shop.web_deps(), Some(vec![]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_elect_one_leader_and_failover_keeps_every_dependency() {
+    let _serial = SERIAL.lock().await;
+    let c = cluster().await;
+    let inst = installed(c).await;
+    let shop = Shop::create(c, true).await.unwrap();
+    let pods = controller_pods(c).await.unwrap();
+    // A short Lease so the failover fits a test; everything else as installed.
+    let env = [
+        ("LAZYXDS_WRITE_DEBOUNCE_MS", "20"),
+        ("LAZYXDS_LEASE_DURATION_SECS", "3"),
+    ];
+    let mut a = ControllerPod::start(c, inst, &pods[0].0, pods[0].1, &env)
+        .await
+        .unwrap();
+    a.wait_leading(c).await.unwrap();
+    let b = ControllerPod::start(c, inst, &pods[1].0, pods[1].1, &env)
+        .await
+        .unwrap();
+    // The follower refuses gateway streams; the leader takes them.
+    assert!(send_edges(
+        &b.grpc_addr(),
+        &[(shop.web_ip, &outbound(&shop.host("api"), 80))]
+    )
+    .await
+    .is_err());
+    let api = shop.host("api");
+    let db = shop.host("db");
+    send_edges(&a.grpc_addr(), &[(shop.web_ip, &outbound(&api, 80))])
+        .await
+        .unwrap();
+    shop.wait_web_deps(&[&api], &a).await;
+
+    // The leader dies without releasing the Lease: the follower takes over, and what was
+    // learned survives (it is read back from the Sidecars).
+    a.kill();
+    let killed = Instant::now();
+    b.wait_leading(c).await.unwrap();
+    eprintln!(
+        "failover: {} leads {:?} after the leader died",
+        b.pod,
+        killed.elapsed()
+    );
+    eventually(
+        Duration::from_secs(30),
+        || tail(&b.log()),
+        || {
+            futures_block(send_edges(
+                &b.grpc_addr(),
+                &[(shop.web_ip, &outbound(&db, 80))],
+            ))
+            .ok()
+        },
+    )
+    .await;
+    let mut want = vec![api.as_str(), db.as_str()];
+    want.sort();
+    shop.wait_web_deps(&want, &b).await;
+}
+
+/// Runs a future to completion from a sync closure (inside `eventually`).
+fn futures_block<F: std::future::Future>(f: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+}
