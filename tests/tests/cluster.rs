@@ -998,3 +998,60 @@ async fn two_replicas_elect_one_leader_and_failover_keeps_every_dependency() {
 fn futures_block<F: std::future::Future>(f: F) -> F::Output {
     tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
 }
+
+/// Puts the cluster's own mesh config back when a test that changed it ends (also on
+/// panic), so istiod and the next tests see the default mesh again.
+struct MeshConfigRestore(&'static Cluster);
+
+impl Drop for MeshConfigRestore {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.set_mesh_config("") {
+            eprintln!("restoring the mesh config: {e:#}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mesh_configs_outbound_policy_and_discovery_selectors_are_honoured() {
+    let _serial = SERIAL.lock().await;
+    let c = cluster().await;
+    let inst = installed(c).await;
+    let shop = Shop::create(c, true).await.unwrap();
+    let _restore = MeshConfigRestore(c);
+    let ctl = controller(c, inst).await.unwrap();
+    shop.wait_web_deps(&[], &ctl).await;
+    let policy = || {
+        shop.sidecar("lazyxds-deployment-web")
+            .map(|s| s["metadata"]["annotations"]["lazyxds.io/outbound-policy"].clone())
+    };
+    assert_eq!(policy(), Some(json!("ALLOW_ANY")));
+    // The mesh is REGISTRY_ONLY: recorded as the workload's effective policy.
+    c.set_mesh_config("outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n")
+        .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        || tail(&ctl.log()),
+        || (policy() == Some(json!("REGISTRY_ONLY"))).then_some(()),
+    )
+    .await;
+    // istiod only watches labelled namespaces now: shop is not one, so no Sidecar there.
+    c.set_mesh_config("discoverySelectors: [{matchLabels: {istio-discovery: enabled}}]\n")
+        .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        || tail(&ctl.log()),
+        || {
+            shop.sidecar("lazyxds-deployment-web")
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+    // Labelled, it is in the mesh again, and scoped again.
+    c.kubectl(
+        &["label", "namespace", &shop.ns, "istio-discovery=enabled"],
+        None,
+    )
+    .unwrap();
+    shop.wait_web_deps(&[], &ctl).await;
+}

@@ -30,7 +30,7 @@ use serde_json::Value;
 
 use crate::ports::free_port;
 use crate::process::Proc;
-pub use istiod::IstiodAddrs;
+pub use istiod::{IstiodAddrs, ISTIO_NAMESPACE};
 pub use kubeconfig::Credential;
 use pki::KubePki;
 
@@ -363,6 +363,21 @@ impl Cluster {
 
     pub fn istiod(&self) -> &IstiodAddrs {
         &self.istiod
+    }
+
+    /// Replaces the mesh config (the `istio` ConfigMap istiod and the controller read) with
+    /// the test cluster's own plus `extra` (top-level YAML fields).
+    pub fn set_mesh_config(&self, extra: &str) -> Result<()> {
+        let mesh = format!(
+            "{}{extra}",
+            istiod::mesh_config(&self.istiod.discovery_address())
+        );
+        self.apply_json(
+            &[serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "istio", "namespace": ISTIO_NAMESPACE},
+            "data": {"mesh": mesh, "meshNetworks": "networks: {}"}})],
+        )?;
+        Ok(())
     }
 
     /// Runs kubectl as the admin; stdout, or an error with kubectl's stderr.
