@@ -11,7 +11,7 @@ set -euo pipefail
 out=$(realpath -m "${1:?usage: build.sh OUT_DIR}")
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$out"
-export GOFLAGS="-mod=mod -buildvcs=false -trimpath"
+export GOFLAGS="-mod=readonly -buildvcs=false -trimpath"
 export CGO_ENABLED=0
 
 build() { # module-dir tags ldflags packages...
