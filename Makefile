@@ -67,7 +67,7 @@ $(LAZYXDS_CLUSTER_BIN)/.built: $(CLUSTER_PINS)
 .PHONY: build wasm controller
 build: setup-rust wasm controller ## build the filter module and the controller
 
-wasm: ## build the gateway filter module ($(WASM))
+wasm: setup-rust ## build the gateway filter module ($(WASM))
 	$(CARGO) build -p lazyxds-filter --profile wasm --target $(WASM_TARGET)
 	@echo "$(WASM): $$(stat -c %s $(WASM)) bytes"
 

@@ -481,6 +481,20 @@ impl Dump {
         out
     }
 
+    /// An active cluster by name.
+    fn cluster(&self, name: &str) -> Option<&Value> {
+        self.configs("ClustersConfigDump")
+            .into_iter()
+            .flat_map(|c| {
+                c["dynamic_active_clusters"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+            })
+            .map(|c| &c["cluster"])
+            .find(|c| c["name"] == name)
+    }
+
     fn route_configs(&self) -> Vec<&Value> {
         self.configs("RoutesConfigDump")
             .into_iter()
@@ -751,6 +765,18 @@ async fn istiod_turns_our_objects_into_config_the_gateway_and_a_scoped_sidecar_a
         Ok(())
     })
     .await;
+    // First calls leave for the gateway over mTLS with the workload's own certificate (SDS
+    // `default`), as the fast tier's client sidecars (tests/src/client_sidecar.rs) assume.
+    let to_gateway = dump
+        .cluster(&gateway_cluster)
+        .expect("the gateway's cluster");
+    let tls = &to_gateway["transport_socket"];
+    assert_eq!(tls["name"], "envoy.transport_sockets.tls", "{to_gateway:#}");
+    assert_eq!(
+        tls["typed_config"]["common_tls_context"]["tls_certificate_sds_secret_configs"][0]["name"],
+        "default",
+        "{to_gateway:#}"
+    );
     let clusters = dump.cluster_names();
     // Only learned deps (and what always stays visible): db and reviews are not there.
     for hidden in [
