@@ -707,6 +707,26 @@ async fn istiod_turns_our_objects_into_config_the_gateway_and_a_scoped_sidecar_a
         drift.join("\n")
     );
 
+    // The filter tells an unknown host by the name of the route Envoy picked for it: the
+    // catch-all our EnvoyFilter adds must reach Envoy under that name, after every host.
+    let vhosts: Vec<&Value> = dump
+        .route_configs()
+        .into_iter()
+        .flat_map(|rc| rc["virtual_hosts"].as_array().into_iter().flatten())
+        .collect();
+    let catch_all = vhosts
+        .iter()
+        .find(|vh| vh["domains"] == json!(["*"]))
+        .expect("a catch-all virtual host");
+    assert_eq!(
+        catch_all["routes"][0]["name"], "lazyxds-external",
+        "{catch_all:#}"
+    );
+    assert_eq!(
+        catch_all["routes"][0]["route"]["cluster"],
+        "lazyxds-external"
+    );
+
     // Our filter is in the gateway's listener, before the router.
     let listener = dump
         .listeners()
