@@ -129,9 +129,13 @@ fn http_route(
                 route.insert("weighted_clusters".into(), json!({"clusters": weighted}));
             }
         }
-        if let Some(timeout) = http.get("timeout") {
-            route.insert("timeout".into(), timeout.clone());
-        }
+        // istiod sets both on every route: no timeout unless the VirtualService has one,
+        // and its default retry policy (checked against istiod in tests/tests/cluster.rs).
+        route.insert(
+            "timeout".into(),
+            http.get("timeout").cloned().unwrap_or_else(|| json!("0s")),
+        );
+        route.insert("retry_policy".into(), default_retry_policy());
         if let Some(rewrite) = http.get("rewrite") {
             if let Some(uri) = rewrite.get("uri") {
                 route.insert("prefix_rewrite".into(), uri.clone());
@@ -162,6 +166,20 @@ fn http_route(
         routes.push(Value::Object(route));
     }
     Ok(())
+}
+
+/// The retry policy istiod gives a route whose VirtualService sets no `retries`
+/// (`pilot/pkg/networking/core/route/retry`: 2 attempts, on connection-level failures).
+pub fn default_retry_policy() -> Value {
+    json!({
+        "num_retries": 2,
+        "retry_on": "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
+        "retry_host_predicate": [{
+            "name": "envoy.retry_host_predicates.previous_hosts",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"},
+        }],
+        "host_selection_retry_max_attempts": "5",
+    })
 }
 
 /// `outbound|<port>|<subset>|<host>` of a destination.
@@ -276,7 +294,11 @@ mod tests {
                                 authority,
                                 {"name": "x-canary", "string_match": {"exact": "1"}},
                             ]},
-                            "route": {"cluster": "outbound|9080|v3|reviews.shop.svc.cluster.local"},
+                            "route": {
+                                "cluster": "outbound|9080|v3|reviews.shop.svc.cluster.local",
+                                "timeout": "0s",
+                                "retry_policy": default_retry_policy(),
+                            },
                         },
                         {
                             "name": "main:9080",
@@ -287,6 +309,7 @@ mod tests {
                                     {"name": "outbound|9080|v2|reviews.shop.svc.cluster.local", "weight": 10},
                                 ]},
                                 "timeout": "2s",
+                                "retry_policy": default_retry_policy(),
                                 "prefix_rewrite": "/v1",
                             },
                         },

@@ -836,8 +836,9 @@ fn authority_of(route: &Value) -> Option<&str> {
 }
 
 /// What a route does, as far as a request can tell: its match (path, headers) and where it
-/// sends (cluster, weighted clusters, direct response status), leaving out what istiod adds
-/// that changes no destination (retry policy, max gRPC timeout, names, case flags).
+/// sends (cluster, weighted clusters, direct response status), its timeout and retries,
+/// leaving out what changes no request's fate here (names, decorators, metadata, the max
+/// gRPC timeout, case flags).
 fn route_semantics(route: &Value) -> Value {
     let m = &route["match"];
     let mut headers: Vec<Value> = m["headers"]
@@ -861,6 +862,9 @@ fn route_semantics(route: &Value) -> Value {
         "headers": headers, "action": action,
         "prefix_rewrite": route["route"]["prefix_rewrite"],
         "host_rewrite": route["route"]["host_rewrite_literal"],
+        "timeout": route["route"]["timeout"],
+        "retries": route["route"]["retry_policy"]["num_retries"],
+        "retry_on": route["route"]["retry_policy"]["retry_on"],
     })
 }
 
