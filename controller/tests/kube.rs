@@ -1,5 +1,9 @@
 //! `lazyxds run --kube` against the in-process fake API server: the real binary with a
-//! kubeconfig, the real kube client and watchers, edges over real gRPC.
+//! kubeconfig, the real kube client and watchers, edges over real gRPC. Only what the real
+//! API server cannot do or show lives here (injected faults, the exact requests made, dry
+//! run, timing of held edges); learning, opt-out, pod-IP reuse, user Sidecars, the kill
+//! switch, Events, leader failover and the mesh config run against a real kube-apiserver
+//! in tests/tests/cluster.rs.
 #![cfg(unix)]
 
 mod support;
@@ -129,117 +133,6 @@ impl Cluster {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn learns_opts_out_and_prunes() {
-    let c = Cluster::start().await;
-    let ctl = c.controller(&[]);
-    // Opted in: a Sidecar at once, with nothing learned yet.
-    c.wait_web_deps(&[], &ctl).await;
-    let sc = c.sidecar(WEB_SIDECAR).unwrap();
-    assert_eq!(
-        sc["spec"]["workloadSelector"]["labels"],
-        json!({"app": "web"})
-    );
-    assert_eq!(
-        sc["metadata"]["labels"]["app.kubernetes.io/managed-by"],
-        "lazyxds"
-    );
-    let applies = c
-        .api
-        .requests_matching(&RequestMatch::any().verb(Verb::Apply).resource("sidecars"));
-    assert!(applies
-        .iter()
-        .all(|r| r.field_manager.as_deref() == Some("lazyxds")));
-
-    ctl.send(&[([10, 0, 0, 1], &outbound(API))]).await;
-    c.wait_web_deps(&[API], &ctl).await;
-    let hosts = c.sidecar(WEB_SIDECAR).unwrap()["spec"]["egress"][0]["hosts"].clone();
-    assert!(
-        hosts
-            .as_array()
-            .unwrap()
-            .contains(&json!(format!("shop/{API}"))),
-        "{hosts}"
-    );
-
-    // The workload opts out: its Sidecar is deleted.
-    c.deployment("web", Some("false"));
-    eventually(
-        Duration::from_secs(15),
-        || ctl.log(),
-        || c.sidecar(WEB_SIDECAR).is_none().then_some(()),
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pods_come_and_go_and_ip_reuse_moves_edges_to_the_new_pod() {
-    let c = Cluster::start().await;
-    c.deployment("jobs", None);
-    c.apply(json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
-        "metadata": {"name": "jobs-1", "namespace": "shop",
-            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "jobs", "uid": "u3", "controller": true}]},
-        "spec": {"selector": {"matchLabels": {"app": "jobs"}}}}));
-    let ctl = c.controller(&[]);
-    c.wait_web_deps(&[], &ctl).await;
-    // web's pod goes away; a jobs pod gets its IP.
-    c.api
-        .delete_object("v1", "Pod", Some("shop"), "web-5d9-a")
-        .unwrap();
-    c.pod("jobs-1-a", "jobs-1", "10.0.0.1", "jobs");
-    let jobs_deps = || -> Option<Vec<String>> {
-        let sc = c.sidecar("lazyxds-deployment-jobs")?;
-        let deps: serde_json::Map<String, Value> =
-            serde_json::from_str(sc["metadata"]["annotations"]["lazyxds.io/deps"].as_str()?)
-                .ok()?;
-        Some(deps.keys().cloned().collect())
-    };
-    // The edge's last-seen is now: after the reuse, so it belongs to jobs.
-    eventually(
-        Duration::from_secs(15),
-        || ctl.log(),
-        || jobs_deps().map(|_| ()),
-    )
-    .await;
-    ctl.send(&[([10, 0, 0, 1], &outbound(DB))]).await;
-    eventually(
-        Duration::from_secs(15),
-        || format!("{:?} {}", jobs_deps(), ctl.log()),
-        || (jobs_deps() == Some(vec![DB.to_string()])).then_some(()),
-    )
-    .await;
-    assert_eq!(
-        c.web_deps(),
-        Some(vec![]),
-        "web learned nothing from its old IP"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_users_sidecar_is_never_touched() {
-    let c = Cluster::start().await;
-    // The user's Sidecar takes our would-be name and has no managed-by label.
-    c.api
-        .apply_object_as("kubectl", json!({"apiVersion": SIDECARS, "kind": "Sidecar",
-            "metadata": {"name": WEB_SIDECAR, "namespace": "shop"},
-            "spec": {"workloadSelector": {"labels": {"app": "other"}}, "egress": [{"hosts": ["*/*"]}]}}))
-        .unwrap();
-    let ctl = c.controller(&[]);
-    ctl.send(&[([10, 0, 0, 1], &outbound(API))]).await;
-    eventually(
-        Duration::from_secs(15),
-        || ctl.log(),
-        || ctl.log().contains("is not ours: left alone").then_some(()),
-    )
-    .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(c.writes(), 0, "no write to any Sidecar");
-    assert_eq!(
-        c.sidecar(WEB_SIDECAR).unwrap()["spec"]["egress"][0]["hosts"],
-        json!(["*/*"])
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_never_shrinks_and_resync_merges() {
     let c = Cluster::start().await;
     let ctl = c.controller(&[]);
@@ -344,51 +237,6 @@ fn futures_lite_block<F: std::future::Future>(f: F) -> F::Output {
 
 const SYSTEM: &str = "lazyxds-system";
 
-fn sidecars_ours(c: &Cluster) -> usize {
-    c.api
-        .list_objects(SIDECARS, "Sidecar", Some("shop"))
-        .iter()
-        .filter(|s| s["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "lazyxds")
-        .count()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_kill_switch_deletes_every_sidecar_we_own_and_nothing_else() {
-    let c = Cluster::start().await;
-    c.api
-        .apply_object_as("kubectl", json!({"apiVersion": SIDECARS, "kind": "Sidecar",
-            "metadata": {"name": "users-own", "namespace": "shop"},
-            "spec": {"workloadSelector": {"labels": {"app": "other"}}, "egress": [{"hosts": ["*/*"]}]}}))
-        .unwrap();
-    let ctl = c.controller(&[]);
-    ctl.send(&[([10, 0, 0, 1], &outbound(API))]).await;
-    c.wait_web_deps(&[API], &ctl).await;
-
-    let switch = |enabled: &str| {
-        c.apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": "lazyxds", "namespace": SYSTEM}, "data": {"enabled": enabled}}));
-    };
-    switch("false");
-    let started = std::time::Instant::now();
-    eventually(
-        Duration::from_secs(10),
-        || ctl.log(),
-        || (sidecars_ours(&c) == 0).then_some(()),
-    )
-    .await;
-    println!(
-        "kill switch: our Sidecars gone {:?} after the ConfigMap change",
-        started.elapsed()
-    );
-    assert!(c.sidecar("users-own").is_some(), "the user's Sidecar stays");
-    let plan: Value = serde_json::from_str(&ctl.http_get("/debug/plan").await).unwrap();
-    assert_eq!(plan["kill_switch"], true);
-
-    // Switched back on: learned deps were kept in memory, the Sidecar comes back whole.
-    switch("true");
-    c.wait_web_deps(&[API], &ctl).await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_say_when_a_workload_is_scoped_or_refused() {
     let c = Cluster::start().await;
@@ -430,93 +278,6 @@ async fn events_say_when_a_workload_is_scoped_or_refused() {
             .contains("workloadSelector"),
         "{refused}"
     );
-}
-
-fn controller_pod(c: &Cluster, name: &str) {
-    c.apply(json!({"apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": SYSTEM, "labels": {"app": "lazyxds"}},
-        "spec": {"containers": []}}));
-}
-
-fn is_leader(c: &Cluster, pod: &str) -> bool {
-    c.api
-        .get_object("v1", "Pod", Some(SYSTEM), pod)
-        .is_some_and(|p| p["metadata"]["labels"]["lazyxds.io/leader"] == "true")
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_the_leader_writes_and_failover_moves_streams_without_losing_deps() {
-    let c = Cluster::start().await;
-    controller_pod(&c, "lazyxds-a");
-    controller_pod(&c, "lazyxds-b");
-    let ha = |pod: &'static str| {
-        [
-            "--leader-election",
-            "--lease-duration-secs",
-            "2",
-            "--pod-name",
-            pod,
-        ]
-    };
-    let mut a = c.controller(&ha("lazyxds-a"));
-    eventually(
-        Duration::from_secs(10),
-        || a.log(),
-        || is_leader(&c, "lazyxds-a").then_some(()),
-    )
-    .await;
-    let b = c.controller(&ha("lazyxds-b"));
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(!is_leader(&c, "lazyxds-b"));
-
-    // The follower refuses gateway streams (they reconnect to the leader's Service).
-    let refused = b
-        .try_send(&[([10, 0, 0, 1], &outbound(API))])
-        .await
-        .unwrap_err();
-    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
-    a.send(&[([10, 0, 0, 1], &outbound(API))]).await;
-    c.wait_web_deps(&[API], &a).await;
-    assert!(
-        !b.log().contains("Sidecar written"),
-        "the follower wrote:\n{}",
-        b.log()
-    );
-
-    // The leader crashes without releasing the Lease: the follower takes over within the
-    // lease duration (plus a renewal), moves the label, and keeps what was learned.
-    a.kill();
-    let killed = std::time::Instant::now();
-    eventually(
-        Duration::from_secs(10),
-        || b.log(),
-        || (is_leader(&c, "lazyxds-b") && !is_leader(&c, "lazyxds-a")).then_some(()),
-    )
-    .await;
-    println!(
-        "failover: lazyxds-b leads {:?} after lazyxds-a died",
-        killed.elapsed()
-    );
-    eventually(
-        Duration::from_secs(10),
-        || b.log(),
-        || b.log().contains("writer starts").then_some(()),
-    )
-    .await;
-    // A gateway's resync after reconnecting, plus a new edge: merged, nothing lost.
-    eventually(
-        Duration::from_secs(10),
-        || b.log(),
-        || {
-            futures_lite_block(b.try_send(&[
-                ([10, 0, 0, 1], &outbound(API)),
-                ([10, 0, 0, 1], &outbound(DB)),
-            ]))
-            .ok()
-        },
-    )
-    .await;
-    c.wait_web_deps(&[API, DB], &b).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

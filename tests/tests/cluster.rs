@@ -326,10 +326,11 @@ async fn a_users_sidecar_is_never_touched_and_the_kill_switch_removes_only_ours(
     let c = cluster().await;
     let inst = installed(c).await;
     let shop = Shop::create(c, true).await.unwrap();
-    // The user's own Sidecar for another workload, and a second opted-in Deployment.
+    // The user's own Sidecar for another opted-in Deployment, under the very name ours
+    // for it would have (and without our managed-by label).
     c.apply_json(&[
         json!({"apiVersion": "networking.istio.io/v1", "kind": "Sidecar",
-            "metadata": {"name": "mine", "namespace": shop.ns},
+            "metadata": {"name": "lazyxds-deployment-jobs", "namespace": shop.ns},
             "spec": {"workloadSelector": {"labels": {"app": "jobs"}},
                 "egress": [{"hosts": ["./*"]}]}}),
         deployment(&shop.ns, "jobs", 1),
@@ -340,17 +341,22 @@ async fn a_users_sidecar_is_never_touched_and_the_kill_switch_removes_only_ours(
         .unwrap();
     let jobs_pod = jobs[0]["metadata"]["name"].as_str().unwrap().to_string();
     c.set_pod_running(&shop.ns, &jobs_pod, c.pod_ip()).unwrap();
-    let mine_before = shop.sidecar("mine").unwrap();
+    let mine = || shop.sidecar("lazyxds-deployment-jobs").unwrap();
+    let mine_before = mine();
 
     let ctl = controller(c, inst).await.unwrap();
-    shop.wait_web_deps(&[], &ctl).await;
-    // jobs has a user Sidecar: we never write one beside it.
+    let api = shop.host("api");
+    send_edges(&ctl.grpc_addr(), &[(shop.web_ip, &outbound(&api, 80))])
+        .await
+        .unwrap();
+    shop.wait_web_deps(&[&api], &ctl).await;
+    // jobs has a user Sidecar: we never write it, nor one beside it.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(shop.sidecar("lazyxds-deployment-jobs").is_none());
     assert_eq!(
-        shop.sidecar("mine").unwrap()["metadata"]["resourceVersion"],
+        mine()["metadata"]["resourceVersion"],
         mine_before["metadata"]["resourceVersion"]
     );
+    assert_eq!(mine()["spec"]["egress"][0]["hosts"], json!(["./*"]));
 
     // The kill switch: every Sidecar we own goes, the user's stays.
     c.kubectl(
@@ -378,7 +384,7 @@ async fn a_users_sidecar_is_never_touched_and_the_kill_switch_removes_only_ours(
     )
     .await;
     assert_eq!(
-        shop.sidecar("mine").unwrap()["metadata"]["resourceVersion"],
+        mine()["metadata"]["resourceVersion"],
         mine_before["metadata"]["resourceVersion"]
     );
     c.kubectl(
@@ -395,7 +401,8 @@ async fn a_users_sidecar_is_never_touched_and_the_kill_switch_removes_only_ours(
         None,
     )
     .unwrap();
-    shop.wait_web_deps(&[], &ctl).await;
+    // Switched back on: the learned deps were kept, the Sidecar comes back whole.
+    shop.wait_web_deps(&[&api], &ctl).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -878,7 +885,7 @@ fn labels_of(pod: &Value) -> BTreeMap<String, String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn events_on_real_workloads_say_scoped_or_not_scoped() {
+async fn an_event_on_the_real_deployment_says_it_is_scoped() {
     let _serial = SERIAL.lock().await;
     let c = cluster().await;
     let inst = installed(c).await;
@@ -1001,6 +1008,11 @@ async fn two_replicas_elect_one_leader_and_failover_keeps_every_dependency() {
         .await
         .unwrap();
     shop.wait_web_deps(&[&api], &a).await;
+    assert!(
+        !b.log().contains("Sidecar written"),
+        "the follower wrote:\n{}",
+        b.log()
+    );
 
     // The leader dies without releasing the Lease: the follower takes over, and what was
     // learned survives (it is read back from the Sidecars).
