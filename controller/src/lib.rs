@@ -1,8 +1,7 @@
 //! The lazyxds controller.
 //!
-//! - [`edges`]: decoding gateway edge batches and the in-memory edge store (pure).
+//! - [`edges`]: the gRPC edge stream, its decoder (pure) and the debug edge store.
 //! - [`sink`]: the [`sink::EdgeSink`] seam where decoded edges go.
-//! - [`grpc`]: the `lazyxds.v1.EdgeSink` tonic service, generic over the sink.
 //! - [`http`]: debug and health endpoints.
 //! - [`learn`]: the sink that feeds edges into the dependency index.
 //! - [`filemode`]: `run --file`: topology file in, Sidecar YAML files out.
@@ -14,7 +13,6 @@ pub mod counters;
 pub mod edges;
 pub mod error;
 pub mod filemode;
-pub mod grpc;
 pub mod http;
 pub mod install;
 pub mod kube;

@@ -15,9 +15,9 @@ use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
 
 use lazyxds::counters::Counters;
+use lazyxds::edges::stream::{EdgeSinkService, GrpcConfig, Shutdown};
 use lazyxds::edges::{Limits, DEFAULT_MAX_STREAM_NAMES};
 use lazyxds::filemode::{self, FileMode};
-use lazyxds::grpc::{EdgeSinkService, GrpcConfig, Shutdown};
 use lazyxds::http::{DepsView, EdgeView, PlanView, Sources};
 use lazyxds::kube::writer::WriterConfig;
 use lazyxds::learn::Learner;
