@@ -13,13 +13,12 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use lazyxds_index::{
-    desired, gateway_objects, Desired, GatewayObjects, Index, RenderConfig, SidecarObject, Topology,
-};
+use lazyxds_index::{Desired, GatewayObjects, Index, Pass, RenderConfig, SidecarObject, Topology};
 use serde_json::Value;
 
 use crate::error::FileModeError;
 use crate::learn::SharedLearner;
+use crate::target::Target;
 
 /// Reads and parses a topology file; errors name the file, object and field.
 pub fn load_topology(path: &Path) -> Result<Topology, FileModeError> {
@@ -207,89 +206,102 @@ pub fn load_state(
     Ok(restored)
 }
 
-/// File-mode settings.
-#[derive(Debug, Clone)]
-pub struct FileMode {
-    pub topology: PathBuf,
-    pub out_dir: PathBuf,
+/// `run --file`: the topology file stands in for the cluster's watches, `--out` for the
+/// cluster's Sidecars.
+#[derive(Debug)]
+pub struct FileTarget {
+    topology: PathBuf,
+    out_dir: PathBuf,
     /// Defaults the topology's `mesh`/`gateway` sections override.
-    pub base_render: RenderConfig,
-    /// Changes within this window are written together.
-    pub debounce: Duration,
-    /// How often the topology file is checked for changes (and held edges / TTL run).
-    pub poll: Duration,
+    base_render: RenderConfig,
+    render: RenderConfig,
+    learner: SharedLearner,
+    seen_mtime: Option<SystemTime>,
+    /// How often the topology file is checked for changes.
+    poll: tokio::time::Interval,
+    last_refusals: BTreeMap<String, String>,
 }
 
-/// Keeps `out_dir` equal to the desired state until `stop` resolves. Reloads the topology
-/// when its file changes; a bad file is logged and the last good state kept.
-pub async fn run_writer(
-    mode: FileMode,
-    learner: SharedLearner,
-    topology: Topology,
-    stop: impl std::future::Future<Output = ()>,
-) {
-    let mut render = topology.render_config(mode.base_render.clone());
-    let mut seen_mtime = mtime(&mode.topology);
-    let mut poll = tokio::time::interval(mode.poll);
-    let mut last_refusals = BTreeMap::new();
-    tokio::pin!(stop);
-    // Gateways connecting now need the table before the first (debounced) pass.
-    learner.publish_namespace_table(&render);
-    // The first pass writes whatever the restored state renders to.
-    let mut dirty = true;
-    loop {
-        if dirty {
-            tokio::time::sleep(mode.debounce).await;
-            dirty = false;
-            learner.publish_namespace_table(&render);
-            let gateway = gateway_objects(&learner.index(), &render);
-            match write_gateway(&mode.out_dir, &gateway) {
-                Ok(true) => tracing::info!(
-                    file = %gateway_file(&mode.out_dir).display(),
-                    virtual_services = gateway.virtual_services.len(),
-                    "gateway routing objects updated"
-                ),
-                Ok(false) => {}
-                Err(error) => {
-                    tracing::error!(%error, "writing the gateway objects failed");
-                    dirty = true;
-                }
-            }
-            let desired = desired(&learner.index(), &render);
-            log_refusals(&desired, &mut last_refusals);
-            match write_sidecars(&mode.out_dir, &desired) {
-                Ok(stats) if stats.written + stats.removed > 0 => tracing::info!(
-                    dir = %mode.out_dir.display(), written = stats.written,
-                    removed = stats.removed, unchanged = stats.unchanged, "Sidecars updated"
-                ),
-                Ok(_) => {}
-                Err(error) => {
-                    // Keep the state; the next change or poll retries.
-                    tracing::error!(%error, "writing Sidecars failed");
-                    dirty = true;
-                }
+impl FileTarget {
+    /// `topology` is the file's current content, already applied to the learner's index.
+    pub fn new(
+        topology_file: PathBuf,
+        out_dir: PathBuf,
+        base_render: RenderConfig,
+        topology: &Topology,
+        learner: SharedLearner,
+        poll: Duration,
+    ) -> Self {
+        FileTarget {
+            render: topology.render_config(base_render.clone()),
+            seen_mtime: mtime(&topology_file),
+            topology: topology_file,
+            out_dir,
+            base_render,
+            learner,
+            poll: tokio::time::interval(poll),
+            last_refusals: BTreeMap::new(),
+        }
+    }
+}
+
+impl Target for FileTarget {
+    async fn ready(&mut self) {}
+
+    fn render_config(&self) -> RenderConfig {
+        self.render.clone()
+    }
+
+    async fn apply(&mut self, pass: &Pass) -> bool {
+        let mut ok = true;
+        match write_gateway(&self.out_dir, &pass.gateway) {
+            Ok(true) => tracing::info!(
+                file = %gateway_file(&self.out_dir).display(),
+                virtual_services = pass.gateway.virtual_services.len(),
+                "gateway routing objects updated"
+            ),
+            Ok(false) => {}
+            Err(error) => {
+                tracing::error!(%error, "writing the gateway objects failed");
+                ok = false;
             }
         }
-        tokio::select! {
-            () = &mut stop => return,
-            () = learner.wait_changed() => dirty = true,
-            _ = poll.tick() => {
-                learner.tick();
-                let now = mtime(&mode.topology);
-                if now != seen_mtime {
-                    seen_mtime = now;
-                    match load_topology(&mode.topology) {
-                        Ok(topology) => {
-                            topology.apply_to(&mut learner.index());
-                            render = topology.render_config(mode.base_render.clone());
-                            tracing::info!(file = %mode.topology.display(), "topology reloaded");
-                            dirty = true;
-                        }
-                        Err(error) => tracing::error!(
-                            %error, "topology not reloaded; keeping the last good state"
-                        ),
-                    }
+        log_refusals(&pass.desired, &mut self.last_refusals);
+        match write_sidecars(&self.out_dir, &pass.desired) {
+            Ok(stats) if stats.written + stats.removed > 0 => tracing::info!(
+                dir = %self.out_dir.display(), written = stats.written,
+                removed = stats.removed, unchanged = stats.unchanged, "Sidecars updated"
+            ),
+            Ok(_) => {}
+            Err(error) => {
+                // Keep the state; the loop retries.
+                tracing::error!(%error, "writing Sidecars failed");
+                ok = false;
+            }
+        }
+        ok
+    }
+
+    /// Reloads the topology when its file changes; a bad file is logged and the last good
+    /// state kept.
+    async fn changed(&mut self) {
+        loop {
+            self.poll.tick().await;
+            let now = mtime(&self.topology);
+            if now == self.seen_mtime {
+                continue;
+            }
+            self.seen_mtime = now;
+            match load_topology(&self.topology) {
+                Ok(topology) => {
+                    topology.apply_to(&mut self.learner.index());
+                    self.render = topology.render_config(self.base_render.clone());
+                    tracing::info!(file = %self.topology.display(), "topology reloaded");
+                    return;
                 }
+                Err(error) => tracing::error!(
+                    %error, "topology not reloaded; keeping the last good state"
+                ),
             }
         }
     }

@@ -39,11 +39,17 @@ impl Learner {
         }
     }
 
-    /// Recomputes the namespace table (pod IPs, namespaces, outbound policies) and hands it
-    /// to every gateway stream if it changed. Writers call it on each pass, once the
-    /// index reflects the mesh (in Kubernetes mode: after the watches synced).
+    /// Recomputes the namespace table (pod IPs, namespaces, outbound policies) and
+    /// [`publish`](Self::publish)es it.
     pub fn publish_namespace_table(&self, render: &RenderConfig) -> bool {
         let table = namespace_table(&self.index(), render);
+        self.publish(table)
+    }
+
+    /// Hands the namespace table to every gateway stream if it changed. The loop calls
+    /// it on each pass, once the index reflects the mesh (in Kubernetes mode: after the
+    /// watches synced).
+    pub fn publish(&self, table: NamespaceTable) -> bool {
         let changed = self.table.send_if_modified(|current| {
             if current.as_deref() == Some(&table) {
                 return false;
@@ -86,6 +92,17 @@ impl Learner {
         if !self.index().tick(unix_now()).is_empty() {
             self.mark_changed();
         }
+    }
+
+    /// Ticks every `period` until the task is aborted.
+    pub fn tick_every(self: Arc<Self>, period: std::time::Duration) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(period);
+            loop {
+                every.tick().await;
+                self.tick();
+            }
+        })
     }
 }
 

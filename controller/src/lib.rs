@@ -18,6 +18,8 @@ pub mod install;
 pub mod kube;
 pub mod learn;
 pub mod metrics;
+pub mod runtime;
 pub mod sink;
+pub mod target;
 
 pub use error::{BatchError, FileModeError};

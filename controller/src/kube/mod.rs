@@ -10,22 +10,39 @@ pub mod writer;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
+use kube::api::ApiResource;
 use serde_json::json;
 
 use crate::http::PlanView;
 use crate::learn::SharedLearner;
+
+/// The field manager of every apply.
+pub const FIELD_MANAGER: &str = "lazyxds";
+
+/// The Istio kinds, served as `DynamicObject`s (no generated types needed).
+pub fn istio_resource(kind: &str, plural: &str) -> ApiResource {
+    ApiResource {
+        group: "networking.istio.io".into(),
+        version: "v1".into(),
+        api_version: "networking.istio.io/v1".into(),
+        kind: kind.into(),
+        plural: plural.into(),
+    }
+}
 
 /// What `/debug/plan` shows in Kubernetes mode.
 #[derive(Debug, Clone)]
 pub struct KubeStatus {
     pub writer: Arc<writer::WriterStats>,
     pub watched: Arc<watch::Watched>,
+    pub learner: SharedLearner,
 }
 
 impl PlanView for KubeStatus {
     fn plan(&self) -> serde_json::Value {
         let w = &self.writer;
         let v = &self.watched;
+        let kill_switch = self.learner.index().kill_switch();
         let plan = w.plan();
         json!({
             "plan": &*plan,
@@ -42,7 +59,7 @@ impl PlanView for KubeStatus {
                 "errors": v.watch_errors.load(Relaxed),
                 "invalid_annotations": v.invalid_annotations.load(Relaxed),
             },
-            "kill_switch": v.disabled.load(Relaxed),
+            "kill_switch": kill_switch,
         })
     }
 }
@@ -93,7 +110,7 @@ impl crate::metrics::MetricsSource for KubeStatus {
             events: v.events.load(Relaxed),
             errors: v.watch_errors.load(Relaxed),
             invalid_annotations: v.invalid_annotations.load(Relaxed),
-            kill_switch: u64::from(v.disabled.load(Relaxed)),
+            kill_switch: u64::from(self.learner.index().kill_switch()),
         };
         register_fields(
             registry,
@@ -114,41 +131,30 @@ pub struct Identity {
     pub pod_name: String,
 }
 
-/// Starts the watchers; returns the status view and the writer (to run until `stop`).
-/// `leader` says when this replica may write ([`leader::always`] without election).
+/// Starts the watchers; returns the status view and the target the loop
+/// ([`crate::target::run`]) drives. `leader` says when this replica may write
+/// ([`leader::always`] without election).
 pub fn start(
     client: ::kube::Client,
     identity: &Identity,
     learner: SharedLearner,
     leader: tokio::sync::watch::Receiver<bool>,
     config: writer::WriterConfig,
-    stop: impl std::future::Future<Output = ()> + Send + 'static,
-) -> (
-    KubeStatus,
-    impl std::future::Future<Output = ()> + Send + 'static,
-) {
+) -> (KubeStatus, writer::KubeTarget) {
     let watched = Arc::new(watch::Watched::default());
     let stats = Arc::new(writer::WriterStats::default());
     let (synced_tx, synced_rx) = tokio::sync::watch::channel(Vec::new());
-    let mut tasks = watch::spawn_all(
+    let watches = watch::spawn_all(
         client.clone(),
         &identity.namespace,
         learner.clone(),
         watched.clone(),
         synced_tx,
     );
-    // Held edges (from IPs the pod watch has not shown yet) and TTL expiry need time.
-    let ticking = learner.clone();
-    tasks.push(tokio::spawn(async move {
-        let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
-        loop {
-            every.tick().await;
-            ticking.tick();
-        }
-    }));
     let status = KubeStatus {
         writer: stats.clone(),
         watched: watched.clone(),
+        learner: learner.clone(),
     };
     let recorder = (!config.dry_run).then(|| {
         ::kube::runtime::events::Recorder::new(
@@ -166,12 +172,7 @@ pub fn start(
         leader,
         recorder,
         stats,
+        watches,
     };
-    let writer = async move {
-        writer::run(client, parts, config, stop).await;
-        for task in tasks {
-            task.abort();
-        }
-    };
-    (status, writer)
+    (status, writer::KubeTarget::new(client, parts, config))
 }

@@ -12,28 +12,18 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet}
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{ApiResource, DynamicObject};
+use kube::api::DynamicObject;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, Resource};
-use lazyxds_index::{Index, MeshConfig, OutboundPolicy, WorkloadKind};
+use lazyxds_index::{Index, MeshConfig, WorkloadKind};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::sync::watch as signal;
 
+use super::istio_resource;
 use super::project::{self, Projected};
 use crate::learn::SharedLearner;
-
-/// The Istio kinds, served as `DynamicObject`s (no generated types needed).
-pub fn istio_resource(kind: &str, plural: &str) -> ApiResource {
-    ApiResource {
-        group: "networking.istio.io".into(),
-        version: "v1".into(),
-        api_version: "networking.istio.io/v1".into(),
-        kind: kind.into(),
-        plural: plural.into(),
-    }
-}
 
 /// The kill switch: ConfigMap `lazyxds` in the controller's namespace; `enabled: "false"`
 /// makes the writer delete every Sidecar we own.
@@ -123,10 +113,6 @@ pub fn spec_text(spec: &Value) -> String {
 pub struct Watched {
     /// Every Sidecar in the cluster by (namespace, name).
     pub sidecars: Mutex<BTreeMap<(String, String), LiveSidecar>>,
-    /// The kill switch is on.
-    pub disabled: std::sync::atomic::AtomicBool,
-    /// The mesh's outboundTrafficPolicy: 0 unset, 1 ALLOW_ANY, 2 REGISTRY_ONLY.
-    pub mesh_policy: std::sync::atomic::AtomicU8,
     pub invalid_annotations: AtomicU64,
     pub watch_errors: AtomicU64,
     pub events: AtomicU64,
@@ -286,8 +272,7 @@ fn apply_kill_switch(ctx: &Ctx, cm: Option<&ConfigMap>) {
         .and_then(|d| d.get("enabled"))
         .map(|v| v.trim())
         == Some("false");
-    let was = ctx.watched.disabled.swap(disabled, Relaxed);
-    if was != disabled {
+    if ctx.learner.index().set_kill_switch(disabled) {
         let what = if disabled {
             "ON: deleting every Sidecar we own"
         } else {
@@ -307,20 +292,12 @@ fn apply_mesh_config(ctx: &Ctx, cm: Option<&ConfigMap>) {
         .map_or("", String::as_str);
     match MeshConfig::parse(yaml) {
         Ok(mesh) => {
-            let policy = match mesh.outbound_policy {
-                None => 0,
-                Some(OutboundPolicy::AllowAny) => 1,
-                Some(OutboundPolicy::RegistryOnly) => 2,
-            };
-            ctx.watched.mesh_policy.store(policy, Relaxed);
             tracing::info!(
                 discovery_selectors = mesh.discovery_selectors.len(),
                 outbound_policy = ?mesh.outbound_policy,
                 "Istio mesh config"
             );
-            ctx.learner
-                .index()
-                .set_discovery_selectors(mesh.discovery_selectors);
+            ctx.learner.index().set_mesh_config(mesh);
             ctx.learner.mark_changed();
         }
         Err(error) => {

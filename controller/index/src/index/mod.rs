@@ -22,6 +22,7 @@ use crate::objects::{
     Job, Labels, Namespace, Pod, ReplicaSet, Service, ServiceEntry, SidecarObject, VirtualService,
     WorkloadId, WorkloadKind, WorkloadObject,
 };
+use crate::sidecar::OutboundPolicy;
 
 pub use edges::ObservedEdge;
 pub(crate) use workloads::WorkloadView;
@@ -147,6 +148,10 @@ pub struct Index {
     next_prune: u64,
     /// Istio's `discoverySelectors`: workloads in namespaces istiod ignores are not scoped.
     discovery: Vec<crate::discovery::LabelSelector>,
+    /// The mesh config's `outboundTrafficPolicy.mode`, when it sets one.
+    mesh_policy: Option<OutboundPolicy>,
+    /// The kill switch: no Sidecar is desired while it is on.
+    kill_switch: bool,
     /// One copy of each pod label set in use; unused ones are dropped with the IP history.
     pod_labels: hashbrown::HashSet<Arc<Labels>>,
 }
@@ -172,6 +177,8 @@ impl Index {
             next_expiry: u64::MAX,
             next_prune: 0,
             discovery: Vec::new(),
+            mesh_policy: None,
+            kill_switch: false,
             pod_labels: hashbrown::HashSet::new(),
         }
     }
@@ -179,6 +186,28 @@ impl Index {
     /// Istio's `discoverySelectors` (empty: every namespace).
     pub fn set_discovery_selectors(&mut self, selectors: Vec<crate::discovery::LabelSelector>) {
         self.discovery = selectors;
+    }
+
+    /// What lazyxds takes from Istio's mesh config: `discoverySelectors` and the mesh's
+    /// outbound policy (which, when set, wins over `RenderConfig::mesh_outbound_policy`).
+    pub fn set_mesh_config(&mut self, mesh: crate::discovery::MeshConfig) {
+        self.discovery = mesh.discovery_selectors;
+        self.mesh_policy = mesh.outbound_policy;
+    }
+
+    /// The mesh config's outbound policy, if it sets one.
+    pub fn mesh_policy(&self) -> Option<OutboundPolicy> {
+        self.mesh_policy
+    }
+
+    /// Turns the kill switch on or off; returns whether it changed.
+    pub fn set_kill_switch(&mut self, on: bool) -> bool {
+        std::mem::replace(&mut self.kill_switch, on) != on
+    }
+
+    /// The kill switch is on: every Sidecar we own goes.
+    pub fn kill_switch(&self) -> bool {
+        self.kill_switch
     }
 
     /// Whether istiod watches this namespace (by its labels and `discoverySelectors`).
