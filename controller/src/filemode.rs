@@ -13,6 +13,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use lazyxds_index::objects::{is_ours, string_map};
 use lazyxds_index::{Desired, GatewayObjects, Index, Pass, RenderConfig, SidecarObject, Topology};
 use serde_json::Value;
 
@@ -77,23 +78,9 @@ fn parse_our_sidecar(path: &Path, text: &str) -> Result<Option<SidecarObject>, F
     if value.get("kind").and_then(Value::as_str) != Some("Sidecar") {
         return Ok(None);
     }
-    let meta = value.get("metadata").cloned().unwrap_or(Value::Null);
-    let strings = |field: &str| -> BTreeMap<String, String> {
-        meta.get(field)
-            .and_then(Value::as_object)
-            .map(|m| {
-                m.iter()
-                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let labels = strings("labels");
-    if labels
-        .get(lazyxds_index::objects::LABEL_MANAGED_BY)
-        .map(String::as_str)
-        != Some(lazyxds_index::objects::MANAGED_BY_US)
-    {
+    let meta = &value["metadata"];
+    let labels = string_map(&meta["labels"]);
+    if !is_ours(&labels) {
         return Ok(None);
     }
     let name = meta.get("name").and_then(Value::as_str);
@@ -103,12 +90,12 @@ fn parse_our_sidecar(path: &Path, text: &str) -> Result<Option<SidecarObject>, F
             "metadata.name and metadata.namespace are required".into()
         ));
     };
-    let spec = value.get("spec").cloned().unwrap_or(Value::Null);
+    let spec = value["spec"].clone();
     SidecarObject::new(
         namespace,
         name,
-        labels.into_iter().collect(),
-        &strings("annotations"),
+        labels,
+        &string_map(&meta["annotations"]),
         spec,
     )
     .map(Some)
@@ -131,10 +118,6 @@ pub struct WriteStats {
 /// Writes every desired Sidecar whose file differs (write, then rename: readers never see
 /// half a file) and removes our files that are no longer desired.
 pub fn write_sidecars(dir: &Path, desired: &Desired) -> Result<WriteStats, FileModeError> {
-    let io_err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| FileModeError::Write { path, source }
-    };
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     let mut stats = WriteStats::default();
     let mut keep = BTreeSet::new();
@@ -150,9 +133,7 @@ pub fn write_sidecars(dir: &Path, desired: &Desired) -> Result<WriteStats, FileM
             stats.unchanged += 1;
             continue;
         }
-        let tmp = dir.join(format!(".{}.tmp", meta.name));
-        fs::write(&tmp, &text).map_err(io_err(&tmp))?;
-        fs::rename(&tmp, &path).map_err(io_err(&path))?;
+        write_whole(&dir.join(format!(".{}.tmp", meta.name)), &path, &text)?;
         stats.written += 1;
     }
     for path in read_our_sidecars(dir)?.into_keys() {
@@ -181,16 +162,21 @@ pub fn write_gateway(out_dir: &Path, objects: &GatewayObjects) -> Result<bool, F
     if fs::read_to_string(&path).is_ok_and(|old| old == text) {
         return Ok(false);
     }
-    let io_err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| FileModeError::Write { path, source }
-    };
     let dir = path.parent().unwrap_or(out_dir);
     fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let tmp = dir.join(".lazyxds-gateway.yaml.tmp");
-    fs::write(&tmp, &text).map_err(io_err(&tmp))?;
-    fs::rename(&tmp, &path).map_err(io_err(&path))?;
+    write_whole(&dir.join(".lazyxds-gateway.yaml.tmp"), &path, &text)?;
     Ok(true)
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> FileModeError {
+    let path = path.to_path_buf();
+    move |source| FileModeError::Write { path, source }
+}
+
+/// Writes `text` to `tmp`, then renames it to `path`: readers never see half a file.
+fn write_whole(tmp: &Path, path: &Path, text: &str) -> Result<(), FileModeError> {
+    fs::write(tmp, text).map_err(io_err(tmp))?;
+    fs::rename(tmp, path).map_err(io_err(path))
 }
 
 /// Builds the index for a topology and the Sidecars already in `dir` (restart safety).

@@ -10,7 +10,9 @@ use tokio::sync::{watch, Notify};
 
 use crate::edges::StoredEdge;
 use crate::http::{DepsView, EdgeView, WorkloadDeps};
+use crate::metrics::{register_fields, register_gauges, MetricsSource};
 use crate::sink::{EdgeSink, GatewayInfo, MemoryEdgeSink};
+use prometheus_client::registry::Registry;
 
 /// Seconds since the epoch: the index's clock (coarse on purpose: last-seen is coarse).
 pub fn unix_now() -> u64 {
@@ -155,3 +157,38 @@ impl DepsView for Learner {
 
 /// A learner shared by the gRPC service, the HTTP server and the writer.
 pub type SharedLearner = Arc<Learner>;
+
+impl MetricsSource for Learner {
+    fn collect(&self, registry: &mut Registry) {
+        let index = self.index();
+        register_fields(
+            registry,
+            "index",
+            index.counters(),
+            &[],
+            "dependency index; stuck on the gateway = known_dep_requests / attributed_requests",
+        );
+        let deps: Vec<_> = index
+            .workloads_with_deps()
+            .into_iter()
+            .map(|id| {
+                let n = index.deps(&id).len() as i64;
+                let labels = vec![
+                    ("namespace".to_string(), id.namespace.to_string()),
+                    (
+                        "workload".to_string(),
+                        format!("{}/{}", id.kind.as_str(), id.name),
+                    ),
+                ];
+                (labels, n)
+            })
+            .collect();
+        drop(index);
+        register_gauges(
+            registry,
+            "workload_deps",
+            "learned dependencies per workload",
+            deps,
+        );
+    }
+}

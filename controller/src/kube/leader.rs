@@ -10,8 +10,7 @@ use kube_lease_manager::LeaseManagerBuilder;
 use serde_json::json;
 use tokio::sync::watch;
 
-/// The label the leader puts on its pod; the gRPC Service selects it.
-pub const LEADER_LABEL: &str = "lazyxds.io/leader";
+pub use lazyxds_index::objects::LEADER_LABEL;
 
 #[derive(Debug, Clone)]
 pub struct LeaderConfig {

@@ -38,28 +38,55 @@ pub struct KubeStatus {
     pub learner: SharedLearner,
 }
 
+/// The writer's and the watches' counters, as `/debug/plan` and `/metrics` show them.
+#[derive(serde::Serialize)]
+struct Counts {
+    passes: u64,
+    applies: u64,
+    deletes: u64,
+    blocked: u64,
+    last_pass_ms: u64,
+}
+
+#[derive(serde::Serialize)]
+struct WatchCounts {
+    events: u64,
+    errors: u64,
+    invalid_annotations: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kill_switch: Option<u64>,
+}
+
+impl KubeStatus {
+    fn counts(&self) -> (Counts, WatchCounts) {
+        let (w, v) = (&self.writer, &self.watched);
+        let writer = Counts {
+            passes: w.passes.load(Relaxed),
+            applies: w.applies.load(Relaxed),
+            deletes: w.deletes.load(Relaxed),
+            blocked: w.blocked.load(Relaxed),
+            last_pass_ms: w.last_pass_ms.load(Relaxed),
+        };
+        let watch = WatchCounts {
+            events: v.events.load(Relaxed),
+            errors: v.watch_errors.load(Relaxed),
+            invalid_annotations: v.invalid_annotations.load(Relaxed),
+            kill_switch: None,
+        };
+        (writer, watch)
+    }
+}
+
 impl PlanView for KubeStatus {
     fn plan(&self) -> serde_json::Value {
-        let w = &self.writer;
-        let v = &self.watched;
-        let kill_switch = self.learner.index().kill_switch();
-        let plan = w.plan();
+        let (writer, watch) = self.counts();
+        let mut writer = json!(writer);
+        writer["errors"] = json!(self.writer.errors());
         json!({
-            "plan": &*plan,
-            "writer": {
-                "passes": w.passes.load(Relaxed),
-                "applies": w.applies.load(Relaxed),
-                "deletes": w.deletes.load(Relaxed),
-                "blocked": w.blocked.load(Relaxed),
-                "errors": w.errors(),
-                "last_pass_ms": w.last_pass_ms.load(Relaxed),
-            },
-            "watch": {
-                "events": v.events.load(Relaxed),
-                "errors": v.watch_errors.load(Relaxed),
-                "invalid_annotations": v.invalid_annotations.load(Relaxed),
-            },
-            "kill_switch": kill_switch,
+            "plan": &*self.writer.plan(),
+            "writer": writer,
+            "watch": watch,
+            "kill_switch": self.learner.index().kill_switch(),
         })
     }
 }
@@ -67,58 +94,21 @@ impl PlanView for KubeStatus {
 impl crate::metrics::MetricsSource for KubeStatus {
     fn collect(&self, registry: &mut prometheus_client::registry::Registry) {
         use crate::metrics::{register_counters, register_fields};
-        let w = &self.writer;
-        let v = &self.watched;
-        #[derive(serde::Serialize)]
-        struct Writer {
-            passes: u64,
-            applies: u64,
-            deletes: u64,
-            blocked: u64,
-            last_pass_ms: u64,
-        }
-        let writer = Writer {
-            passes: w.passes.load(Relaxed),
-            applies: w.applies.load(Relaxed),
-            deletes: w.deletes.load(Relaxed),
-            blocked: w.blocked.load(Relaxed),
-            last_pass_ms: w.last_pass_ms.load(Relaxed),
-        };
-        register_fields(
-            registry,
-            "writer",
-            &writer,
-            &["last_pass_ms"],
-            "the Sidecar writer",
-        );
+        let (writer, mut watch) = self.counts();
+        watch.kill_switch = Some(u64::from(self.learner.index().kill_switch()));
+        let help = "the Sidecar writer";
+        register_fields(registry, "writer", &writer, &["last_pass_ms"], help);
         register_counters(
             registry,
             "writer_errors",
             "failed Sidecar writes, by reason",
-            w.errors()
+            self.writer
+                .errors()
                 .into_iter()
                 .map(|(reason, n)| (vec![("reason".to_string(), reason)], n)),
         );
-        #[derive(serde::Serialize)]
-        struct Watch {
-            events: u64,
-            errors: u64,
-            invalid_annotations: u64,
-            kill_switch: u64,
-        }
-        let watch = Watch {
-            events: v.events.load(Relaxed),
-            errors: v.watch_errors.load(Relaxed),
-            invalid_annotations: v.invalid_annotations.load(Relaxed),
-            kill_switch: u64::from(self.learner.index().kill_switch()),
-        };
-        register_fields(
-            registry,
-            "watch",
-            &watch,
-            &["kill_switch"],
-            "Kubernetes watches; kill_switch 1 = on",
-        );
+        let help = "Kubernetes watches; kill_switch 1 = on";
+        register_fields(registry, "watch", &watch, &["kill_switch"], help);
     }
 }
 

@@ -24,13 +24,7 @@ use super::istio_resource;
 use super::project::{self, Projected};
 use crate::learn::SharedLearner;
 
-/// The kill switch: ConfigMap `lazyxds` in the controller's namespace; `enabled: "false"`
-/// makes the writer delete every Sidecar we own.
-pub const KILL_SWITCH_CONFIGMAP: &str = "lazyxds";
-
-/// Istio's mesh config: ConfigMap `istio` in `istio-system`, key `mesh`.
-pub const ISTIO_NAMESPACE: &str = "istio-system";
-pub const MESH_CONFIGMAP: &str = "istio";
+pub use lazyxds_index::objects::{KILL_SWITCH_CONFIGMAP, MESH_CONFIGMAP, MESH_CONFIG_NAMESPACE};
 
 /// Every kind watched, by name; the writer starts when all are synced.
 pub const KINDS: [&str; 14] = [
@@ -71,10 +65,7 @@ impl LiveSidecar {
         annotations: BTreeMap<String, String>,
         spec: &Value,
     ) -> Self {
-        let ours = labels
-            .get(lazyxds_index::objects::LABEL_MANAGED_BY)
-            .map(String::as_str)
-            == Some(lazyxds_index::objects::MANAGED_BY_US);
+        let ours = lazyxds_index::objects::is_ours(&labels);
         if !ours {
             return LiveSidecar {
                 ours,
@@ -360,7 +351,7 @@ pub fn spawn_all(
             apply_kill_switch,
         )),
         tokio::spawn(run_configmap(
-            Api::namespaced(client.clone(), ISTIO_NAMESPACE),
+            Api::namespaced(client.clone(), MESH_CONFIG_NAMESPACE),
             MESH_CONFIGMAP,
             "meshconfig",
             ctx.clone(),

@@ -15,6 +15,7 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
 use kube::{Api, Client};
+use lazyxds_index::objects::string_map;
 use lazyxds_index::{Desired, Pass, RenderConfig, WorkloadId, WorkloadKind};
 use serde::Serialize;
 use serde_json::Value;
@@ -546,18 +547,10 @@ fn workload_of(namespace: &str, body: &Value) -> Option<WorkloadId> {
 }
 
 fn live_from_body(body: &Value) -> LiveSidecar {
-    let strings = |v: &Value| -> BTreeMap<String, String> {
-        v.as_object()
-            .map(|m| {
-                m.iter()
-                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let meta = &body["metadata"];
     LiveSidecar::new(
-        strings(&body["metadata"]["labels"]),
-        strings(&body["metadata"]["annotations"]),
+        string_map(&meta["labels"]),
+        string_map(&meta["annotations"]),
         &body["spec"],
     )
 }
