@@ -200,10 +200,14 @@ pub struct RunArgs {
     pub log_level: Option<String>,
 }
 
+/// Where edges go: the index (file and Kubernetes mode) or the debug store alone.
+pub trait Sink: EdgeSink + EdgeView {}
+impl<T: EdgeSink + EdgeView> Sink for T {}
+
 /// A mode, wired: where edges go, what the HTTP server shows, and the loop that keeps
 /// the mode's target (nothing in bare mode).
-pub struct Runtime<S> {
-    pub sink: Arc<S>,
+pub struct Runtime {
+    pub sink: Arc<dyn Sink>,
     pub views: Views,
     pub target: Pin<Box<dyn Future<Output = ()> + Send>>,
     /// True while this replica must not hold gateway streams (stopping, or following).
@@ -233,48 +237,30 @@ impl RunArgs {
         let counters = Arc::new(Counters::default());
         let edges = MemoryEdgeSink::new(self.max_edges, counters.clone());
         let (stop_tx, stop_rx) = watch::channel(false);
-        let listeners = (grpc_listener, http_listener);
-        if self.kube {
-            let runtime = self.kube(edges, stop_rx.clone()).await?;
-            return self
-                .serve(listeners, runtime, counters, (stop_tx, stop_rx))
-                .await;
-        }
-        if let (Some(file), Some(out)) = (&self.file, &self.out) {
-            let runtime = self.file(file, out, edges, stop_rx.clone())?;
-            return self
-                .serve(listeners, runtime, counters, (stop_tx, stop_rx))
-                .await;
-        }
-        let runtime = Runtime {
-            sink: Arc::new(edges),
-            views: Views::default(),
-            target: Box::pin(std::future::ready(())),
-            streams_stop: stop_rx.clone(),
+        let runtime = match (&self.file, &self.out) {
+            _ if self.kube => self.kube(edges, stop_rx.clone()).await?,
+            (Some(file), Some(out)) => self.file(file, out, edges, stop_rx.clone())?,
+            _ => Runtime {
+                sink: Arc::new(edges),
+                views: Views::default(),
+                target: Box::pin(std::future::ready(())),
+                streams_stop: stop_rx.clone(),
+            },
         };
+        let listeners = (grpc_listener, http_listener);
         self.serve(listeners, runtime, counters, (stop_tx, stop_rx))
             .await
     }
 
     /// `--kube`: watches into the index, the cluster as the target.
-    async fn kube(
-        &self,
-        edges: MemoryEdgeSink,
-        stop: watch::Receiver<bool>,
-    ) -> Result<Runtime<Learner>> {
+    async fn kube(&self, edges: MemoryEdgeSink, stop: watch::Receiver<bool>) -> Result<Runtime> {
         let client = kube::Client::try_default().await.context(
             "--kube: no Kubernetes credentials (in-cluster service account, KUBECONFIG or ~/.kube/config)",
         )?;
         let learner = Arc::new(Learner::new(Index::new(self.scoping.index_config()), edges));
         let leader = if self.leader_election {
-            let config = leader::LeaderConfig {
-                namespace: self.namespace.clone(),
-                pod_name: self.pod_name.clone(),
-                lease_name: "lazyxds-leader".into(),
-                duration_secs: self.lease_duration_secs,
-                grace_secs: (self.lease_duration_secs / 3).max(1),
-            };
-            leader::elect(client.clone(), config)
+            let (ns, pod) = (&self.namespace, &self.pod_name);
+            leader::elect(client.clone(), ns, pod, self.lease_duration_secs)
                 .await
                 .context("starting leader election")?
         } else {
@@ -314,7 +300,7 @@ impl RunArgs {
         out: &std::path::Path,
         edges: MemoryEdgeSink,
         stop: watch::Receiver<bool>,
-    ) -> Result<Runtime<Learner>> {
+    ) -> Result<Runtime> {
         let topology = filemode::load_topology(file)?;
         let mut index = Index::new(self.scoping.index_config());
         let restored = filemode::load_state(&topology, out, &mut index)?;
@@ -361,10 +347,10 @@ impl RunArgs {
     }
 
     /// Serves gRPC and HTTP, and runs the target loop, until a stop signal or a failure.
-    async fn serve<S: EdgeSink + EdgeView>(
+    async fn serve(
         &self,
         (grpc_listener, http_listener): (TcpListener, TcpListener),
-        runtime: Runtime<S>,
+        runtime: Runtime,
         counters: Arc<Counters>,
         (stop_tx, stop_rx): (watch::Sender<bool>, watch::Receiver<bool>),
     ) -> Result<()> {

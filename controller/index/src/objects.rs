@@ -38,6 +38,8 @@ pub const KILL_SWITCH_CONFIGMAP: &str = "lazyxds";
 /// Istio's mesh config: ConfigMap `istio` in `istio-system`, key `mesh`.
 pub const MESH_CONFIG_NAMESPACE: &str = "istio-system";
 pub const MESH_CONFIGMAP: &str = "istio";
+/// The Lease replicas elect a leader on, in the controller's namespace.
+pub const LEADER_LEASE: &str = "lazyxds-leader";
 /// The label the leader puts on its pod; the gRPC Service selects it.
 pub const LEADER_LABEL: &str = "lazyxds.io/leader";
 

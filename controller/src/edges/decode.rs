@@ -244,7 +244,7 @@ fn decode_ip(bytes: &[u8]) -> Option<IpAddr> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Arc;
 
     use lazyxds_proto::v1::{Edge, EdgeBatch, Name};
@@ -252,10 +252,10 @@ mod tests {
     use super::*;
     use crate::error::{BatchError, NameField};
 
-    const REVIEWS: &str = "outbound|9080||reviews.default.svc.cluster.local";
-    const REVIEWS_HOST: &str = "reviews.default.svc.cluster.local";
-    const RATINGS: &str = "outbound|9080||ratings.default.svc.cluster.local";
-    const SPIFFE: &str = "spiffe://cluster.local/ns/default/sa/productpage";
+    pub(crate) const REVIEWS: &str = "outbound|9080||reviews.default.svc.cluster.local";
+    pub(crate) const REVIEWS_HOST: &str = "reviews.default.svc.cluster.local";
+    pub(crate) const RATINGS: &str = "outbound|9080||ratings.default.svc.cluster.local";
+    pub(crate) const SPIFFE: &str = "spiffe://cluster.local/ns/default/sa/productpage";
 
     fn mk_name(id: u32, value: &str) -> Name {
         Name {
@@ -284,7 +284,7 @@ mod tests {
         }
     }
 
-    fn mk_observed(
+    pub(crate) fn mk_observed(
         ip: &str,
         host: Option<&str>,
         cluster: &str,

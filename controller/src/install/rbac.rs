@@ -64,8 +64,7 @@ pub const CLUSTER_RULES: &[Rule] = &[
     },
 ];
 
-/// The Lease replicas elect a leader on (`lazyxds run --leader-election`).
-pub const LEADER_LEASE: &str = "lazyxds-leader";
+pub use lazyxds_index::objects::LEADER_LEASE;
 
 /// In the controller's own namespace only (Role): leader election and the kill switch.
 pub const NAMESPACE_RULES: &[Rule] = &[
