@@ -192,6 +192,9 @@ pub fn load_state(
     Ok(restored)
 }
 
+/// How often the topology file is checked for changes.
+const TOPOLOGY_POLL: Duration = Duration::from_secs(1);
+
 /// `run --file`: the topology file stands in for the cluster's watches, `--out` for the
 /// cluster's Sidecars.
 #[derive(Debug)]
@@ -203,7 +206,6 @@ pub struct FileTarget {
     render: RenderConfig,
     learner: SharedLearner,
     seen_mtime: Option<SystemTime>,
-    /// How often the topology file is checked for changes.
     poll: tokio::time::Interval,
     last_refusals: BTreeMap<String, String>,
 }
@@ -216,7 +218,6 @@ impl FileTarget {
         base_render: RenderConfig,
         topology: &Topology,
         learner: SharedLearner,
-        poll: Duration,
     ) -> Self {
         FileTarget {
             render: topology.render_config(base_render.clone()),
@@ -225,7 +226,7 @@ impl FileTarget {
             out_dir,
             base_render,
             learner,
-            poll: tokio::time::interval(poll),
+            poll: tokio::time::interval(TOPOLOGY_POLL),
             last_refusals: BTreeMap::new(),
         }
     }

@@ -25,7 +25,7 @@ use crate::edges::{Limits, DEFAULT_MAX_STREAM_NAMES};
 use crate::filemode::{self, FileTarget};
 use crate::http::{DepsView, EdgeView, PlanView, Sources};
 use crate::kube::leader;
-use crate::kube::writer::WriterConfig;
+use crate::kube::writer::{self, WriterConfig};
 use crate::learn::Learner;
 use crate::metrics::MetricsSource;
 use crate::sink::{EdgeSink, MemoryEdgeSink};
@@ -266,18 +266,14 @@ impl RunArgs {
         } else {
             leader::always()
         };
-        let identity = crate::kube::Identity {
-            namespace: self.namespace.clone(),
-            pod_name: self.pod_name.clone(),
-        };
         let config = WriterConfig {
             render: self.scoping.render_config(),
             max_writes_per_sec: self.max_writes_per_sec,
             timeout: Duration::from_secs(10),
             dry_run: self.dry_run,
         };
-        let (status, target) =
-            crate::kube::start(client, &identity, learner.clone(), leader.clone(), config);
+        let me = (self.namespace.as_str(), self.pod_name.as_str());
+        let (status, target) = writer::start(client, me, learner.clone(), leader.clone(), config);
         let status = Arc::new(status);
         Ok(Runtime {
             views: Views {
@@ -312,7 +308,6 @@ impl RunArgs {
             self.scoping.render_config(),
             &topology,
             learner.clone(),
-            Duration::from_secs(1),
         );
         Ok(Runtime {
             views: Views {

@@ -31,13 +31,9 @@ fn key(object: &Value) -> Key {
 fn resource(kind: &str) -> Option<ApiResource> {
     match kind {
         "VirtualService" => Some(istio_resource("VirtualService", "virtualservices")),
-        "Service" => Some(ApiResource {
-            group: String::new(),
-            version: "v1".into(),
-            api_version: "v1".into(),
-            kind: "Service".into(),
-            plural: "services".into(),
-        }),
+        "Service" => Some(ApiResource::erase::<k8s_openapi::api::core::v1::Service>(
+            &(),
+        )),
         _ => None,
     }
 }

@@ -1,6 +1,7 @@
 //! Watchers: one kube-runtime watcher per kind, each event projected into the index at
-//! once (no object store). A kind counts as synced after its first complete list; the
-//! writer waits for every kind, so the first write sees the restored state.
+//! once (no object store). A watch reports its kind as synced after its first complete
+//! list; the writer waits for every watch [`spawn_all`] started, so the first write
+//! sees the restored state.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -25,24 +26,6 @@ use super::project::{self, Projected};
 use crate::learn::SharedLearner;
 
 pub use lazyxds_index::objects::{KILL_SWITCH_CONFIGMAP, MESH_CONFIGMAP, MESH_CONFIG_NAMESPACE};
-
-/// Every kind watched, by name; the writer starts when all are synced.
-pub const KINDS: [&str; 14] = [
-    "configmap",
-    "meshconfig",
-    "namespaces",
-    "pods",
-    "replicasets",
-    "jobs",
-    "deployments",
-    "statefulsets",
-    "daemonsets",
-    "cronjobs",
-    "services",
-    "serviceentries",
-    "virtualservices",
-    "sidecars",
-];
 
 /// A Sidecar as seen in the cluster, for the writer's diff. Compact: the spec is kept as
 /// its JSON text (a parsed `Value` costs several times more, for every Sidecar of the

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams};
-use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::{Api, Client};
 use lazyxds_index::objects::string_map;
 use lazyxds_index::{Desired, Pass, RenderConfig, WorkloadId, WorkloadKind};
@@ -21,7 +21,8 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::watch as signal;
 
-use super::watch::{spec_text, LiveSidecar, Watched, KINDS};
+use super::watch::{spawn_all, spec_text, LiveSidecar, Watched};
+use super::KubeStatus;
 use super::{istio_resource, FIELD_MANAGER};
 use crate::learn::SharedLearner;
 use crate::target::Target;
@@ -222,21 +223,29 @@ fn reason(error: &kube::Error) -> String {
     }
 }
 
-/// What the writer needs besides the cluster client.
-pub struct WriterParts {
-    pub learner: SharedLearner,
-    pub watched: Arc<Watched>,
-    pub synced: signal::Receiver<Vec<&'static str>>,
+/// The cluster as a [`Target`]: plans against the Sidecars the watch saw, applies with
+/// server-side apply (spaced to the rate limit, none while the kill switch is on),
+/// keeps the gateway's routes, publishes Events, or in dry-run only keeps the plan.
+pub struct KubeTarget {
+    client: Client,
+    config: WriterConfig,
+    learner: SharedLearner,
+    watched: Arc<Watched>,
+    synced: signal::Receiver<Vec<&'static str>>,
     /// Whether this replica leads (checked again before every write).
-    pub leader: signal::Receiver<bool>,
+    leader: signal::Receiver<bool>,
     /// Kubernetes Events on workloads (scoped, refused); None in dry-run.
-    pub recorder: Option<Recorder>,
-    pub stats: Arc<WriterStats>,
+    recorder: Option<Recorder>,
+    stats: Arc<WriterStats>,
     /// The watch tasks feeding the index: they end with the target.
-    pub watches: Vec<tokio::task::JoinHandle<()>>,
+    watches: Vec<tokio::task::JoinHandle<()>>,
+    min_gap: Duration,
+    last_plan: Arc<Plan>,
+    evented: BTreeMap<WorkloadId, String>,
+    routing: super::routing::RoutingState,
 }
 
-impl Drop for WriterParts {
+impl Drop for KubeTarget {
     fn drop(&mut self) {
         for task in &self.watches {
             task.abort();
@@ -244,31 +253,52 @@ impl Drop for WriterParts {
     }
 }
 
-/// The cluster as a [`Target`]: plans against the Sidecars the watch saw, applies with
-/// server-side apply (spaced to the rate limit, none while the kill switch is on),
-/// keeps the gateway's routes, publishes Events, or in dry-run only keeps the plan.
-pub struct KubeTarget {
+/// Starts the watchers (`namespace` is the controller's: the kill-switch ConfigMap);
+/// returns the status view and the target the loop ([`crate::target::run`]) drives.
+/// `leader` says when this replica may write ([`super::leader::always`] without
+/// election); `pod_name` signs its Events.
+pub fn start(
     client: Client,
-    parts: WriterParts,
+    (namespace, pod_name): (&str, &str),
+    learner: SharedLearner,
+    leader: signal::Receiver<bool>,
     config: WriterConfig,
-    min_gap: Duration,
-    last_plan: Arc<Plan>,
-    evented: BTreeMap<WorkloadId, String>,
-    routing: super::routing::RoutingState,
-}
-
-impl KubeTarget {
-    pub fn new(client: Client, parts: WriterParts, config: WriterConfig) -> Self {
-        KubeTarget {
-            client,
-            parts,
-            min_gap: Duration::from_secs(1) / config.max_writes_per_sec.max(1),
-            config,
-            last_plan: Arc::new(Plan::default()),
-            evented: BTreeMap::new(),
-            routing: super::routing::RoutingState::default(),
-        }
-    }
+) -> (KubeStatus, KubeTarget) {
+    let watched = Arc::new(Watched::default());
+    let stats = Arc::new(WriterStats::default());
+    let (synced_tx, synced) = signal::channel(Vec::new());
+    let watches = spawn_all(
+        client.clone(),
+        namespace,
+        learner.clone(),
+        watched.clone(),
+        synced_tx,
+    );
+    let status = KubeStatus {
+        writer: stats.clone(),
+        watched: watched.clone(),
+        learner: learner.clone(),
+    };
+    let reporter = Reporter {
+        controller: "lazyxds".into(),
+        instance: Some(pod_name.to_string()),
+    };
+    let target = KubeTarget {
+        recorder: (!config.dry_run).then(|| Recorder::new(client.clone(), reporter)),
+        min_gap: Duration::from_secs(1) / config.max_writes_per_sec.max(1),
+        client,
+        config,
+        learner,
+        watched,
+        synced,
+        leader,
+        stats,
+        watches,
+        last_plan: Arc::new(Plan::default()),
+        evented: BTreeMap::new(),
+        routing: super::routing::RoutingState::default(),
+    };
+    (status, target)
 }
 
 impl Target for KubeTarget {
@@ -276,11 +306,10 @@ impl Target for KubeTarget {
     /// learned deps) are known before any write: a restart never shrinks a Sidecar.
     async fn ready(&mut self) {
         let _ = self
-            .parts
             .synced
-            .wait_for(|s| KINDS.iter().all(|k| s.contains(k)))
+            .wait_for(|synced| synced.len() >= self.watches.len())
             .await;
-        let forgotten = self.parts.learner.index().forget_absent_workloads();
+        let forgotten = self.learner.index().forget_absent_workloads();
         tracing::info!(
             forgotten,
             dry_run = self.config.dry_run,
@@ -294,13 +323,7 @@ impl Target for KubeTarget {
 
     async fn apply(&mut self, pass: &Pass) -> bool {
         let started = Instant::now();
-        let WriterParts {
-            watched,
-            leader,
-            recorder,
-            stats,
-            ..
-        } = &self.parts;
+        let (watched, leader, stats) = (&self.watched, &self.leader, &self.stats);
         let mut plan = plan(&pass.desired, &watched.sidecars());
         stats.passes.fetch_add(1, Relaxed);
         if !plan.blocked.is_empty() && plan.blocked != self.last_plan.blocked {
@@ -350,7 +373,7 @@ impl Target for KubeTarget {
                 false
             };
             ok = !(outcome.failed || routes_failed);
-            if let Some(recorder) = recorder {
+            if let Some(recorder) = &self.recorder {
                 publish_events(recorder, &pass.desired, &outcome.created, &mut self.evented).await;
             }
         }
