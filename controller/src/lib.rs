@@ -1,12 +1,14 @@
-//! The lazyxds controller.
+//! The lazyxds controller: thin shells around the pure index (see `ARCHITECTURE.md`).
 //!
+//! - [`runtime`]: `lazyxds run`: picks the mode and wires its parts.
 //! - [`edges`]: the gRPC edge stream, its decoder (pure) and the debug edge store.
 //! - [`sink`]: the [`sink::EdgeSink`] seam where decoded edges go.
 //! - [`http`]: debug and health endpoints.
 //! - [`learn`]: the sink that feeds edges into the dependency index.
+//! - [`target`]: the one loop: a reconcile pass, applied by a [`target::Target`].
 //! - [`filemode`]: `run --file`: topology file in, Sidecar YAML files out.
 //! - [`install`]: `lazyxds install` / `uninstall`: the manifests, rendered.
-//! - [`kube`]: `run --kube`: watchers into the index, the Sidecar writer.
+//! - [`kube`]: `run --kube`: watchers into the index, the cluster as the target.
 #![forbid(unsafe_code)]
 
 pub mod counters;

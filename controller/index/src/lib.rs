@@ -1,7 +1,8 @@
 //! The lazyxds controller's pure core: no I/O, no clock, no async.
 //!
 //! - [`Index`]: watched objects (projected), pods by IP, learned deps per workload;
-//!   edges in through [`Index::record_edges`], time through [`Index::tick`].
+//!   watched objects in through one [`Projection`](index::Projection) per kind, edges
+//!   through [`Index::record_edges`], time through [`Index::tick`].
 //! - [`reconcile()`]: one [`Pass`] from the index: desired Sidecars (and refusals), the
 //!   gateway's objects, the namespace table; what every target applies.
 //! - [`desired()`]: the Sidecar every opted-in workload should have, or why not.

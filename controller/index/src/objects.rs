@@ -142,6 +142,16 @@ impl WorkloadId {
             name: name.into(),
         }
     }
+
+    /// The workload an [`ANNOTATION_WORKLOAD`] value (`Kind/name`) names in `namespace`.
+    pub fn from_annotation(namespace: &str, value: &str) -> Result<WorkloadId, String> {
+        match value.split_once('/') {
+            Some((kind, name)) if !name.is_empty() && !name.contains('/') => kind
+                .parse::<WorkloadKind>()
+                .map(|kind| WorkloadId::new(kind, namespace, name)),
+            _ => Err("is not Kind/name".to_string()),
+        }
+    }
 }
 
 impl fmt::Display for WorkloadId {
@@ -619,19 +629,8 @@ fn parse_restored(
         .get(ANNOTATION_WORKLOAD)
         .map(String::as_str)
         .unwrap_or_default();
-    let id = match workload.split_once('/') {
-        Some((kind, wl)) if !wl.is_empty() && !wl.contains('/') => kind
-            .parse::<WorkloadKind>()
-            .map(|kind| WorkloadId::new(kind, namespace, wl))
-            .map_err(|e| invalid(ANNOTATION_WORKLOAD, workload, e))?,
-        _ => {
-            return Err(invalid(
-                ANNOTATION_WORKLOAD,
-                workload,
-                "is not Kind/name".to_string(),
-            ))
-        }
-    };
+    let id = WorkloadId::from_annotation(namespace, workload)
+        .map_err(|e| invalid(ANNOTATION_WORKLOAD, workload, e))?;
     let deps = match annotations.get(ANNOTATION_DEPS) {
         None => BTreeMap::new(),
         Some(json) => serde_json::from_str::<BTreeMap<String, u64>>(json).map_err(|e| {

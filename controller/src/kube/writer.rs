@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::{Api, Client};
-use lazyxds_index::objects::string_map;
+use lazyxds_index::objects::{string_map, ANNOTATION_WORKLOAD};
 use lazyxds_index::{Desired, Pass, RenderConfig, WorkloadId, WorkloadKind};
 use serde::Serialize;
 use serde_json::Value;
@@ -562,11 +562,8 @@ async fn apply(
 
 /// The workload a Sidecar body was rendered for (`lazyxds.io/workload: Kind/name`).
 fn workload_of(namespace: &str, body: &Value) -> Option<WorkloadId> {
-    let (kind, name) = body["metadata"]["annotations"]["lazyxds.io/workload"]
-        .as_str()?
-        .split_once('/')?;
-    let kind = WorkloadKind::ALL.into_iter().find(|k| k.as_str() == kind)?;
-    Some(WorkloadId::new(kind, namespace, name))
+    let value = body["metadata"]["annotations"][ANNOTATION_WORKLOAD].as_str()?;
+    WorkloadId::from_annotation(namespace, value).ok()
 }
 
 fn live_from_body(body: &Value) -> LiveSidecar {
