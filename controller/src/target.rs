@@ -52,8 +52,7 @@ pub async fn run(
         () = &mut stop => return,
         () = target.ready() => {}
     }
-    // Gateways connecting now need the table before the first (debounced) pass.
-    learner.publish(namespace_table(&learner.index(), &target.render_config()));
+    let mut first = true;
     let mut retry: Option<Duration> = None;
     // A closed leadership channel never changes again (no election: always leading).
     let mut leader_open = true;
@@ -65,9 +64,12 @@ pub async fn run(
                 changed = leader.changed(), if leader_open => leader_open = changed.is_ok(),
             }
         }
+        if std::mem::take(&mut first) {
+            // Gateways connecting now need the table before the first (debounced) pass.
+            learner.publish(namespace_table(&learner.index(), &target.render_config()));
+        }
         tokio::time::sleep(debounce).await;
-        let pass = reconcile(&learner.index(), &target.render_config());
-        let mut pass = pass;
+        let mut pass = reconcile(&learner.index(), &target.render_config());
         learner.publish(std::mem::take(&mut pass.namespace_table));
         let ok = target.apply(&pass).await;
         // Not kept while waiting: the whole mesh's Sidecars, rendered.

@@ -134,6 +134,17 @@ mod tests {
 
     const DOMAIN: &str = "cluster.local";
 
+    fn check(cases: &[(&[u8], Authority<'_>)]) {
+        for (input, want) in cases {
+            assert_eq!(
+                Authority::parse(input),
+                *want,
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+
     fn bare<'a>(name: &'a str, port: Option<&'a str>) -> Authority<'a> {
         Authority::Bare { name, port }
     }
@@ -218,14 +229,7 @@ mod tests {
             (long_label.as_bytes(), Authority::Other),
             (long.as_bytes(), Authority::Other),
         ];
-        for (input, want) in cases {
-            assert_eq!(
-                Authority::parse(input),
-                want,
-                "{:?}",
-                String::from_utf8_lossy(input)
-            );
-        }
+        check(&cases);
     }
 
     /// Istio's sidecar routes and DNS proxy know `name`, `name.ns` and `name.ns.svc`, in
@@ -242,14 +246,7 @@ mod tests {
             (b"reviews.shop.svc.mesh", Authority::Other),
             (b"reviews.shop.svc.mesh.example", Authority::Other),
         ];
-        for (input, want) in cases {
-            assert_eq!(
-                Authority::parse(input),
-                want,
-                "{:?}",
-                String::from_utf8_lossy(input)
-            );
-        }
+        check(&cases);
     }
 
     #[test]

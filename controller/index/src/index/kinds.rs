@@ -56,6 +56,27 @@ impl Index {
     }
 }
 
+/// Adds (or removes) the hosts of a ServiceEntry or VirtualService, resolved in its
+/// namespace as Istio resolves config hosts, to the host table.
+fn config_hosts(
+    index: &mut Index,
+    kind: DefKind,
+    ns: &Arc<str>,
+    name: &Arc<str>,
+    hosts: &[String],
+    add: bool,
+) {
+    let def = host_def(kind, ns, name);
+    for h in hosts {
+        let h = host::resolve_config_host(h, ns, &index.config.cluster_domain);
+        if add {
+            index.hosts.add(&h, def.clone());
+        } else {
+            index.hosts.remove(&h, &def);
+        }
+    }
+}
+
 impl Projection for Namespace {
     type Scope = ();
 
@@ -312,13 +333,16 @@ impl Projection for ServiceEntry {
     fn apply(self, index: &mut Index) {
         let se = self;
         ServiceEntry::delete(index, (), &se.namespace.clone(), &se.name.clone());
-        let def = host_def(DefKind::ServiceEntry, &se.namespace, &se.name);
-        for h in &se.hosts {
-            let h = host::resolve_config_host(h, &se.namespace, &index.config.cluster_domain);
-            index.hosts.add(&h, def.clone());
-        }
+        config_hosts(
+            index,
+            DefKind::ServiceEntry,
+            &se.namespace,
+            &se.name,
+            &se.hosts,
+            true,
+        );
         index
-            .ns_mut(&def.namespace)
+            .ns_mut(&se.namespace.clone())
             .service_entries
             .insert(se.name.clone(), se);
     }
@@ -331,11 +355,14 @@ impl Projection for ServiceEntry {
         else {
             return;
         };
-        let def = host_def(DefKind::ServiceEntry, &old.namespace, &old.name);
-        for h in &old.hosts {
-            let h = host::resolve_config_host(h, &old.namespace, &index.config.cluster_domain);
-            index.hosts.remove(&h, &def);
-        }
+        config_hosts(
+            index,
+            DefKind::ServiceEntry,
+            &old.namespace,
+            &old.name,
+            &old.hosts,
+            false,
+        );
     }
 }
 
@@ -355,11 +382,14 @@ impl Projection for VirtualService {
         VirtualService::delete(index, (), &vs.namespace.clone(), &vs.name.clone());
         // A VS bound only to gateways is not what sidecars route by.
         if vs.applies_to_mesh() {
-            let def = host_def(DefKind::VirtualService, &vs.namespace, &vs.name);
-            for h in &vs.hosts {
-                let h = host::resolve_config_host(h, &vs.namespace, &index.config.cluster_domain);
-                index.hosts.add(&h, def.clone());
-            }
+            config_hosts(
+                index,
+                DefKind::VirtualService,
+                &vs.namespace,
+                &vs.name,
+                &vs.hosts,
+                true,
+            );
         }
         index
             .ns_mut(&vs.namespace.clone())
@@ -375,11 +405,14 @@ impl Projection for VirtualService {
         else {
             return;
         };
-        let def = host_def(DefKind::VirtualService, &old.namespace, &old.name);
-        for h in &old.hosts {
-            let h = host::resolve_config_host(h, &old.namespace, &index.config.cluster_domain);
-            index.hosts.remove(&h, &def);
-        }
+        config_hosts(
+            index,
+            DefKind::VirtualService,
+            &old.namespace,
+            &old.name,
+            &old.hosts,
+            false,
+        );
     }
 }
 
