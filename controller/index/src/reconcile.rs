@@ -42,31 +42,19 @@ pub fn reconcile(index: &Index, config: &RenderConfig) -> Pass {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{IndexConfig, MeshConfig, Topology};
-
-    const TOPOLOGY: &str = r#"
-namespaces: [{name: shop, annotations: {lazyxds.io/enabled: "true"}}]
-workloads:
-  - {kind: Deployment, namespace: shop, name: web, labels: {app: web}, pods: [{ip: 10.0.0.1}]}
-services:
-  - {namespace: shop, name: api, selector: {app: api}, ports: [{port: 80, name: http}]}
-"#;
+    use crate::MeshConfig;
 
     fn index() -> Index {
-        let mut index = Index::new(IndexConfig::default());
-        Topology::from_yaml(TOPOLOGY, "t.yaml")
-            .unwrap()
-            .apply_to(&mut index);
-        index
+        Index::test()
     }
 
     #[test]
     fn a_pass_is_the_sidecars_the_gateway_objects_and_the_table() {
         let index = index();
-        let config = RenderConfig::default();
+        let config = RenderConfig::test();
         let pass = reconcile(&index, &config);
         assert_eq!(pass.desired, desired(&index, &config));
-        assert_eq!(pass.desired.sidecars.len(), 1);
+        assert_eq!(pass.desired.sidecars.len(), 3);
         assert_eq!(pass.gateway, gateway_objects(&index, &config));
         assert_eq!(pass.namespace_table, namespace_table(&index, &config));
         assert!(!pass.killed);
@@ -77,7 +65,7 @@ services:
         let mut index = index();
         assert!(index.set_kill_switch(true));
         assert!(!index.set_kill_switch(true), "unchanged");
-        let config = RenderConfig::default();
+        let config = RenderConfig::test();
         let pass = reconcile(&index, &config);
         assert!(pass.killed);
         assert_eq!(pass.desired, Desired::default());
@@ -88,7 +76,7 @@ services:
     #[test]
     fn the_mesh_configs_policy_wins_over_the_configured_one() {
         let mut index = index();
-        let config = RenderConfig::default();
+        let config = RenderConfig::test();
         let policy = |pass: &Pass| {
             let sidecar = pass.desired.sidecars.values().next().unwrap();
             (
