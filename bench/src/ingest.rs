@@ -1,6 +1,6 @@
 //! P4: edges per second through real gRPC on loopback into the controller's edge sink.
 //!
-//! The server is the controller's own `lazyxds::grpc::EdgeSinkService` (decode, validate,
+//! The server is the controller's own `lazyxds::edges::stream::EdgeSinkService` (decode, validate,
 //! record, ack), generic over the sink, so the index can replace the memory sink here
 //! the day it lands. Clients are several bidi streams of pre-encoded `EdgeBatch`es of
 //! 1,000 edges (only `seq` is spliced in per send), so the client side costs a memcpy and
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use bytes::{BufMut, Bytes};
 use lazyxds::counters::Counters;
-use lazyxds::grpc::{EdgeSinkService, GrpcConfig, Shutdown};
+use lazyxds::edges::stream::{EdgeSinkService, GrpcConfig, Shutdown};
 use lazyxds::sink::EdgeSink;
 use lazyxds_proto::v1::{
     controller_message, gateway_message, ControllerMessage, Edge, EdgeBatch, GatewayMessage, Hello,

@@ -4,7 +4,10 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use serde::{Deserialize, Serialize};
 
+use prometheus_client::registry::Registry;
+
 use crate::error::BatchError;
+use crate::metrics::{register_counters, register_fields, MetricsSource};
 
 /// Monotonic counters (and one gauge); relaxed atomics, read only for display.
 #[derive(Debug, Default)]
@@ -70,5 +73,25 @@ impl Counters {
             .zip(&self.batches_rejected_by_reason)
             .map(|(reason, n)| (*reason, n.load(Relaxed)))
             .collect()
+    }
+}
+
+impl MetricsSource for Counters {
+    fn collect(&self, registry: &mut Registry) {
+        register_fields(
+            registry,
+            "grpc",
+            &self.snapshot(),
+            &["streams_open"],
+            "gateway edge streams (see /debug/edges counters)",
+        );
+        register_counters(
+            registry,
+            "grpc_batches_rejected_by_reason",
+            "edge batches refused, by reason",
+            self.rejected_by_reason()
+                .into_iter()
+                .map(|(reason, n)| (vec![("reason".to_string(), reason.to_string())], n)),
+        );
     }
 }

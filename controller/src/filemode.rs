@@ -13,13 +13,13 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use lazyxds_index::{
-    desired, gateway_objects, Desired, GatewayObjects, Index, RenderConfig, SidecarObject, Topology,
-};
+use lazyxds_index::objects::{is_ours, string_map};
+use lazyxds_index::{Desired, GatewayObjects, Index, Pass, RenderConfig, SidecarObject, Topology};
 use serde_json::Value;
 
 use crate::error::FileModeError;
 use crate::learn::SharedLearner;
+use crate::target::Target;
 
 /// Reads and parses a topology file; errors name the file, object and field.
 pub fn load_topology(path: &Path) -> Result<Topology, FileModeError> {
@@ -78,23 +78,9 @@ fn parse_our_sidecar(path: &Path, text: &str) -> Result<Option<SidecarObject>, F
     if value.get("kind").and_then(Value::as_str) != Some("Sidecar") {
         return Ok(None);
     }
-    let meta = value.get("metadata").cloned().unwrap_or(Value::Null);
-    let strings = |field: &str| -> BTreeMap<String, String> {
-        meta.get(field)
-            .and_then(Value::as_object)
-            .map(|m| {
-                m.iter()
-                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let labels = strings("labels");
-    if labels
-        .get(lazyxds_index::objects::LABEL_MANAGED_BY)
-        .map(String::as_str)
-        != Some(lazyxds_index::objects::MANAGED_BY_US)
-    {
+    let meta = &value["metadata"];
+    let labels = string_map(&meta["labels"]);
+    if !is_ours(&labels) {
         return Ok(None);
     }
     let name = meta.get("name").and_then(Value::as_str);
@@ -104,12 +90,12 @@ fn parse_our_sidecar(path: &Path, text: &str) -> Result<Option<SidecarObject>, F
             "metadata.name and metadata.namespace are required".into()
         ));
     };
-    let spec = value.get("spec").cloned().unwrap_or(Value::Null);
+    let spec = value["spec"].clone();
     SidecarObject::new(
         namespace,
         name,
-        labels.into_iter().collect(),
-        &strings("annotations"),
+        labels,
+        &string_map(&meta["annotations"]),
         spec,
     )
     .map(Some)
@@ -132,10 +118,6 @@ pub struct WriteStats {
 /// Writes every desired Sidecar whose file differs (write, then rename: readers never see
 /// half a file) and removes our files that are no longer desired.
 pub fn write_sidecars(dir: &Path, desired: &Desired) -> Result<WriteStats, FileModeError> {
-    let io_err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| FileModeError::Write { path, source }
-    };
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     let mut stats = WriteStats::default();
     let mut keep = BTreeSet::new();
@@ -151,9 +133,7 @@ pub fn write_sidecars(dir: &Path, desired: &Desired) -> Result<WriteStats, FileM
             stats.unchanged += 1;
             continue;
         }
-        let tmp = dir.join(format!(".{}.tmp", meta.name));
-        fs::write(&tmp, &text).map_err(io_err(&tmp))?;
-        fs::rename(&tmp, &path).map_err(io_err(&path))?;
+        write_whole(&dir.join(format!(".{}.tmp", meta.name)), &path, &text)?;
         stats.written += 1;
     }
     for path in read_our_sidecars(dir)?.into_keys() {
@@ -182,16 +162,21 @@ pub fn write_gateway(out_dir: &Path, objects: &GatewayObjects) -> Result<bool, F
     if fs::read_to_string(&path).is_ok_and(|old| old == text) {
         return Ok(false);
     }
-    let io_err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| FileModeError::Write { path, source }
-    };
     let dir = path.parent().unwrap_or(out_dir);
     fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let tmp = dir.join(".lazyxds-gateway.yaml.tmp");
-    fs::write(&tmp, &text).map_err(io_err(&tmp))?;
-    fs::rename(&tmp, &path).map_err(io_err(&path))?;
+    write_whole(&dir.join(".lazyxds-gateway.yaml.tmp"), &path, &text)?;
     Ok(true)
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> FileModeError {
+    let path = path.to_path_buf();
+    move |source| FileModeError::Write { path, source }
+}
+
+/// Writes `text` to `tmp`, then renames it to `path`: readers never see half a file.
+fn write_whole(tmp: &Path, path: &Path, text: &str) -> Result<(), FileModeError> {
+    fs::write(tmp, text).map_err(io_err(tmp))?;
+    fs::rename(tmp, path).map_err(io_err(path))
 }
 
 /// Builds the index for a topology and the Sidecars already in `dir` (restart safety).
@@ -207,89 +192,103 @@ pub fn load_state(
     Ok(restored)
 }
 
-/// File-mode settings.
-#[derive(Debug, Clone)]
-pub struct FileMode {
-    pub topology: PathBuf,
-    pub out_dir: PathBuf,
+/// How often the topology file is checked for changes.
+const TOPOLOGY_POLL: Duration = Duration::from_secs(1);
+
+/// `run --file`: the topology file stands in for the cluster's watches, `--out` for the
+/// cluster's Sidecars.
+#[derive(Debug)]
+pub struct FileTarget {
+    topology: PathBuf,
+    out_dir: PathBuf,
     /// Defaults the topology's `mesh`/`gateway` sections override.
-    pub base_render: RenderConfig,
-    /// Changes within this window are written together.
-    pub debounce: Duration,
-    /// How often the topology file is checked for changes (and held edges / TTL run).
-    pub poll: Duration,
+    base_render: RenderConfig,
+    render: RenderConfig,
+    learner: SharedLearner,
+    seen_mtime: Option<SystemTime>,
+    poll: tokio::time::Interval,
+    last_refusals: BTreeMap<String, String>,
 }
 
-/// Keeps `out_dir` equal to the desired state until `stop` resolves. Reloads the topology
-/// when its file changes; a bad file is logged and the last good state kept.
-pub async fn run_writer(
-    mode: FileMode,
-    learner: SharedLearner,
-    topology: Topology,
-    stop: impl std::future::Future<Output = ()>,
-) {
-    let mut render = topology.render_config(mode.base_render.clone());
-    let mut seen_mtime = mtime(&mode.topology);
-    let mut poll = tokio::time::interval(mode.poll);
-    let mut last_refusals = BTreeMap::new();
-    tokio::pin!(stop);
-    // Gateways connecting now need the table before the first (debounced) pass.
-    learner.publish_namespace_table(&render);
-    // The first pass writes whatever the restored state renders to.
-    let mut dirty = true;
-    loop {
-        if dirty {
-            tokio::time::sleep(mode.debounce).await;
-            dirty = false;
-            learner.publish_namespace_table(&render);
-            let gateway = gateway_objects(&learner.index(), &render);
-            match write_gateway(&mode.out_dir, &gateway) {
-                Ok(true) => tracing::info!(
-                    file = %gateway_file(&mode.out_dir).display(),
-                    virtual_services = gateway.virtual_services.len(),
-                    "gateway routing objects updated"
-                ),
-                Ok(false) => {}
-                Err(error) => {
-                    tracing::error!(%error, "writing the gateway objects failed");
-                    dirty = true;
-                }
-            }
-            let desired = desired(&learner.index(), &render);
-            log_refusals(&desired, &mut last_refusals);
-            match write_sidecars(&mode.out_dir, &desired) {
-                Ok(stats) if stats.written + stats.removed > 0 => tracing::info!(
-                    dir = %mode.out_dir.display(), written = stats.written,
-                    removed = stats.removed, unchanged = stats.unchanged, "Sidecars updated"
-                ),
-                Ok(_) => {}
-                Err(error) => {
-                    // Keep the state; the next change or poll retries.
-                    tracing::error!(%error, "writing Sidecars failed");
-                    dirty = true;
-                }
+impl FileTarget {
+    /// `topology` is the file's current content, already applied to the learner's index.
+    pub fn new(
+        topology_file: PathBuf,
+        out_dir: PathBuf,
+        base_render: RenderConfig,
+        topology: &Topology,
+        learner: SharedLearner,
+    ) -> Self {
+        FileTarget {
+            render: topology.render_config(base_render.clone()),
+            seen_mtime: mtime(&topology_file),
+            topology: topology_file,
+            out_dir,
+            base_render,
+            learner,
+            poll: tokio::time::interval(TOPOLOGY_POLL),
+            last_refusals: BTreeMap::new(),
+        }
+    }
+}
+
+impl Target for FileTarget {
+    async fn ready(&mut self) {}
+
+    fn render_config(&self) -> RenderConfig {
+        self.render.clone()
+    }
+
+    async fn apply(&mut self, pass: &Pass) -> bool {
+        let mut ok = true;
+        match write_gateway(&self.out_dir, &pass.gateway) {
+            Ok(true) => tracing::info!(
+                file = %gateway_file(&self.out_dir).display(),
+                virtual_services = pass.gateway.virtual_services.len(),
+                "gateway routing objects updated"
+            ),
+            Ok(false) => {}
+            Err(error) => {
+                tracing::error!(%error, "writing the gateway objects failed");
+                ok = false;
             }
         }
-        tokio::select! {
-            () = &mut stop => return,
-            () = learner.wait_changed() => dirty = true,
-            _ = poll.tick() => {
-                learner.tick();
-                let now = mtime(&mode.topology);
-                if now != seen_mtime {
-                    seen_mtime = now;
-                    match load_topology(&mode.topology) {
-                        Ok(topology) => {
-                            topology.apply_to(&mut learner.index());
-                            render = topology.render_config(mode.base_render.clone());
-                            tracing::info!(file = %mode.topology.display(), "topology reloaded");
-                            dirty = true;
-                        }
-                        Err(error) => tracing::error!(
-                            %error, "topology not reloaded; keeping the last good state"
-                        ),
-                    }
+        log_refusals(&pass.desired, &mut self.last_refusals);
+        match write_sidecars(&self.out_dir, &pass.desired) {
+            Ok(stats) if stats.written + stats.removed > 0 => tracing::info!(
+                dir = %self.out_dir.display(), written = stats.written,
+                removed = stats.removed, unchanged = stats.unchanged, "Sidecars updated"
+            ),
+            Ok(_) => {}
+            Err(error) => {
+                // Keep the state; the loop retries.
+                tracing::error!(%error, "writing Sidecars failed");
+                ok = false;
+            }
+        }
+        ok
+    }
+
+    /// Reloads the topology when its file changes; a bad file is logged and the last good
+    /// state kept.
+    async fn changed(&mut self) {
+        loop {
+            self.poll.tick().await;
+            let now = mtime(&self.topology);
+            if now == self.seen_mtime {
+                continue;
+            }
+            self.seen_mtime = now;
+            match load_topology(&self.topology) {
+                Ok(topology) => {
+                    topology.apply_to(&mut self.learner.index());
+                    self.render = topology.render_config(self.base_render.clone());
+                    tracing::info!(file = %self.topology.display(), "topology reloaded");
+                    return;
                 }
+                Err(error) => tracing::error!(
+                    %error, "topology not reloaded; keeping the last good state"
+                ),
             }
         }
     }

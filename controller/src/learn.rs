@@ -10,7 +10,9 @@ use tokio::sync::{watch, Notify};
 
 use crate::edges::StoredEdge;
 use crate::http::{DepsView, EdgeView, WorkloadDeps};
+use crate::metrics::{register_fields, register_gauges, MetricsSource};
 use crate::sink::{EdgeSink, GatewayInfo, MemoryEdgeSink};
+use prometheus_client::registry::Registry;
 
 /// Seconds since the epoch: the index's clock (coarse on purpose: last-seen is coarse).
 pub fn unix_now() -> u64 {
@@ -39,11 +41,17 @@ impl Learner {
         }
     }
 
-    /// Recomputes the namespace table (pod IPs, namespaces, outbound policies) and hands it
-    /// to every gateway stream if it changed. Writers call it on each pass, once the
-    /// index reflects the mesh (in Kubernetes mode: after the watches synced).
+    /// Recomputes the namespace table (pod IPs, namespaces, outbound policies) and
+    /// [`publish`](Self::publish)es it.
     pub fn publish_namespace_table(&self, render: &RenderConfig) -> bool {
         let table = namespace_table(&self.index(), render);
+        self.publish(table)
+    }
+
+    /// Hands the namespace table to every gateway stream if it changed. The loop calls
+    /// it on each pass, once the index reflects the mesh (in Kubernetes mode: after the
+    /// watches synced).
+    pub fn publish(&self, table: NamespaceTable) -> bool {
         let changed = self.table.send_if_modified(|current| {
             if current.as_deref() == Some(&table) {
                 return false;
@@ -86,6 +94,17 @@ impl Learner {
         if !self.index().tick(unix_now()).is_empty() {
             self.mark_changed();
         }
+    }
+
+    /// Ticks every `period` until the task is aborted.
+    pub fn tick_every(self: Arc<Self>, period: std::time::Duration) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(period);
+            loop {
+                every.tick().await;
+                self.tick();
+            }
+        })
     }
 }
 
@@ -138,3 +157,38 @@ impl DepsView for Learner {
 
 /// A learner shared by the gRPC service, the HTTP server and the writer.
 pub type SharedLearner = Arc<Learner>;
+
+impl MetricsSource for Learner {
+    fn collect(&self, registry: &mut Registry) {
+        let index = self.index();
+        register_fields(
+            registry,
+            "index",
+            index.counters(),
+            &[],
+            "dependency index; stuck on the gateway = known_dep_requests / attributed_requests",
+        );
+        let deps: Vec<_> = index
+            .workloads_with_deps()
+            .into_iter()
+            .map(|id| {
+                let n = index.deps(&id).len() as i64;
+                let labels = vec![
+                    ("namespace".to_string(), id.namespace.to_string()),
+                    (
+                        "workload".to_string(),
+                        format!("{}/{}", id.kind.as_str(), id.name),
+                    ),
+                ];
+                (labels, n)
+            })
+            .collect();
+        drop(index);
+        register_gauges(
+            registry,
+            "workload_deps",
+            "learned dependencies per workload",
+            deps,
+        );
+    }
+}

@@ -1,25 +1,27 @@
-//! The lazyxds controller.
+//! The lazyxds controller: thin shells around the pure index (see `ARCHITECTURE.md`).
 //!
-//! - [`edges`]: decoding gateway edge batches and the in-memory edge store (pure).
+//! - [`runtime`]: `lazyxds run`: picks the mode and wires its parts.
+//! - [`edges`]: the gRPC edge stream, its decoder (pure) and the debug edge store.
 //! - [`sink`]: the [`sink::EdgeSink`] seam where decoded edges go.
-//! - [`grpc`]: the `lazyxds.v1.EdgeSink` tonic service, generic over the sink.
 //! - [`http`]: debug and health endpoints.
 //! - [`learn`]: the sink that feeds edges into the dependency index.
+//! - [`target`]: the one loop: a reconcile pass, applied by a [`target::Target`].
 //! - [`filemode`]: `run --file`: topology file in, Sidecar YAML files out.
 //! - [`install`]: `lazyxds install` / `uninstall`: the manifests, rendered.
-//! - [`kube`]: `run --kube`: watchers into the index, the Sidecar writer.
+//! - [`kube`]: `run --kube`: watchers into the index, the cluster as the target.
 #![forbid(unsafe_code)]
 
 pub mod counters;
 pub mod edges;
 pub mod error;
 pub mod filemode;
-pub mod grpc;
 pub mod http;
 pub mod install;
 pub mod kube;
 pub mod learn;
 pub mod metrics;
+pub mod runtime;
 pub mod sink;
+pub mod target;
 
 pub use error::{BatchError, FileModeError};

@@ -81,61 +81,6 @@ pub fn render(sources: &[Arc<dyn MetricsSource>]) -> String {
     text
 }
 
-impl MetricsSource for crate::counters::Counters {
-    fn collect(&self, registry: &mut Registry) {
-        register_fields(
-            registry,
-            "grpc",
-            &self.snapshot(),
-            &["streams_open"],
-            "gateway edge streams (see /debug/edges counters)",
-        );
-        register_counters(
-            registry,
-            "grpc_batches_rejected_by_reason",
-            "edge batches refused, by reason",
-            self.rejected_by_reason()
-                .into_iter()
-                .map(|(reason, n)| (vec![("reason".to_string(), reason.to_string())], n)),
-        );
-    }
-}
-
-impl MetricsSource for crate::learn::Learner {
-    fn collect(&self, registry: &mut Registry) {
-        let index = self.index();
-        register_fields(
-            registry,
-            "index",
-            index.counters(),
-            &[],
-            "dependency index; stuck on the gateway = known_dep_requests / attributed_requests",
-        );
-        let deps: Vec<_> = index
-            .workloads_with_deps()
-            .into_iter()
-            .map(|id| {
-                let n = index.deps(&id).len() as i64;
-                let labels = vec![
-                    ("namespace".to_string(), id.namespace.to_string()),
-                    (
-                        "workload".to_string(),
-                        format!("{}/{}", id.kind.as_str(), id.name),
-                    ),
-                ];
-                (labels, n)
-            })
-            .collect();
-        drop(index);
-        register_gauges(
-            registry,
-            "workload_deps",
-            "learned dependencies per workload",
-            deps,
-        );
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,7 +10,8 @@ use lazyxds_proto::v1::NamespaceTable;
 use tokio::sync::watch;
 
 use crate::counters::Counters;
-use crate::edges::{EdgeStore, ObservedEdge, StoredEdge};
+use crate::edges::store::{EdgeStore, StoredEdge};
+use lazyxds_index::ObservedEdge;
 
 /// Who sent a stream, from its `Hello` and the connection.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lazyxds::counters::{Counters, CountersSnapshot};
+use lazyxds::edges::stream::GrpcConfig;
 use lazyxds::edges::{EdgeStats, Limits, StoredEdge};
-use lazyxds::grpc::GrpcConfig;
 use lazyxds::sink::MemoryEdgeSink;
 use lazyxds_proto::v1::edge_sink_client::EdgeSinkClient;
 use lazyxds_proto::v1::{

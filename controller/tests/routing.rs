@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lazyxds::counters::Counters;
-use lazyxds::grpc::GrpcConfig;
+use lazyxds::edges::stream::GrpcConfig;
 use lazyxds::learn::Learner;
 use lazyxds::sink::MemoryEdgeSink;
 use lazyxds_index::{Index, RenderConfig, Topology};

@@ -3,10 +3,12 @@
 //!
 //! - [`v1`]: the `lazyxds.v1` protobuf messages (prost; tonic stubs with the `grpc`
 //!   feature).
+//! - [`authority`]: Istio's short-name rule (`reviews`, `reviews.ns`, `reviews.ns.svc`).
 //! - [`cluster`]: Istio cluster names (`outbound|port|subset|host`, ...) as typed values.
 //! - [`identity`]: Istio SPIFFE identities.
 #![forbid(unsafe_code)]
 
+pub mod authority;
 pub mod cluster;
 pub mod identity;
 

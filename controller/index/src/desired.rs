@@ -32,6 +32,18 @@ pub const STRIPPED_LABELS: [&str; 4] = [
     "apps.kubernetes.io/pod-index",
 ];
 pub const DEFAULT_MAX_HOSTS_PER_SIDECAR: usize = 1000;
+/// The placeholder Service carrying every HTTP port of the mesh (rendered with the
+/// gateway's objects; every lazy Sidecar lists it).
+pub const PLACEHOLDER_SERVICE: &str = "lazyxds-http-ports";
+
+/// `ns/host` of the placeholder Service, as lazy Sidecars list it.
+pub fn placeholder_egress_host(config: &RenderConfig, cluster_domain: &str) -> String {
+    let ns = &config.gateway_namespace;
+    format!(
+        "{ns}/{}",
+        host::service_fqdn(PLACEHOLDER_SERVICE, ns, cluster_domain)
+    )
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RenderConfig {
@@ -219,15 +231,24 @@ pub fn desired(index: &Index, config: &RenderConfig) -> Desired {
 pub fn outbound_policy(index: &Index, namespace: &str, config: &RenderConfig) -> OutboundPolicy {
     let default =
         namespace_default(index, namespace).or_else(|| namespace_default(index, ROOT_NAMESPACE));
-    policy_of(default, config)
+    policy_of(default, index, config)
 }
 
-fn policy_of(default: Option<&SidecarObject>, config: &RenderConfig) -> OutboundPolicy {
+/// The mesh's outbound policy: Istio's mesh config when it sets one, else the configured.
+pub fn mesh_policy(index: &Index, config: &RenderConfig) -> OutboundPolicy {
+    index.mesh_policy().unwrap_or(config.mesh_outbound_policy)
+}
+
+fn policy_of(
+    default: Option<&SidecarObject>,
+    index: &Index,
+    config: &RenderConfig,
+) -> OutboundPolicy {
     default
         .and_then(|d| d.spec.pointer("/outboundTrafficPolicy/mode"))
         .and_then(|m| m.as_str())
         .and_then(OutboundPolicy::parse)
-        .unwrap_or(config.mesh_outbound_policy)
+        .unwrap_or_else(|| mesh_policy(index, config))
 }
 
 /// A namespace's selector-less user Sidecar (the first by name: Istio leaves several
@@ -370,7 +391,7 @@ impl Context<'_> {
         }
 
         let default_spec = self.default.map(|d| &d.spec);
-        let policy = policy_of(self.default, self.config);
+        let policy = policy_of(self.default, self.index, self.config);
         let copied = default_spec
             .and_then(|s| s.as_object())
             .map(|spec| {
@@ -446,10 +467,7 @@ impl Context<'_> {
                 self.config.gateway_namespace, self.config.gateway_host
             ),
             // An HTTP route table per mesh port, whose catch-all goes to the gateway.
-            crate::gateway::placeholder_egress_host(
-                self.config,
-                &self.index.config().cluster_domain,
-            ),
+            placeholder_egress_host(self.config, &self.index.config().cluster_domain),
         ]);
         // A selector Sidecar does not merge with the namespace default: re-include it.
         if let Some(listeners) = self

@@ -204,14 +204,14 @@ pub fn mk_outbound(port: u16, host: &str) -> String {
 /// A Deployment `name` (labels `app: name`) with a ReplicaSet and one pod at `ip`.
 pub fn mk_deployment(index: &mut Index, ns: &str, name: &str, ip: &str) {
     let rs = format!("{name}-5d4f8");
-    index.apply_workload(mk_workload(
+    index.apply(mk_workload(
         WorkloadKind::Deployment,
         ns,
         name,
         &[("app", name)],
     ));
-    index.apply_replica_set(mk_replica_set(ns, &rs, Some(("Deployment", name))));
-    index.apply_pod(mk_pod(
+    index.apply(mk_replica_set(ns, &rs, Some(("Deployment", name))));
+    index.apply(mk_pod(
         ns,
         &format!("{rs}-0"),
         ip,
@@ -240,8 +240,8 @@ impl Index {
     /// `payments` (not opted in): Service payments (HTTP 9080).
     pub fn test() -> Self {
         let mut index = Index::new(IndexConfig::default());
-        index.apply_namespace(mk_namespace("shop", Some(true)));
-        index.apply_namespace(mk_namespace("payments", None));
+        index.apply(mk_namespace("shop", Some(true)));
+        index.apply(mk_namespace("payments", None));
         mk_deployment(&mut index, "shop", "productpage", "10.0.0.10");
         for (name, version, ip) in [
             ("reviews-v1", "v1", "10.0.0.11"),
@@ -249,9 +249,9 @@ impl Index {
         ] {
             let rs = format!("{name}-7c9b6");
             let labels = [("app", "reviews"), ("version", version)];
-            index.apply_workload(mk_workload(WorkloadKind::Deployment, "shop", name, &labels));
-            index.apply_replica_set(mk_replica_set("shop", &rs, Some(("Deployment", name))));
-            index.apply_pod(mk_pod(
+            index.apply(mk_workload(WorkloadKind::Deployment, "shop", name, &labels));
+            index.apply(mk_replica_set("shop", &rs, Some(("Deployment", name))));
+            index.apply(mk_pod(
                 "shop",
                 &format!("{rs}-0"),
                 ip,
@@ -264,33 +264,33 @@ impl Index {
             ));
         }
         let http = [(9080, "http")];
-        index.apply_service(mk_service(
+        index.apply(mk_service(
             "shop",
             "productpage",
             &[("app", "productpage")],
             &http,
         ));
-        index.apply_service(mk_service("shop", "reviews", &[("app", "reviews")], &http));
-        index.apply_service(mk_service(
+        index.apply(mk_service("shop", "reviews", &[("app", "reviews")], &http));
+        index.apply(mk_service(
             "shop",
             "reviews-v2",
             &[("app", "reviews"), ("version", "v2")],
             &http,
         ));
-        index.apply_service(mk_service("shop", "ratings", &[("app", "ratings")], &http));
-        index.apply_service(mk_service(
+        index.apply(mk_service("shop", "ratings", &[("app", "ratings")], &http));
+        index.apply(mk_service(
             "shop",
             "postgres",
             &[("app", "postgres")],
             &[(5432, "tcp-postgres")],
         ));
-        index.apply_service(mk_service(
+        index.apply(mk_service(
             "payments",
             "payments",
             &[("app", "payments")],
             &http,
         ));
-        index.apply_virtual_service(mk_virtual_service(
+        index.apply(mk_virtual_service(
             "shop",
             "reviews",
             &["reviews"],

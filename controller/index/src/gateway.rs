@@ -25,15 +25,14 @@ use std::net::IpAddr;
 use lazyxds_proto::v1::{NamespaceTable, OutboundPolicy as WirePolicy};
 use serde_json::{json, Map, Value};
 
-use crate::desired::{outbound_policy, RenderConfig};
+pub use crate::desired::PLACEHOLDER_SERVICE;
+use crate::desired::{mesh_policy, outbound_policy, RenderConfig};
 use crate::error::Error;
 use crate::host;
 use crate::index::Index;
 use crate::objects::{Protocol, VirtualService, LABEL_MANAGED_BY, MANAGED_BY_US};
 use crate::sidecar::OutboundPolicy;
 
-/// The placeholder Service carrying every HTTP port of the mesh.
-pub const PLACEHOLDER_SERVICE: &str = "lazyxds-http-ports";
 /// Route (and virtual host, and cluster) name of the catch-all for unknown hosts; the
 /// filter knows it by this name.
 pub const EXTERNAL_ROUTE: &str = "lazyxds-external";
@@ -106,15 +105,6 @@ pub fn gateway_name(config: &RenderConfig) -> &str {
         .unwrap_or(&config.gateway_host)
 }
 
-/// `ns/host` of the placeholder Service, as lazy Sidecars list it.
-pub fn placeholder_egress_host(config: &RenderConfig, cluster_domain: &str) -> String {
-    let ns = &config.gateway_namespace;
-    format!(
-        "{ns}/{}",
-        host::service_fqdn(PLACEHOLDER_SERVICE, ns, cluster_domain)
-    )
-}
-
 /// A host the gateway routes, with the HTTP ports it has.
 #[derive(Debug, Default)]
 struct Routable {
@@ -136,21 +126,6 @@ pub fn gateway_objects(index: &Index, config: &RenderConfig) -> GatewayObjects {
         virtual_services,
         envoy_filter: envoy_filter(config),
     }
-}
-
-/// The gateway objects that change with the mesh, one at a time: the placeholder Service,
-/// then the per-host VirtualServices in [`GatewayObjects`] order (without
-/// [`UNKNOWN_MESH_HOSTS`], which is static). For a caller that keeps little of each: all
-/// of them at once cost kilobytes per mesh host.
-pub fn visit_dynamic_gateway_objects(
-    index: &Index,
-    config: &RenderConfig,
-    mut visit: impl FnMut(Value),
-) {
-    let domain = index.config().cluster_domain.clone();
-    let (routable, http_ports) = routable_hosts(index, &domain);
-    visit(placeholder_service(config, &http_ports));
-    for_each_host_route(index, config, &domain, &routable, visit);
 }
 
 /// The per-host VirtualServices, sorted by name.
@@ -626,7 +601,7 @@ pub fn namespace_table(index: &Index, config: &RenderConfig) -> NamespaceTable {
             .iter()
             .map(|n| wire(outbound_policy(index, n, config)))
             .collect(),
-        mesh_policy: wire(config.mesh_outbound_policy),
+        mesh_policy: wire(mesh_policy(index, config)),
         ..NamespaceTable::default()
     };
     // `ip_table` is sorted: IPv4 first, each family in address order.

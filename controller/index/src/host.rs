@@ -23,23 +23,27 @@ pub fn service_fqdn(name: &str, namespace: &str, cluster_domain: &str) -> String
     format!("{name}.{namespace}.svc.{cluster_domain}")
 }
 
-/// The FQDN a requested host means from a pod in `src_ns`, following the pod's DNS search
-/// path: `reviews` → `reviews.<src_ns>.svc.<domain>`, `reviews.ns` → `reviews.ns.svc.<domain>`,
-/// `reviews.ns.svc` → `reviews.ns.svc.<domain>`. `None` when the host is not such a
-/// short name (an FQDN, an external name, an IP).
+/// The FQDN a requested host means from a pod in `src_ns`: `reviews`, `reviews.ns` and
+/// `reviews.ns.svc` (any case) become `reviews.<ns>.svc.<domain>`, lower case. `None`
+/// for anything else (an FQDN, an absolute name, an external name, an IP). Istio's rule,
+/// the same the gateway filter applies: [`lazyxds_proto::authority`].
 pub fn expand_requested(host: &str, src_ns: &str, cluster_domain: &str) -> Option<String> {
-    let host = host.strip_suffix('.').unwrap_or(host);
-    if host.is_empty() || host.parse::<std::net::IpAddr>().is_ok() {
-        return None;
-    }
-    let mut labels = host.split('.');
-    let (first, second, third) = (labels.next(), labels.next(), labels.next());
-    match (first, second, third, labels.next()) {
-        (Some(_), None, None, None) => Some(format!("{host}.{src_ns}.svc.{cluster_domain}")),
-        (Some(_), Some(_), None, None) => Some(format!("{host}.svc.{cluster_domain}")),
-        (Some(_), Some(_), Some("svc"), None) => Some(format!("{host}.{cluster_domain}")),
-        _ => None,
-    }
+    use lazyxds_proto::authority::{service_authority, Authority};
+    let (name, namespace) = match Authority::parse(host.as_bytes()) {
+        Authority::Bare { name, port: None } => (name, src_ns),
+        Authority::Pair {
+            name,
+            namespace,
+            port: None,
+        }
+        | Authority::Svc {
+            name,
+            namespace,
+            port: None,
+        } => (name, namespace),
+        _ => return None,
+    };
+    Some(service_authority(name, namespace, None, cluster_domain))
 }
 
 /// Istio's resolution of a VirtualService host: a name without a dot is relative to the
@@ -109,7 +113,14 @@ mod tests {
     fn expands_short_names_like_the_dns_search_path() {
         let cases = [
             ("reviews", Some("reviews.shop.svc.cluster.local")),
-            ("reviews.", Some("reviews.shop.svc.cluster.local")),
+            // Istio's rule (lazyxds_proto::authority): absolute names skip the search
+            // path, case never matters, nothing between `svc` and the full domain.
+            ("reviews.", None),
+            (
+                "Reviews.Payments.SVC",
+                Some("reviews.payments.svc.cluster.local"),
+            ),
+            ("reviews.payments.svc.cluster", None),
             (
                 "reviews.payments",
                 Some("reviews.payments.svc.cluster.local"),

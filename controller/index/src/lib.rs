@@ -1,7 +1,10 @@
 //! The lazyxds controller's pure core: no I/O, no clock, no async.
 //!
 //! - [`Index`]: watched objects (projected), pods by IP, learned deps per workload;
-//!   edges in through [`Index::record_edges`], time through [`Index::tick`].
+//!   watched objects in through one [`Projection`](index::Projection) per kind, edges
+//!   through [`Index::record_edges`], time through [`Index::tick`].
+//! - [`reconcile()`]: one [`Pass`] from the index: desired Sidecars (and refusals), the
+//!   gateway's objects, the namespace table; what every target applies.
 //! - [`desired()`]: the Sidecar every opted-in workload should have, or why not.
 //! - [`gateway`]: the lazy gateway's routing objects and the namespace table its filter
 //!   gets, so a first call through it is routed as the caller's sidecar would have.
@@ -16,6 +19,7 @@ pub mod gateway;
 pub mod host;
 pub mod index;
 pub mod objects;
+pub mod reconcile;
 pub mod report;
 pub mod sidecar;
 pub mod topology;
@@ -28,15 +32,14 @@ pub use desired::{
 };
 pub use discovery::{LabelSelector, MeshConfig};
 pub use error::{Error, TopologyError};
-pub use gateway::{
-    gateway_objects, namespace_table, visit_dynamic_gateway_objects, GatewayObjects,
-};
+pub use gateway::{gateway_objects, namespace_table, GatewayObjects};
 pub use index::{Counters, Index, IndexConfig, ObservedEdge};
 pub use objects::{
     Annotations, Job, Labels, Namespace, OwnerRef, Pin, Pod, Protocol, ReplicaSet, RestoredDeps,
     Service, ServiceEntry, ServiceEntryPort, ServicePort, SidecarObject, VirtualService,
     WorkloadId, WorkloadKind, WorkloadObject,
 };
+pub use reconcile::{reconcile, Pass};
 pub use report::{report, Report, Status, Totals, WorkloadReport};
 pub use sidecar::{OutboundPolicy, Sidecar};
 pub use topology::{Gateway, IndexObjects, Topology};

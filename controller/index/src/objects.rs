@@ -32,6 +32,33 @@ pub const ANNOTATION_EXPORT_TO: &str = "networking.istio.io/exportTo";
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY_US: &str = "lazyxds";
 
+/// The kill switch: ConfigMap `lazyxds` in the controller's namespace; `enabled:
+/// "false"` makes the writer delete every Sidecar we own.
+pub const KILL_SWITCH_CONFIGMAP: &str = "lazyxds";
+/// Istio's mesh config: ConfigMap `istio` in `istio-system`, key `mesh`.
+pub const MESH_CONFIG_NAMESPACE: &str = "istio-system";
+pub const MESH_CONFIGMAP: &str = "istio";
+/// The Lease replicas elect a leader on, in the controller's namespace.
+pub const LEADER_LEASE: &str = "lazyxds-leader";
+/// The label the leader puts on its pod; the gRPC Service selects it.
+pub const LEADER_LABEL: &str = "lazyxds.io/leader";
+
+/// The string entries of a JSON object such as `metadata.labels`; others are skipped.
+pub fn string_map(value: &serde_json::Value) -> BTreeMap<String, String> {
+    value.as_object().map_or_else(BTreeMap::new, |m| {
+        m.iter()
+            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+            .collect()
+    })
+}
+
+/// Whether an object with these labels is ours to change or delete: it carries
+/// `app.kubernetes.io/managed-by: lazyxds`. The one ownership test (Sidecar files,
+/// watched Sidecars, the index).
+pub fn is_ours(labels: &BTreeMap<String, String>) -> bool {
+    labels.get(LABEL_MANAGED_BY).map(String::as_str) == Some(MANAGED_BY_US)
+}
+
 /// The kinds a dependency is attributed to: the top of a pod's owner chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum WorkloadKind {
@@ -113,6 +140,16 @@ impl WorkloadId {
             namespace: namespace.into(),
             kind,
             name: name.into(),
+        }
+    }
+
+    /// The workload an [`ANNOTATION_WORKLOAD`] value (`Kind/name`) names in `namespace`.
+    pub fn from_annotation(namespace: &str, value: &str) -> Result<WorkloadId, String> {
+        match value.split_once('/') {
+            Some((kind, name)) if !name.is_empty() && !name.contains('/') => kind
+                .parse::<WorkloadKind>()
+                .map(|kind| WorkloadId::new(kind, namespace, name)),
+            _ => Err("is not Kind/name".to_string()),
         }
     }
 }
@@ -555,7 +592,7 @@ impl SidecarObject {
                     .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
                     .collect::<Labels>()
             });
-        let ours = labels.get(LABEL_MANAGED_BY).map(String::as_str) == Some(MANAGED_BY_US);
+        let ours = is_ours(&labels);
         let restored = if ours {
             Some(parse_restored(namespace, name, annotations)?)
         } else {
@@ -573,7 +610,7 @@ impl SidecarObject {
 
     /// Carries our ownership label.
     pub fn is_ours(&self) -> bool {
-        self.labels.get(LABEL_MANAGED_BY).map(String::as_str) == Some(MANAGED_BY_US)
+        is_ours(&self.labels)
     }
 }
 
@@ -592,19 +629,8 @@ fn parse_restored(
         .get(ANNOTATION_WORKLOAD)
         .map(String::as_str)
         .unwrap_or_default();
-    let id = match workload.split_once('/') {
-        Some((kind, wl)) if !wl.is_empty() && !wl.contains('/') => kind
-            .parse::<WorkloadKind>()
-            .map(|kind| WorkloadId::new(kind, namespace, wl))
-            .map_err(|e| invalid(ANNOTATION_WORKLOAD, workload, e))?,
-        _ => {
-            return Err(invalid(
-                ANNOTATION_WORKLOAD,
-                workload,
-                "is not Kind/name".to_string(),
-            ))
-        }
-    };
+    let id = WorkloadId::from_annotation(namespace, workload)
+        .map_err(|e| invalid(ANNOTATION_WORKLOAD, workload, e))?;
     let deps = match annotations.get(ANNOTATION_DEPS) {
         None => BTreeMap::new(),
         Some(json) => serde_json::from_str::<BTreeMap<String, u64>>(json).map_err(|e| {

@@ -359,7 +359,7 @@ mod tests {
     #[test]
     fn counts_what_scoping_removes() {
         let mut index = Index::test();
-        index.apply_service(mk_service(
+        index.apply(mk_service(
             "istio-system",
             "istiod",
             &[("app", "istiod")],
@@ -371,8 +371,8 @@ mod tests {
         ));
         let mut vault = mk_service("payments", "vault", &[("app", "vault")], &[(8200, "http")]);
         vault.export_to = vec![".".to_string()];
-        index.apply_service(vault);
-        index.apply_sidecar(mk_user_sidecar(
+        index.apply(vault);
+        index.apply(mk_user_sidecar(
             "shop",
             "v1-only",
             serde_json::json!({"workloadSelector": {"labels": {"version": "v1"}}}),

@@ -82,9 +82,9 @@ pub struct IndexObjects {
 impl IndexObjects {
     /// Replaces every kind in the index with these objects (a full resync).
     pub fn apply_to(self, index: &mut Index) {
-        index.reset_namespaces(self.namespaces);
-        index.reset_replica_sets(self.replica_sets);
-        index.reset_jobs(self.jobs);
+        index.reset((), self.namespaces);
+        index.reset((), self.replica_sets);
+        index.reset((), self.jobs);
         for kind in WorkloadKind::ALL.into_iter().filter(|k| k.has_template()) {
             let of_kind = self
                 .workloads
@@ -92,14 +92,14 @@ impl IndexObjects {
                 .filter(|w| w.kind == kind)
                 .cloned()
                 .collect();
-            index.reset_workloads(kind, of_kind);
+            index.reset(kind, of_kind);
         }
-        index.reset_services(self.services);
-        index.reset_service_entries(self.service_entries);
-        index.reset_virtual_services(self.virtual_services);
+        index.reset((), self.services);
+        index.reset((), self.service_entries);
+        index.reset((), self.virtual_services);
         // Sidecars (ours restore deps) and pods last, like a controller start-up.
-        index.reset_sidecars(self.sidecars);
-        index.reset_pods(self.pods);
+        index.reset((), self.sidecars);
+        index.reset((), self.pods);
     }
 }
 

@@ -22,7 +22,7 @@ use serde_json::Value;
 use super::config::{InstallConfig, CONTROLLER_NAME, GRPC_PORT_NAME, HTTP_PORT_NAME};
 use super::rbac::{Rule, CLUSTER_RULES, MESH_CONFIG_NAMESPACE, MESH_CONFIG_RULES, NAMESPACE_RULES};
 use super::{metadata, to_value, InstallError};
-use crate::kube::leader::LEADER_LABEL;
+use lazyxds_index::objects::{KILL_SWITCH_CONFIGMAP, LEADER_LABEL};
 
 /// The Service gateways stream edges to selects only the leader's pod.
 pub const GRPC_SERVICE: &str = CONTROLLER_NAME;
@@ -139,7 +139,7 @@ pub(super) fn objects(config: &InstallConfig) -> Result<Vec<Value>, InstallError
     };
     // The kill switch, shipped on: `enabled: "false"` deletes every Sidecar we own.
     let kill_switch = ConfigMap {
-        metadata: meta(crate::kube::watch::KILL_SWITCH_CONFIGMAP, true),
+        metadata: meta(KILL_SWITCH_CONFIGMAP, true),
         data: Some(BTreeMap::from([(
             "enabled".to_string(),
             "true".to_string(),

@@ -65,8 +65,7 @@ pub const CLUSTER_RULES: &[Rule] = &[
     },
 ];
 
-/// The Lease replicas elect a leader on (`lazyxds run --leader-election`).
-pub const LEADER_LEASE: &str = "lazyxds-leader";
+pub use lazyxds_index::objects::LEADER_LEASE;
 
 /// In the controller's own namespace only (Role): leader election and the kill switch.
 pub const NAMESPACE_RULES: &[Rule] = &[
@@ -119,20 +118,20 @@ pub const NAMESPACE_RULES: &[Rule] = &[
         group: "",
         resources: &["configmaps"],
         verbs: &["list", "watch"],
-        names: &[crate::kube::watch::KILL_SWITCH_CONFIGMAP],
+        names: &[lazyxds_index::objects::KILL_SWITCH_CONFIGMAP],
         why: "the kill switch: `enabled: \"false\"` deletes every Sidecar we own",
     },
 ];
 
 /// Istio's mesh config (discoverySelectors, outboundTrafficPolicy), read from Istio's root
 /// namespace: a Role there.
-pub const MESH_CONFIG_NAMESPACE: &str = crate::kube::watch::ISTIO_NAMESPACE;
+pub use lazyxds_index::objects::MESH_CONFIG_NAMESPACE;
 
 pub const MESH_CONFIG_RULES: &[Rule] = &[Rule {
     group: "",
     resources: &["configmaps"],
     verbs: &["list", "watch"],
-    names: &[crate::kube::watch::MESH_CONFIGMAP],
+    names: &[lazyxds_index::objects::MESH_CONFIGMAP],
     why: "Istio's mesh config: which namespaces Istio ignores, the mesh outbound policy",
 }];
 

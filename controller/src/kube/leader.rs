@@ -10,44 +10,36 @@ use kube_lease_manager::LeaseManagerBuilder;
 use serde_json::json;
 use tokio::sync::watch;
 
-/// The label the leader puts on its pod; the gRPC Service selects it.
-pub const LEADER_LABEL: &str = "lazyxds.io/leader";
+pub use lazyxds_index::objects::{LEADER_LABEL, LEADER_LEASE};
 
-#[derive(Debug, Clone)]
-pub struct LeaderConfig {
-    /// Namespace of the Lease and of the controller's pods.
-    pub namespace: String,
-    /// This replica's pod (the Lease holder identity, and the pod to label).
-    pub pod_name: String,
-    pub lease_name: String,
-    /// A holder that has not renewed for this long loses the lease.
-    pub duration_secs: u64,
-    /// Renew this long before the lease would expire.
-    pub grace_secs: u64,
-}
-
-/// Starts the election; the receiver says whether this replica leads now.
+/// Starts the election as `pod_name` on [`LEADER_LEASE`] in `namespace` (the controller's,
+/// where its pods are); a holder that has not renewed for `duration_secs` loses the
+/// lease, and renews a third of that before. The receiver says whether this replica
+/// leads now.
 pub async fn elect(
     client: Client,
-    config: LeaderConfig,
+    namespace: &str,
+    pod_name: &str,
+    duration_secs: u64,
 ) -> kube_lease_manager::Result<watch::Receiver<bool>> {
-    let manager = LeaseManagerBuilder::new(client.clone(), &config.lease_name)
-        .with_namespace(&config.namespace)
-        .with_identity(&config.pod_name)
-        .with_duration(config.duration_secs)
-        .with_grace(config.grace_secs)
+    let manager = LeaseManagerBuilder::new(client.clone(), LEADER_LEASE)
+        .with_namespace(namespace)
+        .with_identity(pod_name)
+        .with_duration(duration_secs)
+        .with_grace((duration_secs / 3).max(1))
         .build()
         .await?;
     let (mut lease, _task) = manager.watch().await;
     let (tx, rx) = watch::channel(false);
+    let pod_name = pod_name.to_string();
+    let pods: Api<Pod> = Api::namespaced(client, namespace);
     tokio::spawn(async move {
-        let pods: Api<Pod> = Api::namespaced(client, &config.namespace);
         loop {
             let leading = *lease.borrow_and_update();
             // Followers stop writing before anything else happens.
             tx.send_replace(leading);
-            tracing::info!(pod = %config.pod_name, leading, "leadership changed");
-            label_pods(&pods, &config.pod_name, leading).await;
+            tracing::info!(pod = %pod_name, leading, "leadership changed");
+            label_pods(&pods, &pod_name, leading).await;
             if lease.changed().await.is_err() {
                 tx.send_replace(false);
                 return;
@@ -100,4 +92,24 @@ async fn label_pods(pods: &Api<Pod>, me: &str, leading: bool) {
 /// dropped: it never changes).
 pub fn always() -> watch::Receiver<bool> {
     watch::channel(true).1
+}
+
+/// True while this replica must not hold gateway streams: stopping, or not leading.
+pub fn follower_or_stopping(
+    mut leader: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
+) -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(!*leader.borrow() || *stop.borrow());
+    tokio::spawn(async move {
+        // A closed leadership channel never changes again (no election: always leading).
+        let mut leader_open = true;
+        loop {
+            tx.send_replace(!*leader.borrow_and_update() || *stop.borrow_and_update());
+            tokio::select! {
+                changed = leader.changed(), if leader_open => leader_open = changed.is_ok(),
+                changed = stop.changed() => if changed.is_err() { return },
+            }
+        }
+    });
+    rx
 }

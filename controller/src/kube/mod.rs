@@ -10,39 +10,83 @@ pub mod writer;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
+use kube::api::ApiResource;
 use serde_json::json;
 
 use crate::http::PlanView;
 use crate::learn::SharedLearner;
+
+/// The field manager of every apply.
+pub const FIELD_MANAGER: &str = "lazyxds";
+
+/// The Istio kinds, served as `DynamicObject`s (no generated types needed).
+pub fn istio_resource(kind: &str, plural: &str) -> ApiResource {
+    ApiResource {
+        group: "networking.istio.io".into(),
+        version: "v1".into(),
+        api_version: "networking.istio.io/v1".into(),
+        kind: kind.into(),
+        plural: plural.into(),
+    }
+}
 
 /// What `/debug/plan` shows in Kubernetes mode.
 #[derive(Debug, Clone)]
 pub struct KubeStatus {
     pub writer: Arc<writer::WriterStats>,
     pub watched: Arc<watch::Watched>,
+    pub learner: SharedLearner,
+}
+
+/// The writer's and the watches' counters, as `/debug/plan` and `/metrics` show them.
+#[derive(serde::Serialize)]
+struct Counts {
+    passes: u64,
+    applies: u64,
+    deletes: u64,
+    blocked: u64,
+    last_pass_ms: u64,
+}
+
+#[derive(serde::Serialize)]
+struct WatchCounts {
+    events: u64,
+    errors: u64,
+    invalid_annotations: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kill_switch: Option<u64>,
+}
+
+impl KubeStatus {
+    fn counts(&self) -> (Counts, WatchCounts) {
+        let (w, v) = (&self.writer, &self.watched);
+        let writer = Counts {
+            passes: w.passes.load(Relaxed),
+            applies: w.applies.load(Relaxed),
+            deletes: w.deletes.load(Relaxed),
+            blocked: w.blocked.load(Relaxed),
+            last_pass_ms: w.last_pass_ms.load(Relaxed),
+        };
+        let watch = WatchCounts {
+            events: v.events.load(Relaxed),
+            errors: v.watch_errors.load(Relaxed),
+            invalid_annotations: v.invalid_annotations.load(Relaxed),
+            kill_switch: None,
+        };
+        (writer, watch)
+    }
 }
 
 impl PlanView for KubeStatus {
     fn plan(&self) -> serde_json::Value {
-        let w = &self.writer;
-        let v = &self.watched;
-        let plan = w.plan();
+        let (writer, watch) = self.counts();
+        let mut writer = json!(writer);
+        writer["errors"] = json!(self.writer.errors());
         json!({
-            "plan": &*plan,
-            "writer": {
-                "passes": w.passes.load(Relaxed),
-                "applies": w.applies.load(Relaxed),
-                "deletes": w.deletes.load(Relaxed),
-                "blocked": w.blocked.load(Relaxed),
-                "errors": w.errors(),
-                "last_pass_ms": w.last_pass_ms.load(Relaxed),
-            },
-            "watch": {
-                "events": v.events.load(Relaxed),
-                "errors": v.watch_errors.load(Relaxed),
-                "invalid_annotations": v.invalid_annotations.load(Relaxed),
-            },
-            "kill_switch": v.disabled.load(Relaxed),
+            "plan": &*self.writer.plan(),
+            "writer": writer,
+            "watch": watch,
+            "kill_switch": self.learner.index().kill_switch(),
         })
     }
 }
@@ -50,128 +94,20 @@ impl PlanView for KubeStatus {
 impl crate::metrics::MetricsSource for KubeStatus {
     fn collect(&self, registry: &mut prometheus_client::registry::Registry) {
         use crate::metrics::{register_counters, register_fields};
-        let w = &self.writer;
-        let v = &self.watched;
-        #[derive(serde::Serialize)]
-        struct Writer {
-            passes: u64,
-            applies: u64,
-            deletes: u64,
-            blocked: u64,
-            last_pass_ms: u64,
-        }
-        let writer = Writer {
-            passes: w.passes.load(Relaxed),
-            applies: w.applies.load(Relaxed),
-            deletes: w.deletes.load(Relaxed),
-            blocked: w.blocked.load(Relaxed),
-            last_pass_ms: w.last_pass_ms.load(Relaxed),
-        };
-        register_fields(
-            registry,
-            "writer",
-            &writer,
-            &["last_pass_ms"],
-            "the Sidecar writer",
-        );
+        let (writer, mut watch) = self.counts();
+        watch.kill_switch = Some(u64::from(self.learner.index().kill_switch()));
+        let help = "the Sidecar writer";
+        register_fields(registry, "writer", &writer, &["last_pass_ms"], help);
         register_counters(
             registry,
             "writer_errors",
             "failed Sidecar writes, by reason",
-            w.errors()
+            self.writer
+                .errors()
                 .into_iter()
                 .map(|(reason, n)| (vec![("reason".to_string(), reason)], n)),
         );
-        #[derive(serde::Serialize)]
-        struct Watch {
-            events: u64,
-            errors: u64,
-            invalid_annotations: u64,
-            kill_switch: u64,
-        }
-        let watch = Watch {
-            events: v.events.load(Relaxed),
-            errors: v.watch_errors.load(Relaxed),
-            invalid_annotations: v.invalid_annotations.load(Relaxed),
-            kill_switch: u64::from(v.disabled.load(Relaxed)),
-        };
-        register_fields(
-            registry,
-            "watch",
-            &watch,
-            &["kill_switch"],
-            "Kubernetes watches; kill_switch 1 = on",
-        );
+        let help = "Kubernetes watches; kill_switch 1 = on";
+        register_fields(registry, "watch", &watch, &["kill_switch"], help);
     }
-}
-
-/// Who this replica is.
-#[derive(Debug, Clone)]
-pub struct Identity {
-    /// The controller's namespace (Lease, kill-switch ConfigMap, its pods).
-    pub namespace: String,
-    /// This replica's pod name (Lease identity, Event instance).
-    pub pod_name: String,
-}
-
-/// Starts the watchers; returns the status view and the writer (to run until `stop`).
-/// `leader` says when this replica may write ([`leader::always`] without election).
-pub fn start(
-    client: ::kube::Client,
-    identity: &Identity,
-    learner: SharedLearner,
-    leader: tokio::sync::watch::Receiver<bool>,
-    config: writer::WriterConfig,
-    stop: impl std::future::Future<Output = ()> + Send + 'static,
-) -> (
-    KubeStatus,
-    impl std::future::Future<Output = ()> + Send + 'static,
-) {
-    let watched = Arc::new(watch::Watched::default());
-    let stats = Arc::new(writer::WriterStats::default());
-    let (synced_tx, synced_rx) = tokio::sync::watch::channel(Vec::new());
-    let mut tasks = watch::spawn_all(
-        client.clone(),
-        &identity.namespace,
-        learner.clone(),
-        watched.clone(),
-        synced_tx,
-    );
-    // Held edges (from IPs the pod watch has not shown yet) and TTL expiry need time.
-    let ticking = learner.clone();
-    tasks.push(tokio::spawn(async move {
-        let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
-        loop {
-            every.tick().await;
-            ticking.tick();
-        }
-    }));
-    let status = KubeStatus {
-        writer: stats.clone(),
-        watched: watched.clone(),
-    };
-    let recorder = (!config.dry_run).then(|| {
-        ::kube::runtime::events::Recorder::new(
-            client.clone(),
-            ::kube::runtime::events::Reporter {
-                controller: "lazyxds".into(),
-                instance: Some(identity.pod_name.clone()),
-            },
-        )
-    });
-    let parts = writer::WriterParts {
-        learner,
-        watched,
-        synced: synced_rx,
-        leader,
-        recorder,
-        stats,
-    };
-    let writer = async move {
-        writer::run(client, parts, config, stop).await;
-        for task in tasks {
-            task.abort();
-        }
-    };
-    (status, writer)
 }

@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::{Api, Client};
+use lazyxds_index::gateway::UNKNOWN_MESH_HOSTS;
 use lazyxds_index::objects::{LABEL_MANAGED_BY, MANAGED_BY_US};
-use lazyxds_index::{visit_dynamic_gateway_objects, Index, RenderConfig};
+use lazyxds_index::GatewayObjects;
 use serde_json::Value;
 
-use super::watch::istio_resource;
-use super::writer::FIELD_MANAGER;
+use super::{istio_resource, FIELD_MANAGER};
 
 /// (kind, namespace, name).
 type Key = (String, String, String);
@@ -31,13 +31,9 @@ fn key(object: &Value) -> Key {
 fn resource(kind: &str) -> Option<ApiResource> {
     match kind {
         "VirtualService" => Some(istio_resource("VirtualService", "virtualservices")),
-        "Service" => Some(ApiResource {
-            group: String::new(),
-            version: "v1".into(),
-            api_version: "v1".into(),
-            kind: "Service".into(),
-            plural: "services".into(),
-        }),
+        "Service" => Some(ApiResource::erase::<k8s_openapi::api::core::v1::Service>(
+            &(),
+        )),
         _ => None,
     }
 }
@@ -74,23 +70,28 @@ pub struct Rendered {
     text: Option<String>,
 }
 
-/// Renders the gateway objects that change with the mesh (the placeholder Service and a
-/// VirtualService per mesh host), one at a time, keeping of each its digest, and its JSON
-/// only when it changed. Pure: call it under the index lock, then [`sync`].
-pub fn render(index: &Index, config: &RenderConfig, state: &RoutingState) -> Vec<Rendered> {
-    let mut out = Vec::new();
-    visit_dynamic_gateway_objects(index, config, |object| {
-        let key = key(&object);
-        let text = object.to_string();
-        let digest = digest(&text);
-        let changed = state.applied.get(&key) != Some(&digest);
-        out.push(Rendered {
-            key,
-            digest,
-            text: changed.then_some(text),
-        });
-    });
-    out
+/// The gateway objects that change with the mesh (the placeholder Service and a
+/// VirtualService per mesh host), keeping of each its digest, and its JSON only when it
+/// is not what was last applied. Then [`sync`].
+pub fn render(objects: &GatewayObjects, state: &RoutingState) -> Vec<Rendered> {
+    let per_host = objects
+        .virtual_services
+        .iter()
+        .filter(|vs| vs["metadata"]["name"] != UNKNOWN_MESH_HOSTS);
+    std::iter::once(&objects.placeholder_service)
+        .chain(per_host)
+        .map(|object| {
+            let key = key(object);
+            let text = object.to_string();
+            let digest = digest(&text);
+            let changed = state.applied.get(&key) != Some(&digest);
+            Rendered {
+                key,
+                digest,
+                text: changed.then_some(text),
+            }
+        })
+        .collect()
 }
 
 /// Applies the rendered objects that changed and deletes our VirtualServices that are no
@@ -161,7 +162,7 @@ pub async fn sync(
         .applied
         .keys()
         .filter(|k| k.0 == "VirtualService" && !desired.contains(*k))
-        .filter(|k| k.2 != lazyxds_index::gateway::UNKNOWN_MESH_HOSTS)
+        .filter(|k| k.2 != UNKNOWN_MESH_HOSTS)
         .cloned()
         .collect();
     for k in stale {

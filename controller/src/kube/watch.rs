@@ -1,6 +1,7 @@
 //! Watchers: one kube-runtime watcher per kind, each event projected into the index at
-//! once (no object store). A kind counts as synced after its first complete list; the
-//! writer waits for every kind, so the first write sees the restored state.
+//! once (no object store). A watch reports its kind as synced after its first complete
+//! list; the writer waits for every watch [`spawn_all`] started, so the first write
+//! sees the restored state.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -8,58 +9,23 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
-use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{ApiResource, DynamicObject};
+use kube::api::DynamicObject;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, Resource};
-use lazyxds_index::{Index, MeshConfig, OutboundPolicy, WorkloadKind};
+use lazyxds_index::index::Projection;
+use lazyxds_index::{MeshConfig, WorkloadKind};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::sync::watch as signal;
 
+use super::istio_resource;
 use super::project::{self, Projected};
 use crate::learn::SharedLearner;
 
-/// The Istio kinds, served as `DynamicObject`s (no generated types needed).
-pub fn istio_resource(kind: &str, plural: &str) -> ApiResource {
-    ApiResource {
-        group: "networking.istio.io".into(),
-        version: "v1".into(),
-        api_version: "networking.istio.io/v1".into(),
-        kind: kind.into(),
-        plural: plural.into(),
-    }
-}
-
-/// The kill switch: ConfigMap `lazyxds` in the controller's namespace; `enabled: "false"`
-/// makes the writer delete every Sidecar we own.
-pub const KILL_SWITCH_CONFIGMAP: &str = "lazyxds";
-
-/// Istio's mesh config: ConfigMap `istio` in `istio-system`, key `mesh`.
-pub const ISTIO_NAMESPACE: &str = "istio-system";
-pub const MESH_CONFIGMAP: &str = "istio";
-
-/// Every kind watched, by name; the writer starts when all are synced.
-pub const KINDS: [&str; 14] = [
-    "configmap",
-    "meshconfig",
-    "namespaces",
-    "pods",
-    "replicasets",
-    "jobs",
-    "deployments",
-    "statefulsets",
-    "daemonsets",
-    "cronjobs",
-    "services",
-    "serviceentries",
-    "virtualservices",
-    "sidecars",
-];
+pub use lazyxds_index::objects::{KILL_SWITCH_CONFIGMAP, MESH_CONFIGMAP, MESH_CONFIG_NAMESPACE};
 
 /// A Sidecar as seen in the cluster, for the writer's diff. Compact: the spec is kept as
 /// its JSON text (a parsed `Value` costs several times more, for every Sidecar of the
@@ -82,10 +48,7 @@ impl LiveSidecar {
         annotations: BTreeMap<String, String>,
         spec: &Value,
     ) -> Self {
-        let ours = labels
-            .get(lazyxds_index::objects::LABEL_MANAGED_BY)
-            .map(String::as_str)
-            == Some(lazyxds_index::objects::MANAGED_BY_US);
+        let ours = lazyxds_index::objects::is_ours(&labels);
         if !ours {
             return LiveSidecar {
                 ours,
@@ -123,10 +86,6 @@ pub fn spec_text(spec: &Value) -> String {
 pub struct Watched {
     /// Every Sidecar in the cluster by (namespace, name).
     pub sidecars: Mutex<BTreeMap<(String, String), LiveSidecar>>,
-    /// The kill switch is on.
-    pub disabled: std::sync::atomic::AtomicBool,
-    /// The mesh's outboundTrafficPolicy: 0 unset, 1 ALLOW_ANY, 2 REGISTRY_ONLY.
-    pub mesh_policy: std::sync::atomic::AtomicU8,
     pub invalid_annotations: AtomicU64,
     pub watch_errors: AtomicU64,
     pub events: AtomicU64,
@@ -154,20 +113,29 @@ impl Ctx {
     }
 }
 
-/// How one kind maps onto the index.
-struct Kind<K, P> {
+/// How one Kubernetes kind becomes index entries; applying, deleting and resetting them
+/// is the index's [`Projection`].
+struct Kind<K, P: Projection> {
     name: &'static str,
+    scope: P::Scope,
+    /// `None`: skipped (a warning was logged).
     project: fn(&Ctx, &K) -> Option<P>,
-    apply: fn(&mut Index, P),
-    delete: fn(&mut Index, &ObjectMeta),
-    reset: fn(&mut Index, Vec<P>),
-    /// Called when a (re)list starts and for every deleted object, for side tables.
-    on_init: fn(&Ctx),
-    on_delete: fn(&Ctx, &ObjectMeta),
+    /// Keep [`Watched::sidecars`] (the writer plans against it).
+    live_sidecars: bool,
 }
 
-fn nothing(_: &Ctx) {}
-fn nothing_deleted(_: &Ctx, _: &ObjectMeta) {}
+fn kind<K, P: Projection>(
+    name: &'static str,
+    scope: P::Scope,
+    project: fn(&Ctx, &K) -> Option<P>,
+) -> Kind<K, P> {
+    Kind {
+        name,
+        scope,
+        project,
+        live_sidecars: false,
+    }
+}
 
 fn ns_name(meta: &ObjectMeta) -> (&str, &str) {
     (
@@ -179,6 +147,7 @@ fn ns_name(meta: &ObjectMeta) -> (&str, &str) {
 async fn run_kind<K, P>(api: Api<K>, kind: Kind<K, P>, ctx: Arc<Ctx>)
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+    P: Projection,
 {
     let mut initial: Option<Vec<P>> = None;
     let mut synced_once = false;
@@ -196,7 +165,9 @@ where
         ctx.watched.events.fetch_add(1, Relaxed);
         match event {
             Event::Init => {
-                (kind.on_init)(&ctx);
+                if kind.live_sidecars {
+                    ctx.watched.sidecars().clear();
+                }
                 initial = Some(Vec::new());
             }
             Event::InitApply(obj) => {
@@ -206,7 +177,7 @@ where
             }
             Event::InitDone => {
                 let all = initial.take().unwrap_or_default();
-                (kind.reset)(&mut ctx.learner.index(), all);
+                ctx.learner.index().reset(kind.scope, all);
                 ctx.learner.mark_changed();
                 if !synced_once {
                     synced_once = true;
@@ -216,13 +187,18 @@ where
             }
             Event::Apply(obj) => {
                 if let Some(p) = (kind.project)(&ctx, &obj) {
-                    (kind.apply)(&mut ctx.learner.index(), p);
+                    ctx.learner.index().apply(p);
                     ctx.learner.mark_changed();
                 }
             }
             Event::Delete(obj) => {
-                (kind.on_delete)(&ctx, obj.meta());
-                (kind.delete)(&mut ctx.learner.index(), obj.meta());
+                let (ns, name) = ns_name(obj.meta());
+                if kind.live_sidecars {
+                    ctx.watched
+                        .sidecars()
+                        .remove(&(ns.to_string(), name.to_string()));
+                }
+                ctx.learner.index().delete::<P>(kind.scope, ns, name);
                 ctx.learner.mark_changed();
             }
         }
@@ -239,6 +215,20 @@ fn track_sidecar(ctx: &Ctx, obj: &DynamicObject) {
     ctx.watched
         .sidecars()
         .insert((ns.to_string(), name.to_string()), live);
+}
+
+/// A Sidecar: every one is tracked live for the writer's plan; the index gets those that
+/// parse.
+fn sidecar(ctx: &Ctx, obj: &DynamicObject) -> Option<lazyxds_index::SidecarObject> {
+    track_sidecar(ctx, obj);
+    match project::istio_sidecar(obj) {
+        Ok(s) => Some(s),
+        Err(error) => {
+            ctx.watched.invalid_annotations.fetch_add(1, Relaxed);
+            tracing::warn!(%error, "Sidecar skipped");
+            None
+        }
+    }
 }
 
 /// Watches one ConfigMap by name; `apply` sees it (None when absent or deleted).
@@ -286,8 +276,7 @@ fn apply_kill_switch(ctx: &Ctx, cm: Option<&ConfigMap>) {
         .and_then(|d| d.get("enabled"))
         .map(|v| v.trim())
         == Some("false");
-    let was = ctx.watched.disabled.swap(disabled, Relaxed);
-    if was != disabled {
+    if ctx.learner.index().set_kill_switch(disabled) {
         let what = if disabled {
             "ON: deleting every Sidecar we own"
         } else {
@@ -307,20 +296,12 @@ fn apply_mesh_config(ctx: &Ctx, cm: Option<&ConfigMap>) {
         .map_or("", String::as_str);
     match MeshConfig::parse(yaml) {
         Ok(mesh) => {
-            let policy = match mesh.outbound_policy {
-                None => 0,
-                Some(OutboundPolicy::AllowAny) => 1,
-                Some(OutboundPolicy::RegistryOnly) => 2,
-            };
-            ctx.watched.mesh_policy.store(policy, Relaxed);
             tracing::info!(
                 discovery_selectors = mesh.discovery_selectors.len(),
                 outbound_policy = ?mesh.outbound_policy,
                 "Istio mesh config"
             );
-            ctx.learner
-                .index()
-                .set_discovery_selectors(mesh.discovery_selectors);
+            ctx.learner.index().set_mesh_config(mesh);
             ctx.learner.mark_changed();
         }
         Err(error) => {
@@ -353,212 +334,95 @@ pub fn spawn_all(
             apply_kill_switch,
         )),
         tokio::spawn(run_configmap(
-            Api::namespaced(client.clone(), ISTIO_NAMESPACE),
+            Api::namespaced(client.clone(), MESH_CONFIG_NAMESPACE),
             MESH_CONFIGMAP,
             "meshconfig",
             ctx.clone(),
             apply_mesh_config,
         )),
     ];
-    macro_rules! spawn {
-        ($api:expr, $kind:expr) => {
-            tasks.push(tokio::spawn(run_kind($api, $kind, ctx.clone())));
-        };
-    }
-    spawn!(
-        Api::<Namespace>::all(client.clone()),
-        Kind {
-            name: "namespaces",
-            project: |c, o| Some(c.warn_invalid(project::namespace_entry(o))),
-            apply: |i, p| i.apply_namespace(p),
-            delete: |i, m| i.delete_namespace(m.name.as_deref().unwrap_or_default()),
-            reset: |i, all| i.reset_namespaces(all),
-            on_init: nothing,
-            on_delete: nothing_deleted,
-        }
-    );
-    spawn!(
-        Api::<Pod>::all(client.clone()),
-        Kind {
-            name: "pods",
-            project: |c, o| Some(c.warn_invalid(project::pod_entry(o))),
-            apply: |i, p| i.apply_pod(p),
-            delete: |i, m| {
-                let (ns, n) = ns_name(m);
-                i.delete_pod(ns, n)
+    use project::*;
+    use tokio::spawn as run;
+    use WorkloadKind::{
+        CronJob as Cron, DaemonSet as Ds, Deployment as Deploy, StatefulSet as Sts,
+    };
+    let istio =
+        |k, plural| Api::<DynamicObject>::all_with(client.clone(), &istio_resource(k, plural));
+    let c = &ctx;
+    tasks.extend([
+        run(run_kind(
+            Api::all(client.clone()),
+            kind("namespaces", (), |c, o| {
+                Some(c.warn_invalid(namespace_entry(o)))
+            }),
+            c.clone(),
+        )),
+        run(run_kind(
+            Api::all(client.clone()),
+            kind("pods", (), |c, o| Some(c.warn_invalid(pod_entry(o)))),
+            c.clone(),
+        )),
+        run(run_kind(
+            Api::all(client.clone()),
+            kind("replicasets", (), |_, o| Some(replica_set_entry(o))),
+            c.clone(),
+        )),
+        run(run_kind(
+            Api::all(client.clone()),
+            kind("jobs", (), |_, o| Some(job_entry(o))),
+            c.clone(),
+        )),
+        run(run_kind(
+            Api::all(client.clone()),
+            kind("deployments", Deploy, |c, o| {
+                Some(c.warn_invalid(deployment_entry(o)))
+            }),
+            c.clone(),
+        )),
+        run(run_kind(
+            Api::all(client.clone()),
+            kind("statefulsets", Sts, |c, o| {
+                Some(c.warn_invalid(stateful_set_entry(o)))
+            }),
+            c.clone(),
+        )),
+        run(run_kind(
+            Api::all(client.clone()),
+            kind("daemonsets", Ds, |c, o| {
+                Some(c.warn_invalid(daemon_set_entry(o)))
+            }),
+            c.clone(),
+        )),
+        run(run_kind(
+            Api::all(client.clone()),
+            kind("cronjobs", Cron, |c, o| {
+                Some(c.warn_invalid(cron_job_entry(o)))
+            }),
+            c.clone(),
+        )),
+        run(run_kind(
+            Api::all(client.clone()),
+            kind("services", (), |_, o| Some(service_entry(o))),
+            c.clone(),
+        )),
+        run(run_kind(
+            istio("ServiceEntry", "serviceentries"),
+            kind("serviceentries", (), |_, o| Some(istio_service_entry(o))),
+            c.clone(),
+        )),
+        run(run_kind(
+            istio("VirtualService", "virtualservices"),
+            kind("virtualservices", (), |_, o| Some(istio_virtual_service(o))),
+            c.clone(),
+        )),
+        run(run_kind(
+            istio("Sidecar", "sidecars"),
+            Kind {
+                live_sidecars: true,
+                ..kind("sidecars", (), sidecar)
             },
-            reset: |i, all| i.reset_pods(all),
-            on_init: nothing,
-            on_delete: nothing_deleted,
-        }
-    );
-    spawn!(
-        Api::<ReplicaSet>::all(client.clone()),
-        Kind {
-            name: "replicasets",
-            project: |_, o| Some(project::replica_set_entry(o)),
-            apply: |i, p| i.apply_replica_set(p),
-            delete: |i, m| {
-                let (ns, n) = ns_name(m);
-                i.delete_replica_set(ns, n)
-            },
-            reset: |i, all| i.reset_replica_sets(all),
-            on_init: nothing,
-            on_delete: nothing_deleted,
-        }
-    );
-    spawn!(
-        Api::<Job>::all(client.clone()),
-        Kind {
-            name: "jobs",
-            project: |_, o| Some(project::job_entry(o)),
-            apply: |i, p| i.apply_job(p),
-            delete: |i, m| {
-                let (ns, n) = ns_name(m);
-                i.delete_job(ns, n)
-            },
-            reset: |i, all| i.reset_jobs(all),
-            on_init: nothing,
-            on_delete: nothing_deleted,
-        }
-    );
-    spawn!(
-        Api::<Deployment>::all(client.clone()),
-        Kind {
-            name: "deployments",
-            project: |c, o| Some(c.warn_invalid(project::deployment_entry(o))),
-            apply: |i, p| i.apply_workload(p),
-            delete: |i, m| {
-                let (ns, n) = ns_name(m);
-                i.delete_workload(WorkloadKind::Deployment, ns, n)
-            },
-            reset: |i, all| i.reset_workloads(WorkloadKind::Deployment, all),
-            on_init: nothing,
-            on_delete: nothing_deleted,
-        }
-    );
-    spawn!(
-        Api::<StatefulSet>::all(client.clone()),
-        Kind {
-            name: "statefulsets",
-            project: |c, o| Some(c.warn_invalid(project::stateful_set_entry(o))),
-            apply: |i, p| i.apply_workload(p),
-            delete: |i, m| {
-                let (ns, n) = ns_name(m);
-                i.delete_workload(WorkloadKind::StatefulSet, ns, n)
-            },
-            reset: |i, all| i.reset_workloads(WorkloadKind::StatefulSet, all),
-            on_init: nothing,
-            on_delete: nothing_deleted,
-        }
-    );
-    spawn!(
-        Api::<DaemonSet>::all(client.clone()),
-        Kind {
-            name: "daemonsets",
-            project: |c, o| Some(c.warn_invalid(project::daemon_set_entry(o))),
-            apply: |i, p| i.apply_workload(p),
-            delete: |i, m| {
-                let (ns, n) = ns_name(m);
-                i.delete_workload(WorkloadKind::DaemonSet, ns, n)
-            },
-            reset: |i, all| i.reset_workloads(WorkloadKind::DaemonSet, all),
-            on_init: nothing,
-            on_delete: nothing_deleted,
-        }
-    );
-    spawn!(
-        Api::<CronJob>::all(client.clone()),
-        Kind {
-            name: "cronjobs",
-            project: |c, o| Some(c.warn_invalid(project::cron_job_entry(o))),
-            apply: |i, p| i.apply_workload(p),
-            delete: |i, m| {
-                let (ns, n) = ns_name(m);
-                i.delete_workload(WorkloadKind::CronJob, ns, n)
-            },
-            reset: |i, all| i.reset_workloads(WorkloadKind::CronJob, all),
-            on_init: nothing,
-            on_delete: nothing_deleted,
-        }
-    );
-    spawn!(
-        Api::<Service>::all(client.clone()),
-        Kind {
-            name: "services",
-            project: |_, o| Some(project::service_entry(o)),
-            apply: |i, p| i.apply_service(p),
-            delete: |i, m| {
-                let (ns, n) = ns_name(m);
-                i.delete_service(ns, n)
-            },
-            reset: |i, all| i.reset_services(all),
-            on_init: nothing,
-            on_delete: nothing_deleted,
-        }
-    );
-    let se = istio_resource("ServiceEntry", "serviceentries");
-    spawn!(
-        Api::<DynamicObject>::all_with(client.clone(), &se),
-        Kind {
-            name: "serviceentries",
-            project: |_, o| Some(project::istio_service_entry(o)),
-            apply: |i, p| i.apply_service_entry(p),
-            delete: |i, m| {
-                let (ns, n) = ns_name(m);
-                i.delete_service_entry(ns, n)
-            },
-            reset: |i, all| i.reset_service_entries(all),
-            on_init: nothing,
-            on_delete: nothing_deleted,
-        }
-    );
-    let vs = istio_resource("VirtualService", "virtualservices");
-    spawn!(
-        Api::<DynamicObject>::all_with(client.clone(), &vs),
-        Kind {
-            name: "virtualservices",
-            project: |_, o| Some(project::istio_virtual_service(o)),
-            apply: |i, p| i.apply_virtual_service(p),
-            delete: |i, m| {
-                let (ns, n) = ns_name(m);
-                i.delete_virtual_service(ns, n)
-            },
-            reset: |i, all| i.reset_virtual_services(all),
-            on_init: nothing,
-            on_delete: nothing_deleted,
-        }
-    );
-    let sc = istio_resource("Sidecar", "sidecars");
-    spawn!(
-        Api::<DynamicObject>::all_with(client, &sc),
-        Kind {
-            name: "sidecars",
-            project: |c, o| {
-                track_sidecar(c, o);
-                match project::istio_sidecar(o) {
-                    Ok(s) => Some(s),
-                    Err(error) => {
-                        c.watched.invalid_annotations.fetch_add(1, Relaxed);
-                        tracing::warn!(%error, "Sidecar skipped");
-                        None
-                    }
-                }
-            },
-            apply: |i, p| i.apply_sidecar(p),
-            delete: |i, m| {
-                let (ns, n) = ns_name(m);
-                i.delete_sidecar(ns, n)
-            },
-            reset: |i, all| i.reset_sidecars(all),
-            on_init: |c| c.watched.sidecars().clear(),
-            on_delete: |c, m| {
-                let (ns, n) = ns_name(m);
-                c.watched
-                    .sidecars()
-                    .remove(&(ns.to_string(), n.to_string()));
-            },
-        }
-    );
+            c.clone(),
+        )),
+    ]);
     tasks
 }

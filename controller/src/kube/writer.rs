@@ -1,7 +1,7 @@
 //! The Sidecar writer: the only code that changes the cluster.
 //!
 //! Compute, then act: [`plan`] (pure) compares the desired Sidecars with the live ones
-//! the watcher saw; [`run`] applies the plan with server-side apply under one field
+//! the watcher saw; [`KubeTarget`] applies the plan with server-side apply under one field
 //! manager, deletes what we own and no longer need, and never touches a Sidecar without
 //! our label. Debounced (a burst of changes is one pass), rate-limited, every call under
 //! a timeout, failed objects retried with backoff — never a hot loop.
@@ -13,18 +13,19 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams};
-use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::{Api, Client};
-use lazyxds_index::{desired, Desired, RenderConfig, WorkloadId, WorkloadKind};
+use lazyxds_index::objects::{string_map, ANNOTATION_WORKLOAD};
+use lazyxds_index::{Desired, Pass, RenderConfig, WorkloadId, WorkloadKind};
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::watch as signal;
 
-use super::watch::{istio_resource, spec_text, LiveSidecar, Watched, KINDS};
+use super::watch::{spawn_all, spec_text, LiveSidecar, Watched};
+use super::KubeStatus;
+use super::{istio_resource, FIELD_MANAGER};
 use crate::learn::SharedLearner;
-
-/// The field manager of every apply.
-pub const FIELD_MANAGER: &str = "lazyxds";
+use crate::target::Target;
 
 /// One change the writer would make.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -163,8 +164,6 @@ pub fn plan(desired: &Desired, live: &BTreeMap<(String, String), LiveSidecar>) -
 #[derive(Debug, Clone)]
 pub struct WriterConfig {
     pub render: RenderConfig,
-    /// Changes within this window are one pass.
-    pub debounce: Duration,
     /// Writes per second at most.
     pub max_writes_per_sec: u32,
     /// Per API call.
@@ -224,98 +223,121 @@ fn reason(error: &kube::Error) -> String {
     }
 }
 
-const RETRY_MIN: Duration = Duration::from_millis(200);
-const RETRY_MAX: Duration = Duration::from_secs(30);
-
-/// What the writer needs besides the cluster client.
-pub struct WriterParts {
-    pub learner: SharedLearner,
-    pub watched: Arc<Watched>,
-    pub synced: signal::Receiver<Vec<&'static str>>,
-    /// Whether this replica leads (only the leader writes).
-    pub leader: signal::Receiver<bool>,
+/// The cluster as a [`Target`]: plans against the Sidecars the watch saw, applies with
+/// server-side apply (spaced to the rate limit, none while the kill switch is on),
+/// keeps the gateway's routes, publishes Events, or in dry-run only keeps the plan.
+pub struct KubeTarget {
+    client: Client,
+    config: WriterConfig,
+    learner: SharedLearner,
+    watched: Arc<Watched>,
+    synced: signal::Receiver<Vec<&'static str>>,
+    /// Whether this replica leads (checked again before every write).
+    leader: signal::Receiver<bool>,
     /// Kubernetes Events on workloads (scoped, refused); None in dry-run.
-    pub recorder: Option<Recorder>,
-    pub stats: Arc<WriterStats>,
+    recorder: Option<Recorder>,
+    stats: Arc<WriterStats>,
+    /// The watch tasks feeding the index: they end with the target.
+    watches: Vec<tokio::task::JoinHandle<()>>,
+    min_gap: Duration,
+    last_plan: Arc<Plan>,
+    evented: BTreeMap<WorkloadId, String>,
+    routing: super::routing::RoutingState,
 }
 
-/// Applies the desired state until `stop` resolves. Waits first for every watcher's
-/// initial list, so our existing Sidecars (and their learned deps) are known before any
-/// write: a restart never shrinks a Sidecar. Writes only while this replica leads.
-pub async fn run(
+impl Drop for KubeTarget {
+    fn drop(&mut self) {
+        for task in &self.watches {
+            task.abort();
+        }
+    }
+}
+
+/// Starts the watchers (`namespace` is the controller's: the kill-switch ConfigMap);
+/// returns the status view and the target the loop ([`crate::target::run`]) drives.
+/// `leader` says when this replica may write ([`super::leader::always`] without
+/// election); `pod_name` signs its Events.
+pub fn start(
     client: Client,
-    parts: WriterParts,
+    (namespace, pod_name): (&str, &str),
+    learner: SharedLearner,
+    leader: signal::Receiver<bool>,
     config: WriterConfig,
-    stop: impl std::future::Future<Output = ()>,
-) {
-    let WriterParts {
+) -> (KubeStatus, KubeTarget) {
+    let watched = Arc::new(Watched::default());
+    let stats = Arc::new(WriterStats::default());
+    let (synced_tx, synced) = signal::channel(Vec::new());
+    let watches = spawn_all(
+        client.clone(),
+        namespace,
+        learner.clone(),
+        watched.clone(),
+        synced_tx,
+    );
+    let status = KubeStatus {
+        writer: stats.clone(),
+        watched: watched.clone(),
+        learner: learner.clone(),
+    };
+    let reporter = Reporter {
+        controller: "lazyxds".into(),
+        instance: Some(pod_name.to_string()),
+    };
+    let target = KubeTarget {
+        recorder: (!config.dry_run).then(|| Recorder::new(client.clone(), reporter)),
+        min_gap: Duration::from_secs(1) / config.max_writes_per_sec.max(1),
+        client,
+        config,
         learner,
         watched,
-        mut synced,
-        mut leader,
-        recorder,
+        synced,
+        leader,
         stats,
-    } = parts;
-    tokio::pin!(stop);
-    tokio::select! {
-        () = &mut stop => return,
-        _ = synced.wait_for(|s| KINDS.iter().all(|k| s.contains(k))) => {}
+        watches,
+        last_plan: Arc::new(Plan::default()),
+        evented: BTreeMap::new(),
+        routing: super::routing::RoutingState::default(),
+    };
+    (status, target)
+}
+
+impl Target for KubeTarget {
+    /// Waits for every watcher's initial list, so our existing Sidecars (and their
+    /// learned deps) are known before any write: a restart never shrinks a Sidecar.
+    async fn ready(&mut self) {
+        let _ = self
+            .synced
+            .wait_for(|synced| synced.len() >= self.watches.len())
+            .await;
+        let forgotten = self.learner.index().forget_absent_workloads();
+        tracing::info!(
+            forgotten,
+            dry_run = self.config.dry_run,
+            "watches synced; writer starts"
+        );
     }
-    let forgotten = learner.index().forget_absent_workloads();
-    tracing::info!(
-        forgotten,
-        dry_run = config.dry_run,
-        "watches synced; writer starts"
-    );
-    let api_resource = istio_resource("Sidecar", "sidecars");
-    let min_gap = Duration::from_secs(1) / config.max_writes_per_sec.max(1);
-    let mut retry: Option<Duration> = None;
-    let mut last_plan = Arc::new(Plan::default());
-    let mut evented: BTreeMap<WorkloadId, String> = BTreeMap::new();
-    let mut routing = super::routing::RoutingState::default();
-    // A closed leadership channel never changes again (no election: always leading).
-    let mut leader_open = true;
-    loop {
-        // Followers compute nothing: the leader's view is the one that counts.
-        while !*leader.borrow_and_update() {
-            tokio::select! {
-                () = &mut stop => return,
-                changed = leader.changed(), if leader_open => leader_open = changed.is_ok(),
-            }
-        }
-        tokio::time::sleep(config.debounce).await;
+
+    fn render_config(&self) -> RenderConfig {
+        self.config.render.clone()
+    }
+
+    async fn apply(&mut self, pass: &Pass) -> bool {
         let started = Instant::now();
-        let killed = watched.disabled.load(Relaxed);
-        // The mesh's outboundTrafficPolicy, from Istio's mesh config when it sets one.
-        let mut render = config.render.clone();
-        match watched.mesh_policy.load(Relaxed) {
-            1 => render.mesh_outbound_policy = lazyxds_index::OutboundPolicy::AllowAny,
-            2 => render.mesh_outbound_policy = lazyxds_index::OutboundPolicy::RegistryOnly,
-            _ => {}
-        }
-        // Gateways route first calls with it: pod IPs, namespaces, outbound policies.
-        learner.publish_namespace_table(&render);
-        let desired = if killed {
-            Desired {
-                sidecars: BTreeMap::new(),
-                refusals: Vec::new(),
-            }
-        } else {
-            desired(&learner.index(), &render)
-        };
-        let mut plan = plan(&desired, &watched.sidecars());
+        let (watched, leader, stats) = (&self.watched, &self.leader, &self.stats);
+        let mut plan = plan(&pass.desired, &watched.sidecars());
         stats.passes.fetch_add(1, Relaxed);
-        if !plan.blocked.is_empty() && plan.blocked != last_plan.blocked {
+        if !plan.blocked.is_empty() && plan.blocked != self.last_plan.blocked {
             stats.blocked.fetch_add(plan.blocked.len() as u64, Relaxed);
             tracing::warn!(sidecars = ?plan.blocked, "a Sidecar we would write exists and is not ours: left alone");
         }
-        if config.dry_run {
+        let mut ok = true;
+        if self.config.dry_run {
             // Nothing is applied: the bodies are not needed (the diffs show the changes),
             // and the whole plan stays in memory until the next pass.
             for c in &mut plan.changes {
                 c.body = None;
             }
-            if plan != *last_plan {
+            if plan != *self.last_plan {
                 for c in &plan.changes {
                     tracing::info!(namespace = %c.namespace, name = %c.name, action = ?c.action,
                         diff = %c.diff.join("\n"), "dry-run: would change Sidecar");
@@ -323,49 +345,45 @@ pub async fn run(
             }
         } else {
             // The kill switch must act within seconds: deletes are not spaced out then.
-            let gap = if killed { Duration::ZERO } else { min_gap };
-            let target = Target {
-                client: &client,
-                ar: &api_resource,
-                leader: &leader,
-                timeout: config.timeout,
+            let gap = if pass.killed {
+                Duration::ZERO
+            } else {
+                self.min_gap
             };
-            let outcome = apply(&target, &plan, &watched, &stats, gap).await;
+            let cluster = Cluster {
+                client: &self.client,
+                ar: &istio_resource("Sidecar", "sidecars"),
+                leader,
+                timeout: self.config.timeout,
+            };
+            let outcome = apply(&cluster, &plan, watched, stats, gap).await;
             // The gateway's routes follow the mesh (not the kill switch: first calls
             // through the gateway keep working either way).
             let routes_failed = if *leader.borrow() {
-                let rendered = super::routing::render(&learner.index(), &render, &routing);
+                let rendered = super::routing::render(&pass.gateway, &self.routing);
                 super::routing::sync(
-                    &client,
+                    &self.client,
                     rendered,
-                    &render.gateway_namespace,
-                    &mut routing,
-                    config.timeout,
+                    &self.config.render.gateway_namespace,
+                    &mut self.routing,
+                    self.config.timeout,
                 )
                 .await
             } else {
                 false
             };
-            retry = (outcome.failed || routes_failed)
-                .then(|| retry.map_or(RETRY_MIN, |r| (r * 2).min(RETRY_MAX)));
-            if let Some(recorder) = &recorder {
-                publish_events(recorder, &desired, &outcome.created, &mut evented).await;
+            ok = !(outcome.failed || routes_failed);
+            if let Some(recorder) = &self.recorder {
+                publish_events(recorder, &pass.desired, &outcome.created, &mut self.evented).await;
             }
         }
-        // Not kept while waiting: the whole mesh's Sidecars, rendered.
-        drop(desired);
         let plan = Arc::new(plan);
         *stats.plan.lock().unwrap_or_else(PoisonError::into_inner) = plan.clone();
-        last_plan = plan;
+        self.last_plan = plan;
         stats
             .last_pass_ms
             .store(started.elapsed().as_millis() as u64, Relaxed);
-        tokio::select! {
-            () = &mut stop => return,
-            () = learner.wait_changed() => {}
-            () = sleep_or_forever(retry) => {}
-            changed = leader.changed(), if leader_open => leader_open = changed.is_ok(),
-        }
+        ok
     }
 }
 
@@ -436,15 +454,8 @@ async fn publish_events(
     }
 }
 
-async fn sleep_or_forever(d: Option<Duration>) {
-    match d {
-        Some(d) => tokio::time::sleep(d).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// Where writes go.
-struct Target<'a> {
+struct Cluster<'a> {
     client: &'a Client,
     ar: &'a kube::api::ApiResource,
     leader: &'a signal::Receiver<bool>,
@@ -461,7 +472,7 @@ struct Outcome {
 
 /// Carries out `plan`, checking leadership before every write.
 async fn apply(
-    target: &Target<'_>,
+    target: &Cluster<'_>,
     plan: &Plan,
     watched: &Watched,
     stats: &WriterStats,
@@ -551,26 +562,15 @@ async fn apply(
 
 /// The workload a Sidecar body was rendered for (`lazyxds.io/workload: Kind/name`).
 fn workload_of(namespace: &str, body: &Value) -> Option<WorkloadId> {
-    let (kind, name) = body["metadata"]["annotations"]["lazyxds.io/workload"]
-        .as_str()?
-        .split_once('/')?;
-    let kind = WorkloadKind::ALL.into_iter().find(|k| k.as_str() == kind)?;
-    Some(WorkloadId::new(kind, namespace, name))
+    let value = body["metadata"]["annotations"][ANNOTATION_WORKLOAD].as_str()?;
+    WorkloadId::from_annotation(namespace, value).ok()
 }
 
 fn live_from_body(body: &Value) -> LiveSidecar {
-    let strings = |v: &Value| -> BTreeMap<String, String> {
-        v.as_object()
-            .map(|m| {
-                m.iter()
-                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let meta = &body["metadata"];
     LiveSidecar::new(
-        strings(&body["metadata"]["labels"]),
-        strings(&body["metadata"]["annotations"]),
+        string_map(&meta["labels"]),
+        string_map(&meta["annotations"]),
         &body["spec"],
     )
 }
@@ -578,7 +578,7 @@ fn live_from_body(body: &Value) -> LiveSidecar {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lazyxds_index::{Index, IndexConfig, Topology};
+    use lazyxds_index::{desired, Index, IndexConfig, Topology};
 
     const TOPOLOGY: &str = r#"
 namespaces: [{name: shop, annotations: {lazyxds.io/enabled: "true"}}]

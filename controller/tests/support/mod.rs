@@ -216,9 +216,9 @@ pub async fn eventually<T>(
 pub async fn serve_in_process<S: lazyxds::sink::EdgeSink>(
     sink: std::sync::Arc<S>,
     counters: std::sync::Arc<lazyxds::counters::Counters>,
-    config: lazyxds::grpc::GrpcConfig,
+    config: lazyxds::edges::stream::GrpcConfig,
 ) -> (SocketAddr, tokio::sync::watch::Sender<bool>) {
-    use lazyxds::grpc::{EdgeSinkService, Shutdown};
+    use lazyxds::edges::stream::{EdgeSinkService, Shutdown};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stop_rx) = tokio::sync::watch::channel(false);

@@ -254,7 +254,7 @@ impl Router {
         if !self.enabled {
             return false;
         }
-        match Authority::parse(authority, &self.cluster_domain) {
+        match Authority::parse(authority) {
             Authority::Pair { .. } => true,
             Authority::Other => self.table.as_ref().is_none_or(Table::refuses_unknown_hosts),
             Authority::Bare { .. } | Authority::Svc { .. } => false,
@@ -363,7 +363,7 @@ impl Router {
 
     fn decide(&mut self, request: &RequestView<'_>) -> Decision {
         let identity = request.principal.and_then(spiffe_namespace);
-        let form = Authority::parse(request.authority, &self.cluster_domain);
+        let form = Authority::parse(request.authority);
         if let Authority::Svc {
             name,
             namespace,

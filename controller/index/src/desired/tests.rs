@@ -152,19 +152,19 @@ spec:
 #[test]
 fn dep_hosts_take_the_namespace_of_every_defining_object() {
     let mut index = Index::test();
-    index.apply_virtual_service(mk_virtual_service(
+    index.apply(mk_virtual_service(
         "frontend",
         "reviews",
         &[REVIEWS],
         &["reviews-v2.shop.svc.cluster.local"],
     ));
-    index.apply_service_entry(mk_service_entry(
+    index.apply(mk_service_entry(
         "payments",
         "stripe",
         &["api.stripe.com"],
         &[(80, "HTTP")],
     ));
-    index.apply_service_entry(mk_service_entry(
+    index.apply(mk_service_entry(
         "shop",
         "stripe",
         &["api.stripe.com"],
@@ -232,7 +232,7 @@ fn selector_labels_drop_per_pod_labels() {
 
     // A bare ReplicaSet's selector comes from the labels its pods share, stripped.
     let mut index = Index::test();
-    index.apply_replica_set(mk_replica_set("shop", "batch-rs", None));
+    index.apply(mk_replica_set("shop", "batch-rs", None));
     for (i, ip) in ["10.0.6.1", "10.0.6.2"].into_iter().enumerate() {
         let name = format!("batch-rs-{i}");
         let hash = format!("h{i}");
@@ -241,7 +241,7 @@ fn selector_labels_drop_per_pod_labels() {
             ("pod-template-hash", hash.as_str()),
             ("slot", name.as_str()),
         ];
-        index.apply_pod(mk_pod(
+        index.apply(mk_pod(
             "shop",
             &name,
             ip,
@@ -264,14 +264,14 @@ fn selector_labels_drop_per_pod_labels() {
 #[test]
 fn a_selector_is_never_empty() {
     let mut index = Index::test();
-    index.apply_pod(mk_pod(
+    index.apply(mk_pod(
         "shop",
         "bare",
         "10.0.7.1",
         None,
         &[("pod-template-hash", "x")],
     ));
-    index.apply_workload(mk_workload(Deployment, "shop", "unlabelled", &[]));
+    index.apply(mk_workload(Deployment, "shop", "unlabelled", &[]));
     let desired = desired(&index, &RenderConfig::test());
     assert_eq!(
         desired.refusals,
@@ -293,17 +293,17 @@ fn a_selector_is_never_empty() {
 #[test]
 fn overlapping_selectors_are_refused() {
     let mut index = Index::default();
-    index.apply_namespace(mk_namespace("shop", Some(true)));
+    index.apply(mk_namespace("shop", Some(true)));
     // a's selector {app: x} also selects b's pods; b's {app: x, tier: y} only its own.
-    index.apply_workload(mk_workload(Deployment, "shop", "a", &[("app", "x")]));
-    index.apply_workload(mk_workload(
+    index.apply(mk_workload(Deployment, "shop", "a", &[("app", "x")]));
+    index.apply(mk_workload(
         Deployment,
         "shop",
         "b",
         &[("app", "x"), ("tier", "y")],
     ));
     // c's selector selects a pod that is not c's, even though its template is distinct.
-    index.apply_workload(mk_workload(StatefulSet, "shop", "c", &[("app", "c")]));
+    index.apply(mk_workload(StatefulSet, "shop", "c", &[("app", "c")]));
     let mut stray = mk_pod(
         "shop",
         "stray",
@@ -312,7 +312,7 @@ fn overlapping_selectors_are_refused() {
         &[("app", "c"), ("debug", "1")],
     );
     stray.annotations.enabled = Some(false);
-    index.apply_pod(stray);
+    index.apply(stray);
     let desired = desired(&index, &RenderConfig::test());
     assert_eq!(
         desired.refusals,
@@ -348,12 +348,12 @@ fn overlapping_selectors_are_refused() {
 #[test]
 fn user_sidecars_with_selectors_win() {
     let mut index = Index::test();
-    index.apply_sidecar(mk_user_sidecar(
+    index.apply(mk_user_sidecar(
         "shop",
         "pin-v1",
         json!({"workloadSelector": {"labels": {"version": "v1"}}, "egress": [{"hosts": ["*/*"]}]}),
     ));
-    index.apply_sidecar(mk_user_sidecar(
+    index.apply(mk_user_sidecar(
         "shop",
         "nobody",
         json!({"workloadSelector": {"labels": {"app": "none"}}}),
@@ -404,10 +404,10 @@ fn namespace_defaults_are_copied() {
     for (ns_default, root, copied_hosts, copied_fields, policy) in cases {
         let mut index = Index::test();
         if let Some(spec) = root {
-            index.apply_sidecar(mk_user_sidecar("istio-system", "default", spec.clone()));
+            index.apply(mk_user_sidecar("istio-system", "default", spec.clone()));
         }
         if let Some(spec) = ns_default {
-            index.apply_sidecar(mk_user_sidecar("shop", "default", spec.clone()));
+            index.apply(mk_user_sidecar("shop", "default", spec.clone()));
         }
         let desired = desired(&index, &RenderConfig::test());
         let sidecar = desired.sidecar_of(&productpage()).expect("rendered");
@@ -470,30 +470,30 @@ fn opaque_services_are_always_visible() {
         &[(9080, "http"), (6379, "redis")],
     );
     mixed.ports[1].app_protocol = Some("redis".to_string());
-    index.apply_service(mixed);
-    index.apply_service(mk_service(
+    index.apply(mixed);
+    index.apply(mk_service(
         "shop",
         "sniffed",
         &[("app", "s")],
         &[(7000, "")],
     ));
-    index.apply_service(mk_service("shop", "dns", &[("app", "dns")], &[(53, "")]));
+    index.apply(mk_service("shop", "dns", &[("app", "dns")], &[(53, "")]));
     let mut private = mk_service("payments", "vault", &[("app", "vault")], &[(8200, "tls")]);
     private.export_to = strings(&["."]);
-    index.apply_service(private);
-    index.apply_service(mk_service(
+    index.apply(private);
+    index.apply(mk_service(
         "payments",
         "mq",
         &[("app", "mq")],
         &[(5672, "amqp-tcp"), (5671, "tcp-amqps")],
     ));
-    index.apply_service_entry(mk_service_entry(
+    index.apply(mk_service_entry(
         "payments",
         "stripe",
         &["api.stripe.com"],
         &[(443, "HTTPS")],
     ));
-    index.apply_service_entry(mk_service_entry(
+    index.apply(mk_service_entry(
         "payments",
         "plain",
         &["plain.example.com"],
@@ -521,10 +521,10 @@ fn pins_are_always_included() {
     shop.annotations.pins = vec!["payments/payments.payments.svc.cluster.local"
         .parse::<Pin>()
         .expect("pin")];
-    index.apply_namespace(shop);
+    index.apply(shop);
     let mut w = mk_workload(Deployment, "shop", "productpage", &[("app", "productpage")]);
     w.template_annotations.pins = vec!["*/api.stripe.com".parse::<Pin>().expect("pin")];
-    index.apply_workload(w);
+    index.apply(w);
     let desired = desired(&index, &RenderConfig::test());
     assert_eq!(
         egress_of(&desired, &productpage()),
@@ -572,7 +572,7 @@ fn the_host_cap_refuses() {
         max_deps_per_workload: 1,
         ..Default::default()
     });
-    index.apply_namespace(mk_namespace("shop", Some(true)));
+    index.apply(mk_namespace("shop", Some(true)));
     mk_deployment(&mut index, "shop", "productpage", "10.0.0.10");
     index.record_edges(
         ["a.example.com", "b.example.com"]
@@ -596,8 +596,8 @@ fn the_host_cap_refuses() {
 fn system_namespaces_are_never_scoped() {
     let mut index = Index::default();
     for ns in ["istio-system", "lazyxds-system"] {
-        index.apply_namespace(mk_namespace(ns, Some(true)));
-        index.apply_workload(mk_workload(Deployment, ns, "x", &[("app", "x")]));
+        index.apply(mk_namespace(ns, Some(true)));
+        index.apply(mk_workload(Deployment, ns, "x", &[("app", "x")]));
     }
     let desired = desired(&index, &RenderConfig::test());
     assert_eq!(

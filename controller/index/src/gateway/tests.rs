@@ -41,53 +41,53 @@ fn by_port(host: &str, port: u16) -> Value {
 /// *.wild.test (HTTP 80). payments: payments (9080).
 fn mk_index() -> Index {
     let mut index = Index::default();
-    index.apply_namespace(mk_namespace("shop", Some(true)));
-    index.apply_namespace(mk_namespace("payments", None));
+    index.apply(mk_namespace("shop", Some(true)));
+    index.apply(mk_namespace("payments", None));
     let http = [(9080, "http")];
-    index.apply_service(mk_service("shop", "reviews", &[("app", "reviews")], &http));
-    index.apply_service(mk_service(
+    index.apply(mk_service("shop", "reviews", &[("app", "reviews")], &http));
+    index.apply(mk_service(
         "shop",
         "ratings",
         &[("app", "ratings")],
         &[(9080, "http"), (9081, "http-admin")],
     ));
-    index.apply_service(mk_service(
+    index.apply(mk_service(
         "shop",
         "web",
         &[("app", "web")],
         &[(80, "http-web")],
     ));
-    index.apply_service(mk_service(
+    index.apply(mk_service(
         "shop",
         "postgres",
         &[("app", "postgres")],
         &[(5432, "tcp-postgres")],
     ));
-    index.apply_service(mk_service(
+    index.apply(mk_service(
         "shop",
         "legacy",
         &[("app", "legacy")],
         &[(9090, "grpc"), (7000, "tcp-legacy")],
     ));
-    index.apply_service(mk_service(
+    index.apply(mk_service(
         "payments",
         "payments",
         &[("app", "payments")],
         &http,
     ));
-    index.apply_service_entry(mk_service_entry(
+    index.apply(mk_service_entry(
         "shop",
         "partner",
         &["api.partner.test"],
         &[(80, "HTTP")],
     ));
-    index.apply_service_entry(mk_service_entry(
+    index.apply(mk_service_entry(
         "shop",
         "stripe",
         &["api.stripe.com"],
         &[(443, "HTTPS")],
     ));
-    index.apply_service_entry(mk_service_entry(
+    index.apply(mk_service_entry(
         "shop",
         "wild",
         &["*.wild.test"],
@@ -114,11 +114,11 @@ fn mk_index() -> Index {
             "mirror": {"host": "ratings"},
         }),
     ];
-    index.apply_virtual_service(vs);
+    index.apply(vs);
     // Bound to some other gateway only: sidecars ignore it, so does the lazy gateway.
     let mut ingress = mk_virtual_service("shop", "ingress", &["web.example.com"], &["web"]);
     ingress.gateways = vec!["istio-system/ingress".into()];
-    index.apply_virtual_service(ingress);
+    index.apply(ingress);
     index
 }
 
@@ -352,9 +352,9 @@ fn virtual_service_only_hosts_and_the_destinations_shorthand() {
     // A host no Service has: routes without authority conditions.
     let mut only = mk_virtual_service("shop", "all", &["all-reviews.example"], &[]);
     only.http = vec![json!({"route": [{"destination": {"host": "reviews"}}]})];
-    index.apply_virtual_service(only);
+    index.apply(only);
     // The shorthand: everything to the first destination.
-    index.apply_virtual_service(mk_virtual_service(
+    index.apply(mk_virtual_service(
         "payments",
         "pay",
         &["payments"],
@@ -495,8 +495,8 @@ fn yaml_has_every_object_in_apply_order() {
 #[test]
 fn the_namespace_table() {
     let mut index = mk_index();
-    index.apply_namespace(mk_namespace("strict", None));
-    index.apply_sidecar(mk_user_sidecar(
+    index.apply(mk_namespace("strict", None));
+    index.apply(mk_user_sidecar(
         "strict",
         "default",
         json!({"outboundTrafficPolicy": {"mode": "REGISTRY_ONLY"}}),
@@ -533,7 +533,7 @@ fn the_namespace_table() {
     assert_eq!(table.policies, vec![registry, registry, registry]);
     assert_eq!(table.mesh_policy, registry);
     // A root-namespace default applies to namespaces without their own.
-    index.apply_sidecar(mk_user_sidecar(
+    index.apply(mk_user_sidecar(
         "istio-system",
         "default",
         json!({"outboundTrafficPolicy": {"mode": "REGISTRY_ONLY"}}),

@@ -126,8 +126,9 @@ impl HostTable {
     ) -> Option<Arc<str>> {
         let outbound = ClusterName::parse(cluster).outbound()?;
         if let Some(requested) = requested {
-            let requested = requested.strip_suffix('.').unwrap_or(requested);
+            // An absolute name skips the search path; an absolute FQDN is still the FQDN.
             let expanded = host::expand_requested(requested, src_ns, cluster_domain);
+            let requested = requested.strip_suffix('.').unwrap_or(requested);
             let defined = expanded
                 .as_deref()
                 .and_then(|fqdn| self.lookup(fqdn))

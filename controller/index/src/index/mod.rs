@@ -7,6 +7,7 @@
 
 mod edges;
 pub(crate) mod hosts;
+mod kinds;
 mod workloads;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -22,8 +23,10 @@ use crate::objects::{
     Job, Labels, Namespace, Pod, ReplicaSet, Service, ServiceEntry, SidecarObject, VirtualService,
     WorkloadId, WorkloadKind, WorkloadObject,
 };
+use crate::sidecar::OutboundPolicy;
 
 pub use edges::ObservedEdge;
+pub use kinds::Projection;
 pub(crate) use workloads::WorkloadView;
 
 use hosts::{DefKind, HostDef, HostTable};
@@ -147,6 +150,10 @@ pub struct Index {
     next_prune: u64,
     /// Istio's `discoverySelectors`: workloads in namespaces istiod ignores are not scoped.
     discovery: Vec<crate::discovery::LabelSelector>,
+    /// The mesh config's `outboundTrafficPolicy.mode`, when it sets one.
+    mesh_policy: Option<OutboundPolicy>,
+    /// The kill switch: no Sidecar is desired while it is on.
+    kill_switch: bool,
     /// One copy of each pod label set in use; unused ones are dropped with the IP history.
     pod_labels: hashbrown::HashSet<Arc<Labels>>,
 }
@@ -172,6 +179,8 @@ impl Index {
             next_expiry: u64::MAX,
             next_prune: 0,
             discovery: Vec::new(),
+            mesh_policy: None,
+            kill_switch: false,
             pod_labels: hashbrown::HashSet::new(),
         }
     }
@@ -179,6 +188,28 @@ impl Index {
     /// Istio's `discoverySelectors` (empty: every namespace).
     pub fn set_discovery_selectors(&mut self, selectors: Vec<crate::discovery::LabelSelector>) {
         self.discovery = selectors;
+    }
+
+    /// What lazyxds takes from Istio's mesh config: `discoverySelectors` and the mesh's
+    /// outbound policy (which, when set, wins over `RenderConfig::mesh_outbound_policy`).
+    pub fn set_mesh_config(&mut self, mesh: crate::discovery::MeshConfig) {
+        self.discovery = mesh.discovery_selectors;
+        self.mesh_policy = mesh.outbound_policy;
+    }
+
+    /// The mesh config's outbound policy, if it sets one.
+    pub fn mesh_policy(&self) -> Option<OutboundPolicy> {
+        self.mesh_policy
+    }
+
+    /// Turns the kill switch on or off; returns whether it changed.
+    pub fn set_kill_switch(&mut self, on: bool) -> bool {
+        std::mem::replace(&mut self.kill_switch, on) != on
+    }
+
+    /// The kill switch is on: every Sidecar we own goes.
+    pub fn kill_switch(&self) -> bool {
+        self.kill_switch
     }
 
     /// Whether istiod watches this namespace (by its labels and `discoverySelectors`).
@@ -229,120 +260,7 @@ impl Index {
 
     // ---- Namespaces ----------------------------------------------------------------
 
-    pub fn apply_namespace(&mut self, ns: Namespace) {
-        let name = ns.name.clone();
-        self.ns_mut(&name).object = Some(ns);
-    }
-
-    pub fn delete_namespace(&mut self, name: &str) {
-        if let Some(state) = self.namespaces.get_mut(name) {
-            state.object = None;
-        }
-    }
-
-    pub fn reset_namespaces(&mut self, namespaces: Vec<Namespace>) {
-        for state in self.namespaces.values_mut() {
-            state.object = None;
-        }
-        for ns in namespaces {
-            self.apply_namespace(ns);
-        }
-    }
-
     // ---- Pods ----------------------------------------------------------------------
-
-    pub fn apply_pod(&mut self, mut pod: Pod) {
-        pod.labels = match self.pod_labels.get(&pod.labels) {
-            Some(shared) => shared.clone(),
-            None => {
-                self.pod_labels.insert(pod.labels.clone());
-                pod.labels
-            }
-        };
-        let pod = Arc::new(pod);
-        let old = self
-            .ns_mut(&pod.namespace)
-            .pods
-            .insert(pod.name.clone(), pod.clone());
-        if let Some(old) = &old {
-            self.release_ips(old, &pod.ips, pod.host_network);
-        }
-        if pod.host_network {
-            for ip in &pod.ips {
-                let held_before = old
-                    .as_ref()
-                    .is_some_and(|o| o.host_network && o.ips.contains(ip));
-                if !held_before {
-                    *self.host_network_ips.entry(*ip).or_default() += 1;
-                }
-            }
-            return;
-        }
-        let from = pod.start_time_unix_s.unwrap_or(self.clock);
-        for ip in &pod.ips {
-            // Most IPs only ever have one holder: no room for more until needed.
-            let holders = self.ips.entry(*ip).or_insert_with(|| Vec::with_capacity(1));
-            match holders.last_mut() {
-                // Same pod, still holding: refresh its projection.
-                Some(h) if h.until.is_none() && same_pod(&h.pod, &pod) => {
-                    h.pod = pod.clone();
-                    continue;
-                }
-                // Another pod held it: the new one takes over from its start.
-                Some(h) => {
-                    let from = from.max(h.from);
-                    if h.until.is_none_or(|u| u > from) {
-                        h.until = Some(from);
-                    }
-                    holders.push(Holder {
-                        pod: pod.clone(),
-                        from,
-                        until: None,
-                    });
-                }
-                None => holders.push(Holder {
-                    pod: pod.clone(),
-                    from,
-                    until: None,
-                }),
-            }
-            let keep = self.config.ip_history.max(1);
-            if holders.len() > keep {
-                let excess = holders.len() - keep;
-                holders.drain(..excess);
-            }
-        }
-    }
-
-    pub fn delete_pod(&mut self, namespace: &str, name: &str) {
-        let Some(old) = self
-            .namespaces
-            .get_mut(namespace)
-            .and_then(|s| s.pods.remove(name))
-        else {
-            return;
-        };
-        self.release_ips(&old, &[], false);
-    }
-
-    pub fn reset_pods(&mut self, pods: Vec<Pod>) {
-        let keep: BTreeSet<(Arc<str>, Arc<str>)> = pods
-            .iter()
-            .map(|p| (p.namespace.clone(), p.name.clone()))
-            .collect();
-        let gone: Vec<(Arc<str>, Arc<str>)> = self
-            .namespaces
-            .iter()
-            .flat_map(|(ns, s)| s.pods.keys().map(move |name| (ns.clone(), name.clone())))
-            .filter(|key| !keep.contains(key))
-            .collect();
-        for (ns, name) in gone {
-            self.delete_pod(&ns, &name);
-        }
-        for pod in pods {
-            self.apply_pod(pod);
-        }
-    }
 
     /// Closes `old`'s hold of every IP it no longer has (`still` with `host_network`).
     fn release_ips(&mut self, old: &Pod, still: &[IpAddr], still_host_network: bool) {
@@ -393,201 +311,9 @@ impl Index {
 
     // ---- ReplicaSets, Jobs, workload objects --------------------------------------
 
-    pub fn apply_replica_set(&mut self, rs: ReplicaSet) {
-        let name = rs.name.clone();
-        self.ns_mut(&rs.namespace.clone())
-            .replica_sets
-            .insert(name, rs);
-    }
-
-    pub fn delete_replica_set(&mut self, namespace: &str, name: &str) {
-        if let Some(s) = self.namespaces.get_mut(namespace) {
-            s.replica_sets.remove(name);
-        }
-    }
-
-    pub fn reset_replica_sets(&mut self, all: Vec<ReplicaSet>) {
-        for s in self.namespaces.values_mut() {
-            s.replica_sets.clear();
-        }
-        for rs in all {
-            self.apply_replica_set(rs);
-        }
-    }
-
-    pub fn apply_job(&mut self, job: Job) {
-        let name = job.name.clone();
-        self.ns_mut(&job.namespace.clone()).jobs.insert(name, job);
-    }
-
-    pub fn delete_job(&mut self, namespace: &str, name: &str) {
-        if let Some(s) = self.namespaces.get_mut(namespace) {
-            s.jobs.remove(name);
-        }
-    }
-
-    pub fn reset_jobs(&mut self, all: Vec<Job>) {
-        for s in self.namespaces.values_mut() {
-            s.jobs.clear();
-        }
-        for job in all {
-            self.apply_job(job);
-        }
-    }
-
-    /// A Deployment, StatefulSet, DaemonSet or CronJob.
-    pub fn apply_workload(&mut self, workload: WorkloadObject) {
-        let key = (workload.kind, workload.name.clone());
-        self.ns_mut(&workload.namespace.clone())
-            .workloads
-            .insert(key, workload);
-    }
-
-    pub fn delete_workload(&mut self, kind: WorkloadKind, namespace: &str, name: &str) {
-        if let Some(s) = self.namespaces.get_mut(namespace) {
-            s.workloads.remove(&(kind, Arc::from(name)));
-        }
-    }
-
-    /// Replaces every workload object of `kind`.
-    pub fn reset_workloads(&mut self, kind: WorkloadKind, all: Vec<WorkloadObject>) {
-        for s in self.namespaces.values_mut() {
-            s.workloads.retain(|(k, _), _| *k != kind);
-        }
-        for w in all.into_iter().filter(|w| w.kind == kind) {
-            self.apply_workload(w);
-        }
-    }
-
     // ---- Services, ServiceEntries, VirtualServices ---------------------------------
 
-    pub fn apply_service(&mut self, svc: Service) {
-        self.delete_service(&svc.namespace.clone(), &svc.name.clone());
-        let def = host_def(DefKind::Service, &svc.namespace, &svc.name);
-        self.hosts
-            .add(&svc.host(&self.config.cluster_domain), def.clone());
-        self.ns_mut(&def.namespace)
-            .services
-            .insert(svc.name.clone(), svc);
-    }
-
-    pub fn delete_service(&mut self, namespace: &str, name: &str) {
-        let Some(old) = self
-            .namespaces
-            .get_mut(namespace)
-            .and_then(|s| s.services.remove(name))
-        else {
-            return;
-        };
-        let def = host_def(DefKind::Service, &old.namespace, &old.name);
-        self.hosts
-            .remove(&old.host(&self.config.cluster_domain), &def);
-    }
-
-    pub fn reset_services(&mut self, all: Vec<Service>) {
-        for (ns, name) in self.all_names(|s| &s.services) {
-            self.delete_service(&ns, &name);
-        }
-        for svc in all {
-            self.apply_service(svc);
-        }
-    }
-
-    pub fn apply_service_entry(&mut self, se: ServiceEntry) {
-        self.delete_service_entry(&se.namespace.clone(), &se.name.clone());
-        let def = host_def(DefKind::ServiceEntry, &se.namespace, &se.name);
-        for h in &se.hosts {
-            let h = host::resolve_config_host(h, &se.namespace, &self.config.cluster_domain);
-            self.hosts.add(&h, def.clone());
-        }
-        self.ns_mut(&def.namespace)
-            .service_entries
-            .insert(se.name.clone(), se);
-    }
-
-    pub fn delete_service_entry(&mut self, namespace: &str, name: &str) {
-        let Some(old) = self
-            .namespaces
-            .get_mut(namespace)
-            .and_then(|s| s.service_entries.remove(name))
-        else {
-            return;
-        };
-        let def = host_def(DefKind::ServiceEntry, &old.namespace, &old.name);
-        for h in &old.hosts {
-            let h = host::resolve_config_host(h, &old.namespace, &self.config.cluster_domain);
-            self.hosts.remove(&h, &def);
-        }
-    }
-
-    pub fn reset_service_entries(&mut self, all: Vec<ServiceEntry>) {
-        for (ns, name) in self.all_names(|s| &s.service_entries) {
-            self.delete_service_entry(&ns, &name);
-        }
-        for se in all {
-            self.apply_service_entry(se);
-        }
-    }
-
-    pub fn apply_virtual_service(&mut self, vs: VirtualService) {
-        self.delete_virtual_service(&vs.namespace.clone(), &vs.name.clone());
-        // A VS bound only to gateways is not what sidecars route by.
-        if vs.applies_to_mesh() {
-            let def = host_def(DefKind::VirtualService, &vs.namespace, &vs.name);
-            for h in &vs.hosts {
-                let h = host::resolve_config_host(h, &vs.namespace, &self.config.cluster_domain);
-                self.hosts.add(&h, def.clone());
-            }
-        }
-        self.ns_mut(&vs.namespace.clone())
-            .virtual_services
-            .insert(vs.name.clone(), vs);
-    }
-
-    pub fn delete_virtual_service(&mut self, namespace: &str, name: &str) {
-        let Some(old) = self
-            .namespaces
-            .get_mut(namespace)
-            .and_then(|s| s.virtual_services.remove(name))
-        else {
-            return;
-        };
-        let def = host_def(DefKind::VirtualService, &old.namespace, &old.name);
-        for h in &old.hosts {
-            let h = host::resolve_config_host(h, &old.namespace, &self.config.cluster_domain);
-            self.hosts.remove(&h, &def);
-        }
-    }
-
-    pub fn reset_virtual_services(&mut self, all: Vec<VirtualService>) {
-        for (ns, name) in self.all_names(|s| &s.virtual_services) {
-            self.delete_virtual_service(&ns, &name);
-        }
-        for vs in all {
-            self.apply_virtual_service(vs);
-        }
-    }
-
     // ---- Sidecars ------------------------------------------------------------------
-
-    /// Applies a Sidecar; one of ours also restores its workload's deps (merge: max
-    /// last-seen), so applying our Sidecars before the first write makes restarts safe.
-    pub fn apply_sidecar(&mut self, mut sidecar: SidecarObject) {
-        if let Some(restored) = sidecar.restored.as_ref().filter(|_| sidecar.is_ours()) {
-            let deps = restored
-                .deps
-                .iter()
-                .map(|(h, t)| (Arc::<str>::from(h.as_str()), *t))
-                .collect::<Vec<_>>();
-            self.merge_deps(&restored.workload, deps);
-            // Merged: the index's deps are the state from here on.
-            sidecar.restored = None;
-        }
-        let name = sidecar.name.clone();
-        self.ns_mut(&sidecar.namespace.clone())
-            .sidecars
-            .insert(name, sidecar);
-    }
 
     /// Applies our Sidecars (as listed at start-up); returns how many deps were merged.
     pub fn restore_from_sidecars(
@@ -596,34 +322,9 @@ impl Index {
     ) -> u64 {
         let before = self.counters.deps_restored;
         for s in sidecars {
-            self.apply_sidecar(s);
+            self.apply(s);
         }
         self.counters.deps_restored - before
-    }
-
-    pub fn delete_sidecar(&mut self, namespace: &str, name: &str) {
-        if let Some(s) = self.namespaces.get_mut(namespace) {
-            s.sidecars.remove(name);
-        }
-    }
-
-    pub fn reset_sidecars(&mut self, all: Vec<SidecarObject>) {
-        for s in self.namespaces.values_mut() {
-            s.sidecars.clear();
-        }
-        for sc in all {
-            self.apply_sidecar(sc);
-        }
-    }
-
-    fn all_names<T>(
-        &self,
-        field: impl Fn(&NsState) -> &BTreeMap<Arc<str>, T>,
-    ) -> Vec<(Arc<str>, Arc<str>)> {
-        self.namespaces
-            .iter()
-            .flat_map(|(ns, s)| field(s).keys().map(move |n| (ns.clone(), n.clone())))
-            .collect()
     }
 
     // ---- Deps ----------------------------------------------------------------------

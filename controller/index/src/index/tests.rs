@@ -24,15 +24,15 @@ type Step = (&'static str, u64, u64, BTreeSet<WorkloadId>, Option<u64>);
 fn owner_references_resolve_to_workloads() {
     let ns = "shop";
     let mut index = Index::default();
-    index.apply_replica_set(mk_replica_set(ns, "web-abc", Some(("Deployment", "web"))));
-    index.apply_replica_set(mk_replica_set(ns, "bare-rs", None));
-    index.apply_replica_set(mk_replica_set(
+    index.apply(mk_replica_set(ns, "web-abc", Some(("Deployment", "web"))));
+    index.apply(mk_replica_set(ns, "bare-rs", None));
+    index.apply(mk_replica_set(
         ns,
         "canary-xyz",
         Some(("Rollout", "canary")),
     ));
-    index.apply_job(mk_job(ns, "backup-28000", Some(("CronJob", "backup"))));
-    index.apply_job(mk_job(ns, "migrate", None));
+    index.apply(mk_job(ns, "backup-28000", Some(("CronJob", "backup"))));
+    index.apply(mk_job(ns, "migrate", None));
     let cases = [
         (
             Some(("ReplicaSet", "web-abc")),
@@ -82,8 +82,8 @@ fn edges_are_attributed_to_the_ip_holder_at_last_seen() {
     pod_a.start_time_unix_s = Some(100);
     let mut pod_b = mk_pod("shop", "b", "10.0.1.1", None, &[("app", "b")]);
     pod_b.start_time_unix_s = Some(200);
-    index.apply_pod(pod_a);
-    index.apply_pod(pod_b);
+    index.apply(pod_a);
+    index.apply(pod_b);
     let ratings = mk_outbound(9080, RATINGS);
     let cases = [
         // (last seen, attributed to)
@@ -100,8 +100,8 @@ fn edges_are_attributed_to_the_ip_holder_at_last_seen() {
         pod_a.start_time_unix_s = Some(100);
         let mut pod_b = mk_pod("shop", "b", "10.0.1.1", None, &[("app", "b")]);
         pod_b.start_time_unix_s = Some(200);
-        index.apply_pod(pod_a);
-        index.apply_pod(pod_b);
+        index.apply(pod_a);
+        index.apply(pod_b);
         let changed = index.record_edges([mk_edge("10.0.1.1", None, &ratings, t)], 300);
         assert_eq!(changed, want.into_iter().cloned().collect(), "t={t}");
         assert_eq!(index.held_len(), usize::from(want.is_none()), "t={t}");
@@ -109,7 +109,7 @@ fn edges_are_attributed_to_the_ip_holder_at_last_seen() {
 
     // A deleted pod stops holding its IP at the index's clock.
     index.tick(300);
-    index.delete_pod("shop", "b");
+    index.delete::<crate::Pod>((), "shop", "b");
     assert_eq!(index.namespace_of_ip(mk_ip("10.0.1.1")), None);
     let changed = index.record_edges(
         [
@@ -137,7 +137,7 @@ fn ip_history_is_bounded() {
     for (i, name) in ["a", "b", "c"].into_iter().enumerate() {
         let mut pod = mk_pod("shop", name, "10.0.1.1", None, &[("app", name)]);
         pod.start_time_unix_s = Some(100 * (i as u64 + 1));
-        index.apply_pod(pod);
+        index.apply(pod);
     }
     let holders: Vec<(&str, u64, Option<u64>)> = index.ips[&mk_ip("10.0.1.1")]
         .iter()
@@ -161,7 +161,7 @@ fn host_network_pods_are_never_attributed() {
         &[("app", "agent")],
     );
     node_agent.host_network = true;
-    index.apply_pod(node_agent);
+    index.apply(node_agent);
     let changed = index.record_edges(
         [mk_edge(
             "192.168.1.5",
@@ -185,7 +185,7 @@ fn host_network_pods_are_never_attributed() {
     assert_eq!(index.workloads_with_deps(), BTreeSet::new());
 
     // When it goes away the IP is unknown again.
-    index.delete_pod("shop", "agent-x");
+    index.delete::<crate::Pod>((), "shop", "agent-x");
     index.record_edges(
         [mk_edge(
             "192.168.1.5",
@@ -276,19 +276,19 @@ fn dependency_host_of_an_edge() {
     ];
     for (host, cluster, want) in cases {
         let mut index = Index::test();
-        index.apply_service(mk_service(
+        index.apply(mk_service(
             "payments",
             "ledger",
             &[("app", "ledger")],
             &[(9080, "http")],
         ));
-        index.apply_service_entry(mk_service_entry(
+        index.apply(mk_service_entry(
             "payments",
             "stripe",
             &["api.stripe.com"],
             &[(443, "HTTPS")],
         ));
-        index.apply_service_entry(mk_service_entry(
+        index.apply(mk_service_entry(
             "shop",
             "cdn",
             &["*.cdn.example.com"],
@@ -314,7 +314,7 @@ fn resolutions_are_cached_until_config_changes() {
     );
     index.record_edges([edge.clone(), edge.clone()], 10);
     assert_eq!(index.hosts.cache_len(), 1);
-    index.apply_service(mk_service(
+    index.apply(mk_service(
         "shop",
         "details",
         &[("app", "details")],
@@ -349,8 +349,8 @@ fn unknown_ips_are_held_then_attributed_or_dropped() {
         max_held_edges: 2,
         ..IndexConfig::default()
     });
-    index.apply_namespace(mk_namespace("shop", Some(true)));
-    index.apply_service(mk_service(
+    index.apply(mk_namespace("shop", Some(true)));
+    index.apply(mk_service(
         "shop",
         "ratings",
         &[("app", "ratings")],
@@ -394,7 +394,7 @@ fn unknown_ips_are_held_then_attributed_or_dropped() {
 #[test]
 fn edges_wait_for_their_replica_set() {
     let mut index = Index::test();
-    index.apply_pod(mk_pod(
+    index.apply(mk_pod(
         "shop",
         "new-abc-0",
         "10.0.3.1",
@@ -404,7 +404,7 @@ fn edges_wait_for_their_replica_set() {
     let edge = mk_edge("10.0.3.1", Some("ratings"), &mk_outbound(9080, RATINGS), 10);
     assert_eq!(index.record_edges([edge], 10), BTreeSet::new());
     assert_eq!(index.held_len(), 1);
-    index.apply_replica_set(mk_replica_set(
+    index.apply(mk_replica_set(
         "shop",
         "new-abc",
         Some(("Deployment", "new")),
@@ -460,8 +460,8 @@ fn ttl_expires_deps_and_last_seen_moves_coarsely() {
         ttl: Some(Duration::from_secs(100)),
         ..IndexConfig::default()
     });
-    index.apply_namespace(mk_namespace("shop", Some(true)));
-    index.apply_service(mk_service(
+    index.apply(mk_namespace("shop", Some(true)));
+    index.apply(mk_service(
         "shop",
         "ratings",
         &[("app", "ratings")],
@@ -526,11 +526,11 @@ fn enabled_annotation_precedence() {
     ];
     for (ns, object, template, want) in cases {
         let mut index = Index::default();
-        index.apply_namespace(mk_namespace("shop", ns));
+        index.apply(mk_namespace("shop", ns));
         let mut w = mk_workload(Deployment, "shop", "web", &[("app", "web")]);
         w.annotations.enabled = object;
         w.template_annotations.enabled = template;
-        index.apply_workload(w);
+        index.apply(w);
         assert_eq!(
             index.is_enabled(&mk_id(Deployment, "shop", "web")),
             want,
@@ -540,10 +540,10 @@ fn enabled_annotation_precedence() {
 
     // A bare pod takes its own annotations.
     let mut index = Index::default();
-    index.apply_namespace(mk_namespace("shop", Some(true)));
+    index.apply(mk_namespace("shop", Some(true)));
     let mut pod = mk_pod("shop", "debug", "10.0.5.1", None, &[("app", "debug")]);
     pod.annotations.enabled = Some(false);
-    index.apply_pod(pod);
+    index.apply(pod);
     assert!(!index.is_enabled(&mk_id(Pod, "shop", "debug")));
 }
 
@@ -650,7 +650,7 @@ fn deps_stop_at_the_cap() {
         max_deps_per_workload: 2,
         ..IndexConfig::default()
     });
-    index.apply_namespace(mk_namespace("shop", Some(true)));
+    index.apply(mk_namespace("shop", Some(true)));
     mk_deployment(&mut index, "shop", "productpage", "10.0.0.10");
     let edge = |host: &str| mk_edge("10.0.0.10", None, &mk_outbound(80, host), 10);
     let pp = || set(&[&productpage()]);
@@ -788,7 +788,7 @@ fn restore_skips_expired_deps() {
         ..IndexConfig::default()
     });
     index.tick(1000);
-    index.apply_sidecar(mk_our_sidecar(
+    index.apply(mk_our_sidecar(
         &productpage(),
         &[("old.x", 800), ("new.x", 950)],
     ));
@@ -806,12 +806,15 @@ fn restore_skips_expired_deps() {
 #[test]
 fn resets_replace_a_kind() {
     let mut index = Index::test();
-    index.reset_services(vec![mk_service(
-        "shop",
-        "ratings",
-        &[("app", "ratings")],
-        &[(9080, "http")],
-    )]);
+    index.reset(
+        (),
+        vec![mk_service(
+            "shop",
+            "ratings",
+            &[("app", "ratings")],
+            &[(9080, "http")],
+        )],
+    );
     let hosts: Vec<&str> = index
         .namespace_names()
         .into_iter()
@@ -832,18 +835,15 @@ fn resets_replace_a_kind() {
         "still the VirtualService's host"
     );
 
-    index.reset_pods(vec![mk_pod(
-        "shop",
-        "only",
-        "10.0.9.9",
-        None,
-        &[("app", "only")],
-    )]);
+    index.reset(
+        (),
+        vec![mk_pod("shop", "only", "10.0.9.9", None, &[("app", "only")])],
+    );
     assert_eq!(
         index.ip_table(),
         vec![(mk_ip("10.0.9.9"), Arc::from("shop"))]
     );
-    index.reset_virtual_services(vec![]);
+    index.reset::<VirtualService>((), vec![]);
     assert_eq!(index.hosts.lookup(REVIEWS), None);
 }
 
@@ -851,14 +851,14 @@ fn resets_replace_a_kind() {
 fn absent_workloads_are_forgotten_on_request() {
     let mut index = Index::test();
     let gone = mk_id(Deployment, "shop", "gone");
-    index.apply_sidecar(mk_our_sidecar(&gone, &[("a.x", 1)]));
+    index.apply(mk_our_sidecar(&gone, &[("a.x", 1)]));
     // A user's Sidecar claiming to be ours by annotation only restores nothing.
     let mut fake = mk_user_sidecar("shop", "fake", serde_json::json!({}));
     fake.restored = Some(RestoredDeps {
         workload: productpage(),
         deps: [("fake.x".to_string(), 1)].into(),
     });
-    index.apply_sidecar(fake);
+    index.apply(fake);
     index.record_edges(
         [mk_edge(
             "10.0.0.10",
@@ -893,7 +893,7 @@ fn namespaces_istio_does_not_discover_are_never_scoped() {
     let mut index = Index::new(IndexConfig::default());
     let mut shop = mk_namespace("shop", Some(true));
     mk_deployment(&mut index, "shop", "web", "10.0.0.1");
-    index.apply_namespace(shop.clone());
+    index.apply(shop.clone());
     let web = mk_id(WorkloadKind::Deployment, "shop", "web");
     assert!(
         index.is_enabled(&web),
@@ -907,21 +907,21 @@ fn namespaces_istio_does_not_discover_are_never_scoped() {
         "opted in, but istiod ignores the namespace"
     );
     shop.labels.insert("mesh".into(), "on".into());
-    index.apply_namespace(shop);
+    index.apply(shop);
     assert!(index.is_enabled(&web));
 }
 
 #[test]
 fn pods_share_one_copy_of_equal_labels_until_none_uses_it() {
     let mut index = Index::default();
-    index.apply_pod(mk_pod("shop", "web-1", "10.0.0.1", None, &[("app", "web")]));
-    index.apply_pod(mk_pod("shop", "web-2", "10.0.0.2", None, &[("app", "web")]));
-    index.apply_pod(mk_pod("shop", "db-1", "10.0.0.3", None, &[("app", "db")]));
+    index.apply(mk_pod("shop", "web-1", "10.0.0.1", None, &[("app", "web")]));
+    index.apply(mk_pod("shop", "web-2", "10.0.0.2", None, &[("app", "web")]));
+    index.apply(mk_pod("shop", "db-1", "10.0.0.3", None, &[("app", "db")]));
     let pods = &index.ns("shop").unwrap().pods;
     assert!(Arc::ptr_eq(&pods["web-1"].labels, &pods["web-2"].labels));
     assert_eq!(index.pod_labels.len(), 2);
     for name in ["web-1", "web-2", "db-1"] {
-        index.delete_pod("shop", name);
+        index.delete::<crate::Pod>((), "shop", name);
     }
     // Deleted pods are remembered as past IP holders for a while, then forgotten.
     index.tick(100_000);

@@ -138,9 +138,10 @@ fn decisions_with_the_table() {
             mk_request("ratings.ns-a.svc", false, None, None),
             rewrite("ratings.ns-a.svc.cluster.local"),
         ),
+        // Not a form Istio knows (lazyxds_proto::authority): left as sent.
         (
             mk_request("ratings.ns-a.svc.cluster:9080", false, None, None),
-            rewrite("ratings.ns-a.svc.cluster.local:9080"),
+            Decision::Continue,
         ),
         // `name.ns` whose `ns` is no namespace is an external name.
         (
@@ -512,7 +513,12 @@ fn other_cluster_domain() {
         rewrite("cart.shop.svc.mesh.example:80")
     );
     assert_eq!(
-        r.on_request(1, &mk_request("cart.shop.svc.mesh", false, None, None), T0),
+        r.on_request(1, &mk_request("cart.shop.svc", false, None, None), T0),
         rewrite("cart.shop.svc.mesh.example")
+    );
+    // A partial domain is no short name to Istio (lazyxds_proto::authority).
+    assert_eq!(
+        r.on_request(1, &mk_request("cart.shop.svc.mesh", false, None, None), T0),
+        Decision::Continue
     );
 }

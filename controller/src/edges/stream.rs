@@ -74,14 +74,14 @@ impl Shutdown {
 
 /// The tonic service, generic over where edges go.
 #[derive(Debug)]
-pub struct EdgeSinkService<S> {
+pub struct EdgeSinkService<S: ?Sized> {
     sink: Arc<S>,
     counters: Arc<Counters>,
     config: GrpcConfig,
     shutdown: Shutdown,
 }
 
-impl<S: EdgeSink> EdgeSinkService<S> {
+impl<S: EdgeSink + ?Sized> EdgeSinkService<S> {
     pub fn new(
         sink: Arc<S>,
         counters: Arc<Counters>,
@@ -105,7 +105,7 @@ impl<S: EdgeSink> EdgeSinkService<S> {
 }
 
 #[tonic::async_trait]
-impl<S: EdgeSink> EdgeSinkRpc for EdgeSinkService<S> {
+impl<S: EdgeSink + ?Sized> EdgeSinkRpc for EdgeSinkService<S> {
     type StreamStream = ReceiverStream<Result<ControllerMessage, Status>>;
 
     async fn stream(
@@ -152,7 +152,7 @@ impl Drop for OpenStream {
 /// Why a stream stopped without a status to send: the gateway closed it or went away.
 struct Closed;
 
-struct StreamTask<S> {
+struct StreamTask<S: ?Sized> {
     sink: Arc<S>,
     counters: Arc<Counters>,
     shutdown: Shutdown,
@@ -176,7 +176,7 @@ async fn table_changed(
     }
 }
 
-impl<S: EdgeSink> StreamTask<S> {
+impl<S: EdgeSink + ?Sized> StreamTask<S> {
     async fn run(mut self, mut inbound: Streaming<GatewayMessage>) {
         let _open = OpenStream::new(self.counters.clone());
         let end = self.serve(&mut inbound).await;
