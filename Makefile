@@ -16,11 +16,11 @@ WASM_BINDGEN_VERSION = $(shell awk '/^name = "wasm-bindgen"$$/{getline; gsub(/[^
 export ENVOY_BIN ?= $(abspath $(firstword $(wildcard $(VENV)/lib/python3*/site-packages/envoy/_bin/envoy)))
 export LAZYXDS_WASM := $(abspath $(WASM))
 export LAZYXDS_BIN := $(abspath target/debug/lazyxds)
-# The real control plane (make setup-cluster): built from the pinned Go modules under
-# tests/cluster/go/ (their go.mod files are the pins, each with its reason).
+# The real control plane (make setup-cluster): built from Go modules under
+# tests/cluster/go/, pinned in tests/cluster/versions (with the reason for each).
 CLUSTER_GO     := tests/cluster/go
 export LAZYXDS_CLUSTER_BIN := $(abspath target/cluster/bin)
-CLUSTER_PINS   := $(CLUSTER_GO)/build.sh $(wildcard $(CLUSTER_GO)/*/go.mod $(CLUSTER_GO)/*/go.sum $(CLUSTER_GO)/*/cmd/*/*.go)
+CLUSTER_PINS   := tests/cluster/versions $(CLUSTER_GO)/build.sh $(wildcard $(CLUSTER_GO)/*/go.mod $(CLUSTER_GO)/*/go.sum $(CLUSTER_GO)/*/cmd/*/*.go)
 # The e2e tests run in a network namespace of their own (root): the control plane, pod IPs
 # and Envoys listening on 0.0.0.0 are reachable only from inside it. Cargo runs each test
 # binary through this runner.

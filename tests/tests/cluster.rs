@@ -111,6 +111,19 @@ impl Shop {
         Some(deps.keys().cloned().collect())
     }
 
+    async fn wait_web_sidecar_gone(&self, ctl: &ControllerPod) {
+        eventually(
+            Duration::from_secs(30),
+            || tail(&ctl.log()),
+            || {
+                self.sidecar("lazyxds-deployment-web")
+                    .is_none()
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+
     async fn wait_web_deps(&self, want: &[&str], ctl: &ControllerPod) {
         let want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
         eventually(
@@ -126,6 +139,25 @@ impl Shop {
         )
         .await;
     }
+}
+
+/// The install's kill switch: `on` sets `enabled: "false"` in the lazyxds ConfigMap.
+fn set_kill_switch(c: &Cluster, on: bool) {
+    let patch = json!({"data": {"enabled": if on { "false" } else { "true" }}}).to_string();
+    c.kubectl(
+        &[
+            "patch",
+            "configmap",
+            "lazyxds",
+            "-n",
+            NAMESPACE,
+            "--type=merge",
+            "-p",
+            &patch,
+        ],
+        None,
+    )
+    .unwrap();
 }
 
 fn tail(log: &str) -> String {
@@ -308,16 +340,7 @@ async fn the_controller_under_its_installed_rbac_learns_opts_out_and_prunes() {
         None,
     )
     .unwrap();
-    eventually(
-        Duration::from_secs(30),
-        || tail(&ctl.log()),
-        || {
-            shop.sidecar("lazyxds-deployment-web")
-                .is_none()
-                .then_some(())
-        },
-    )
-    .await;
+    shop.wait_web_sidecar_gone(&ctl).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -359,48 +382,13 @@ async fn a_users_sidecar_is_never_touched_and_the_kill_switch_removes_only_ours(
     assert_eq!(mine()["spec"]["egress"][0]["hosts"], json!(["./*"]));
 
     // The kill switch: every Sidecar we own goes, the user's stays.
-    c.kubectl(
-        &[
-            "patch",
-            "configmap",
-            "lazyxds",
-            "-n",
-            NAMESPACE,
-            "--type=merge",
-            "-p",
-            r#"{"data":{"enabled":"false"}}"#,
-        ],
-        None,
-    )
-    .unwrap();
-    eventually(
-        Duration::from_secs(30),
-        || tail(&ctl.log()),
-        || {
-            shop.sidecar("lazyxds-deployment-web")
-                .is_none()
-                .then_some(())
-        },
-    )
-    .await;
+    set_kill_switch(c, true);
+    shop.wait_web_sidecar_gone(&ctl).await;
     assert_eq!(
         mine()["metadata"]["resourceVersion"],
         mine_before["metadata"]["resourceVersion"]
     );
-    c.kubectl(
-        &[
-            "patch",
-            "configmap",
-            "lazyxds",
-            "-n",
-            NAMESPACE,
-            "--type=merge",
-            "-p",
-            r#"{"data":{"enabled":"true"}}"#,
-        ],
-        None,
-    )
-    .unwrap();
+    set_kill_switch(c, false);
     // Switched back on: the learned deps were kept, the Sidecar comes back whole.
     shop.wait_web_deps(&[&api], &ctl).await;
 }
@@ -1084,16 +1072,7 @@ async fn the_mesh_configs_outbound_policy_and_discovery_selectors_are_honoured()
     // istiod only watches labelled namespaces now: shop is not one, so no Sidecar there.
     c.set_mesh_config("discoverySelectors: [{matchLabels: {istio-discovery: enabled}}]\n")
         .unwrap();
-    eventually(
-        Duration::from_secs(30),
-        || tail(&ctl.log()),
-        || {
-            shop.sidecar("lazyxds-deployment-web")
-                .is_none()
-                .then_some(())
-        },
-    )
-    .await;
+    shop.wait_web_sidecar_gone(&ctl).await;
     // Labelled, it is in the mesh again, and scoped again.
     c.kubectl(
         &["label", "namespace", &shop.ns, "istio-discovery=enabled"],

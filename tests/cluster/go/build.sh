@@ -3,8 +3,8 @@
 #   kubernetes/  kube-apiserver, kube-controller-manager, kube-scheduler, kubectl
 #   etcd/        etcd
 #   istio/       pilot-discovery (istiod), pilot-agent, istioctl
-# The pins are those modules' go.mod files (one module per upstream, so each keeps its
-# own grpc/otel/k8s.io versions). Go's build cache makes a rebuild with no pin change a
+# The pins are in tests/cluster/versions (with the reason for each); each module's go.mod
+# must agree (one module per upstream, so each keeps its own grpc/otel/k8s.io versions). Go's build cache makes a rebuild with no pin change a
 # link step; `make setup` calls this only when a go.mod/go.sum changed.
 # Usage: build.sh OUT_DIR
 set -euo pipefail
@@ -23,6 +23,17 @@ build() { # module-dir tags ldflags packages...
 }
 
 version() { (cd "$here/$1" && go list -m -f '{{.Version}}' "$2"); }
+
+# The pins live in tests/cluster/versions; the go.mod files must agree with it.
+pinned() { awk -v m="$1" '$1 == m {print $2}' "$here/../versions"; }
+for pin in istio:istio.io/istio kubernetes:k8s.io/kubernetes etcd:go.etcd.io/etcd/server/v3; do
+  dir=${pin%%:*} mod=${pin#*:}
+  want=$(pinned "$mod") have=$(version "$dir" "$mod")
+  if [ "$want" != "$have" ]; then
+    echo "tests/cluster/go/$dir/go.mod requires $mod $have, tests/cluster/versions pins ${want:-nothing}" >&2
+    exit 1
+  fi
+done
 
 k8s=$(version kubernetes k8s.io/kubernetes)              # v1.36.3
 k8s_minor=$(echo "$k8s" | cut -d. -f2)

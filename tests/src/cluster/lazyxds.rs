@@ -111,18 +111,7 @@ fn register_node(cluster: &Cluster) -> Result<()> {
             "lastHeartbeatTime": now, "lastTransitionTime": now}],
         "addresses": [{"type": "InternalIP", "address": cluster.listen().to_string()}],
     }});
-    cluster.kubectl(
-        &[
-            "patch",
-            "node",
-            NODE,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            &status.to_string(),
-        ],
-        None,
-    )?;
+    cluster.patch_status("node", None, NODE, &status)?;
     // Admission taints a new Node not-ready; the node lifecycle controller would lift it
     // on the kubelet's first heartbeat. There is no kubelet (and no lifecycle controller,
     // which would mark the node unreachable), so the test lifts it.

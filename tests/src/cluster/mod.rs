@@ -521,6 +521,32 @@ impl Cluster {
         Ipv4Addr::new(198, 18, (n >> 8) as u8, (n & 0xff) as u8)
     }
 
+    /// Merges `status` (`{"status": …}`) into an object's status subresource, as its
+    /// controller (here: the kubelet the tests play) would.
+    pub fn patch_status(
+        &self,
+        resource: &str,
+        namespace: Option<&str>,
+        name: &str,
+        status: &Value,
+    ) -> Result<()> {
+        let patch = status.to_string();
+        let mut args = vec![
+            "patch",
+            resource,
+            name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &patch,
+        ];
+        if let Some(ns) = namespace {
+            args.extend(["-n", ns]);
+        }
+        self.kubectl(&args, None)?;
+        Ok(())
+    }
+
     /// Writes a pod's status as a kubelet would: phase Running, Ready, this IP. The real
     /// EndpointSlice controller then publishes it.
     pub fn set_pod_running(&self, namespace: &str, name: &str, ip: Ipv4Addr) -> Result<()> {
@@ -537,21 +563,7 @@ impl Cluster {
                 {"type": "Initialized", "status": "True", "lastTransitionTime": now},
             ],
         }});
-        self.kubectl(
-            &[
-                "patch",
-                "pod",
-                name,
-                "-n",
-                namespace,
-                "--subresource=status",
-                "--type=merge",
-                "-p",
-                &status.to_string(),
-            ],
-            None,
-        )?;
-        Ok(())
+        self.patch_status("pod", Some(namespace), name, &status)
     }
 }
 
