@@ -610,11 +610,20 @@ fn kubectl_raw(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().context("spawning kubectl")?;
-    if let Some(input) = stdin {
-        let mut pipe = child.stdin.take().context("kubectl stdin")?;
-        pipe.write_all(input.as_bytes())?;
-    }
+    // Fed from another thread: kubectl may write (errors, say) before it has read all of a
+    // large manifest, and both pipes must keep moving.
+    let feeder = match (stdin, child.stdin.take()) {
+        (Some(input), Some(mut pipe)) => {
+            let input = input.to_string();
+            Some(std::thread::spawn(move || pipe.write_all(input.as_bytes())))
+        }
+        _ => None,
+    };
     let out = child.wait_with_output()?;
+    if let Some(feeder) = feeder {
+        // A write error (kubectl exited early) shows in its status and stderr below.
+        let _ = feeder.join();
+    }
     if !out.status.success() {
         bail!(
             "kubectl {} failed ({}): {}",

@@ -59,9 +59,8 @@ pub struct ProxyPod {
     pub mounts: Vec<(PathBuf, PathBuf)>,
 }
 
-/// A running pilot-agent and its Envoy; both killed when dropped (the agent's Envoy is its
-/// child and gets the agent's parent-death signal chain: the agent kills it on exit, and
-/// Envoy exits when its parent dies).
+/// A running pilot-agent and its Envoy, in a PID namespace of their own: both killed when
+/// dropped (or when the test process dies).
 #[derive(Debug)]
 pub struct IstioProxy {
     proc: Proc,
@@ -122,16 +121,24 @@ impl IstioProxy {
         {
             base.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
-        let mut cmd = if overlays.is_empty() {
-            Command::new(bin("pilot-agent")?)
+        // pilot-agent does not take its Envoy down when it is killed, so it runs as PID 1
+        // of a PID namespace of its own: when it dies (killed by `unshare --kill-child`
+        // when we kill unshare, or by the parent-death signal), the kernel kills Envoy too.
+        // With mounts, also in a mount namespace of its own where they are made.
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--pid", "--fork", "--kill-child"]);
+        if !overlays.is_empty() {
+            cmd.args(["--mount", "--propagation", "private"]);
+        }
+        let setup = if overlays.is_empty() {
+            String::new()
         } else {
-            let mut c = Command::new("unshare");
-            c.args(["--mount", "--propagation", "private", "--", "bash", "-c"])
-                .arg(format!("{overlays} && exec \"$@\""))
-                .arg("pilot-agent")
-                .arg(bin("pilot-agent")?);
-            c
+            format!("{overlays} && ")
         };
+        cmd.args(["--", "bash", "-c"])
+            .arg(format!("{setup}exec \"$@\""))
+            .arg("pilot-agent")
+            .arg(bin("pilot-agent")?);
         cmd.current_dir(&dir)
             .args(["proxy", pod.mode.arg()])
             .arg(format!(
