@@ -18,10 +18,10 @@ pub mod error;
 pub mod gateway;
 pub mod host;
 pub mod index;
+pub mod istio;
 pub mod objects;
 pub mod reconcile;
 pub mod report;
-pub mod sidecar;
 pub mod topology;
 
 #[cfg(test)]
@@ -34,6 +34,7 @@ pub use discovery::{LabelSelector, MeshConfig};
 pub use error::{Error, TopologyError};
 pub use gateway::{gateway_objects, namespace_table, GatewayObjects};
 pub use index::{Counters, Index, IndexConfig, ObservedEdge};
+pub use istio::{OutboundPolicy, Sidecar};
 pub use objects::{
     Annotations, Job, Labels, Namespace, OwnerRef, Pin, Pod, Protocol, ReplicaSet, RestoredDeps,
     Service, ServiceEntry, ServiceEntryPort, ServicePort, SidecarObject, VirtualService,
@@ -41,5 +42,4 @@ pub use objects::{
 };
 pub use reconcile::{reconcile, Pass};
 pub use report::{report, Report, Status, Totals, WorkloadReport};
-pub use sidecar::{OutboundPolicy, Sidecar};
 pub use topology::{Gateway, IndexObjects, Topology};
