@@ -1,12 +1,14 @@
 //! Istio's objects, typed, in one place: the `Sidecar` the controller writes
-//! ([`desired`](crate::desired)), the gateway's routing objects (Gateway, DestinationRule,
+//! ([`desired()`](crate::desired())), the gateway's routing objects (Gateway, DestinationRule,
 //! VirtualService, EnvoyFilter: [`gateway`](crate::gateway)), and the filter objects
 //! `lazyxds install` renders (EnvoyFilter, WasmPlugin).
 //!
-//! Only the fields lazyxds uses are typed. Every struct but the Sidecar's spec refuses
-//! unknown fields, so a manifest that round-trips through these types (YAML → struct →
-//! value, `controller/tests/install.rs`) has lost nothing and has no field this code does
-//! not know; the Sidecar's spec keeps what it copies from a namespace default as values.
+//! Only the fields lazyxds uses are typed. The object and the specs of the install's kinds
+//! refuse unknown fields, so a manifest that round-trips through these types (YAML →
+//! struct → value, compared, `controller/tests/install.rs`) has lost nothing and has no
+//! field this code does not know (a field [`Metadata`] lacks is dropped, and the
+//! comparison fails); the Sidecar's spec keeps what it copies from a namespace default as
+//! values.
 //! Envoy configuration inside patches and the routes of a VirtualService stay JSON values
 //! (Envoy and Istio check them, see `tests/tests/validate.rs`).
 //!

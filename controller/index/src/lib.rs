@@ -8,6 +8,7 @@
 //! - [`desired()`]: the Sidecar every opted-in workload should have, or why not.
 //! - [`gateway`]: the lazy gateway's routing objects and the namespace table its filter
 //!   gets, so a first call through it is routed as the caller's sidecar would have.
+//! - [`istio`]: Istio's objects, typed: the Sidecar, the gateway's, the install's.
 //! - [`Topology`]: a mesh described in a YAML file, fed to the index like kube watchers.
 //! - [`report()`]: what scoping removes from each sidecar's config.
 #![forbid(unsafe_code)]
