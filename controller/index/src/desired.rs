@@ -9,13 +9,13 @@ use serde::Serialize;
 use crate::error::Error;
 use crate::host;
 use crate::index::{Index, WorkloadView};
+use crate::istio::{
+    EgressListener, EgressProxy, Metadata, OutboundPolicy, OutboundTrafficPolicy, PortSelector,
+    Sidecar, SidecarSpec, WorkloadSelector, NETWORKING_API, SIDECAR,
+};
 use crate::objects::{
     Labels, Pin, SidecarObject, WorkloadId, ANNOTATION_DEPS, ANNOTATION_OUTBOUND_POLICY,
-    ANNOTATION_WORKLOAD, LABEL_MANAGED_BY, MANAGED_BY_US,
-};
-use crate::sidecar::{
-    EgressListener, EgressProxy, Metadata, OutboundPolicy, OutboundTrafficPolicy, PortSelector,
-    Sidecar, SidecarSpec, WorkloadSelector, API_VERSION, KIND,
+    ANNOTATION_WORKLOAD,
 };
 
 /// Istio's root namespace: its selector-less Sidecar is the mesh default, its services are
@@ -427,13 +427,11 @@ impl Context<'_> {
             ),
         ]);
         Ok(Sidecar {
-            api_version: API_VERSION.to_string(),
-            kind: KIND.to_string(),
+            api_version: NETWORKING_API.to_string(),
+            kind: SIDECAR.to_string(),
             metadata: Metadata {
-                name: sidecar_name(&view.id),
-                namespace: ns.to_string(),
-                labels: BTreeMap::from([(LABEL_MANAGED_BY.to_string(), MANAGED_BY_US.to_string())]),
                 annotations,
+                ..Metadata::ours(sidecar_name(&view.id), ns)
             },
             spec: SidecarSpec {
                 workload_selector: Some(WorkloadSelector { labels: selector }),

@@ -4,8 +4,8 @@
 use serde::Deserialize;
 
 use crate::error::Error;
+use crate::istio::OutboundPolicy;
 use crate::objects::Labels;
-use crate::sidecar::OutboundPolicy;
 
 /// A Kubernetes label selector (`matchLabels` AND every `matchExpressions` entry).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]

@@ -5,12 +5,12 @@ use std::sync::Arc;
 
 use crate::desired::RenderConfig;
 use crate::index::{Index, IndexConfig, ObservedEdge};
+use crate::istio::OutboundPolicy;
 use crate::objects::{
     Annotations, Job, Labels, Namespace, OwnerRef, Pod, ReplicaSet, Service, ServiceEntry,
     ServiceEntryPort, ServicePort, SidecarObject, VirtualService, WorkloadId, WorkloadKind,
     WorkloadObject,
 };
-use crate::sidecar::OutboundPolicy;
 
 pub const GATEWAY: &str = "lazyxds-gateway.lazyxds-system.svc.cluster.local";
 

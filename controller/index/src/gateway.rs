@@ -30,8 +30,13 @@ use crate::desired::{mesh_policy, outbound_policy, RenderConfig};
 use crate::error::Error;
 use crate::host;
 use crate::index::Index;
-use crate::objects::{Protocol, VirtualService, LABEL_MANAGED_BY, MANAGED_BY_US};
-use crate::sidecar::OutboundPolicy;
+use crate::istio::{
+    ConfigPatch, DestinationRule, DestinationRuleSpec, EnvoyFilter, EnvoyFilterSpec, Gateway,
+    GatewaySpec, IstioObject, Metadata, OutboundPolicy, PatchMatch, PortSelector,
+    PortTrafficPolicy, RouteConfigurationMatch, Server, ServerPort, ServerTls, TrafficPolicy,
+    VirtualServiceSpec, WorkloadSelector, ENVOY_FILTER_API, NETWORKING_API,
+};
+use crate::objects::{Protocol, VirtualService};
 
 /// Route (and virtual host, and cluster) name of the catch-all for unknown hosts; the
 /// filter knows it by this name.
@@ -120,11 +125,11 @@ pub fn gateway_objects(index: &Index, config: &RenderConfig) -> GatewayObjects {
         virtual_services.push(vs)
     });
     GatewayObjects {
-        gateway: gateway(config),
-        destination_rule: destination_rule(config),
+        gateway: value(&gateway(config)),
+        destination_rule: value(&destination_rule(config)),
         placeholder_service: placeholder_service(config, &http_ports),
         virtual_services,
-        envoy_filter: envoy_filter(config),
+        envoy_filter: value(&envoy_filter(config)),
     }
 }
 
@@ -168,50 +173,78 @@ fn for_each_host_route(
     }
 }
 
-fn metadata(config: &RenderConfig, name: &str) -> Value {
-    json!({
-        "name": name,
-        "namespace": config.gateway_namespace,
-        "labels": {LABEL_MANAGED_BY: MANAGED_BY_US},
+fn metadata(config: &RenderConfig, name: &str) -> Metadata {
+    Metadata::ours(name, config.gateway_namespace.as_str())
+}
+
+/// `object` as the value [`GatewayObjects`] keeps. The derived serializers of the Istio
+/// types fail only on maps with non-string keys, which they have none of (a `Null` here
+/// would fail every test of this module).
+fn value<S: serde::Serialize>(object: &IstioObject<S>) -> Value {
+    object.to_json().unwrap_or_default()
+}
+
+fn istio_object<S>(
+    config: &RenderConfig,
+    api: &str,
+    kind: &str,
+    name: &str,
+    spec: S,
+) -> IstioObject<S> {
+    IstioObject {
+        api_version: api.to_string(),
+        kind: kind.to_string(),
+        metadata: metadata(config, name),
+        spec,
+    }
+}
+
+fn istio_mutual() -> Option<ServerTls> {
+    Some(ServerTls {
+        mode: "ISTIO_MUTUAL".into(),
     })
 }
 
-fn gateway(config: &RenderConfig) -> Value {
-    json!({
-        "apiVersion": "networking.istio.io/v1",
-        "kind": "Gateway",
-        "metadata": metadata(config, gateway_name(config)),
-        "spec": {
-            "selector": config.gateway_selector,
-            "servers": [{
-                "port": {
-                    "number": config.egress_proxy_port,
-                    "name": "https-lazyxds",
-                    "protocol": "HTTPS",
+fn gateway(config: &RenderConfig) -> Gateway {
+    let spec = GatewaySpec {
+        selector: config.gateway_selector.clone(),
+        servers: vec![Server {
+            port: ServerPort {
+                number: u32::from(config.egress_proxy_port),
+                name: "https-lazyxds".into(),
+                protocol: "HTTPS".into(),
+            },
+            // Our VirtualServices only (they live in the gateway namespace); no SNI
+            // match, so every sidecar's `outbound_.<port>_._.<gateway>` SNI is fine.
+            hosts: vec!["./*".into()],
+            tls: istio_mutual(),
+        }],
+    };
+    istio_object(
+        config,
+        NETWORKING_API,
+        "Gateway",
+        gateway_name(config),
+        spec,
+    )
+}
+
+fn destination_rule(config: &RenderConfig) -> DestinationRule {
+    let spec = DestinationRuleSpec {
+        host: config.gateway_host.clone(),
+        export_to: vec!["*".into()],
+        traffic_policy: Some(TrafficPolicy {
+            tls: None,
+            port_level_settings: vec![PortTrafficPolicy {
+                port: PortSelector {
+                    number: u32::from(config.egress_proxy_port),
                 },
-                // Our VirtualServices only (they live in the gateway namespace); no SNI
-                // match, so every sidecar's `outbound_.<port>_._.<gateway>` SNI is fine.
-                "hosts": ["./*"],
-                "tls": {"mode": "ISTIO_MUTUAL"},
+                tls: istio_mutual(),
             }],
-        },
-    })
-}
-
-fn destination_rule(config: &RenderConfig) -> Value {
-    json!({
-        "apiVersion": "networking.istio.io/v1",
-        "kind": "DestinationRule",
-        "metadata": metadata(config, gateway_name(config)),
-        "spec": {
-            "host": config.gateway_host,
-            "exportTo": ["*"],
-            "trafficPolicy": {"portLevelSettings": [{
-                "port": {"number": config.egress_proxy_port},
-                "tls": {"mode": "ISTIO_MUTUAL"},
-            }]},
-        },
-    })
+        }),
+    };
+    let name = gateway_name(config);
+    istio_object(config, NETWORKING_API, "DestinationRule", name, spec)
 }
 
 fn placeholder_service(config: &RenderConfig, ports: &BTreeSet<u16>) -> Value {
@@ -231,57 +264,58 @@ fn placeholder_service(config: &RenderConfig, ports: &BTreeSet<u16>) -> Value {
     })
 }
 
-fn envoy_filter(config: &RenderConfig) -> Value {
+fn envoy_filter(config: &RenderConfig) -> EnvoyFilter {
     let dns_cache = json!({"name": "lazyxds_external", "dns_lookup_family": "V4_PREFERRED"});
-    let port = config.egress_proxy_port;
-    json!({
-        "apiVersion": "networking.istio.io/v1alpha3",
-        "kind": "EnvoyFilter",
-        "metadata": metadata(config, EXTERNAL_ROUTE),
-        "spec": {
-            "workloadSelector": {"labels": config.gateway_selector},
-            "configPatches": [
-                {
-                    "applyTo": "CLUSTER",
-                    "match": {"context": "GATEWAY"},
-                    "patch": {"operation": "ADD", "value": {
-                        "name": EXTERNAL_ROUTE,
-                        "connect_timeout": "5s",
-                        "lb_policy": "CLUSTER_PROVIDED",
-                        "cluster_type": {
-                            "name": "envoy.clusters.dynamic_forward_proxy",
-                            "typed_config": {
-                                "@type": "type.googleapis.com/envoy.extensions.clusters.dynamic_forward_proxy.v3.ClusterConfig",
-                                "dns_cache_config": dns_cache,
-                            },
-                        },
-                    }},
-                },
-                {
-                    "applyTo": "HTTP_FILTER",
-                    "match": {"context": "GATEWAY", "listener": {
-                        "portNumber": port,
-                        "filterChain": {"filter": {
-                            "name": "envoy.filters.network.http_connection_manager",
-                            "subFilter": {"name": "envoy.filters.http.router"},
-                        }},
-                    }},
-                    "patch": {"operation": "INSERT_BEFORE", "value": {
-                        "name": "envoy.filters.http.dynamic_forward_proxy",
-                        "typed_config": {
-                            "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_forward_proxy.v3.FilterConfig",
-                            "dns_cache_config": dns_cache,
-                        },
-                    }},
-                },
-                {
-                    "applyTo": "VIRTUAL_HOST",
-                    "match": {"context": "GATEWAY", "routeConfiguration": {"portNumber": port}},
-                    "patch": {"operation": "ADD", "value": external_virtual_host()},
-                },
-            ],
+    let port = u32::from(config.egress_proxy_port);
+    let cluster = json!({
+        "name": EXTERNAL_ROUTE,
+        "connect_timeout": "5s",
+        "lb_policy": "CLUSTER_PROVIDED",
+        "cluster_type": {
+            "name": "envoy.clusters.dynamic_forward_proxy",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.clusters.dynamic_forward_proxy.v3.ClusterConfig",
+                "dns_cache_config": dns_cache,
+            },
         },
-    })
+    });
+    let http_filter = json!({
+        "name": "envoy.filters.http.dynamic_forward_proxy",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_forward_proxy.v3.FilterConfig",
+            "dns_cache_config": dns_cache,
+        },
+    });
+    let route_table = PatchMatch {
+        route_configuration: Some(RouteConfigurationMatch {
+            port_number: Some(port),
+            vhost: None,
+        }),
+        ..PatchMatch::gateway()
+    };
+    let spec = EnvoyFilterSpec {
+        workload_selector: Some(WorkloadSelector {
+            labels: config.gateway_selector.clone(),
+        }),
+        priority: None,
+        config_patches: vec![
+            ConfigPatch::new("CLUSTER", PatchMatch::gateway(), "ADD", cluster),
+            ConfigPatch::new(
+                "HTTP_FILTER",
+                PatchMatch::gateway_router(port),
+                "INSERT_BEFORE",
+                http_filter,
+            ),
+            ConfigPatch::new("VIRTUAL_HOST", route_table, "ADD", external_virtual_host()),
+        ],
+    };
+    istio_object(
+        config,
+        ENVOY_FILTER_API,
+        "EnvoyFilter",
+        EXTERNAL_ROUTE,
+        spec,
+    )
 }
 
 /// The catch-all virtual host (Envoy config): every host no VirtualService has goes out
@@ -299,18 +333,24 @@ pub fn external_virtual_host() -> Value {
 }
 
 fn virtual_service(config: &RenderConfig, name: &str, host: &str, http: Vec<Value>) -> Value {
-    json!({
-        "apiVersion": "networking.istio.io/v1",
-        "kind": "VirtualService",
-        "metadata": metadata(config, name),
-        "spec": {
-            "hosts": [host],
-            "gateways": [format!("{}/{}", config.gateway_namespace, gateway_name(config))],
-            // Gateway routes only: no sidecar needs to import them.
-            "exportTo": ["."],
-            "http": http,
-        },
-    })
+    let spec = VirtualServiceSpec {
+        hosts: vec![host.to_string()],
+        gateways: vec![format!(
+            "{}/{}",
+            config.gateway_namespace,
+            gateway_name(config)
+        )],
+        // Gateway routes only: no sidecar needs to import them.
+        export_to: vec![".".into()],
+        http,
+    };
+    value(&istio_object(
+        config,
+        NETWORKING_API,
+        "VirtualService",
+        name,
+        spec,
+    ))
 }
 
 fn unknown_mesh_hosts(config: &RenderConfig, domain: &str) -> Value {

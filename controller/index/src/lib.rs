@@ -8,6 +8,7 @@
 //! - [`desired()`]: the Sidecar every opted-in workload should have, or why not.
 //! - [`gateway`]: the lazy gateway's routing objects and the namespace table its filter
 //!   gets, so a first call through it is routed as the caller's sidecar would have.
+//! - [`istio`]: Istio's objects, typed: the Sidecar, the gateway's, the install's.
 //! - [`Topology`]: a mesh described in a YAML file, fed to the index like kube watchers.
 //! - [`report()`]: what scoping removes from each sidecar's config.
 #![forbid(unsafe_code)]
@@ -18,10 +19,10 @@ pub mod error;
 pub mod gateway;
 pub mod host;
 pub mod index;
+pub mod istio;
 pub mod objects;
 pub mod reconcile;
 pub mod report;
-pub mod sidecar;
 pub mod topology;
 
 #[cfg(test)]
@@ -34,6 +35,7 @@ pub use discovery::{LabelSelector, MeshConfig};
 pub use error::{Error, TopologyError};
 pub use gateway::{gateway_objects, namespace_table, GatewayObjects};
 pub use index::{Counters, Index, IndexConfig, ObservedEdge};
+pub use istio::{OutboundPolicy, Sidecar};
 pub use objects::{
     Annotations, Job, Labels, Namespace, OwnerRef, Pin, Pod, Protocol, ReplicaSet, RestoredDeps,
     Service, ServiceEntry, ServiceEntryPort, ServicePort, SidecarObject, VirtualService,
@@ -41,5 +43,4 @@ pub use objects::{
 };
 pub use reconcile::{reconcile, Pass};
 pub use report::{report, Report, Status, Totals, WorkloadReport};
-pub use sidecar::{OutboundPolicy, Sidecar};
 pub use topology::{Gateway, IndexObjects, Topology};

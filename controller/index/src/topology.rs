@@ -38,11 +38,11 @@ use crate::desired::RenderConfig;
 use crate::error::Error;
 use crate::host;
 use crate::index::Index;
+use crate::istio::OutboundPolicy;
 use crate::objects::{
     Annotations, Job, Labels, Namespace, OwnerRef, Pod, ReplicaSet, Service, ServiceEntry,
     ServiceEntryPort, ServicePort, SidecarObject, VirtualService, WorkloadKind, WorkloadObject,
 };
-use crate::sidecar::OutboundPolicy;
 
 /// The parsed file.
 #[derive(Debug, Clone, PartialEq)]

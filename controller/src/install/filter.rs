@@ -5,11 +5,11 @@ use serde_json::{json, Map, Value};
 
 use super::config::{InstallConfig, Module, PLUGIN_NAME};
 use super::istio::{
-    ConfigPatch, EnvoyFilter, EnvoyFilterSpec, FilterChainMatch, FilterMatch, IstioObject,
-    ListenerMatch, MatchLabels, Patch, PatchMatch, PortSelector, SubFilterMatch, TrafficSelector,
-    WasmPlugin, WasmPluginSpec, WorkloadSelector, ENVOY_FILTER_API, WASM_PLUGIN_API,
+    ConfigPatch, EnvoyFilter, EnvoyFilterSpec, IstioObject, MatchLabels, PatchMatch, PortSelector,
+    TrafficSelector, WasmPlugin, WasmPluginSpec, WorkloadSelector, ENVOY_FILTER_API,
+    WASM_PLUGIN_API,
 };
-use super::{metadata, to_value, InstallError};
+use super::{istio_metadata, to_value, InstallError};
 
 /// Name of the EnvoyFilter / WasmPlugin.
 pub const FILTER_OBJECT: &str = "lazyxds-filter";
@@ -88,35 +88,18 @@ fn envoy_filter(config: &InstallConfig) -> Result<EnvoyFilter, InstallError> {
     Ok(IstioObject {
         api_version: ENVOY_FILTER_API.into(),
         kind: "EnvoyFilter".into(),
-        metadata: metadata(config, FILTER_OBJECT, true, "gateway"),
+        metadata: istio_metadata(config, FILTER_OBJECT, "gateway"),
         spec: EnvoyFilterSpec {
             workload_selector: Some(WorkloadSelector {
                 labels: config.gateway_selector(),
             }),
             priority: Some(ENVOY_FILTER_PRIORITY),
-            config_patches: vec![ConfigPatch {
-                apply_to: "HTTP_FILTER".into(),
-                match_: PatchMatch {
-                    context: "GATEWAY".into(),
-                    listener: Some(ListenerMatch {
-                        port_number: Some(u32::from(config.gateway.egress_proxy_port)),
-                        filter_chain: Some(FilterChainMatch {
-                            filter: Some(FilterMatch {
-                                name: "envoy.filters.network.http_connection_manager".into(),
-                                sub_filter: Some(SubFilterMatch {
-                                    name: "envoy.filters.http.router".into(),
-                                }),
-                            }),
-                        }),
-                    }),
-                    route_configuration: None,
-                    cluster: None,
-                },
-                patch: Patch {
-                    operation: "INSERT_BEFORE".into(),
-                    value: Some(wasm),
-                },
-            }],
+            config_patches: vec![ConfigPatch::new(
+                "HTTP_FILTER",
+                PatchMatch::gateway_router(u32::from(config.gateway.egress_proxy_port)),
+                "INSERT_BEFORE",
+                wasm,
+            )],
         },
     })
 }
@@ -125,7 +108,7 @@ fn wasm_plugin(config: &InstallConfig, url: &str, sha256: Option<&str>) -> WasmP
     IstioObject {
         api_version: WASM_PLUGIN_API.into(),
         kind: "WasmPlugin".into(),
-        metadata: metadata(config, FILTER_OBJECT, true, "gateway"),
+        metadata: istio_metadata(config, FILTER_OBJECT, "gateway"),
         spec: WasmPluginSpec {
             selector: MatchLabels {
                 match_labels: config.gateway_selector(),

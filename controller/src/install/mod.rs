@@ -1,6 +1,6 @@
 //! `lazyxds install` / `uninstall`: the Kubernetes objects that put lazyxds into an Istio
 //! mesh, rendered from typed structs (k8s-openapi for Kubernetes kinds, [`istio`] for
-//! Istio's), pure: no I/O but reading nothing, writing nothing.
+//! Istio's, shared with the controller), pure: no I/O but reading nothing, writing nothing.
 //!
 //! - [`config`]: every setting, its default, and the names derived from them.
 //! - the controller: ServiceAccount, least-privilege RBAC ([`rbac`]), Deployment (2
@@ -22,7 +22,6 @@ pub mod config;
 mod controller;
 mod filter;
 mod gateway;
-pub mod istio;
 pub mod rbac;
 mod routing;
 mod uninstall;
@@ -40,6 +39,7 @@ use serde_json::Value;
 
 pub use config::{FailurePolicy, InstallConfig, Module};
 pub use filter::plugin_config;
+pub use lazyxds_index::istio;
 pub use uninstall::{uninstall, uninstall_yaml, ObjectRef, UninstallConfig};
 
 /// Why an install cannot be rendered.
@@ -250,6 +250,16 @@ fn metadata(config: &InstallConfig, name: &str, namespaced: bool, component: &st
         namespace: namespaced.then(|| config.namespace.clone()),
         labels: Some(common_labels(component)),
         ..ObjectMeta::default()
+    }
+}
+
+/// [`metadata`] of an Istio object (always namespaced).
+fn istio_metadata(config: &InstallConfig, name: &str, component: &str) -> istio::Metadata {
+    istio::Metadata {
+        name: name.to_string(),
+        namespace: config.namespace.clone(),
+        labels: common_labels(component),
+        ..istio::Metadata::default()
     }
 }
 

@@ -19,11 +19,11 @@ use hashbrown::HashMap;
 use serde::Serialize;
 
 use crate::host::{self, DEFAULT_CLUSTER_DOMAIN};
+use crate::istio::OutboundPolicy;
 use crate::objects::{
     Job, Labels, Namespace, Pod, ReplicaSet, Service, ServiceEntry, SidecarObject, VirtualService,
     WorkloadId, WorkloadKind, WorkloadObject,
 };
-use crate::sidecar::OutboundPolicy;
 
 pub use edges::ObservedEdge;
 pub use kinds::Projection;
