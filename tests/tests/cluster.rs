@@ -820,6 +820,84 @@ async fn istiod_turns_our_objects_into_config_the_gateway_and_a_scoped_sidecar_a
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_that_may_not_be_http_stay_in_a_scoped_sidecar() {
+    let _serial = SERIAL.lock().await;
+    let c = cluster().await;
+    let inst = installed(c).await;
+    let shop = Shop::create(c, true).await.unwrap();
+    // An unnamed port (istiod sniffs it) and a host with an HTTP port beside `tcp-db`:
+    // through the gateway their traffic would hit an HTTP connection manager.
+    c.apply_json(&[
+        service(&shop.ns, "legacy", &[("", 7000)]),
+        service(&shop.ns, "store", &[("http", 8081), ("tcp-db", 5432)]),
+    ])
+    .unwrap();
+    let ctl = controller(c, inst).await.unwrap();
+    let api = shop.host("api");
+    send_edges(&ctl.grpc_addr(), &[(shop.web_ip, &outbound(&api, 80))])
+        .await
+        .unwrap();
+    shop.wait_web_deps(&[&api], &ctl).await;
+
+    let web = IstioProxy::start(
+        c,
+        ProxyPod {
+            namespace: shop.ns.clone(),
+            name: shop.web_pod.clone(),
+            service_account: "default".into(),
+            ip: shop.web_ip,
+            labels: BTreeMap::from([("app".into(), "web".into())]),
+            mode: ProxyMode::Sidecar,
+            concurrency: 1,
+            proxy_config: json!({}),
+            mounts: vec![],
+        },
+    )
+    .await
+    .unwrap();
+    // Never learned, still there: the whole host, every port of it.
+    let visible = [
+        outbound(&api, 80),
+        outbound(&shop.host("legacy"), 7000),
+        outbound(&shop.host("store"), 5432),
+        outbound(&shop.host("store"), 8081),
+    ];
+    let dump = wait_config(&web, "always-visible clusters", |d| {
+        let clusters = d.cluster_names();
+        match visible.iter().find(|want| !clusters.contains(want)) {
+            Some(want) => bail!("no cluster {want} in {clusters:?}"),
+            None => Ok(()),
+        }
+    })
+    .await;
+    let db = outbound(&shop.host("db"), 80);
+    assert!(
+        !dump.cluster_names().contains(&db),
+        "{db}: an HTTP service never learned is visible"
+    );
+    // The placeholder gives no HTTP route table to a port that may not be HTTP.
+    let placeholder = c
+        .get("service", Some(NAMESPACE), "lazyxds-http-ports")
+        .unwrap()
+        .expect("the placeholder Service");
+    let ports: Vec<&Value> = placeholder["spec"]["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| &p["port"])
+        .collect();
+    for opaque in [7000, 5432] {
+        assert!(!ports.contains(&&json!(opaque)), "{opaque} in {ports:?}");
+    }
+    assert_eq!(
+        web.rejected_updates().await.unwrap(),
+        BTreeMap::new(),
+        "{}",
+        web.log()
+    );
+}
+
 /// The exact `:authority` a route matches, if it matches one.
 fn authority_of(route: &Value) -> Option<&str> {
     route["match"]["headers"]

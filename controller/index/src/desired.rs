@@ -14,8 +14,8 @@ use crate::istio::{
     Sidecar, SidecarSpec, WorkloadSelector, NETWORKING_API, SIDECAR,
 };
 use crate::objects::{
-    Labels, Pin, SidecarObject, WorkloadId, ANNOTATION_DEPS, ANNOTATION_OUTBOUND_POLICY,
-    ANNOTATION_WORKLOAD,
+    Labels, NotLazyPort, Pin, SidecarObject, WorkloadId, ANNOTATION_DEPS,
+    ANNOTATION_OUTBOUND_POLICY, ANNOTATION_WORKLOAD,
 };
 
 /// Istio's root namespace: its selector-less Sidecar is the mesh default, its services are
@@ -261,32 +261,56 @@ fn namespace_default<'a>(index: &'a Index, ns: &str) -> Option<&'a SidecarObject
         .find(|s| !s.is_ours() && s.selector.is_none())
 }
 
-/// Hosts that can never be lazy (every port opaque TCP/TLS): `(egress host, owner ns,
-/// exportTo)`.
-struct AlwaysVisible<'a> {
-    hosts: Vec<(String, &'a str, &'a [String])>,
+/// A Service or ServiceEntry host that can never be lazy, listed in every scoped Sidecar
+/// it is exported to: one of its ports may not be lazy ([`Protocol::may_be_lazy`]), and
+/// a Sidecar's egress hosts are per host, not per port, so the whole host stays.
+///
+/// [`Protocol::may_be_lazy`]: crate::objects::Protocol::may_be_lazy
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlwaysVisible<'a> {
+    /// `ns/host`, as a Sidecar lists it.
+    pub egress_host: String,
+    pub owner: &'a str,
+    pub export_to: &'a [String],
+    pub why: NotLazyPort,
 }
 
-fn always_visible(index: &Index) -> AlwaysVisible<'_> {
+/// Every host that can never be lazy, by owner namespace and name.
+pub fn always_visible(index: &Index) -> Vec<AlwaysVisible<'_>> {
     let domain = &index.config().cluster_domain;
     let mut hosts = Vec::new();
     for ns in index.namespace_names() {
-        let Some(state) = index.ns(ns) else { continue };
-        for svc in state.services.values().filter(|s| s.is_tcp_only()) {
-            hosts.push((
-                format!("{ns}/{}", svc.host(domain)),
-                &**ns,
-                svc.export_to.as_slice(),
-            ));
+        // Already whole in every Sidecar (`istio-system/*`).
+        if &**ns == ROOT_NAMESPACE {
+            continue;
         }
-        for se in state.service_entries.values().filter(|s| s.is_tcp_only()) {
+        let Some(state) = index.ns(ns) else { continue };
+        for svc in state.services.values() {
+            if let Some(why) = svc.not_lazy_port() {
+                hosts.push(AlwaysVisible {
+                    egress_host: format!("{ns}/{}", svc.host(domain)),
+                    owner: ns,
+                    export_to: &svc.export_to,
+                    why,
+                });
+            }
+        }
+        for se in state.service_entries.values() {
+            let Some(why) = se.not_lazy_port() else {
+                continue;
+            };
             for h in &se.hosts {
                 let h = host::resolve_config_host(h, ns, domain);
-                hosts.push((format!("{ns}/{h}"), &**ns, se.export_to.as_slice()));
+                hosts.push(AlwaysVisible {
+                    egress_host: format!("{ns}/{h}"),
+                    owner: ns,
+                    export_to: &se.export_to,
+                    why: why.clone(),
+                });
             }
         }
     }
-    AlwaysVisible { hosts }
+    hosts
 }
 
 /// The label sets present in a namespace (pods' labels, templates' labels) with their
@@ -338,7 +362,7 @@ struct Context<'a> {
     default: Option<&'a SidecarObject>,
     user_sidecars: &'a [&'a SidecarObject],
     label_sets: &'a LabelSets<'a>,
-    always: &'a AlwaysVisible<'a>,
+    always: &'a [AlwaysVisible<'a>],
     ns_pins: &'a [Pin],
 }
 
@@ -483,10 +507,9 @@ impl Context<'_> {
         }
         hosts.extend(
             self.always
-                .hosts
                 .iter()
-                .filter(|(_, owner, export_to)| host::exported_to(export_to, owner, ns))
-                .map(|(h, _, _)| h.clone()),
+                .filter(|a| host::exported_to(a.export_to, a.owner, ns))
+                .map(|a| a.egress_host.clone()),
         );
         hosts.extend(self.ns_pins.iter().chain(&view.pins).map(|p| p.to_string()));
         for dep in deps.keys() {

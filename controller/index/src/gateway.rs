@@ -365,15 +365,17 @@ fn unknown_mesh_hosts(config: &RenderConfig, domain: &str) -> Value {
     )
 }
 
-/// Every Service and ServiceEntry host with HTTP ports, and every HTTP port of the mesh
-/// (ports some opaque TCP/TLS service also uses are left out: a placeholder `http-<port>`
-/// would conflict with it on the sidecar's listener).
+/// Every Service and ServiceEntry host with HTTP ports, and every HTTP port of the mesh,
+/// HTTP by the one rule ([`Protocol::may_be_lazy`]: unnamed and unknown ports are not).
+/// Ports some other service uses for anything else are left out: a placeholder
+/// `http-<port>` would turn that port's listener into HTTP in every lazy Sidecar, and a
+/// server-first or TLS client on it would hang or fail.
 fn routable_hosts(index: &Index, domain: &str) -> (BTreeMap<String, Routable>, BTreeSet<u16>) {
     let mut routable: BTreeMap<String, Routable> = BTreeMap::new();
     let mut http_ports = BTreeSet::new();
     let mut opaque_ports = BTreeSet::new();
     let mut note = |port: u16, protocol: Protocol| {
-        if protocol.may_carry_http() {
+        if protocol.may_be_lazy() {
             http_ports.insert(port);
             true
         } else {

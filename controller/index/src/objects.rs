@@ -367,12 +367,16 @@ pub enum Protocol {
     Mongo,
     Redis,
     Mysql,
-    /// Unnamed or unknown: istiod sniffs it, so it may carry HTTP.
+    /// Unnamed or unknown: istiod sniffs it (it may or may not be HTTP).
     Unsupported,
 }
 
+/// Ports Istio treats as TCP when nothing declares their protocol: SMTP, DNS, MySQL,
+/// MongoDB (`pkg/config/kube/conversion.go`, `wellKnownPorts`).
+const WELL_KNOWN_TCP_PORTS: [u16; 4] = [25, 53, 3306, 27017];
+
 impl Protocol {
-    /// Istio's `protocol.Parse`.
+    /// Istio's `protocol.Parse` (`pkg/config/protocol/instance.go`).
     pub fn parse(name: &str) -> Protocol {
         match name.to_ascii_lowercase().as_str() {
             "http" => Protocol::Http,
@@ -392,7 +396,8 @@ impl Protocol {
     }
 
     /// Istio's `kube.ConvertProtocol` for a Service port: UDP wins, then `appProtocol`
-    /// (with Kubernetes' standard names), then the port name prefix before the first `-`.
+    /// when set (with Kubernetes' standard names), else the port name; its prefix before
+    /// the first `-` (`grpc-web` whole); unknown on a well-known port is TCP.
     pub fn of_service_port(port: &ServicePort) -> Protocol {
         if port.protocol.eq_ignore_ascii_case("UDP") {
             return Protocol::Udp;
@@ -404,20 +409,27 @@ impl Protocol {
             Some(app) => app,
             None => port.name.as_str(),
         };
-        if name.len() >= 8 && name[..8].eq_ignore_ascii_case("grpc-web") {
+        if name
+            .as_bytes()
+            .get(..8)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"grpc-web"))
+        {
             return Protocol::GrpcWeb;
         }
         let prefix = name.split('-').next().unwrap_or_default();
         match Protocol::parse(prefix) {
-            // istiod does not sniff DNS.
-            Protocol::Unsupported if port.port == 53 => Protocol::Tcp,
+            Protocol::Unsupported if WELL_KNOWN_TCP_PORTS.contains(&port.port) => Protocol::Tcp,
             p => p,
         }
     }
 
-    /// Whether plaintext HTTP can arrive on such a port, i.e. whether the gateway can route
-    /// a first call by Host. Sniffed ports count: plaintext HTTP on them works.
-    pub fn may_carry_http(self) -> bool {
+    /// **The rule for what may be lazy**: only a port Istio calls HTTP (its
+    /// `Instance.IsHTTP`: HTTP, HTTP2, HTTP_PROXY, GRPC, GRPC-Web). Sidecars give such a
+    /// port an HTTP route table whose catch-all reaches the gateway, which routes by
+    /// Host. Anything else — TCP, TLS, HTTPS, Mongo, Redis, MySQL, UDP, and unnamed or
+    /// unknown ports, which Istio sniffs — hidden behind the gateway would hit its HTTP
+    /// connection manager and fail, and never be learned.
+    pub fn may_be_lazy(self) -> bool {
         matches!(
             self,
             Protocol::Http
@@ -425,8 +437,56 @@ impl Protocol {
                 | Protocol::Grpc
                 | Protocol::GrpcWeb
                 | Protocol::HttpProxy
-                | Protocol::Unsupported
         )
+    }
+
+    /// Istio's name for it (`protocol.Instance`).
+    pub fn istio_name(self) -> &'static str {
+        match self {
+            Protocol::Http => "HTTP",
+            Protocol::Http2 => "HTTP2",
+            Protocol::Grpc => "GRPC",
+            Protocol::GrpcWeb => "GRPC-Web",
+            Protocol::HttpProxy => "HTTP_PROXY",
+            Protocol::Https => "HTTPS",
+            Protocol::Tls => "TLS",
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Mongo => "Mongo",
+            Protocol::Redis => "Redis",
+            Protocol::Mysql => "MySQL",
+            Protocol::Unsupported => "UnsupportedProtocol",
+        }
+    }
+}
+
+/// A port that may not be lazy: its whole host stays in every scoped Sidecar (Sidecar
+/// egress hosts are per host, not per port).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotLazyPort {
+    pub port: u16,
+    /// How its protocol is declared: `name "tcp-db"`, `appProtocol "mysql"`,
+    /// `protocol "TLS"`, `unnamed`.
+    pub declared: String,
+    pub protocol: Protocol,
+}
+
+impl fmt::Display for NotLazyPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let NotLazyPort { port, declared, .. } = self;
+        match self.protocol {
+            Protocol::Unsupported => {
+                write!(
+                    f,
+                    "port {port} ({declared}) may not be HTTP: Istio sniffs it"
+                )
+            }
+            p => write!(
+                f,
+                "port {port} ({declared}) is {}, not HTTP",
+                p.istio_name()
+            ),
+        }
     }
 }
 
@@ -468,13 +528,21 @@ impl Service {
         host::service_fqdn(&self.name, &self.namespace, cluster_domain)
     }
 
-    /// Every port is opaque TCP (or UDP): the gateway cannot route it by Host.
-    pub fn is_tcp_only(&self) -> bool {
-        !self.ports.is_empty()
-            && !self
-                .ports
-                .iter()
-                .any(|p| Protocol::of_service_port(p).may_carry_http())
+    /// Its first port that may not be lazy, if any: then the whole host is always
+    /// visible.
+    pub fn not_lazy_port(&self) -> Option<NotLazyPort> {
+        self.ports.iter().find_map(|p| {
+            let protocol = Protocol::of_service_port(p);
+            (!protocol.may_be_lazy()).then(|| NotLazyPort {
+                port: p.port,
+                declared: match &p.app_protocol {
+                    Some(app) => format!("appProtocol {app:?}"),
+                    None if p.name.is_empty() => "unnamed".to_string(),
+                    None => format!("name {:?}", p.name),
+                },
+                protocol,
+            })
+        })
     }
 }
 
@@ -507,14 +575,21 @@ pub struct ServiceEntry {
 }
 
 impl ServiceEntry {
-    /// Every port is opaque (TCP, TLS, HTTPS, ...): app-originated TLS or raw TCP cannot
-    /// be routed lazily.
-    pub fn is_tcp_only(&self) -> bool {
-        !self.ports.is_empty()
-            && !self
-                .ports
-                .iter()
-                .any(|p| p.istio_protocol().may_carry_http())
+    /// Its first port that may not be lazy, if any (TCP, TLS, HTTPS, no or an unknown
+    /// protocol, ...): then every host of it is always visible.
+    pub fn not_lazy_port(&self) -> Option<NotLazyPort> {
+        self.ports.iter().find_map(|p| {
+            let protocol = p.istio_protocol();
+            (!protocol.may_be_lazy()).then(|| NotLazyPort {
+                port: p.number,
+                declared: if p.protocol.is_empty() {
+                    "no protocol".to_string()
+                } else {
+                    format!("protocol {:?}", p.protocol)
+                },
+                protocol,
+            })
+        })
     }
 }
 
@@ -672,6 +747,12 @@ mod tests {
             (mk_port(80, "web", "TCP", None), Protocol::Unsupported),
             (mk_port(80, "", "TCP", None), Protocol::Unsupported),
             (mk_port(53, "", "TCP", None), Protocol::Tcp),
+            (mk_port(3306, "", "TCP", None), Protocol::Tcp),
+            (mk_port(27017, "db", "TCP", None), Protocol::Tcp),
+            (mk_port(25, "", "TCP", None), Protocol::Tcp),
+            (mk_port(3306, "http", "TCP", None), Protocol::Http),
+            // Not ASCII where `grpc-web` would end: compared, never sliced.
+            (mk_port(80, "grpc-wx\u{e9}", "TCP", None), Protocol::Grpc),
             (mk_port(53, "dns", "UDP", None), Protocol::Udp),
             (mk_port(80, "tcp-x", "UDP", Some("http")), Protocol::Udp),
             (mk_port(80, "tcp-x", "TCP", Some("http")), Protocol::Http),
@@ -695,6 +776,122 @@ mod tests {
         for (port, want) in cases {
             assert_eq!(Protocol::of_service_port(&port), want, "{port:?}");
         }
+    }
+
+    /// May a port be lazy? Only if Istio calls it HTTP.
+    #[test]
+    fn only_ports_istio_calls_http_may_be_lazy() {
+        let lazy = |port: ServicePort| Protocol::of_service_port(&port).may_be_lazy();
+        let cases = [
+            (mk_port(80, "http", "TCP", None), true),
+            (mk_port(80, "HTTP-foo", "TCP", None), true),
+            (mk_port(80, "http2", "TCP", None), true),
+            (mk_port(80, "http_proxy", "TCP", None), true),
+            (mk_port(80, "grpc", "TCP", None), true),
+            (mk_port(80, "Grpc-Web", "TCP", None), true),
+            (mk_port(80, "grpc-web-ui", "TCP", None), true),
+            (mk_port(80, "tcp", "TCP", Some("grpc-web")), true),
+            (mk_port(80, "tcp", "TCP", Some("kubernetes.io/h2c")), true),
+            (mk_port(80, "tcp", "TCP", Some("kubernetes.io/ws")), true),
+            (mk_port(80, "", "TCP", Some("HTTP")), true),
+            // Unnamed or unknown: sniffed, may be anything.
+            (mk_port(80, "", "TCP", None), false),
+            (mk_port(7000, "", "TCP", None), false),
+            (mk_port(80, "web", "TCP", None), false),
+            (mk_port(80, "httpx", "TCP", None), false),
+            (mk_port(5432, "postgres", "TCP", None), false),
+            (mk_port(5672, "amqp", "TCP", None), false),
+            (mk_port(8080, "client", "TCP", None), false),
+            (mk_port(80, "http", "TCP", Some("custom.io/thing")), false),
+            // Declared opaque.
+            (mk_port(5432, "tcp", "TCP", None), false),
+            (mk_port(5432, "tcp-db", "TCP", None), false),
+            (mk_port(443, "tls", "TCP", None), false),
+            (mk_port(443, "https", "TCP", None), false),
+            (mk_port(27017, "mongo", "TCP", None), false),
+            (mk_port(6379, "redis", "TCP", None), false),
+            (mk_port(3306, "http", "TCP", Some("mysql")), false),
+            (
+                mk_port(443, "http", "TCP", Some("kubernetes.io/wss")),
+                false,
+            ),
+            (mk_port(80, "http", "UDP", None), false),
+        ];
+        for (port, want) in cases {
+            assert_eq!(lazy(port.clone()), want, "{port:?}");
+        }
+        // A ServiceEntry port: its `protocol`, by `protocol.Parse`.
+        for (protocol, want) in [
+            ("HTTP", true),
+            ("http2", true),
+            ("GRPC", true),
+            ("GRPC-Web", true),
+            ("HTTPS", false),
+            ("TLS", false),
+            ("TCP", false),
+            ("MONGO", false),
+            ("", false),
+            ("HTTP-foo", false),
+        ] {
+            assert_eq!(
+                Protocol::parse(protocol).may_be_lazy(),
+                want,
+                "{protocol:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_host_with_any_port_that_may_not_be_lazy_says_which() {
+        let mut svc = Service {
+            namespace: "shop".into(),
+            name: "store".into(),
+            selector: None,
+            ports: vec![
+                mk_port(8080, "http", "TCP", None),
+                mk_port(5432, "tcp-db", "TCP", None),
+                mk_port(7000, "", "TCP", None),
+            ],
+            export_to: Vec::new(),
+        };
+        assert_eq!(
+            svc.not_lazy_port().map(|p| p.to_string()).as_deref(),
+            Some("port 5432 (name \"tcp-db\") is TCP, not HTTP")
+        );
+        svc.ports.remove(1);
+        assert_eq!(
+            svc.not_lazy_port().map(|p| p.to_string()).as_deref(),
+            Some("port 7000 (unnamed) may not be HTTP: Istio sniffs it")
+        );
+        svc.ports[1] = mk_port(3306, "db", "TCP", Some("mysql"));
+        assert_eq!(
+            svc.not_lazy_port().map(|p| p.to_string()).as_deref(),
+            Some("port 3306 (appProtocol \"mysql\") is MySQL, not HTTP")
+        );
+        svc.ports.truncate(1);
+        assert_eq!(svc.not_lazy_port(), None);
+        let se = ServiceEntry {
+            namespace: "shop".into(),
+            name: "ext".into(),
+            hosts: vec!["a.example.com".into()],
+            ports: vec![
+                ServiceEntryPort {
+                    number: 80,
+                    name: "http".into(),
+                    protocol: "HTTP".into(),
+                },
+                ServiceEntryPort {
+                    number: 443,
+                    name: "tls".into(),
+                    protocol: "TLS".into(),
+                },
+            ],
+            export_to: Vec::new(),
+        };
+        assert_eq!(
+            se.not_lazy_port().map(|p| p.to_string()).as_deref(),
+            Some("port 443 (protocol \"TLS\") is TLS, not HTTP")
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::desired::Desired;
+use crate::desired::{self, Desired};
 use crate::host;
 use crate::index::Index;
 use crate::objects::WorkloadId;
@@ -18,6 +18,16 @@ use crate::objects::WorkloadId;
 pub struct Report {
     pub workloads: Vec<WorkloadReport>,
     pub totals: Totals,
+    /// Hosts every scoped Sidecar they are exported to keeps, learned or not, and why.
+    pub always_visible: Vec<AlwaysVisibleHost>,
+}
+
+/// A host that can never be lazy: one of its ports may not be HTTP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AlwaysVisibleHost {
+    /// `ns/host`, as Sidecars list it.
+    pub host: String,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -263,7 +273,18 @@ pub fn report(index: &Index, desired: &Desired) -> Report {
         totals.endpoints_removed += row.endpoints_removed;
         workloads.push(row);
     }
-    Report { workloads, totals }
+    let always_visible = desired::always_visible(index)
+        .into_iter()
+        .map(|a| AlwaysVisibleHost {
+            host: a.egress_host,
+            reason: a.why.to_string(),
+        })
+        .collect();
+    Report {
+        workloads,
+        totals,
+        always_visible,
+    }
 }
 
 impl Report {
@@ -334,6 +355,20 @@ impl Report {
         if let Some(total) = total {
             line(total.each_ref().map(String::as_str));
         }
+        if !self.always_visible.is_empty() {
+            let header = "ALWAYS VISIBLE (in every scoped Sidecar)";
+            let width = self
+                .always_visible
+                .iter()
+                .map(|a| a.host.len())
+                .chain([header.len()])
+                .max()
+                .unwrap_or_default();
+            let _ = writeln!(out, "\n{header:<width$}  WHY");
+            for a in &self.always_visible {
+                let _ = writeln!(out, "{:<width$}  {}", a.host, a.reason);
+            }
+        }
         out
     }
 }
@@ -403,6 +438,11 @@ mod tests {
                 clusters_removed: 8,
                 endpoints_removed: 5,
             },
+            // istiod's https ports count for nothing: `istio-system/*` is in every Sidecar.
+            always_visible: vec![AlwaysVisibleHost {
+                host: "shop/postgres.shop.svc.cluster.local".to_string(),
+                reason: "port 5432 (name \"tcp-postgres\") is TCP, not HTTP".to_string(),
+            }],
         };
         let report = report(&index, &desired);
         assert_eq!(report, want);
@@ -414,6 +454,9 @@ shop       Deployment/productpage  scoped                                       
 shop       Deployment/reviews-v1   refused: user Sidecar v1-only already selects its pods      7             7                 0                  0
 shop       Deployment/reviews-v2   scoped                                                      7             2                 5                  4
 TOTAL      3 workloads             2 scoped, 1 refused, 0 not opted in                        21            13                 8                  5
+
+ALWAYS VISIBLE (in every scoped Sidecar)  WHY
+shop/postgres.shop.svc.cluster.local      port 5432 (name \"tcp-postgres\") is TCP, not HTTP
 "
         );
     }

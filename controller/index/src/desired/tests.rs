@@ -499,6 +499,13 @@ fn opaque_services_are_always_visible() {
         &["plain.example.com"],
         &[(80, "HTTP"), (443, "TLS")],
     ));
+    // In the root namespace: already whole in every Sidecar.
+    index.apply(mk_service(
+        "istio-system",
+        "istiod",
+        &[("app", "istiod")],
+        &[(15010, "grpc-xds"), (15012, "https-dns")],
+    ));
     let desired = desired(&index, &RenderConfig::test());
     assert_eq!(
         egress_of(&desired, &productpage()),
@@ -507,10 +514,15 @@ fn opaque_services_are_always_visible() {
             "lazyxds-system/lazyxds-gateway.lazyxds-system.svc.cluster.local",
             "lazyxds-system/lazyxds-http-ports.lazyxds-system.svc.cluster.local",
             "payments/api.stripe.com",
+            "payments/mq.payments.svc.cluster.local",
+            "payments/plain.example.com",
             "shop/dns.shop.svc.cluster.local",
+            "shop/mixed.shop.svc.cluster.local",
             "shop/postgres.shop.svc.cluster.local",
+            "shop/sniffed.shop.svc.cluster.local",
         ]),
-        "amqp-tcp is sniffed (prefix amqp), vault is not exported to shop"
+        "any port that may not be HTTP keeps the whole host (amqp-tcp and unnamed ports are \
+         sniffed); vault is not exported to shop"
     );
 }
 

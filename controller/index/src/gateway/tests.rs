@@ -382,6 +382,57 @@ fn virtual_service_only_hosts_and_the_destinations_shorthand() {
     );
 }
 
+/// The placeholder's ports are the mesh's HTTP ports by the one rule, minus any port some
+/// other service uses for anything else; only HTTP ports get gateway routes.
+#[test]
+fn the_placeholder_carries_only_ports_istio_calls_http() {
+    let mut index = Index::default();
+    index.apply(mk_namespace("shop", Some(true)));
+    let svc = |name: &str, ports: &[(u16, &str)]| mk_service("shop", name, &[("app", name)], ports);
+    index.apply(svc("web", &[(8080, "http"), (9000, "HTTP-foo")]));
+    index.apply(svc("ui", &[(9001, "grpc-web")]));
+    let mut h2c = svc("h2c", &[(9002, "tcp")]);
+    h2c.ports[0].app_protocol = Some("kubernetes.io/h2c".into());
+    index.apply(h2c);
+    let mut ws = svc("ws", &[(9003, "")]);
+    ws.ports[0].app_protocol = Some("kubernetes.io/ws".into());
+    index.apply(ws);
+    // Unnamed, unknown or opaque: never in it.
+    index.apply(svc("legacy", &[(7000, "")]));
+    index.apply(svc("pg", &[(5432, "postgres")]));
+    index.apply(svc("mq", &[(5672, "amqp")]));
+    index.apply(svc("mongo", &[(27017, "mongo")]));
+    let mut mysql = svc("mysql", &[(3306, "db")]);
+    mysql.ports[0].app_protocol = Some("mysql".into());
+    index.apply(mysql);
+    // HTTP here, sniffed there: a listener cannot be both.
+    index.apply(svc("api", &[(9080, "http")]));
+    index.apply(svc("other", &[(9080, "client")]));
+    index.apply(mk_service_entry(
+        "shop",
+        "ext",
+        &["ext.example.com"],
+        &[(443, "HTTPS"), (8443, ""), (80, "HTTP")],
+    ));
+    let objects = gateway_objects(&index, &RenderConfig::test());
+    let ports: Vec<&Value> = objects.placeholder_service["spec"]["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| &p["port"])
+        .collect();
+    assert_eq!(
+        ports,
+        [80, 8080, 9000, 9001, 9002, 9003]
+            .map(|p| json!(p))
+            .iter()
+            .collect::<Vec<_>>()
+    );
+    assert!(objects
+        .virtual_service_for("legacy.shop.svc.cluster.local")
+        .is_none());
+}
+
 #[test]
 fn the_envoy_filter_adds_the_forward_proxy_catch_all() {
     let config = RenderConfig {
