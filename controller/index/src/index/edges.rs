@@ -56,9 +56,13 @@ impl Index {
     ) -> BTreeSet<WorkloadId> {
         self.advance_clock(now);
         let mut changed = BTreeSet::new();
-        for edge in edges {
-            self.counters.edges += 1;
-            self.counters.requests += edge.requests;
+        for mut edge in edges {
+            // Counts come from the wire: saturate, never overflow.
+            self.counters.edges = self.counters.edges.saturating_add(1);
+            self.counters.requests = self.counters.requests.saturating_add(edge.requests);
+            // The sender's clock is not ours: a last-seen in the future would keep a dep
+            // past its TTL for ever.
+            edge.last_seen_unix_s = edge.last_seen_unix_s.min(now);
             if let Some(edge) = self.ingest(edge, now, &mut changed) {
                 self.hold(edge, now);
             }
@@ -142,7 +146,10 @@ impl Index {
             self.counters.non_outbound += 1;
             return None;
         };
-        self.counters.attributed_requests += edge.requests;
+        self.counters.attributed_requests = self
+            .counters
+            .attributed_requests
+            .saturating_add(edge.requests);
         // Traffic still reaching the gateway for a dep the workload already has:
         // its Sidecar should have sent it direct ("stuck on the gateway").
         if edge.requests > 0
@@ -151,7 +158,10 @@ impl Index {
                 .get(&id)
                 .is_some_and(|d| d.deps.contains_key(&*dep))
         {
-            self.counters.known_dep_requests += edge.requests;
+            self.counters.known_dep_requests = self
+                .counters
+                .known_dep_requests
+                .saturating_add(edge.requests);
         }
         if self.record_dep(&id, dep, edge.last_seen_unix_s) && self.is_enabled(&id) {
             changed.insert(id);

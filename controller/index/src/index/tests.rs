@@ -494,6 +494,67 @@ fn ttl_expires_deps_and_last_seen_moves_coarsely() {
 }
 
 #[test]
+fn a_last_seen_in_the_future_is_the_controllers_now_so_the_ttl_still_expires_it() {
+    let mut index = Index::new(IndexConfig {
+        ttl: Some(Duration::from_secs(100)),
+        ..IndexConfig::default()
+    });
+    index.apply(mk_namespace("shop", Some(true)));
+    index.apply(mk_service(
+        "shop",
+        "ratings",
+        &[("app", "ratings")],
+        &[(9080, "http")],
+    ));
+    mk_deployment(&mut index, "shop", "productpage", "10.0.0.10");
+    let edge = mk_edge(
+        "10.0.0.10",
+        Some("ratings"),
+        &mk_outbound(9080, RATINGS),
+        u64::MAX,
+    );
+    index.record_edges([edge], 1000);
+    let seen = |index: &Index| index.deps(&productpage()).get(RATINGS).copied();
+    assert_eq!(
+        seen(&index),
+        Some(1000),
+        "clamped to the controller's clock"
+    );
+    index.tick(1100);
+    assert_eq!(seen(&index), Some(1000), "exactly ttl old: kept");
+    index.tick(1101);
+    assert_eq!(seen(&index), None, "expired like any other dep");
+}
+
+#[test]
+fn request_counts_from_the_wire_saturate() {
+    let mut index = Index::test();
+    index.apply(mk_namespace("shop", Some(true)));
+    index.apply(mk_service(
+        "shop",
+        "ratings",
+        &[("app", "ratings")],
+        &[(9080, "http")],
+    ));
+    mk_deployment(&mut index, "shop", "productpage", "10.0.0.10");
+    let edge = || ObservedEdge {
+        requests: u64::MAX,
+        ..mk_edge(
+            "10.0.0.10",
+            Some("ratings"),
+            &mk_outbound(9080, RATINGS),
+            1000,
+        )
+    };
+    index.record_edges([edge(), edge(), edge()], 1000);
+    let c = index.counters();
+    assert_eq!(c.requests, u64::MAX);
+    assert_eq!(c.attributed_requests, u64::MAX);
+    assert_eq!(c.known_dep_requests, u64::MAX);
+    assert_eq!(c.edges, 3);
+}
+
+#[test]
 fn not_opted_in_workloads_learn_silently() {
     let mut index = Index::test();
     mk_deployment(&mut index, "payments", "fraud", "10.0.4.1");
