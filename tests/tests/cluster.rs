@@ -111,6 +111,26 @@ impl Shop {
         Some(deps.keys().cloned().collect())
     }
 
+    /// web's pod under `pilot-agent proxy sidecar` (its default ServiceAccount).
+    async fn start_web_sidecar(&self) -> IstioProxy {
+        IstioProxy::start(
+            self.c,
+            ProxyPod {
+                namespace: self.ns.clone(),
+                name: self.web_pod.clone(),
+                service_account: "default".into(),
+                ip: self.web_ip,
+                labels: BTreeMap::from([("app".into(), "web".into())]),
+                mode: ProxyMode::Sidecar,
+                concurrency: 1,
+                proxy_config: json!({}),
+                mounts: vec![],
+            },
+        )
+        .await
+        .unwrap()
+    }
+
     async fn wait_web_sidecar_gone(&self, ctl: &ControllerPod) {
         eventually(
             Duration::from_secs(30),
@@ -738,22 +758,7 @@ async fn istiod_turns_our_objects_into_config_the_gateway_and_a_scoped_sidecar_a
     );
 
     // The scoped client sidecar: web's pod under `pilot-agent proxy sidecar`.
-    let web = IstioProxy::start(
-        c,
-        ProxyPod {
-            namespace: shop.ns.clone(),
-            name: shop.web_pod.clone(),
-            service_account: "default".into(),
-            ip: shop.web_ip,
-            labels: BTreeMap::from([("app".into(), "web".into())]),
-            mode: ProxyMode::Sidecar,
-            concurrency: 1,
-            proxy_config: json!({}),
-            mounts: vec![],
-        },
-    )
-    .await
-    .unwrap();
+    let web = shop.start_web_sidecar().await;
     let gateway_cluster = format!("outbound|8080||lazyxds-gateway.{NAMESPACE}.svc.cluster.local");
     let dump = wait_config(&web, "scoped sidecar", |d| {
         let clusters = d.cluster_names();
@@ -840,22 +845,7 @@ async fn services_that_may_not_be_http_stay_in_a_scoped_sidecar() {
         .unwrap();
     shop.wait_web_deps(&[&api], &ctl).await;
 
-    let web = IstioProxy::start(
-        c,
-        ProxyPod {
-            namespace: shop.ns.clone(),
-            name: shop.web_pod.clone(),
-            service_account: "default".into(),
-            ip: shop.web_ip,
-            labels: BTreeMap::from([("app".into(), "web".into())]),
-            mode: ProxyMode::Sidecar,
-            concurrency: 1,
-            proxy_config: json!({}),
-            mounts: vec![],
-        },
-    )
-    .await
-    .unwrap();
+    let web = shop.start_web_sidecar().await;
     // Never learned, still there: the whole host, every port of it.
     let visible = [
         outbound(&api, 80),
