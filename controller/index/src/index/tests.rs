@@ -454,12 +454,10 @@ fn without_ttl_only_the_first_sighting_writes() {
     assert_eq!(index.deps(&productpage()), mk_deps(&[(RATINGS, 10)]));
 }
 
-#[test]
-fn ttl_expires_deps_and_last_seen_moves_coarsely() {
-    let mut index = Index::new(IndexConfig {
-        ttl: Some(Duration::from_secs(100)),
-        ..IndexConfig::default()
-    });
+/// An opted-in `shop` with Service `ratings` (HTTP 9080) and Deployment `productpage` at
+/// 10.0.0.10.
+fn shop_with_ratings(config: IndexConfig) -> Index {
+    let mut index = Index::new(config);
     index.apply(mk_namespace("shop", Some(true)));
     index.apply(mk_service(
         "shop",
@@ -468,6 +466,15 @@ fn ttl_expires_deps_and_last_seen_moves_coarsely() {
         &[(9080, "http")],
     ));
     mk_deployment(&mut index, "shop", "productpage", "10.0.0.10");
+    index
+}
+
+#[test]
+fn ttl_expires_deps_and_last_seen_moves_coarsely() {
+    let mut index = shop_with_ratings(IndexConfig {
+        ttl: Some(Duration::from_secs(100)),
+        ..IndexConfig::default()
+    });
     let edge = |t| mk_edge("10.0.0.10", Some("ratings"), &mk_outbound(9080, RATINGS), t);
     let pp = || set(&[&productpage()]);
     let steps: [Step; 8] = [
@@ -495,18 +502,10 @@ fn ttl_expires_deps_and_last_seen_moves_coarsely() {
 
 #[test]
 fn a_last_seen_in_the_future_is_the_controllers_now_so_the_ttl_still_expires_it() {
-    let mut index = Index::new(IndexConfig {
+    let mut index = shop_with_ratings(IndexConfig {
         ttl: Some(Duration::from_secs(100)),
         ..IndexConfig::default()
     });
-    index.apply(mk_namespace("shop", Some(true)));
-    index.apply(mk_service(
-        "shop",
-        "ratings",
-        &[("app", "ratings")],
-        &[(9080, "http")],
-    ));
-    mk_deployment(&mut index, "shop", "productpage", "10.0.0.10");
     let edge = mk_edge(
         "10.0.0.10",
         Some("ratings"),
@@ -528,15 +527,7 @@ fn a_last_seen_in_the_future_is_the_controllers_now_so_the_ttl_still_expires_it(
 
 #[test]
 fn request_counts_from_the_wire_saturate() {
-    let mut index = Index::test();
-    index.apply(mk_namespace("shop", Some(true)));
-    index.apply(mk_service(
-        "shop",
-        "ratings",
-        &[("app", "ratings")],
-        &[(9080, "http")],
-    ));
-    mk_deployment(&mut index, "shop", "productpage", "10.0.0.10");
+    let mut index = shop_with_ratings(IndexConfig::default());
     let edge = || ObservedEdge {
         requests: u64::MAX,
         ..mk_edge(
