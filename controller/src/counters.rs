@@ -29,11 +29,30 @@ pub struct Counters {
     pub edges_dropped_store_full: AtomicU64,
     /// Namespace tables pushed to gateway workers (one per stream and change).
     pub namespace_tables_sent: AtomicU64,
+    /// Gauge: gRPC connections open.
+    pub connections_open: AtomicU64,
+    pub connections_accepted: AtomicU64,
+    /// Closed at once: `--max-connections` were open.
+    pub connections_refused_at_cap: AtomicU64,
+    /// Closed: no stream said Hello within `--grpc-handshake-timeout-secs`.
+    pub connections_closed_handshake_timeout: AtomicU64,
+    /// Closed: no stream open for `--grpc-idle-timeout-secs`.
+    pub connections_closed_idle: AtomicU64,
+    /// A connection reached `--max-streams-per-connection` (HTTP/2 refuses more on it).
+    pub connections_at_stream_cap: AtomicU64,
+    /// `accept` failed (e.g. out of file descriptors); the listener backed off.
+    pub accept_errors: AtomicU64,
+    /// Streams refused: `--max-streams` were open.
+    pub streams_refused_at_cap: AtomicU64,
+    /// Streams ended: no Hello within the handshake timeout.
+    pub hellos_timed_out: AtomicU64,
+    /// Stream tasks that panicked (a bug): the gateway got INTERNAL.
+    pub stream_panics: AtomicU64,
 }
 
 /// A point-in-time copy of [`Counters`]; this is the `counters` object of
 /// `/debug/edges`, field for field.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CountersSnapshot {
     pub streams_opened: u64,
     pub streams_open: u64,
@@ -44,6 +63,16 @@ pub struct CountersSnapshot {
     pub messages_undecodable: u64,
     pub edges_dropped_store_full: u64,
     pub namespace_tables_sent: u64,
+    pub connections_open: u64,
+    pub connections_accepted: u64,
+    pub connections_refused_at_cap: u64,
+    pub connections_closed_handshake_timeout: u64,
+    pub connections_closed_idle: u64,
+    pub connections_at_stream_cap: u64,
+    pub accept_errors: u64,
+    pub streams_refused_at_cap: u64,
+    pub hellos_timed_out: u64,
+    pub stream_panics: u64,
 }
 
 impl Counters {
@@ -63,6 +92,18 @@ impl Counters {
             messages_undecodable: self.messages_undecodable.load(Relaxed),
             edges_dropped_store_full: self.edges_dropped_store_full.load(Relaxed),
             namespace_tables_sent: self.namespace_tables_sent.load(Relaxed),
+            connections_open: self.connections_open.load(Relaxed),
+            connections_accepted: self.connections_accepted.load(Relaxed),
+            connections_refused_at_cap: self.connections_refused_at_cap.load(Relaxed),
+            connections_closed_handshake_timeout: self
+                .connections_closed_handshake_timeout
+                .load(Relaxed),
+            connections_closed_idle: self.connections_closed_idle.load(Relaxed),
+            connections_at_stream_cap: self.connections_at_stream_cap.load(Relaxed),
+            accept_errors: self.accept_errors.load(Relaxed),
+            streams_refused_at_cap: self.streams_refused_at_cap.load(Relaxed),
+            hellos_timed_out: self.hellos_timed_out.load(Relaxed),
+            stream_panics: self.stream_panics.load(Relaxed),
         }
     }
 
@@ -82,7 +123,7 @@ impl MetricsSource for Counters {
             registry,
             "grpc",
             &self.snapshot(),
-            &["streams_open"],
+            &["streams_open", "connections_open"],
             "gateway edge streams (see /debug/edges counters)",
         );
         register_counters(

@@ -1,5 +1,17 @@
 //! The learning sink: every applied batch goes into the dependency [`Index`]; workloads
 //! whose Sidecar changes wake the writer. Also keeps the raw edges for `/debug/edges`.
+// Handles input from gateways, files and flags: no panics by construction (as in
+// `filter/core`; a stream task that panics anyway is supervised, see `edges::stream`).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects
+    )
+)]
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -62,7 +74,7 @@ impl Learner {
         if changed {
             let t = self.table.borrow();
             let (namespaces, ips) = t.as_deref().map_or((0, 0), |t| {
-                (t.namespaces.len(), t.ipv4.len() + t.ipv6.len() / 3)
+                (t.namespaces.len(), t.ipv4.len().saturating_add(t.ipv6.len() / 3))
             });
             tracing::info!(
                 namespaces,

@@ -7,6 +7,18 @@
 //! | bare (`run`) | the debug edge store | none |
 //! | `--file/--out` | the index ([`Learner`]) | [`FileTarget`] |
 //! | `--kube` | the index ([`Learner`]) | [`KubeTarget`](crate::kube::writer::KubeTarget) |
+// Handles input from gateways, files and flags: no panics by construction (as in
+// `filter/core`; a stream task that panics anyway is supervised, see `edges::stream`).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects
+    )
+)]
 
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
@@ -20,8 +32,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::counters::Counters;
+use crate::edges::listen::{self, ConnLimits};
 use crate::edges::stream::{EdgeSinkService, GrpcConfig, Shutdown};
-use crate::edges::{Limits, DEFAULT_MAX_STREAM_NAMES};
+use crate::edges::{Limits, DEFAULT_MAX_BATCH_EDGES, DEFAULT_MAX_STREAM_NAMES};
+use lazyxds_proto::limits::MIN_CONTROLLER_MESSAGE_BYTES as MIN_MESSAGE_BYTES;
 use crate::filemode::{self, FileTarget};
 use crate::http::{DepsView, EdgeView, PlanView, Sources};
 use crate::kube::leader;
@@ -30,6 +44,9 @@ use crate::learn::Learner;
 use crate::metrics::MetricsSource;
 use crate::sink::{EdgeSink, MemoryEdgeSink};
 use lazyxds_index::{Index, IndexConfig, RenderConfig};
+
+/// The longest `--write-debounce-ms`: the kill switch must act within seconds.
+const MAX_WRITE_DEBOUNCE_MS: u64 = 10_000;
 
 /// How long open connections get to finish after SIGTERM/SIGINT.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -45,17 +62,19 @@ pub struct ScopingArgs {
     /// FQDN of the lazy egress gateway Service (the Sidecars' egressProxy host); default
     /// `lazyxds-gateway.<gateway namespace>.svc.<cluster domain>`. In file mode the
     /// topology's `gateway` section wins.
-    #[arg(long, env = "LAZYXDS_GATEWAY_HOST")]
+    #[arg(long, env = "LAZYXDS_GATEWAY_HOST", value_parser = parse_fqdn)]
     pub gateway_host: Option<String>,
     /// Namespace of the gateway Service.
     #[arg(
         long,
         env = "LAZYXDS_GATEWAY_NAMESPACE",
-        default_value = "lazyxds-system"
+        default_value = "lazyxds-system",
+        value_parser = parse_namespace
     )]
     pub gateway_namespace: String,
     /// The gateway's egressProxy port.
-    #[arg(long, env = "LAZYXDS_EGRESS_PROXY_PORT", default_value_t = 8080)]
+    #[arg(long, env = "LAZYXDS_EGRESS_PROXY_PORT", default_value_t = 8080,
+          value_parser = clap::value_parser!(u16).range(1..))]
     pub egress_proxy_port: u16,
     /// Forget a learned dependency not seen at the gateway for this many seconds; 0 = never.
     /// Once a dependency is in a Sidecar its traffic goes direct, so the gateway stops
@@ -67,6 +86,30 @@ pub struct ScopingArgs {
     #[arg(long, env = "LAZYXDS_CLUSTER_DOMAIN", default_value = lazyxds_index::host::DEFAULT_CLUSTER_DOMAIN,
           value_parser = parse_cluster_domain)]
     pub cluster_domain: String,
+}
+
+/// A Service FQDN (`lazyxds-gateway.lazyxds-system.svc.cluster.local`): lower-case DNS
+/// labels, at least two; no wildcard (a Sidecar's egressProxy is one host).
+fn parse_fqdn(value: &str) -> Result<String, String> {
+    if value.contains('.') && lazyxds_index::host::is_dns_domain(value) {
+        Ok(value.to_string())
+    } else {
+        Err(format!(
+            "{value:?} is not a host's FQDN (lower-case DNS labels separated by dots, no wildcard, \
+             e.g. lazyxds-gateway.lazyxds-system.svc.cluster.local)"
+        ))
+    }
+}
+
+/// A Kubernetes namespace name: one lower-case DNS label.
+fn parse_namespace(value: &str) -> Result<String, String> {
+    if lazyxds_index::host::is_dns_label(value) {
+        Ok(value.to_string())
+    } else {
+        Err(format!(
+            "{value:?} is not a namespace name (1-63 of a-z, 0-9, '-'; no wildcard)"
+        ))
+    }
 }
 
 /// A DNS domain: dot-separated lower-case labels (`cluster.local`, `corp.example`).
@@ -117,20 +160,59 @@ pub struct RunArgs {
     #[arg(long, env = "LAZYXDS_HTTP_ADDR", default_value = "0.0.0.0:18080")]
     pub http_addr: SocketAddr,
 
-    /// Most edges in one batch; a bigger batch is refused and its stream ended.
-    #[arg(long, env = "LAZYXDS_MAX_BATCH_EDGES", default_value_t = 10_000,
-          value_parser = clap::value_parser!(u32).range(1..))]
+    /// Most edges in one batch; a bigger batch is refused and its stream ended. Never
+    /// below what the filter may send (10,000), so no valid gateway is refused.
+    #[arg(long, env = "LAZYXDS_MAX_BATCH_EDGES", default_value_t = DEFAULT_MAX_BATCH_EDGES as u32,
+          value_parser = clap::value_parser!(u32).range(DEFAULT_MAX_BATCH_EDGES as i64..=1_000_000))]
     pub max_batch_edges: u32,
 
-    /// Largest gateway message accepted, in bytes; a bigger one ends its stream.
-    #[arg(long, env = "LAZYXDS_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024,
-          value_parser = clap::value_parser!(u32).range(1024..))]
+    /// Largest gateway message accepted, in bytes; a bigger one ends its stream. Never
+    /// below 4 MiB: the filter's largest batch (max_batch_bytes) fits.
+    #[arg(long, env = "LAZYXDS_MAX_MESSAGE_BYTES", default_value_t = MIN_MESSAGE_BYTES as u32,
+          value_parser = clap::value_parser!(u32).range(MIN_MESSAGE_BYTES as i64..=64 * 1024 * 1024))]
     pub max_message_bytes: u32,
 
-    /// Most dictionary names (hosts, clusters, principals) one stream may define.
+    /// Most dictionary names (hosts, clusters, principals) one stream may define. Never
+    /// below what the filter may define (100,000, its max_names_per_stream's bound).
     #[arg(long, env = "LAZYXDS_MAX_STREAM_NAMES", default_value_t = DEFAULT_MAX_STREAM_NAMES as u32,
-          value_parser = clap::value_parser!(u32).range(1..))]
+          value_parser = clap::value_parser!(u32).range(DEFAULT_MAX_STREAM_NAMES as i64..=10_000_000))]
     pub max_stream_names: u32,
+
+    /// Most gRPC connections open at once; more are closed as they arrive (counted in
+    /// lazyxds_grpc_connections_refused_at_cap, logged). Lowered to what the open-files
+    /// limit allows, so /healthz and the API keep their file descriptors.
+    #[arg(long, env = "LAZYXDS_MAX_CONNECTIONS", default_value_t = listen::DEFAULT_MAX_CONNECTIONS as u32,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
+
+    /// Most gateway streams open at once (one per gateway worker; the install sizes it
+    /// from the gateway's replicas and workers); more are refused with
+    /// RESOURCE_EXHAUSTED. Memory at worst: this many half-sent messages of
+    /// --max-message-bytes.
+    #[arg(long, env = "LAZYXDS_MAX_STREAMS", default_value_t = listen::DEFAULT_MAX_STREAMS as u32,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_streams: u32,
+
+    /// Most streams on one connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: Envoy
+    /// opens another connection rather than exceed it, e.g. the controller's sidecar).
+    #[arg(long, env = "LAZYXDS_MAX_STREAMS_PER_CONNECTION",
+          default_value_t = listen::DEFAULT_MAX_STREAMS_PER_CONNECTION,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_streams_per_connection: u32,
+
+    /// A gRPC connection (and each stream) must say Hello this many seconds after it
+    /// opens, or it is closed.
+    #[arg(long, env = "LAZYXDS_GRPC_HANDSHAKE_TIMEOUT_SECS",
+          default_value_t = listen::DEFAULT_HANDSHAKE_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub grpc_handshake_timeout_secs: u64,
+
+    /// A gRPC connection with no stream open for this many seconds is closed (a
+    /// gateway's stream stays open for as long as the gateway runs).
+    #[arg(long, env = "LAZYXDS_GRPC_IDLE_TIMEOUT_SECS",
+          default_value_t = listen::DEFAULT_IDLE_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub grpc_idle_timeout_secs: u64,
 
     /// Most distinct edges kept for /debug/edges; beyond it new edges are dropped and
     /// counted (edges_dropped_store_full), known ones still updated. 0 keeps none. With
@@ -163,7 +245,8 @@ pub struct RunArgs {
 
     /// Kubernetes mode: the controller's namespace (its Lease, its pods, the kill-switch
     /// ConfigMap `lazyxds`). Set from the downward API.
-    #[arg(long, env = "POD_NAMESPACE", default_value = "lazyxds-system")]
+    #[arg(long, env = "POD_NAMESPACE", default_value = "lazyxds-system",
+          value_parser = parse_namespace)]
     pub namespace: String,
 
     /// Kubernetes mode: this replica's pod name (Lease identity, leader label, Events).
@@ -173,12 +256,13 @@ pub struct RunArgs {
     /// Kubernetes mode: elect a leader on the Lease `lazyxds-leader`; only the leader
     /// writes and accepts gateway streams, and labels its pod `lazyxds.io/leader=true`
     /// (the gRPC Service selects it). Needed with more than one replica.
-    #[arg(long, env = "LAZYXDS_LEADER_ELECTION")]
+    #[arg(long, env = "LAZYXDS_LEADER_ELECTION", requires = "kube")]
     pub leader_election: bool,
 
-    /// Kubernetes mode: a leader that has not renewed its Lease for this long is replaced.
+    /// Kubernetes mode: a leader that has not renewed its Lease for this long is replaced
+    /// (2 to 300: longer leaves gateways without a controller for minutes on a crash).
     #[arg(long, env = "LAZYXDS_LEASE_DURATION_SECS", default_value_t = 15,
-          value_parser = clap::value_parser!(u64).range(2..))]
+          value_parser = clap::value_parser!(u64).range(2..=300))]
     pub lease_duration_secs: u64,
 
     /// Kubernetes mode: Sidecar writes per second at most.
@@ -187,8 +271,9 @@ pub struct RunArgs {
     pub max_writes_per_sec: u32,
 
     /// Changes within this many milliseconds are written together (file and Kubernetes
-    /// mode).
-    #[arg(long, env = "LAZYXDS_WRITE_DEBOUNCE_MS", default_value_t = 50)]
+    /// mode). At most 10,000: every write, the kill switch's included, waits this long.
+    #[arg(long, env = "LAZYXDS_WRITE_DEBOUNCE_MS", default_value_t = 50,
+          value_parser = clap::value_parser!(u64).range(0..=MAX_WRITE_DEBOUNCE_MS))]
     pub write_debounce_ms: u64,
 
     #[command(flatten)]
@@ -210,8 +295,8 @@ pub struct Runtime {
     pub sink: Arc<dyn Sink>,
     pub views: Views,
     pub target: Pin<Box<dyn Future<Output = ()> + Send>>,
-    /// True while this replica must not hold gateway streams (stopping, or following).
-    pub streams_stop: watch::Receiver<bool>,
+    /// When this replica must not hold gateway streams (stopping, or following), and why.
+    pub streams_stop: Shutdown,
 }
 
 /// The debug views beyond edges and counters: learned deps (index modes), the writer's
@@ -244,7 +329,7 @@ impl RunArgs {
                 sink: Arc::new(edges),
                 views: Views::default(),
                 target: Box::pin(std::future::ready(())),
-                streams_stop: stop_rx.clone(),
+                streams_stop: Shutdown::new(stop_rx.clone()),
             },
         };
         let listeners = (grpc_listener, http_listener);
@@ -283,7 +368,7 @@ impl RunArgs {
             },
             // Gateways stream to the leader: a follower ends streams (UNAVAILABLE) so
             // they reconnect, through the Service, to whoever leads.
-            streams_stop: leader::follower_or_stopping(leader.clone(), stop.clone()),
+            streams_stop: Shutdown::new(stop.clone()).or_not_leader(leader.clone()),
             target: self.target_loop(learner.clone(), target, leader, stop),
             sink: learner,
         })
@@ -315,10 +400,33 @@ impl RunArgs {
                 plan: None,
                 metrics: vec![learner.clone()],
             },
-            streams_stop: stop.clone(),
+            streams_stop: Shutdown::new(stop.clone()),
             target: self.target_loop(learner.clone(), target, leader::always(), stop),
             sink: learner,
         })
+    }
+
+    /// The gRPC server's limits from the flags, `--max-connections` lowered to what the
+    /// open-files limit leaves after [`FD_RESERVE`].
+    fn conn_limits(&self) -> ConnLimits {
+        let mut max_connections = self.max_connections as usize;
+        if let Some(files) = open_files_limit() {
+            let room = usize::try_from(files.saturating_sub(FD_RESERVE)).unwrap_or(usize::MAX).max(1);
+            if room < max_connections {
+                tracing::warn!(
+                    max_connections = room, open_files_limit = files, reserved = FD_RESERVE,
+                    "--max-connections {max_connections} lowered to what the open-files limit leaves"
+                );
+                max_connections = room;
+            }
+        }
+        ConnLimits {
+            max_connections,
+            max_streams: self.max_streams as usize,
+            max_streams_per_connection: self.max_streams_per_connection,
+            handshake_timeout: Duration::from_secs(self.grpc_handshake_timeout_secs),
+            idle_timeout: Duration::from_secs(self.grpc_idle_timeout_secs),
+        }
     }
 
     /// The one loop over `target`, with the clock the index needs (held edges, TTL).
@@ -363,23 +471,11 @@ impl RunArgs {
                 max_names: self.max_stream_names as usize,
             },
             max_message_bytes: self.max_message_bytes as usize,
+            conn: self.conn_limits(),
         };
-        let service = EdgeSinkService::new(
-            sink.clone(),
-            counters.clone(),
-            config,
-            Shutdown::new(streams_stop),
-        );
+        let service = EdgeSinkService::new(sink.clone(), counters.clone(), config, streams_stop);
         let mut grpc_stop = Shutdown::new(stop_rx.clone());
-        let grpc = tonic::transport::Server::builder()
-            // Streams live for hours; find dead gateways so their streams are released.
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            .add_service(service.into_server())
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
-                async move { grpc_stop.wait().await },
-            );
+        let grpc = service.serve(grpc_listener, async move { grpc_stop.wait().await });
         let mut http_stop = Shutdown::new(stop_rx);
         let mut metrics: Vec<Arc<dyn MetricsSource>> = vec![counters.clone()];
         metrics.extend(views.metrics);
@@ -418,6 +514,22 @@ impl RunArgs {
         }
         Ok(())
     }
+}
+
+/// File descriptors kept out of `--max-connections`: the HTTP server, the API client's
+/// watches, files, the runtime's own.
+const FD_RESERVE: u64 = 128;
+
+/// The soft limit on open files (`/proc/self/limits`; `None` where there is none or it
+/// cannot be read).
+fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.trim_start_matches("Max open files")
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// A server stopped on its own: that is always an error.

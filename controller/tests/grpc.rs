@@ -51,6 +51,7 @@ fn mk_config(max_batch_edges: usize, max_message_bytes: usize) -> GrpcConfig {
             ..Limits::default()
         },
         max_message_bytes,
+        ..GrpcConfig::default()
     }
 }
 
@@ -172,8 +173,7 @@ fn mk_counters(
         edges_received,
         batches_rejected,
         messages_undecodable,
-        edges_dropped_store_full: 0,
-        namespace_tables_sent: 0,
+        ..CountersSnapshot::default()
     }
 }
 

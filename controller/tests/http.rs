@@ -106,6 +106,16 @@ async fn debug_edges_json_shape() {
                 "messages_undecodable": 0,
                 "edges_dropped_store_full": 1,
                 "namespace_tables_sent": 0,
+                "connections_open": 0,
+                "connections_accepted": 0,
+                "connections_refused_at_cap": 0,
+                "connections_closed_handshake_timeout": 0,
+                "connections_closed_idle": 0,
+                "connections_at_stream_cap": 0,
+                "accept_errors": 0,
+                "streams_refused_at_cap": 0,
+                "hellos_timed_out": 0,
+                "stream_panics": 0,
             },
         })
     );

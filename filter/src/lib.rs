@@ -436,14 +436,8 @@ impl Root {
 
     fn configure(&mut self, bytes: &[u8]) -> Result<Rc<Worker>, String> {
         let config = Config::parse(bytes).map_err(|e| e.to_string())?;
-        let gateway_id = if config.gateway_id.is_empty() {
-            abi::property(NODE_ID)
-                .and_then(|id| String::from_utf8(id).ok())
-                .filter(|id| !id.is_empty())
-                .unwrap_or_else(|| "unknown".into())
-        } else {
-            config.gateway_id.clone()
-        };
+        let node_id = abi::property(NODE_ID).and_then(|id| String::from_utf8(id).ok());
+        let gateway_id = config.gateway_id(node_id.as_deref());
         let now = abi::now_ms().unwrap_or(0);
         let worker_name = format!("{now}-{}", self.context_id);
         let report = config.report;

@@ -6,11 +6,13 @@
 //! - [`authority`]: Istio's short-name rule (`reviews`, `reviews.ns`, `reviews.ns.svc`).
 //! - [`cluster`]: Istio cluster names (`outbound|port|subset|host`, ...) as typed values.
 //! - [`identity`]: Istio SPIFFE identities.
+//! - [`limits`]: the stream's limits both ends agree on.
 #![forbid(unsafe_code)]
 
 pub mod authority;
 pub mod cluster;
 pub mod identity;
+pub mod limits;
 
 /// Messages of `proto/lazyxds/v1/edges.proto`.
 pub mod v1 {

@@ -350,7 +350,7 @@ impl<'a> LabelSets<'a> {
             .min_by_key(|c| c.len())?;
         candidates
             .iter()
-            .map(|&i| self.sets[i])
+            .filter_map(|&i| self.sets.get(i).copied())
             .find(|(id, labels)| *id != own && selects(selector, labels))
             .map(|(id, _)| id)
     }

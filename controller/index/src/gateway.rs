@@ -80,8 +80,8 @@ impl GatewayObjects {
             let doc = serde_norway::to_string(object).map_err(|e| Error::Serialize {
                 what: format!(
                     "{} {}",
-                    object["kind"].as_str().unwrap_or_default(),
-                    object["metadata"]["name"].as_str().unwrap_or_default()
+                    object.get("kind").and_then(Value::as_str).unwrap_or_default(),
+                    object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default()
                 ),
                 message: e.to_string(),
             })?;
@@ -94,8 +94,8 @@ impl GatewayObjects {
     /// The VirtualService routing `host`, if any.
     pub fn virtual_service_for(&self, host: &str) -> Option<&Value> {
         self.virtual_services.iter().find(|vs| {
-            vs["spec"]["hosts"]
-                .as_array()
+            vs.pointer("/spec/hosts")
+                .and_then(Value::as_array)
                 .is_some_and(|h| h.iter().any(|h| h == host))
         })
     }

@@ -99,7 +99,10 @@ pub fn object_name(prefix: &str, name: &str) -> String {
         return full;
     }
     let hash = format!("{:08x}", fnv1a64(full.as_bytes()) as u32);
-    let keep = &full[..MAX_NAME - hash.len() - 1];
+    // ASCII only (mapped above), so any length is a character boundary.
+    let keep = full
+        .get(..MAX_NAME.saturating_sub(hash.len().saturating_add(1)))
+        .unwrap_or_default();
     // A label must end with an alphanumeric.
     let keep = keep.trim_end_matches(['-', '.']);
     format!("{keep}-{hash}")

@@ -12,6 +12,18 @@
 //! - [`Topology`]: a mesh described in a YAML file, fed to the index like kube watchers.
 //! - [`report()`]: what scoping removes from each sidecar's config.
 #![forbid(unsafe_code)]
+// Everything here handles input from the wire, the API or files: no panics by
+// construction (as in `filter/core`).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects
+    )
+)]
 
 pub mod desired;
 pub mod discovery;

@@ -115,7 +115,7 @@ impl<'a> Catalog<'a> {
                     host: svc.host(domain),
                     export_to: &svc.export_to,
                     clusters: svc.ports.len(),
-                    endpoints: pods * svc.ports.len(),
+                    endpoints: pods.saturating_mul(svc.ports.len()),
                 });
             }
             for se in state.service_entries.values() {
@@ -161,11 +161,11 @@ impl<'a> Catalog<'a> {
     }
 
     fn visible_from(&self, ns: &str) -> BTreeSet<usize> {
-        (0..self.entries.len())
-            .filter(|&i| {
-                let e = &self.entries[i];
-                host::exported_to(e.export_to, e.namespace, ns)
-            })
+        self.entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| host::exported_to(e.export_to, e.namespace, ns))
+            .map(|(i, _)| i)
             .collect()
     }
 
@@ -184,8 +184,11 @@ impl<'a> Catalog<'a> {
                 exact => owner == exact,
             };
             let candidates: Vec<usize> = if host_pattern.contains('*') {
-                (0..self.entries.len())
-                    .filter(|&i| host::matches(host_pattern, &self.entries[i].host))
+                self.entries
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, e)| host::matches(host_pattern, &e.host))
+                    .map(|(i, _)| i)
                     .collect()
             } else {
                 self.by_host.get(host_pattern).cloned().unwrap_or_default()
@@ -193,7 +196,10 @@ impl<'a> Catalog<'a> {
             out.extend(
                 candidates
                     .into_iter()
-                    .filter(|i| visible.contains(i) && ns_ok(self.entries[*i].namespace)),
+                    .filter(|i| {
+                        visible.contains(i)
+                            && self.entries.get(*i).is_some_and(|e| ns_ok(e.namespace))
+                    }),
             );
             for (vs_ns, vs_host, export_to, dests) in &self.virtual_services {
                 if ns_ok(vs_ns)
@@ -249,10 +255,11 @@ pub fn report(index: &Index, desired: &Desired) -> Report {
             (None, None) => (Status::NotOptedIn, visible.clone()),
         };
         let removed = visible.difference(&imported);
-        let (clusters_removed, endpoints_removed) = removed.fold((0, 0), |(c, e), &i| {
-            let entry = &catalog.entries[i];
-            (c + entry.clusters, e + entry.endpoints)
-        });
+        let (clusters_removed, endpoints_removed) = removed
+            .filter_map(|&i| catalog.entries.get(i))
+            .fold((0usize, 0usize), |(c, e), entry| {
+                (c.saturating_add(entry.clusters), e.saturating_add(entry.endpoints))
+            });
         let row = WorkloadReport {
             workload: id,
             status,
@@ -261,16 +268,16 @@ pub fn report(index: &Index, desired: &Desired) -> Report {
             clusters_removed,
             endpoints_removed,
         };
-        totals.workloads += 1;
+        totals.workloads = totals.workloads.saturating_add(1);
         match row.status {
-            Status::Scoped => totals.scoped += 1,
-            Status::Refused { .. } => totals.refused += 1,
-            Status::NotOptedIn => totals.not_opted_in += 1,
+            Status::Scoped => totals.scoped = totals.scoped.saturating_add(1),
+            Status::Refused { .. } => totals.refused = totals.refused.saturating_add(1),
+            Status::NotOptedIn => totals.not_opted_in = totals.not_opted_in.saturating_add(1),
         }
-        totals.hosts_without += row.hosts_without;
-        totals.hosts_with += row.hosts_with;
-        totals.clusters_removed += row.clusters_removed;
-        totals.endpoints_removed += row.endpoints_removed;
+        totals.hosts_without = totals.hosts_without.saturating_add(row.hosts_without);
+        totals.hosts_with = totals.hosts_with.saturating_add(row.hosts_with);
+        totals.clusters_removed = totals.clusters_removed.saturating_add(row.clusters_removed);
+        totals.endpoints_removed = totals.endpoints_removed.saturating_add(row.endpoints_removed);
         workloads.push(row);
     }
     let always_visible = desired::always_visible(index)

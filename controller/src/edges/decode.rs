@@ -11,11 +11,14 @@ use lazyxds_proto::v1::{EdgeBatch, Name};
 use super::ObservedEdge;
 use crate::error::{BatchError, NameField};
 
-/// Longest dictionary name accepted (hosts are <= 253 bytes, principals and cluster
-/// names a little more; anything longer is a broken gateway).
-pub const MAX_NAME_BYTES: usize = 1024;
-pub const DEFAULT_MAX_BATCH_EDGES: usize = 10_000;
-pub const DEFAULT_MAX_STREAM_NAMES: usize = 100_000;
+/// Longest dictionary name or `Hello` field accepted; the filter's configuration holds
+/// gateways to the same limit.
+pub use lazyxds_proto::limits::MAX_NAME_BYTES;
+/// The defaults are the most a gateway may send (`lazyxds_proto::limits`), and the
+/// floors of `--max-batch-edges`/`--max-stream-names`: any configuration the filter
+/// accepts is accepted here.
+pub const DEFAULT_MAX_BATCH_EDGES: usize = lazyxds_proto::limits::MAX_BATCH_EDGES;
+pub const DEFAULT_MAX_STREAM_NAMES: usize = lazyxds_proto::limits::MAX_STREAM_NAMES;
 
 /// Per-stream limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,15 +64,17 @@ impl Dictionary {
     /// `id` must be absent.
     fn insert(&mut self, id: u32, value: Arc<str>) {
         let i = id as usize;
-        if i < self.dense.len() {
-            self.dense[i] = Some(value);
-        } else if i < 2 * self.len + DENSE_SLACK {
-            self.dense.resize(i + 1, None);
-            self.dense[i] = Some(value);
-        } else {
-            self.sparse.insert(id, value);
+        let dense_up_to = self.len.saturating_mul(2).saturating_add(DENSE_SLACK);
+        if i >= self.dense.len() && i < dense_up_to {
+            self.dense.resize(i.saturating_add(1), None);
         }
-        self.len += 1;
+        match self.dense.get_mut(i) {
+            Some(slot) => *slot = Some(value),
+            None => {
+                self.sparse.insert(id, value);
+            }
+        }
+        self.len = self.len.saturating_add(1);
     }
 
     fn remove(&mut self, id: u32) {
@@ -78,7 +83,7 @@ impl Dictionary {
             _ => self.sparse.remove(&id).is_some(),
         };
         if removed {
-            self.len -= 1;
+            self.len = self.len.saturating_sub(1);
         }
     }
 }

@@ -1,8 +1,21 @@
 //! Edges from gateways: the gRPC [`stream`] service decodes each batch ([`decode`], pure)
 //! and hands the edges to an [`EdgeSink`](crate::sink::EdgeSink); the debug [`store`]
 //! keeps raw edges for `/debug/edges`.
+// Handles input from gateways, files and flags: no panics by construction (as in
+// `filter/core`; a stream task that panics anyway is supervised, see `edges::stream`).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects
+    )
+)]
 
 pub mod decode;
+pub mod listen;
 pub mod store;
 pub mod stream;
 

@@ -78,11 +78,11 @@ impl EdgeStore {
                 stats.requests = stats.requests.saturating_add(edge.requests);
                 stats.first_seen_unix_s = stats.first_seen_unix_s.min(edge.last_seen_unix_s);
                 stats.last_seen_unix_s = stats.last_seen_unix_s.max(edge.last_seen_unix_s);
-                outcome.updated += 1;
+                outcome.updated = outcome.updated.saturating_add(1);
                 continue;
             }
             if self.edges.len() >= self.max_edges {
-                outcome.dropped += 1;
+                outcome.dropped = outcome.dropped.saturating_add(1);
                 continue;
             }
             let (ip, host, cluster, principal) = key;
@@ -100,7 +100,7 @@ impl EdgeStore {
                     last_seen_unix_s: edge.last_seen_unix_s,
                 },
             );
-            outcome.inserted += 1;
+            outcome.inserted = outcome.inserted.saturating_add(1);
         }
         outcome
     }

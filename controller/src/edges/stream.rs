@@ -4,27 +4,38 @@
 //! acked. Right after `Hello`, and whenever it changes, the sink's namespace table is
 //! pushed down the same stream (first-call routing). A protocol violation ends the stream
 //! with a `Status` whose message says what was wrong. Knows nothing of Kubernetes or HTTP.
+//!
+//! Bounded: at most `max_streams` at once (more are refused with `RESOURCE_EXHAUSTED`),
+//! and a stream must say Hello within the handshake timeout. Each stream task runs under
+//! a supervisor: should it ever panic (a bug), the gateway gets `INTERNAL` and the panic
+//! is logged and counted, instead of a silent end that looks like success.
 
 use std::error::Error as _;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures::FutureExt;
 
 use lazyxds_proto::v1::edge_sink_server::{EdgeSink as EdgeSinkRpc, EdgeSinkServer};
 use lazyxds_proto::v1::{
     controller_message, gateway_message, Ack, ControllerMessage, EdgeBatch, GatewayMessage, Hello,
     NamespaceTable,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::counters::Counters;
+use crate::edges::listen::{self, ConnInfo, ConnLimits, ConnStream, LimitLogs};
 use crate::edges::{Decoder, Limits, MAX_NAME_BYTES};
 use crate::sink::{EdgeSink, GatewayInfo};
 
-pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// The floor of `--max-message-bytes`: the filter's largest batch fits.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = lazyxds_proto::limits::MIN_CONTROLLER_MESSAGE_BYTES;
 /// Acks queued per stream before we stop reading it: a gateway that does not read its
 /// acks gets backpressure, not an unbounded queue.
 pub const ACK_CHANNEL_CAPACITY: usize = 64;
@@ -36,6 +47,8 @@ pub struct GrpcConfig {
     pub limits: Limits,
     /// Largest gateway message accepted (tonic's `max_decoding_message_size`).
     pub max_message_bytes: usize,
+    /// Connections and streams (the stream cap and the Hello deadline are the service's).
+    pub conn: ConnLimits,
 }
 
 impl Default for GrpcConfig {
@@ -43,31 +56,90 @@ impl Default for GrpcConfig {
         GrpcConfig {
             limits: Limits::default(),
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            conn: ConnLimits::default(),
+        }
+    }
+}
+
+/// Why streams end (or are refused): both are `UNAVAILABLE`, so gateways reconnect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamsStop {
+    /// The controller is stopping (SIGTERM).
+    Stopping,
+    /// This replica is a standby: the leader takes gateway streams.
+    NotLeader,
+}
+
+impl StreamsStop {
+    pub fn status(self) -> Status {
+        match self {
+            StreamsStop::Stopping => Status::unavailable("lazyxds is shutting down"),
+            StreamsStop::NotLeader => Status::unavailable(
+                "not the leader: this lazyxds replica is a standby and takes no gateway \
+                 streams; reconnect (the Service sends gateways to the leader)",
+            ),
         }
     }
 }
 
 /// Fires once, for all streams: they end with `UNAVAILABLE` so gateways reconnect (to
 /// another replica, or to us after a restart). Open bidi streams never end on their own,
-/// so without this a graceful server shutdown would wait forever.
+/// so without this a graceful server shutdown would wait forever. With
+/// [`Shutdown::or_not_leader`], also while this replica does not lead.
 #[derive(Debug, Clone)]
-pub struct Shutdown(watch::Receiver<bool>);
+pub struct Shutdown {
+    stop: watch::Receiver<bool>,
+    leader: Option<watch::Receiver<bool>>,
+}
 
 impl Shutdown {
     /// Streams end when `true` is sent on the channel.
     pub fn new(rx: watch::Receiver<bool>) -> Self {
-        Shutdown(rx)
+        Shutdown {
+            stop: rx,
+            leader: None,
+        }
+    }
+
+    /// Also ends (and refuses) streams while `leader` says false.
+    pub fn or_not_leader(mut self, leader: watch::Receiver<bool>) -> Self {
+        self.leader = Some(leader);
+        self
     }
 
     /// Never fires.
     pub fn never() -> Self {
-        Shutdown(watch::channel(false).1)
+        Shutdown::new(watch::channel(false).1)
     }
 
     pub async fn wait(&mut self) {
-        // A dropped sender means nobody can ask for shutdown any more.
-        if self.0.wait_for(|stop| *stop).await.is_err() {
-            std::future::pending::<()>().await;
+        self.reason().await;
+    }
+
+    /// Resolves when streams must end, with why.
+    pub async fn reason(&mut self) -> StreamsStop {
+        let (stop, leader) = (&mut self.stop, &mut self.leader);
+        // A dropped sender means nobody can ask any more (no election: always leading).
+        let stopping = async {
+            if stop.wait_for(|stop| *stop).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            StreamsStop::Stopping
+        };
+        let following = async {
+            let lost = match leader {
+                Some(leader) => leader.wait_for(|leads| !*leads).await.is_ok(),
+                None => false,
+            };
+            if !lost {
+                std::future::pending::<()>().await;
+            }
+            StreamsStop::NotLeader
+        };
+        tokio::select! {
+            biased;
+            why = stopping => why,
+            why = following => why,
         }
     }
 }
@@ -79,6 +151,9 @@ pub struct EdgeSinkService<S: ?Sized> {
     counters: Arc<Counters>,
     config: GrpcConfig,
     shutdown: Shutdown,
+    /// One permit per open stream (`max_streams`).
+    streams: Arc<Semaphore>,
+    logs: Arc<LimitLogs>,
 }
 
 impl<S: EdgeSink + ?Sized> EdgeSinkService<S> {
@@ -91,9 +166,16 @@ impl<S: EdgeSink + ?Sized> EdgeSinkService<S> {
         EdgeSinkService {
             sink,
             counters,
+            streams: Arc::new(Semaphore::new(config.conn.max_streams)),
             config,
             shutdown,
+            logs: Arc::new(LimitLogs::default()),
         }
+    }
+
+    /// The log rate limits, shared with the listener ([`crate::edges::listen`]).
+    pub fn limit_logs(&self) -> Arc<LimitLogs> {
+        self.logs.clone()
     }
 
     /// The service wrapped for `tonic::transport::Server::add_service`, with the message
@@ -101,6 +183,26 @@ impl<S: EdgeSink + ?Sized> EdgeSinkService<S> {
     pub fn into_server(self) -> EdgeSinkServer<Self> {
         let max = self.config.max_message_bytes;
         EdgeSinkServer::new(self).max_decoding_message_size(max)
+    }
+
+    /// Serves on `listener` within the connection limits ([`crate::edges::listen`]) until
+    /// `stop` resolves.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        stop: impl Future<Output = ()>,
+    ) -> Result<(), tonic::transport::Error> {
+        let conn = self.config.conn;
+        let incoming = listen::incoming(listener, conn, self.counters.clone(), self.limit_logs());
+        tonic::transport::Server::builder()
+            // Streams live for hours; find dead gateways so their streams are released.
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            // Advertised: Envoy opens another connection rather than exceed it.
+            .max_concurrent_streams(Some(conn.max_streams_per_connection))
+            .add_service(self.into_server())
+            .serve_with_incoming_shutdown(incoming, stop)
+            .await
     }
 }
 
@@ -112,7 +214,32 @@ impl<S: EdgeSink + ?Sized> EdgeSinkRpc for EdgeSinkService<S> {
         &self,
         request: Request<Streaming<GatewayMessage>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
-        let peer = request.remote_addr();
+        let conn = request.extensions().get::<ConnInfo>().cloned();
+        let peer = conn.as_ref().map(|c| c.peer).or_else(|| request.remote_addr());
+        let Ok(permit) = self.streams.clone().try_acquire_owned() else {
+            self.counters.streams_refused_at_cap.fetch_add(1, Relaxed);
+            let max = self.config.conn.max_streams;
+            if let Some(unlogged) = self.logs.stream_cap.hit() {
+                tracing::warn!(?peer, max, unlogged, "gateway stream refused: --max-streams are open");
+            }
+            return Err(Status::resource_exhausted(format!(
+                "lazyxds holds its maximum of {max} gateway streams (--max-streams); retry later"
+            )));
+        };
+        let on_conn = conn.as_ref().map(|conn| {
+            let (guard, open) = conn.stream_opened();
+            let max = self.config.conn.max_streams_per_connection as usize;
+            if open >= max {
+                self.counters.connections_at_stream_cap.fetch_add(1, Relaxed);
+                if let Some(unlogged) = self.logs.connection_stream_cap.hit() {
+                    tracing::warn!(
+                        ?peer, max, unlogged,
+                        "a gRPC connection reached --max-streams-per-connection; HTTP/2 refuses more on it"
+                    );
+                }
+            }
+            guard
+        });
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(ACK_CHANNEL_CAPACITY);
         let task = StreamTask {
@@ -121,15 +248,49 @@ impl<S: EdgeSink + ?Sized> EdgeSinkRpc for EdgeSinkService<S> {
             shutdown: self.shutdown.clone(),
             decoder: Decoder::new(self.config.limits),
             peer,
+            conn,
+            hello_timeout: self.config.conn.handshake_timeout,
+            logs: self.logs.clone(),
             gateway: None,
-            tx,
+            tx: tx.clone(),
             table: self.sink.namespace_table(),
             batches: 0,
             edges: 0,
+            _slots: (permit, on_conn),
         };
-        tokio::spawn(task.run(inbound));
+        tokio::spawn(supervise(
+            task.run(inbound),
+            tx,
+            self.counters.clone(),
+            peer,
+        ));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
+}
+
+/// Runs a stream task; if it panics (a bug: nothing in it should), the gateway gets
+/// `INTERNAL` rather than a clean end that reads as success, and the panic is logged and
+/// counted. The task's slots (stream cap, connection) are released as it unwinds.
+pub async fn supervise(
+    task: impl Future<Output = ()>,
+    tx: mpsc::Sender<Result<ControllerMessage, Status>>,
+    counters: Arc<Counters>,
+    peer: Option<SocketAddr>,
+) {
+    let Err(panic) = AssertUnwindSafe(task).catch_unwind().await else {
+        return;
+    };
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into());
+    counters.stream_panics.fetch_add(1, Relaxed);
+    tracing::error!(?peer, panic = %message, "gateway stream task panicked (a bug); ending the stream with INTERNAL");
+    let status = Status::internal(
+        "lazyxds failed while handling this stream (logged as a bug); reconnect to resend",
+    );
+    let _ = tokio::time::timeout(FINAL_STATUS_WAIT, tx.send(Err(status))).await;
 }
 
 /// Decrements the open-streams gauge however the stream task ends.
@@ -158,6 +319,12 @@ struct StreamTask<S: ?Sized> {
     shutdown: Shutdown,
     decoder: Decoder,
     peer: Option<SocketAddr>,
+    /// The connection it came on (absent when served without [`crate::edges::listen`]).
+    conn: Option<ConnInfo>,
+    hello_timeout: Duration,
+    logs: Arc<LimitLogs>,
+    /// Held while the stream lives: its share of `max_streams` and of its connection.
+    _slots: (OwnedSemaphorePermit, Option<ConnStream>),
     gateway: Option<GatewayInfo>,
     tx: mpsc::Sender<Result<ControllerMessage, Status>>,
     /// The namespace table to push (`None`: the sink has none, or it is gone).
@@ -205,7 +372,20 @@ impl<S: EdgeSink + ?Sized> StreamTask<S> {
     }
 
     async fn serve(&mut self, inbound: &mut Streaming<GatewayMessage>) -> Result<Closed, Status> {
-        let Some(first) = self.next(inbound).await? else {
+        let first = match tokio::time::timeout(self.hello_timeout, self.next(inbound)).await {
+            Ok(first) => first,
+            Err(_) => {
+                self.counters.hellos_timed_out.fetch_add(1, Relaxed);
+                if let Some(unlogged) = self.logs.hello_timeout.hit() {
+                    tracing::warn!(peer = ?self.peer, unlogged, "gateway stream sent no Hello in time");
+                }
+                return Err(Status::deadline_exceeded(format!(
+                    "no Hello within {:?} (--grpc-handshake-timeout-secs)",
+                    self.hello_timeout
+                )));
+            }
+        };
+        let Some(first) = first? else {
             return Ok(Closed);
         };
         let hello = match first {
@@ -242,9 +422,7 @@ impl<S: EdgeSink + ?Sized> StreamTask<S> {
         let received = loop {
             tokio::select! {
                 biased;
-                () = self.shutdown.wait() => {
-                    return Err(Status::unavailable("lazyxds is shutting down"));
-                }
+                why = self.shutdown.reason() => return Err(why.status()),
                 changed = table_changed(&mut self.table), if self.gateway.is_some() => {
                     match changed {
                         Ok(()) => self.push_table().await?,
@@ -313,6 +491,9 @@ impl<S: EdgeSink + ?Sized> StreamTask<S> {
         );
         self.sink.hello(&gateway);
         self.gateway = Some(gateway);
+        if let Some(conn) = &self.conn {
+            conn.greeted();
+        }
         Ok(())
     }
 
@@ -326,8 +507,8 @@ impl<S: EdgeSink + ?Sized> StreamTask<S> {
                 self.sink.record(gateway, edges);
                 self.counters.batches_acked.fetch_add(1, Relaxed);
                 self.counters.edges_received.fetch_add(count, Relaxed);
-                self.batches += 1;
-                self.edges += count;
+                self.batches = self.batches.saturating_add(1);
+                self.edges = self.edges.saturating_add(count);
             }
             Err(error) => {
                 self.counters.rejected(&error);
@@ -364,7 +545,7 @@ impl<S: EdgeSink + ?Sized> StreamTask<S> {
         // Waiting here is the backpressure: no reading while the gateway is not reading.
         tokio::select! {
             biased;
-            () = self.shutdown.wait() => Err(Status::unavailable("lazyxds is shutting down")),
+            why = self.shutdown.reason() => Err(why.status()),
             sent = self.tx.send(Ok(message)) => match sent {
                 Ok(()) => Ok(()),
                 // The response side is gone: the gateway closed the stream.

@@ -93,23 +93,3 @@ async fn label_pods(pods: &Api<Pod>, me: &str, leading: bool) {
 pub fn always() -> watch::Receiver<bool> {
     watch::channel(true).1
 }
-
-/// True while this replica must not hold gateway streams: stopping, or not leading.
-pub fn follower_or_stopping(
-    mut leader: watch::Receiver<bool>,
-    mut stop: watch::Receiver<bool>,
-) -> watch::Receiver<bool> {
-    let (tx, rx) = watch::channel(!*leader.borrow() || *stop.borrow());
-    tokio::spawn(async move {
-        // A closed leadership channel never changes again (no election: always leading).
-        let mut leader_open = true;
-        loop {
-            tx.send_replace(!*leader.borrow_and_update() || *stop.borrow_and_update());
-            tokio::select! {
-                changed = leader.changed(), if leader_open => leader_open = changed.is_ok(),
-                changed = stop.changed() => if changed.is_err() { return },
-            }
-        }
-    });
-    rx
-}

@@ -1,5 +1,6 @@
 //! The plugin configuration: JSON, parsed once in `on_configure`.
 
+use lazyxds_proto::limits::{MAX_BATCH_BYTES, MAX_BATCH_EDGES, MAX_NAME_BYTES, MAX_STREAM_NAMES};
 use serde::Deserialize;
 
 /// Every setting of the filter; absent keys take the defaults below.
@@ -9,7 +10,8 @@ pub struct Config {
     /// Envoy cluster (HTTP/2) of the controller's gRPC service. The default is the name
     /// istiod gives the controller Service, so a mesh needs no extra cluster.
     pub controller_cluster: String,
-    /// Names this gateway in `Hello`; empty = Envoy's node id.
+    /// Names this gateway in `Hello`; empty = Envoy's node id. At most
+    /// [`MAX_NAME_BYTES`]: the controller refuses a longer `Hello`.
     pub gateway_id: String,
     /// How often a worker flushes new edges (a new edge reaches the controller within
     /// about one interval).
@@ -119,6 +121,23 @@ impl Config {
         Ok(config)
     }
 
+    /// The `gateway_id` of `Hello`: the configured one, else Envoy's node id cut to
+    /// [`MAX_NAME_BYTES`] (at a character boundary; a longer `Hello` would be refused),
+    /// else `unknown`.
+    pub fn gateway_id(&self, node_id: Option<&str>) -> String {
+        if !self.gateway_id.is_empty() {
+            return self.gateway_id.clone();
+        }
+        let Some(id) = node_id.filter(|id| !id.is_empty()) else {
+            return "unknown".into();
+        };
+        let mut end = id.len().min(MAX_NAME_BYTES);
+        while !id.is_char_boundary(end) {
+            end = end.saturating_sub(1);
+        }
+        id.get(..end).unwrap_or("unknown").to_string()
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         fn range<T: PartialOrd + core::fmt::Display>(
             field: &str,
@@ -142,15 +161,26 @@ impl Config {
         }
         range("flush_interval_ms", self.flush_interval_ms, 1, 60_000)?;
         range("refresh_interval_s", self.refresh_interval_s, 1, 86_400)?;
+        // What the controller refuses on the wire is refused here (lazyxds_proto::limits),
+        // so a configuration that loads is one whose streams are accepted.
+        if self.gateway_id.len() > MAX_NAME_BYTES {
+            return Err(ConfigError {
+                field: "gateway_id".into(),
+                message: format!(
+                    "has {} bytes, more than the {MAX_NAME_BYTES} the controller accepts",
+                    self.gateway_id.len()
+                ),
+            });
+        }
         range("max_edges", self.max_edges, 1, 1_000_000)?;
-        range("max_batch_edges", self.max_batch_edges, 1, 10_000)?;
-        range("max_batch_bytes", self.max_batch_bytes, 1_024, 4_000_000)?;
+        range("max_batch_edges", self.max_batch_edges, 1, MAX_BATCH_EDGES)?;
+        range("max_batch_bytes", self.max_batch_bytes, 1_024, MAX_BATCH_BYTES)?;
         range("max_inflight_batches", self.max_inflight_batches, 1, 64)?;
         range(
             "max_names_per_stream",
             self.max_names_per_stream,
             16,
-            1_000_000,
+            MAX_STREAM_NAMES,
         )?;
         range("ack_timeout_ms", self.ack_timeout_ms, 100, 600_000)?;
         range("routing_wait_ms", self.routing_wait_ms, 0, 10_000)?;
@@ -269,6 +299,16 @@ mod tests {
                 "cluster_domain",
                 "not a DNS name",
             ),
+            (
+                r#"{"max_names_per_stream":100001}"#,
+                "max_names_per_stream",
+                "out of range, want 16..=100000",
+            ),
+            (
+                r#"{"max_batch_edges":10001}"#,
+                "max_batch_edges",
+                "out of range, want 1..=10000",
+            ),
             (r#"{"max_edges":10"#, ".", "EOF"),
             ("not json", ".", "expected a JSON object"),
             (r#"[1,2]"#, ".", "expected a JSON object"),
@@ -283,5 +323,35 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    /// A gateway_id the controller would refuse in `Hello` (issue 15: it passed
+    /// `envoy --mode validate`, then every stream was refused) is refused here; the
+    /// longest it accepts loads.
+    #[test]
+    fn gateway_id_is_held_to_the_controllers_limit() {
+        let id = |n: usize| format!(r#"{{"gateway_id":"{}"}}"#, "g".repeat(n));
+        assert!(Config::parse(id(MAX_NAME_BYTES).as_bytes()).is_ok());
+        let err = Config::parse(id(MAX_NAME_BYTES + 1).as_bytes()).unwrap_err();
+        assert_eq!(err.field, "gateway_id");
+        assert!(err.message.contains("more than the 1024"), "{err}");
+    }
+
+    #[test]
+    fn the_node_id_is_cut_to_what_the_controller_accepts() {
+        let config = Config::default();
+        assert_eq!(config.gateway_id(Some("gw-1")), "gw-1");
+        assert_eq!(config.gateway_id(None), "unknown");
+        assert_eq!(config.gateway_id(Some("")), "unknown");
+        let long = "é".repeat(MAX_NAME_BYTES); // 2 bytes each
+        let cut = config.gateway_id(Some(&long));
+        assert_eq!(cut.len(), MAX_NAME_BYTES);
+        let odd = format!("x{long}");
+        assert_eq!(config.gateway_id(Some(&odd)).len(), MAX_NAME_BYTES - 1);
+        let set = Config {
+            gateway_id: "mine".into(),
+            ..Config::default()
+        };
+        assert_eq!(set.gateway_id(Some("node")), "mine");
     }
 }

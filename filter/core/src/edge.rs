@@ -2,6 +2,7 @@
 
 use core::net::IpAddr;
 use lazyxds_proto::cluster::ClusterName;
+use lazyxds_proto::limits::MAX_NAME_BYTES;
 
 /// The raw property values of one request (`None` = Envoy has no value).
 #[derive(Debug, Clone, Copy, Default)]
@@ -39,8 +40,10 @@ pub enum Skip {
 
 /// Longest host we keep; DNS names are at most 253 bytes.
 const MAX_HOST_LEN: usize = 253;
-/// Longest principal we keep (SPIFFE IDs are at most 2048 bytes; Istio's are short).
+/// Longest principal we keep (SPIFFE IDs are at most 2048 bytes; Istio's are short; the
+/// controller accepts names up to [`MAX_NAME_BYTES`]).
 const MAX_PRINCIPAL_LEN: usize = 512;
+const _: () = assert!(MAX_PRINCIPAL_LEN <= MAX_NAME_BYTES && MAX_HOST_LEN <= MAX_NAME_BYTES);
 
 impl<'a> RequestProperties<'a> {
     /// The edge this request represents, or why it is none.
@@ -70,7 +73,12 @@ impl<'a> RequestProperties<'a> {
 
 /// The cluster name when it is an `outbound|port|subset|host` edge cluster. The shell
 /// asks this first, to skip reading the other properties of requests that are no edge.
+/// A name longer than the controller accepts ([`MAX_NAME_BYTES`]) is none: Istio never
+/// makes one (subsets are DNS labels), and the controller would refuse the whole batch.
 pub fn edge_cluster(cluster: &[u8]) -> Option<&str> {
+    if cluster.len() > MAX_NAME_BYTES {
+        return None;
+    }
     let cluster = core::str::from_utf8(cluster).ok()?;
     ClusterName::parse(cluster).outbound().map(|_| cluster)
 }
@@ -291,6 +299,11 @@ mod tests {
             source: Some(b"127.0.0.1:1"),
             ..Default::default()
         };
+        assert_eq!(props.edge(&mut buf), Err(Skip::NotOutbound));
+        // A cluster name the controller would refuse (the whole batch with it) is no edge.
+        let subset = "s".repeat(MAX_NAME_BYTES);
+        let overlong = format!("outbound|80|{subset}|reviews.default.svc.cluster.local");
+        let props = mk_props(Some(&overlong), Some("127.0.0.1:1"), None, None);
         assert_eq!(props.edge(&mut buf), Err(Skip::NotOutbound));
         let long = "p".repeat(MAX_PRINCIPAL_LEN + 1);
         let props = mk_props(Some(REVIEWS), Some("127.0.0.1:1"), None, Some(&long));

@@ -78,8 +78,8 @@ impl Index {
         let mut changed = BTreeSet::new();
         for held in mem::take(&mut self.held) {
             match self.ingest(held.edge, now, &mut changed) {
-                None => self.counters.held_attributed += 1,
-                Some(_) if now >= held.deadline => self.counters.unknown_dropped += 1,
+                None => self.counters.held_attributed = self.counters.held_attributed.saturating_add(1),
+                Some(_) if now >= held.deadline => self.counters.unknown_dropped = self.counters.unknown_dropped.saturating_add(1),
                 Some(edge) => self.held.push_back(Held {
                     edge,
                     deadline: held.deadline,
@@ -91,20 +91,20 @@ impl Index {
         }
         if now >= self.next_prune {
             self.prune_ip_history(now);
-            self.next_prune = now + IP_HISTORY_RETENTION_S / 10;
+            self.next_prune = now.saturating_add(IP_HISTORY_RETENTION_S / 10);
         }
         changed
     }
 
     fn hold(&mut self, edge: ObservedEdge, now: u64) {
         if self.held.len() >= self.config.max_held_edges {
-            self.counters.hold_overflow += 1;
+            self.counters.hold_overflow = self.counters.hold_overflow.saturating_add(1);
             return;
         }
-        self.counters.held += 1;
+        self.counters.held = self.counters.held.saturating_add(1);
         self.held.push_back(Held {
             edge,
-            deadline: now + self.config.hold.as_secs(),
+            deadline: now.saturating_add(self.config.hold.as_secs()),
         });
     }
 
@@ -117,23 +117,23 @@ impl Index {
     ) -> Option<ObservedEdge> {
         // Cheap pre-check so non-edges are never held; malformed ones fail in resolve.
         if !edge.cluster.starts_with("outbound|") {
-            self.counters.non_outbound += 1;
+            self.counters.non_outbound = self.counters.non_outbound.saturating_add(1);
             return None;
         }
         let ttl = self.config.ttl.map(|t| t.as_secs());
         if ttl.is_some_and(|ttl| edge.last_seen_unix_s.saturating_add(ttl) < now) {
-            self.counters.stale += 1;
+            self.counters.stale = self.counters.stale.saturating_add(1);
             return None;
         }
         let id = match self.attribute(&edge) {
             Source::Workload(id) => id,
             Source::Unknown => return Some(edge),
             Source::HostNetwork => {
-                self.counters.host_network += 1;
+                self.counters.host_network = self.counters.host_network.saturating_add(1);
                 return None;
             }
             Source::Mismatch => {
-                self.counters.principal_mismatch += 1;
+                self.counters.principal_mismatch = self.counters.principal_mismatch.saturating_add(1);
                 return None;
             }
         };
@@ -143,7 +143,7 @@ impl Index {
             &edge.cluster,
             &self.config.cluster_domain,
         ) else {
-            self.counters.non_outbound += 1;
+            self.counters.non_outbound = self.counters.non_outbound.saturating_add(1);
             return None;
         };
         self.counters.attributed_requests = self
@@ -187,17 +187,17 @@ impl Index {
                     return false;
                 }
                 *stored = seen;
-                self.counters.deps_refreshed += 1;
+                self.counters.deps_refreshed = self.counters.deps_refreshed.saturating_add(1);
                 self.next_expiry = self.next_expiry.min(expiry_at(seen, ttl));
                 true
             }
             None if full => {
-                self.counters.deps_over_cap += 1;
+                self.counters.deps_over_cap = self.counters.deps_over_cap.saturating_add(1);
                 !mem::replace(&mut deps.over_cap, true)
             }
             None => {
                 deps.deps.insert(dep, seen);
-                self.counters.deps_added += 1;
+                self.counters.deps_added = self.counters.deps_added.saturating_add(1);
                 if let Some(ttl) = ttl {
                     self.next_expiry = self.next_expiry.min(expiry_at(seen, ttl));
                 }
@@ -223,7 +223,7 @@ impl Index {
                 // Slightly before the first known holder started: clock skew.
                 holders
                     .first()
-                    .filter(|h| t < h.from && h.from - t <= START_SKEW_S)
+                    .filter(|h| t < h.from && h.from.saturating_sub(t) <= START_SKEW_S)
             });
         let Some(holder) = found else {
             return Source::Unknown;
@@ -257,9 +257,9 @@ impl Index {
                 }
                 at > now
             });
-            let expired = before - wd.deps.len();
+            let expired = before.saturating_sub(wd.deps.len());
             if expired > 0 {
-                self.counters.deps_expired += expired as u64;
+                self.counters.deps_expired = self.counters.deps_expired.saturating_add(expired as u64);
                 // Re-learned through the gateway; the cap frees up again.
                 wd.over_cap = false;
                 expired_for.push(id.clone());

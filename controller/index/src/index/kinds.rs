@@ -140,7 +140,8 @@ impl Projection for Pod {
                     .as_ref()
                     .is_some_and(|o| o.host_network && o.ips.contains(ip));
                 if !held_before {
-                    *index.host_network_ips.entry(*ip).or_default() += 1;
+                    let n = index.host_network_ips.entry(*ip).or_default();
+                    *n = n.saturating_add(1);
                 }
             }
             return;
@@ -178,7 +179,7 @@ impl Projection for Pod {
             }
             let keep = index.config.ip_history.max(1);
             if holders.len() > keep {
-                let excess = holders.len() - keep;
+                let excess = holders.len().saturating_sub(keep);
                 holders.drain(..excess);
             }
         }

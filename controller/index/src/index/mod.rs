@@ -271,7 +271,7 @@ impl Index {
             }
             if old.host_network {
                 if let Some(n) = self.host_network_ips.get_mut(ip) {
-                    *n -= 1;
+                    *n = n.saturating_sub(1);
                     if *n == 0 {
                         self.host_network_ips.remove(ip);
                     }
@@ -324,7 +324,7 @@ impl Index {
         for s in sidecars {
             self.apply(s);
         }
-        self.counters.deps_restored - before
+        self.counters.deps_restored.saturating_sub(before)
     }
 
     // ---- Deps ----------------------------------------------------------------------
@@ -352,7 +352,7 @@ impl Index {
         let present: BTreeSet<WorkloadId> = self.workload_views().into_keys().collect();
         let before = self.deps.len();
         self.deps.retain(|id, _| present.contains(id));
-        before - self.deps.len()
+        before.saturating_sub(self.deps.len())
     }
 
     /// Merges deps (max last-seen), skipping already expired ones, within the cap.
@@ -376,7 +376,7 @@ impl Index {
                     entry.deps.insert(host, seen);
                 }
             }
-            self.counters.deps_restored += 1;
+            self.counters.deps_restored = self.counters.deps_restored.saturating_add(1);
             if let Some(ttl) = ttl {
                 self.next_expiry = self.next_expiry.min(edges::expiry_at(seen, ttl));
             }
