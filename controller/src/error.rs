@@ -135,4 +135,16 @@ pub enum FileModeError {
     /// Already names the file, object and field.
     #[error(transparent)]
     Topology(#[from] lazyxds_index::TopologyError),
+    #[error("{path} is {size} bytes, more than --max-topology-bytes {max}")]
+    TooLarge {
+        path: std::path::PathBuf,
+        size: u64,
+        max: u64,
+    },
+    /// The parse thread ended without a result (it panicked).
+    #[error("{path}: parsing failed: {message}")]
+    Parse {
+        path: std::path::PathBuf,
+        message: String,
+    },
 }

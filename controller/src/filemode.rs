@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -21,13 +21,75 @@ use crate::error::FileModeError;
 use crate::learn::SharedLearner;
 use crate::target::Target;
 
-/// Reads and parses a topology file; errors name the file, object and field.
+/// The default of `--max-topology-bytes`: some 60,000 workloads with two pods each.
+/// Parsing holds about 50 times the file in memory at its peak (measured: 16 MB of
+/// workloads, 2.2 s and 800 MB in a release build), so this bounds a reload to about a
+/// second and 400 MB.
+pub const DEFAULT_MAX_TOPOLOGY_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Reads and parses a topology file of at most [`DEFAULT_MAX_TOPOLOGY_BYTES`]; errors
+/// name the file, object and field.
 pub fn load_topology(path: &Path) -> Result<Topology, FileModeError> {
-    let text = fs::read_to_string(path).map_err(|source| FileModeError::Read {
+    load_topology_limited(path, DEFAULT_MAX_TOPOLOGY_BYTES)
+}
+
+/// Reads and parses a topology file of at most `max_bytes`; one nesting deeper than
+/// `lazyxds_index::topology::limits::MAX_DEPTH` is refused before it is parsed.
+/// Blocking: from async code use [`load_topology_off_runtime`].
+pub fn load_topology_limited(path: &Path, max_bytes: u64) -> Result<Topology, FileModeError> {
+    let read_err = |source| FileModeError::Read {
         path: path.to_path_buf(),
         source,
-    })?;
+    };
+    let file = fs::File::open(path).map_err(read_err)?;
+    let too_large = |size| FileModeError::TooLarge {
+        path: path.to_path_buf(),
+        size,
+        max: max_bytes,
+    };
+    let size = file.metadata().map_err(read_err)?.len();
+    if size > max_bytes {
+        return Err(too_large(size));
+    }
+    let mut text = String::new();
+    // The file may grow between the check and the read.
+    file.take(max_bytes.saturating_add(1))
+        .read_to_string(&mut text)
+        .map_err(read_err)?;
+    if text.len() as u64 > max_bytes {
+        return Err(too_large(text.len() as u64));
+    }
     Ok(Topology::from_yaml(&text, &path.display().to_string())?)
+}
+
+/// [`load_topology_limited`] on a blocking thread: the async runtime (gRPC, `/healthz`,
+/// signals) keeps running while a large file is parsed. Cancel-safe: the parse goes on
+/// when the returned future is dropped (see [`FileTarget`]'s reload).
+pub fn spawn_load_topology(
+    path: PathBuf,
+    max_bytes: u64,
+) -> tokio::task::JoinHandle<Result<Topology, FileModeError>> {
+    tokio::task::spawn_blocking(move || load_topology_limited(&path, max_bytes))
+}
+
+/// [`spawn_load_topology`], awaited.
+pub async fn load_topology_off_runtime(
+    path: &Path,
+    max_bytes: u64,
+) -> Result<Topology, FileModeError> {
+    joined(path, spawn_load_topology(path.to_path_buf(), max_bytes).await)
+}
+
+fn joined<T>(
+    path: &Path,
+    result: Result<Result<T, FileModeError>, tokio::task::JoinError>,
+) -> Result<T, FileModeError> {
+    result.unwrap_or_else(|e| {
+        Err(FileModeError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    })
 }
 
 /// The Sidecars in `dir` that we own (label `app.kubernetes.io/managed-by: lazyxds`), by
@@ -208,6 +270,9 @@ pub struct FileTarget {
     seen_mtime: Option<SystemTime>,
     poll: tokio::time::Interval,
     last_refusals: BTreeMap<String, String>,
+    max_bytes: u64,
+    /// A reload being parsed on a blocking thread; kept when `changed` is dropped.
+    parsing: Option<tokio::task::JoinHandle<Result<Topology, FileModeError>>>,
 }
 
 impl FileTarget {
@@ -228,7 +293,15 @@ impl FileTarget {
             learner,
             poll: tokio::time::interval(TOPOLOGY_POLL),
             last_refusals: BTreeMap::new(),
+            max_bytes: DEFAULT_MAX_TOPOLOGY_BYTES,
+            parsing: None,
         }
+    }
+
+    /// Reloads refuse files larger than `max_bytes` (`--max-topology-bytes`).
+    pub fn with_max_bytes(mut self, max_bytes: u64) -> Self {
+        self.max_bytes = max_bytes;
+        self
     }
 }
 
@@ -270,16 +343,23 @@ impl Target for FileTarget {
     }
 
     /// Reloads the topology when its file changes; a bad file is logged and the last good
-    /// state kept.
+    /// state kept. The file is parsed off the async runtime; a parse under way survives
+    /// this future being dropped (the loop drops it whenever edges arrive).
     async fn changed(&mut self) {
         loop {
-            self.poll.tick().await;
-            let now = mtime(&self.topology);
-            if now == self.seen_mtime {
+            let Some(parsing) = &mut self.parsing else {
+                self.poll.tick().await;
+                let now = mtime(&self.topology);
+                if now == self.seen_mtime {
+                    continue;
+                }
+                self.seen_mtime = now;
+                self.parsing = Some(spawn_load_topology(self.topology.clone(), self.max_bytes));
                 continue;
-            }
-            self.seen_mtime = now;
-            match load_topology(&self.topology) {
+            };
+            let parsed = joined(&self.topology, parsing.await);
+            self.parsing = None;
+            match parsed {
                 Ok(topology) => {
                     topology.apply_to(&mut self.learner.index());
                     self.render = topology.render_config(self.base_render.clone());

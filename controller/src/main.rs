@@ -74,11 +74,14 @@ fn try_main() -> Result<()> {
     match cli.command {
         Command::Run(args) => {
             init_logging(args.log_level.as_deref())?;
-            tokio::runtime::Builder::new_multi_thread()
+            let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
-                .context("cannot start the tokio runtime")?
-                .block_on(args.run())
+                .context("cannot start the tokio runtime")?;
+            let result = runtime.block_on(args.run());
+            // A topology still being parsed on a blocking thread must not hold the exit.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            result
         }
         Command::Report(args) => print_report(&args),
         Command::Install(args) => print_install(&args),

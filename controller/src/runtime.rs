@@ -228,6 +228,14 @@ pub struct RunArgs {
     #[arg(long, env = "LAZYXDS_FILE", requires = "out")]
     pub file: Option<PathBuf>,
 
+    /// File mode: the largest topology file read (a larger one is refused at start and
+    /// on reload, naming the file and this limit). Parsing holds about 50 times the
+    /// file's size in memory at its peak; the default is some 60,000 workloads.
+    #[arg(long, env = "LAZYXDS_MAX_TOPOLOGY_BYTES",
+          default_value_t = filemode::DEFAULT_MAX_TOPOLOGY_BYTES,
+          value_parser = clap::value_parser!(u64).range(1024..=1024 * 1024 * 1024))]
+    pub max_topology_bytes: u64,
+
     /// File mode: directory for the generated Sidecars (one YAML file each). Sidecars
     /// already there are read back first: a restart never forgets learned deps.
     #[arg(long, env = "LAZYXDS_OUT", requires = "file")]
@@ -324,7 +332,15 @@ impl RunArgs {
         let (stop_tx, stop_rx) = watch::channel(false);
         let runtime = match (&self.file, &self.out) {
             _ if self.kube => self.kube(edges, stop_rx.clone()).await?,
-            (Some(file), Some(out)) => self.file(file, out, edges, stop_rx.clone())?,
+            (Some(file), Some(out)) => {
+                tokio::select! {
+                    runtime = self.file(file, out, edges, stop_rx.clone()) => runtime?,
+                    () = stop_signal() => {
+                        tracing::info!("stopped while loading the topology");
+                        return Ok(());
+                    }
+                }
+            }
             _ => Runtime {
                 sink: Arc::new(edges),
                 views: Views::default(),
@@ -374,17 +390,27 @@ impl RunArgs {
         })
     }
 
-    /// `--file/--out`: the topology file into the index, Sidecar files as the target.
-    fn file(
+    /// `--file/--out`: the topology file into the index, Sidecar files as the target. The
+    /// files are read and parsed on a blocking thread (signals are still heard).
+    async fn file(
         &self,
         file: &std::path::Path,
         out: &std::path::Path,
         edges: MemoryEdgeSink,
         stop: watch::Receiver<bool>,
     ) -> Result<Runtime> {
-        let topology = filemode::load_topology(file)?;
-        let mut index = Index::new(self.scoping.index_config());
-        let restored = filemode::load_state(&topology, out, &mut index)?;
+        let topology = filemode::load_topology_off_runtime(file, self.max_topology_bytes).await?;
+        let index = Index::new(self.scoping.index_config());
+        let (topology, index, restored) = {
+            let out = out.to_path_buf();
+            tokio::task::spawn_blocking(move || {
+                let mut index = index;
+                let restored = filemode::load_state(&topology, &out, &mut index);
+                restored.map(|restored| (topology, index, restored))
+            })
+            .await
+            .context("reading the Sidecars back")??
+        };
         tracing::info!(file = %file.display(), out = %out.display(), restored_deps = restored, "file mode");
         let learner = Arc::new(Learner::new(index, edges));
         let target = FileTarget::new(
@@ -393,7 +419,8 @@ impl RunArgs {
             self.scoping.render_config(),
             &topology,
             learner.clone(),
-        );
+        )
+        .with_max_bytes(self.max_topology_bytes);
         Ok(Runtime {
             views: Views {
                 deps: Some(learner.clone()),

@@ -6,6 +6,7 @@ use serde::Deserialize;
 use crate::error::Error;
 use crate::istio::OutboundPolicy;
 use crate::objects::Labels;
+use crate::topology::limits::{too_deep, MAX_DEPTH};
 
 /// A Kubernetes label selector (`matchLabels` AND every `matchExpressions` entry).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -85,6 +86,12 @@ impl MeshConfig {
             file: "istio-system/istio ConfigMap, key mesh".into(),
             message,
         };
+        // The same guard as topology files: deep nesting costs the parser its square.
+        if let Some((line, column)) = too_deep(yaml, MAX_DEPTH) {
+            return Err(yaml_error(format!(
+                "line {line}, column {column}: nests deeper than {MAX_DEPTH} levels"
+            )));
+        }
         let raw: Option<RawMesh> =
             serde_norway::from_str(yaml).map_err(|e| yaml_error(e.to_string()))?;
         let Some(raw) = raw else {

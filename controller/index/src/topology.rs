@@ -104,8 +104,20 @@ impl IndexObjects {
 }
 
 impl Topology {
-    /// Parses a topology file; `file_name` only names it in errors.
+    /// Parses a topology file; `file_name` only names it in errors. Text nesting deeper
+    /// than [`limits::MAX_DEPTH`] is refused before it is parsed (its parse would cost
+    /// the square of its depth).
     pub fn from_yaml(text: &str, file_name: &str) -> Result<Topology, Error> {
+        if let Some((line, column)) = limits::too_deep(text, limits::MAX_DEPTH) {
+            return Err(Error::Topology {
+                file: file_name.to_string(),
+                location: format!("line {line}, column {column}"),
+                message: format!(
+                    "nests deeper than {} levels, the limit for a topology file",
+                    limits::MAX_DEPTH
+                ),
+            });
+        }
         let value: Value = serde_norway::from_str(text).map_err(|e| Error::Yaml {
             file: file_name.to_string(),
             message: e.to_string(),
@@ -628,5 +640,6 @@ impl Parser<'_> {
     }
 }
 
+pub mod limits;
 #[cfg(test)]
 mod tests;

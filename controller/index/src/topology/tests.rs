@@ -387,6 +387,10 @@ fn errors_name_file_object_and_field() {
             topology_error("virtualServices[0] (shop/a): http[0]", "is not a route object"),
         ),
         (
+            format!("virtualServices:\n- {{namespace: shop, name: a, hosts: [a], http: {}", "[".repeat(100)),
+            topology_error("line 2, column 110", "nests deeper than 64 levels, the limit for a topology file"),
+        ),
+        (
             "sidecars:\n- {namespace: shop, name: lazyxds-x, labels: {app.kubernetes.io/managed-by: lazyxds}, annotations: {lazyxds.io/workload: Deployment/x, lazyxds.io/deps: \"[]\"}}".to_string(),
             topology_error("sidecars[0] (shop/lazyxds-x): annotations.\"lazyxds.io/deps\"", "\"[]\" is not a JSON object of host to unix seconds: invalid type: sequence, expected a map at line 1 column 0"),
         ),
