@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use lazyxds_index::objects::{is_ours, string_map};
@@ -18,6 +19,7 @@ use lazyxds_index::{Desired, GatewayObjects, Index, Pass, RenderConfig, SidecarO
 use serde_json::Value;
 
 use crate::error::FileModeError;
+use crate::ready::WritePath;
 use crate::learn::SharedLearner;
 use crate::target::Target;
 
@@ -256,6 +258,8 @@ pub fn load_state(
 
 /// How often the topology file is checked for changes.
 const TOPOLOGY_POLL: Duration = Duration::from_secs(1);
+/// While nothing is written, `--out` is probed this often for `/readyz`.
+const WRITE_PROBE_EVERY: Duration = Duration::from_secs(5);
 
 /// `run --file`: the topology file stands in for the cluster's watches, `--out` for the
 /// cluster's Sidecars.
@@ -273,6 +277,9 @@ pub struct FileTarget {
     max_bytes: u64,
     /// A reload being parsed on a blocking thread; kept when `changed` is dropped.
     parsing: Option<tokio::task::JoinHandle<Result<Topology, FileModeError>>>,
+    /// Whether files get written: the last pass's writes, or the last probe of `--out`.
+    writes: Arc<WritePath>,
+    next_probe: tokio::time::Instant,
 }
 
 impl FileTarget {
@@ -295,7 +302,28 @@ impl FileTarget {
             last_refusals: BTreeMap::new(),
             max_bytes: DEFAULT_MAX_TOPOLOGY_BYTES,
             parsing: None,
+            writes: Arc::default(),
+            next_probe: tokio::time::Instant::now() + WRITE_PROBE_EVERY,
         }
+    }
+
+    /// Whether `--out` takes files (for `/readyz`).
+    pub fn write_path(&self) -> Arc<WritePath> {
+        self.writes.clone()
+    }
+
+    /// Writes and removes a file in `--out` and its gateway directory, as a pass would.
+    fn probe(&self) -> Result<(), String> {
+        let gateway = gateway_file(&self.out_dir);
+        let dirs = [Some(self.out_dir.as_path()), gateway.parent()];
+        for dir in dirs.into_iter().flatten() {
+            let probe = dir.join(".lazyxds-ready-probe");
+            fs::create_dir_all(dir)
+                .and_then(|()| fs::write(&probe, b"ready\n"))
+                .and_then(|()| fs::remove_file(&probe))
+                .map_err(|e| format!("cannot write in {}: {e}", dir.display()))?;
+        }
+        Ok(())
     }
 
     /// Reloads refuse files larger than `max_bytes` (`--max-topology-bytes`).
@@ -314,6 +342,7 @@ impl Target for FileTarget {
 
     async fn apply(&mut self, pass: &Pass) -> bool {
         let mut ok = true;
+        let mut failure = None;
         match write_gateway(&self.out_dir, &pass.gateway) {
             Ok(true) => tracing::info!(
                 file = %gateway_file(&self.out_dir).display(),
@@ -323,6 +352,7 @@ impl Target for FileTarget {
             Ok(false) => {}
             Err(error) => {
                 tracing::error!(%error, "writing the gateway objects failed");
+                failure = Some(format!("writing the gateway objects failed: {error:#}"));
                 ok = false;
             }
         }
@@ -336,9 +366,12 @@ impl Target for FileTarget {
             Err(error) => {
                 // Keep the state; the loop retries.
                 tracing::error!(%error, "writing Sidecars failed");
+                failure = Some(format!("writing Sidecars failed: {error:#}"));
                 ok = false;
             }
         }
+        self.writes.record(failure.map_or(Ok(()), Err));
+        self.next_probe = tokio::time::Instant::now() + WRITE_PROBE_EVERY;
         ok
     }
 
@@ -349,6 +382,11 @@ impl Target for FileTarget {
         loop {
             let Some(parsing) = &mut self.parsing else {
                 self.poll.tick().await;
+                // Idle for a while: is `--out` still writable (for `/readyz`)?
+                if tokio::time::Instant::now() >= self.next_probe {
+                    self.writes.record(self.probe());
+                    self.next_probe = tokio::time::Instant::now() + WRITE_PROBE_EVERY;
+                }
                 let now = mtime(&self.topology);
                 if now == self.seen_mtime {
                     continue;

@@ -7,7 +7,9 @@
 //! - `GET /debug/plan`: what the Kubernetes writer would change, with diffs, and its
 //!   metrics (`run --kube`; the whole plan under `--dry-run`).
 //! - `GET /metrics`: Prometheus text ([`crate::metrics`]).
-//! - `GET /healthz`, `GET /readyz`: `ok`.
+//! - `GET /healthz`: `ok` while the process serves.
+//! - `GET /readyz`: `ok`, or 503 with the reason this replica cannot do its job now
+//!   ([`crate::ready`]).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -18,6 +20,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use crate::counters::{Counters, CountersSnapshot};
+use crate::ready::ReadyView;
 use crate::edges::StoredEdge;
 use crate::sink::MemoryEdgeSink;
 
@@ -97,6 +100,8 @@ pub struct Sources {
     pub plan: Option<Arc<dyn PlanView>>,
     /// Everything `/metrics` shows.
     pub metrics: Vec<Arc<dyn crate::metrics::MetricsSource>>,
+    /// What `/readyz` asks (none: always ready, e.g. the bare edge sink).
+    pub ready: Option<Arc<dyn ReadyView>>,
 }
 
 impl Sources {
@@ -108,6 +113,7 @@ impl Sources {
             counters,
             deps: None,
             plan: None,
+            ready: None,
         }
     }
 }
@@ -122,7 +128,7 @@ pub fn router(sources: Sources) -> Router {
         .route("/debug/plan", get(debug_plan))
         .route("/metrics", get(metrics))
         .route("/healthz", get(ok))
-        .route("/readyz", get(ok))
+        .route("/readyz", get(readyz))
         .with_state(sources)
 }
 
@@ -176,4 +182,14 @@ async fn debug_rejections(
 
 async fn ok() -> &'static str {
     "ok"
+}
+
+async fn readyz(State(state): State<AppState>) -> (axum::http::StatusCode, String) {
+    match state.ready.as_ref().map_or(Ok(()), |r| r.ready()) {
+        Ok(()) => (axum::http::StatusCode::OK, "ok".into()),
+        Err(reason) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
+        ),
+    }
 }

@@ -3,7 +3,7 @@
 //! - [`runtime`]: `lazyxds run`: picks the mode and wires its parts.
 //! - [`edges`]: the gRPC edge stream, its decoder (pure) and the debug edge store.
 //! - [`sink`]: the [`sink::EdgeSink`] seam where decoded edges go.
-//! - [`http`]: debug and health endpoints.
+//! - [`http`]: debug and health endpoints; [`ready`]: what `/readyz` says.
 //! - [`learn`]: the sink that feeds edges into the dependency index.
 //! - [`target`]: the one loop: a reconcile pass, applied by a [`target::Target`].
 //! - [`filemode`]: `run --file`: topology file in, Sidecar YAML files out.
@@ -20,6 +20,7 @@ pub mod install;
 pub mod kube;
 pub mod learn;
 pub mod metrics;
+pub mod ready;
 pub mod runtime;
 pub mod sink;
 pub mod target;

@@ -42,6 +42,7 @@ use crate::kube::leader;
 use crate::kube::writer::{self, WriterConfig};
 use crate::learn::Learner;
 use crate::metrics::MetricsSource;
+use crate::ready::ReadyView;
 use crate::sink::{EdgeSink, MemoryEdgeSink};
 use lazyxds_index::{Index, IndexConfig, RenderConfig};
 
@@ -314,6 +315,8 @@ pub struct Views {
     pub deps: Option<Arc<dyn DepsView>>,
     pub plan: Option<Arc<dyn PlanView>>,
     pub metrics: Vec<Arc<dyn MetricsSource>>,
+    /// What `/readyz` asks (none: always ready).
+    pub ready: Option<Arc<dyn ReadyView>>,
 }
 
 impl RunArgs {
@@ -380,7 +383,8 @@ impl RunArgs {
             views: Views {
                 deps: Some(learner.clone()),
                 plan: Some(status.clone()),
-                metrics: vec![learner.clone(), status],
+                metrics: vec![learner.clone(), status.clone()],
+                ready: Some(status),
             },
             // Gateways stream to the leader: a follower ends streams (UNAVAILABLE) so
             // they reconnect, through the Service, to whoever leads.
@@ -421,11 +425,13 @@ impl RunArgs {
             learner.clone(),
         )
         .with_max_bytes(self.max_topology_bytes);
+        let ready = target.write_path();
         Ok(Runtime {
             views: Views {
                 deps: Some(learner.clone()),
                 plan: None,
                 metrics: vec![learner.clone()],
+                ready: Some(ready),
             },
             streams_stop: Shutdown::new(stop.clone()),
             target: self.target_loop(learner.clone(), target, leader::always(), stop),
@@ -512,6 +518,7 @@ impl RunArgs {
             deps: views.deps,
             plan: views.plan,
             metrics,
+            ready: views.ready,
         };
         let http = axum::serve(http_listener, crate::http::router(sources))
             .with_graceful_shutdown(async move { http_stop.wait().await });

@@ -230,6 +230,36 @@ async fn dry_run_writes_nothing_and_shows_the_plan() {
     );
 }
 
+/// Issue 15 item 9: `/readyz` said ok while every write failed. Not ready while every
+/// Sidecar write of a pass fails; ready again once one gets through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_ready_while_every_write_fails() {
+    let c = Cluster::start().await;
+    let apply = RequestMatch::any().verb(Verb::Apply).resource("sidecars");
+    // Enough failures for several passes (backoff 200 ms, 400 ms, ...).
+    c.api.fail_next(4, apply.clone(), Failure::InternalError);
+    let ctl = c.controller(&[]);
+    ctl.send(&[([10, 0, 0, 1], &outbound(API))]).await;
+    let not_ready = eventually(
+        Duration::from_secs(15),
+        || ctl.log(),
+        || {
+            let body = futures_lite_block(ctl.http_get("/readyz"));
+            body.starts_with("not ready: every Sidecar write of the last pass failed")
+                .then_some(body)
+        },
+    )
+    .await;
+    assert!(not_ready.contains("server_500"), "{not_ready}");
+    c.wait_web_deps(&[API], &ctl).await;
+    eventually(
+        Duration::from_secs(15),
+        || ctl.log(),
+        || (futures_lite_block(ctl.http_get("/readyz")) == "ok").then_some(()),
+    )
+    .await;
+}
+
 /// Runs a future to completion from sync code inside the multi-thread runtime.
 fn futures_lite_block<F: std::future::Future>(f: F) -> F::Output {
     tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))

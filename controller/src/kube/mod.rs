@@ -15,6 +15,7 @@ use serde_json::json;
 
 use crate::http::PlanView;
 use crate::learn::SharedLearner;
+use crate::ready::ReadyView;
 
 /// The field manager of every apply.
 pub const FIELD_MANAGER: &str = "lazyxds";
@@ -74,6 +75,19 @@ impl KubeStatus {
             kill_switch: None,
         };
         (writer, watch)
+    }
+}
+
+impl ReadyView for KubeStatus {
+    /// Ready once every watch listed, while they reach the API server and the last
+    /// pass's writes (if any) got through. A standby is ready on the same terms: it
+    /// takes over at once.
+    fn ready(&self) -> Result<(), String> {
+        if !self.writer.synced.load(Relaxed) {
+            return Err("the watches have not listed everything yet".into());
+        }
+        self.watched.health.check()?;
+        self.writer.writes.check()
     }
 }
 

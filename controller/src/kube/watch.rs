@@ -24,6 +24,7 @@ use tokio::sync::watch as signal;
 use super::istio_resource;
 use super::project::{self, Projected};
 use crate::learn::SharedLearner;
+use crate::ready::WatchHealth;
 
 pub use lazyxds_index::objects::{KILL_SWITCH_CONFIGMAP, MESH_CONFIGMAP, MESH_CONFIG_NAMESPACE};
 
@@ -89,6 +90,8 @@ pub struct Watched {
     pub invalid_annotations: AtomicU64,
     pub watch_errors: AtomicU64,
     pub events: AtomicU64,
+    /// Whether the watches reach the API server (for `/readyz`).
+    pub health: WatchHealth,
 }
 
 impl Watched {
@@ -158,11 +161,13 @@ where
             Ok(event) => event,
             Err(error) => {
                 ctx.watched.watch_errors.fetch_add(1, Relaxed);
+                ctx.watched.health.error(kind.name, &error);
                 tracing::warn!(kind = kind.name, %error, "watch failed; retrying with backoff");
                 continue;
             }
         };
         ctx.watched.events.fetch_add(1, Relaxed);
+        ctx.watched.health.event();
         match event {
             Event::Init => {
                 if kind.live_sidecars {
@@ -248,10 +253,15 @@ async fn run_configmap(
         match event {
             Err(error) => {
                 ctx.watched.watch_errors.fetch_add(1, Relaxed);
+                ctx.watched.health.error(sync_name, &error);
                 tracing::warn!(kind = sync_name, %error, "watch failed; retrying with backoff");
             }
-            Ok(Event::Init) => seen = false,
+            Ok(Event::Init) => {
+                ctx.watched.health.event();
+                seen = false;
+            }
             Ok(Event::InitApply(cm)) | Ok(Event::Apply(cm)) => {
+                ctx.watched.health.event();
                 seen = true;
                 apply(&ctx, Some(&cm));
             }

@@ -25,6 +25,7 @@ use super::watch::{spawn_all, spec_text, LiveSidecar, Watched};
 use super::KubeStatus;
 use super::{istio_resource, FIELD_MANAGER};
 use crate::learn::SharedLearner;
+use crate::ready::WritePath;
 use crate::target::Target;
 
 /// One change the writer would make.
@@ -180,6 +181,10 @@ pub struct WriterStats {
     pub deletes: AtomicU64,
     pub blocked: AtomicU64,
     pub last_pass_ms: AtomicU64,
+    /// Every watch has listed once (the writer may start).
+    pub synced: std::sync::atomic::AtomicBool,
+    /// Whether the last pass's writes got through (for `/readyz`).
+    pub writes: WritePath,
     errors: Mutex<BTreeMap<String, u64>>,
     /// Shared with the writer's own last plan: one copy of it in memory.
     plan: Mutex<Arc<Plan>>,
@@ -309,6 +314,7 @@ impl Target for KubeTarget {
             .synced
             .wait_for(|synced| synced.len() >= self.watches.len())
             .await;
+        self.stats.synced.store(true, Relaxed);
         let forgotten = self.learner.index().forget_absent_workloads();
         tracing::info!(
             forgotten,
@@ -373,6 +379,7 @@ impl Target for KubeTarget {
                 false
             };
             ok = !(outcome.failed || routes_failed);
+            stats.writes.record(outcome.health(routes_failed));
             if let Some(recorder) = &self.recorder {
                 publish_events(recorder, &pass.desired, &outcome.created, &mut self.evented).await;
             }
@@ -468,6 +475,30 @@ struct Outcome {
     failed: bool,
     /// Workloads whose Sidecar was created in this pass.
     created: Vec<WorkloadId>,
+    /// Sidecar writes tried, and how many of them failed (the last reason).
+    tried: usize,
+    failures: usize,
+    last_failure: Option<String>,
+}
+
+impl Outcome {
+    /// Not ready when every Sidecar write of the pass failed (or, with none to make, the
+    /// gateway's routes could not be written): one object the API refuses must not take
+    /// the leader out of service.
+    fn health(&self, routes_failed: bool) -> Result<(), String> {
+        if self.tried > 0 && self.failures == self.tried {
+            return Err(format!(
+                "every Sidecar write of the last pass failed ({} of {}; last: {})",
+                self.failures,
+                self.tried,
+                self.last_failure.as_deref().unwrap_or("?")
+            ));
+        }
+        if self.tried == 0 && routes_failed {
+            return Err("writing the gateway's routing objects failed".into());
+        }
+        Ok(())
+    }
 }
 
 /// Carries out `plan`, checking leadership before every write.
@@ -523,6 +554,7 @@ async fn apply(
             (_, None) => Ok(()),
         };
         let key = (change.namespace.clone(), change.name.clone());
+        outcome.tried = outcome.tried.saturating_add(1);
         match result {
             Ok(()) => {
                 // Record what we wrote now, so the next pass does not write it again
@@ -547,6 +579,8 @@ async fn apply(
             }
             Err(reason) => {
                 outcome.failed = true;
+                outcome.failures = outcome.failures.saturating_add(1);
+                outcome.last_failure = Some(reason.clone());
                 stats.error(&reason);
                 tracing::warn!(namespace = %change.namespace, name = %change.name,
                     action = ?change.action, %reason, "Sidecar write failed; will retry");
