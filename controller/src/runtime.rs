@@ -249,7 +249,7 @@ pub struct RunArgs {
 
     /// Kubernetes mode: compute everything, write nothing; the plan (with diffs) is
     /// logged and served at /debug/plan. Start here.
-    #[arg(long, env = "LAZYXDS_DRY_RUN", requires = "kube")]
+    #[arg(long, env = "LAZYXDS_DRY_RUN")]
     pub dry_run: bool,
 
     /// Kubernetes mode: the controller's namespace (its Lease, its pods, the kill-switch
@@ -265,7 +265,7 @@ pub struct RunArgs {
     /// Kubernetes mode: elect a leader on the Lease `lazyxds-leader`; only the leader
     /// writes and accepts gateway streams, and labels its pod `lazyxds.io/leader=true`
     /// (the gRPC Service selects it). Needed with more than one replica.
-    #[arg(long, env = "LAZYXDS_LEADER_ELECTION", requires = "kube")]
+    #[arg(long, env = "LAZYXDS_LEADER_ELECTION")]
     pub leader_election: bool,
 
     /// Kubernetes mode: a leader that has not renewed its Lease for this long is replaced
@@ -320,9 +320,27 @@ pub struct Views {
 }
 
 impl RunArgs {
+    /// Flags that only make sense together. (clap's `requires` cannot say it: a boolean
+    /// flag's default counts as present.)
+    pub fn validate(&self) -> Result<()> {
+        for (set, flag) in [
+            (self.dry_run, "--dry-run"),
+            (self.leader_election, "--leader-election"),
+        ] {
+            if set && !self.kube {
+                anyhow::bail!(
+                    "{flag} only applies with --kube (file mode always writes its files, and \
+                     a bare edge sink writes nothing)"
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Binds, wires the mode the flags ask for, and serves until a stop signal or a
     /// failure.
     pub async fn run(self) -> Result<()> {
+        self.validate()?;
         // Bind both before serving either, so a bad address fails the start.
         let grpc_listener = TcpListener::bind(self.grpc_addr)
             .await
