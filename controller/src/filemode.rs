@@ -19,8 +19,8 @@ use lazyxds_index::{Desired, GatewayObjects, Index, Pass, RenderConfig, SidecarO
 use serde_json::Value;
 
 use crate::error::FileModeError;
-use crate::ready::WritePath;
 use crate::learn::SharedLearner;
+use crate::ready::WritePath;
 use crate::target::Target;
 
 /// The default of `--max-topology-bytes`: some 60,000 workloads with two pods each.
@@ -79,7 +79,10 @@ pub async fn load_topology_off_runtime(
     path: &Path,
     max_bytes: u64,
 ) -> Result<Topology, FileModeError> {
-    joined(path, spawn_load_topology(path.to_path_buf(), max_bytes).await)
+    joined(
+        path,
+        spawn_load_topology(path.to_path_buf(), max_bytes).await,
+    )
 }
 
 fn joined<T>(

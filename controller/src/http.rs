@@ -20,8 +20,8 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use crate::counters::{Counters, CountersSnapshot};
-use crate::ready::ReadyView;
 use crate::edges::StoredEdge;
+use crate::ready::ReadyView;
 use crate::sink::MemoryEdgeSink;
 
 /// Read access to learned edges, for debugging.

@@ -74,7 +74,10 @@ impl Learner {
         if changed {
             let t = self.table.borrow();
             let (namespaces, ips) = t.as_deref().map_or((0, 0), |t| {
-                (t.namespaces.len(), t.ipv4.len().saturating_add(t.ipv6.len() / 3))
+                (
+                    t.namespaces.len(),
+                    t.ipv4.len().saturating_add(t.ipv6.len() / 3),
+                )
             });
             tracing::info!(
                 namespaces,

@@ -140,7 +140,9 @@ mod tests {
         // Retries keep failing for 30 s: not ready.
         watches.error(at(20), "connection refused".into());
         watches.error(at(30), "connection refused".into());
-        assert!(watches.check(at(31)).is_err_and(|e| e.contains("connection refused")));
+        assert!(watches
+            .check(at(31))
+            .is_err_and(|e| e.contains("connection refused")));
         // No error for a window: the streak is over, a new error starts another.
         assert_eq!(watches.check(at(91)), Ok(()));
         watches.error(at(100), "timeout".into());

@@ -35,7 +35,6 @@ use crate::counters::Counters;
 use crate::edges::listen::{self, ConnLimits};
 use crate::edges::stream::{EdgeSinkService, GrpcConfig, Shutdown};
 use crate::edges::{Limits, DEFAULT_MAX_BATCH_EDGES, DEFAULT_MAX_STREAM_NAMES};
-use lazyxds_proto::limits::MIN_CONTROLLER_MESSAGE_BYTES as MIN_MESSAGE_BYTES;
 use crate::filemode::{self, FileTarget};
 use crate::http::{DepsView, EdgeView, PlanView, Sources};
 use crate::kube::leader;
@@ -45,6 +44,7 @@ use crate::metrics::MetricsSource;
 use crate::ready::ReadyView;
 use crate::sink::{EdgeSink, MemoryEdgeSink};
 use lazyxds_index::{Index, IndexConfig, RenderConfig};
+use lazyxds_proto::limits::MIN_CONTROLLER_MESSAGE_BYTES as MIN_MESSAGE_BYTES;
 
 /// The longest `--write-debounce-ms`: the kill switch must act within seconds.
 const MAX_WRITE_DEBOUNCE_MS: u64 = 10_000;
@@ -462,7 +462,9 @@ impl RunArgs {
     fn conn_limits(&self) -> ConnLimits {
         let mut max_connections = self.max_connections as usize;
         if let Some(files) = open_files_limit() {
-            let room = usize::try_from(files.saturating_sub(FD_RESERVE)).unwrap_or(usize::MAX).max(1);
+            let room = usize::try_from(files.saturating_sub(FD_RESERVE))
+                .unwrap_or(usize::MAX)
+                .max(1);
             if room < max_connections {
                 tracing::warn!(
                     max_connections = room, open_files_limit = files, reserved = FD_RESERVE,

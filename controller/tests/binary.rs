@@ -175,34 +175,92 @@ fn senseless_flags_are_refused_naming_the_flag() {
     let year_ms = (365u64 * 86_400 * 1000).to_string();
     // (args after `run`, env, the flag the error must name)
     let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, &str)> = vec![
-        ([&file_mode[..], &["--dry-run"]].concat(), vec![], "--dry-run"),
-        (file_mode.to_vec(), vec![("LAZYXDS_DRY_RUN", "true")], "--dry-run"),
-        (vec!["--egress-proxy-port", "0"], vec![], "--egress-proxy-port"),
+        (
+            [&file_mode[..], &["--dry-run"]].concat(),
+            vec![],
+            "--dry-run",
+        ),
+        (
+            file_mode.to_vec(),
+            vec![("LAZYXDS_DRY_RUN", "true")],
+            "--dry-run",
+        ),
+        (
+            vec!["--egress-proxy-port", "0"],
+            vec![],
+            "--egress-proxy-port",
+        ),
         (vec!["--gateway-host", ""], vec![], "--gateway-host"),
         (vec!["--gateway-host", "*"], vec![], "--gateway-host"),
-        (vec!["--gateway-host", "*.example.com"], vec![], "--gateway-host"),
+        (
+            vec!["--gateway-host", "*.example.com"],
+            vec![],
+            "--gateway-host",
+        ),
         (vec!["--gateway-host", "gateway"], vec![], "--gateway-host"),
-        (vec![], vec![("LAZYXDS_GATEWAY_HOST", "*")], "--gateway-host"),
-        (vec!["--gateway-namespace", ""], vec![], "--gateway-namespace"),
-        (vec!["--gateway-namespace", "*"], vec![], "--gateway-namespace"),
-        (vec!["--write-debounce-ms", &year_ms], vec![], "--write-debounce-ms"),
+        (
+            vec![],
+            vec![("LAZYXDS_GATEWAY_HOST", "*")],
+            "--gateway-host",
+        ),
+        (
+            vec!["--gateway-namespace", ""],
+            vec![],
+            "--gateway-namespace",
+        ),
+        (
+            vec!["--gateway-namespace", "*"],
+            vec![],
+            "--gateway-namespace",
+        ),
+        (
+            vec!["--write-debounce-ms", &year_ms],
+            vec![],
+            "--write-debounce-ms",
+        ),
         (vec!["--leader-election"], vec![], "--leader-election"),
-        (vec!["--lease-duration-secs", "86400"], vec![], "--lease-duration-secs"),
-        (vec!["--max-stream-names", "1000"], vec![], "--max-stream-names"),
+        (
+            vec!["--lease-duration-secs", "86400"],
+            vec![],
+            "--lease-duration-secs",
+        ),
+        (
+            vec!["--max-stream-names", "1000"],
+            vec![],
+            "--max-stream-names",
+        ),
         (vec!["--max-batch-edges", "10"], vec![], "--max-batch-edges"),
-        (vec!["--max-message-bytes", "65536"], vec![], "--max-message-bytes"),
+        (
+            vec!["--max-message-bytes", "65536"],
+            vec![],
+            "--max-message-bytes",
+        ),
         (vec!["--max-streams", "0"], vec![], "--max-streams"),
         (vec!["--max-connections", "0"], vec![], "--max-connections"),
-        (vec!["--grpc-idle-timeout-secs", "0"], vec![], "--grpc-idle-timeout-secs"),
-        (vec!["--max-topology-bytes", "10"], vec![], "--max-topology-bytes"),
+        (
+            vec!["--grpc-idle-timeout-secs", "0"],
+            vec![],
+            "--grpc-idle-timeout-secs",
+        ),
+        (
+            vec!["--max-topology-bytes", "10"],
+            vec![],
+            "--max-topology-bytes",
+        ),
     ];
     for (args, env, flag) in cases {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_lazyxds"));
-        cmd.args(["run", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
-            .args(&args)
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        cmd.args([
+            "run",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+        ])
+        .args(&args)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
         for (k, v) in &env {
             cmd.env(k, v);
         }

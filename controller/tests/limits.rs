@@ -208,7 +208,12 @@ async fn streams_beyond_the_cap_are_refused() {
         server.counters.streams_open.load(Relaxed) == 2
     })
     .await;
-    open(&channel).await.unwrap().hello_and_batch(1).await.unwrap();
+    open(&channel)
+        .await
+        .unwrap()
+        .hello_and_batch(1)
+        .await
+        .unwrap();
 }
 
 /// A stream that never says Hello ends DEADLINE_EXCEEDED after the handshake timeout.

@@ -185,3 +185,44 @@ fn send_sigterm(pid: u32) {
         libc::kill(pid, libc::SIGTERM);
     }
 }
+
+/// Lowers `cmd`'s soft and hard limits on open files to `n` (`ulimit -n`), e.g. to run
+/// a server out of file descriptors.
+#[allow(unsafe_code)]
+pub fn set_open_files_limit(cmd: &mut Command, n: u64) {
+    let limit = libc::rlimit {
+        rlim_cur: n as libc::rlim_t,
+        rlim_max: n as libc::rlim_t,
+    };
+    // SAFETY: the closure runs between fork and exec and only makes one
+    // async-signal-safe syscall on a value built before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// A process's resident memory (`VmRSS`, KiB), the anonymous part of it (`RssAnon`:
+/// its heap and stacks, without the pages of its binary it has touched), and the CPU it
+/// has used (user + system, clock ticks), from `/proc`.
+pub fn rss_and_cpu(pid: u32) -> Result<(u64, u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib = |field: &str| -> Result<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .with_context(|| format!("no {field} in /proc/{pid}/status"))
+    };
+    let (rss, anon) = (kib("VmRSS:")?, kib("RssAnon:")?);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces): state is field 3, utime 14.
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| -> u64 { fields.get(i).and_then(|f| f.parse().ok()).unwrap_or(0) };
+    Ok((rss, anon, ticks(11) + ticks(12)))
+}

@@ -80,8 +80,14 @@ impl GatewayObjects {
             let doc = serde_norway::to_string(object).map_err(|e| Error::Serialize {
                 what: format!(
                     "{} {}",
-                    object.get("kind").and_then(Value::as_str).unwrap_or_default(),
-                    object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default()
+                    object
+                        .get("kind")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default(),
+                    object
+                        .pointer("/metadata/name")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
                 ),
                 message: e.to_string(),
             })?;

@@ -193,14 +193,9 @@ impl<'a> Catalog<'a> {
             } else {
                 self.by_host.get(host_pattern).cloned().unwrap_or_default()
             };
-            out.extend(
-                candidates
-                    .into_iter()
-                    .filter(|i| {
-                        visible.contains(i)
-                            && self.entries.get(*i).is_some_and(|e| ns_ok(e.namespace))
-                    }),
-            );
+            out.extend(candidates.into_iter().filter(|i| {
+                visible.contains(i) && self.entries.get(*i).is_some_and(|e| ns_ok(e.namespace))
+            }));
             for (vs_ns, vs_host, export_to, dests) in &self.virtual_services {
                 if ns_ok(vs_ns)
                     && host::matches(host_pattern, vs_host)
@@ -258,7 +253,10 @@ pub fn report(index: &Index, desired: &Desired) -> Report {
         let (clusters_removed, endpoints_removed) = removed
             .filter_map(|&i| catalog.entries.get(i))
             .fold((0usize, 0usize), |(c, e), entry| {
-                (c.saturating_add(entry.clusters), e.saturating_add(entry.endpoints))
+                (
+                    c.saturating_add(entry.clusters),
+                    e.saturating_add(entry.endpoints),
+                )
             });
         let row = WorkloadReport {
             workload: id,
@@ -277,7 +275,9 @@ pub fn report(index: &Index, desired: &Desired) -> Report {
         totals.hosts_without = totals.hosts_without.saturating_add(row.hosts_without);
         totals.hosts_with = totals.hosts_with.saturating_add(row.hosts_with);
         totals.clusters_removed = totals.clusters_removed.saturating_add(row.clusters_removed);
-        totals.endpoints_removed = totals.endpoints_removed.saturating_add(row.endpoints_removed);
+        totals.endpoints_removed = totals
+            .endpoints_removed
+            .saturating_add(row.endpoints_removed);
         workloads.push(row);
     }
     let always_visible = desired::always_visible(index)

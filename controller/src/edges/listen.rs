@@ -180,7 +180,10 @@ impl ConnState {
             let idle = since.saturating_add(limits.idle_timeout);
             (later(self.accepted, idle), Expiry::Idle)
         } else {
-            (later(self.accepted, limits.handshake_timeout), Expiry::Handshake)
+            (
+                later(self.accepted, limits.handshake_timeout),
+                Expiry::Handshake,
+            )
         };
         if now >= deadline {
             Err(expiry)

@@ -215,12 +215,20 @@ impl<S: EdgeSink + ?Sized> EdgeSinkRpc for EdgeSinkService<S> {
         request: Request<Streaming<GatewayMessage>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
         let conn = request.extensions().get::<ConnInfo>().cloned();
-        let peer = conn.as_ref().map(|c| c.peer).or_else(|| request.remote_addr());
+        let peer = conn
+            .as_ref()
+            .map(|c| c.peer)
+            .or_else(|| request.remote_addr());
         let Ok(permit) = self.streams.clone().try_acquire_owned() else {
             self.counters.streams_refused_at_cap.fetch_add(1, Relaxed);
             let max = self.config.conn.max_streams;
             if let Some(unlogged) = self.logs.stream_cap.hit() {
-                tracing::warn!(?peer, max, unlogged, "gateway stream refused: --max-streams are open");
+                tracing::warn!(
+                    ?peer,
+                    max,
+                    unlogged,
+                    "gateway stream refused: --max-streams are open"
+                );
             }
             return Err(Status::resource_exhausted(format!(
                 "lazyxds holds its maximum of {max} gateway streams (--max-streams); retry later"

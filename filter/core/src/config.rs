@@ -174,7 +174,12 @@ impl Config {
         }
         range("max_edges", self.max_edges, 1, 1_000_000)?;
         range("max_batch_edges", self.max_batch_edges, 1, MAX_BATCH_EDGES)?;
-        range("max_batch_bytes", self.max_batch_bytes, 1_024, MAX_BATCH_BYTES)?;
+        range(
+            "max_batch_bytes",
+            self.max_batch_bytes,
+            1_024,
+            MAX_BATCH_BYTES,
+        )?;
         range("max_inflight_batches", self.max_inflight_batches, 1, 64)?;
         range(
             "max_names_per_stream",

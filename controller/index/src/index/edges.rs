@@ -78,8 +78,12 @@ impl Index {
         let mut changed = BTreeSet::new();
         for held in mem::take(&mut self.held) {
             match self.ingest(held.edge, now, &mut changed) {
-                None => self.counters.held_attributed = self.counters.held_attributed.saturating_add(1),
-                Some(_) if now >= held.deadline => self.counters.unknown_dropped = self.counters.unknown_dropped.saturating_add(1),
+                None => {
+                    self.counters.held_attributed = self.counters.held_attributed.saturating_add(1)
+                }
+                Some(_) if now >= held.deadline => {
+                    self.counters.unknown_dropped = self.counters.unknown_dropped.saturating_add(1)
+                }
                 Some(edge) => self.held.push_back(Held {
                     edge,
                     deadline: held.deadline,
@@ -133,7 +137,8 @@ impl Index {
                 return None;
             }
             Source::Mismatch => {
-                self.counters.principal_mismatch = self.counters.principal_mismatch.saturating_add(1);
+                self.counters.principal_mismatch =
+                    self.counters.principal_mismatch.saturating_add(1);
                 return None;
             }
         };
@@ -259,7 +264,8 @@ impl Index {
             });
             let expired = before.saturating_sub(wd.deps.len());
             if expired > 0 {
-                self.counters.deps_expired = self.counters.deps_expired.saturating_add(expired as u64);
+                self.counters.deps_expired =
+                    self.counters.deps_expired.saturating_add(expired as u64);
                 // Re-learned through the gateway; the cap frees up again.
                 wd.over_cap = false;
                 expired_for.push(id.clone());

@@ -271,7 +271,11 @@ mod tests {
             ("compact block sequences", compact, Some((1, 2 * 64 + 1))),
             ("indentation", indented, Some((65, 65))),
             ("flow over lines", multiline_flow, Some((65, 3))),
-            ("after a document marker", after_document, Some((2, 4 + 64 + 1))),
+            (
+                "after a document marker",
+                after_document,
+                Some((2, 4 + 64 + 1)),
+            ),
         ];
         for (name, text, want) in cases {
             assert_eq!(too_deep(&text, 64), want, "{name}");
