@@ -110,6 +110,21 @@ async fn the_local_gateway_bootstrap_is_valid() {
             .collect(),
     };
     assert_valid("envoyfilter/local/gateway.yaml", &config.render().unwrap()).await;
+    // Issue 15 item 10: values the controller refuses on the wire passed validation,
+    // then every stream was refused. The filter holds them to the same limits
+    // (lazyxds_proto::limits).
+    for (overrides, field) in [
+        (json!({"gateway_id": "g".repeat(1025)}), "gateway_id"),
+        (json!({"max_names_per_stream": 100_001}), "max_names_per_stream"),
+    ] {
+        let bad = gateway::GatewayConfig {
+            plugin_config: gateway::plugin_config(overrides),
+            backend_ports: config.backend_ports.clone(),
+            wasm_path: config.wasm_path.clone(),
+            ..config
+        };
+        assert_invalid(field, &bad.render().unwrap(), field).await;
+    }
     // Validation runs the plugin's on_configure: a configuration it refuses fails here.
     let bad = gateway::GatewayConfig {
         plugin_config: r#"{"no_such_field":1}"#.into(),
