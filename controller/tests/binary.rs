@@ -174,7 +174,8 @@ fn senseless_flags_are_refused_naming_the_flag() {
     ];
     let year_ms = (365u64 * 86_400 * 1000).to_string();
     // (args after `run`, env, the flag the error must name)
-    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, &str)> = vec![
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
         (
             [&file_mode[..], &["--dry-run"]].concat(),
             vec![],

@@ -115,7 +115,10 @@ async fn the_local_gateway_bootstrap_is_valid() {
     // (lazyxds_proto::limits).
     for (overrides, field) in [
         (json!({"gateway_id": "g".repeat(1025)}), "gateway_id"),
-        (json!({"max_names_per_stream": 100_001}), "max_names_per_stream"),
+        (
+            json!({"max_names_per_stream": 100_001}),
+            "max_names_per_stream",
+        ),
     ] {
         let bad = gateway::GatewayConfig {
             plugin_config: gateway::plugin_config(overrides),
