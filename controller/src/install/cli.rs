@@ -113,6 +113,12 @@ pub struct Settings {
     #[arg(long, default_value_t = 10)]
     pub gateway_max_replicas: i32,
 
+    /// Envoy worker threads per gateway pod (Istio's proxy `concurrency`; unset, Envoy
+    /// would start one per core of the node). Each worker streams to the controller, so
+    /// this and --gateway-max-replicas size the controller's stream cap.
+    #[arg(long, default_value_t = 2)]
+    pub gateway_concurrency: u32,
+
     /// The gateway autoscaler's target: average CPU, percent of the request.
     #[arg(long, default_value_t = 60)]
     pub gateway_target_cpu: i32,
@@ -207,6 +213,7 @@ impl Settings {
                 egress_proxy_port: self.egress_proxy_port,
                 min_replicas: self.gateway_min_replicas,
                 max_replicas: self.gateway_max_replicas,
+                concurrency: self.gateway_concurrency,
                 target_cpu_percent: self.gateway_target_cpu,
                 revision: self.revision.clone(),
             },

@@ -134,6 +134,9 @@ pub struct GatewaySettings {
     pub egress_proxy_port: u16,
     pub min_replicas: i32,
     pub max_replicas: i32,
+    /// Envoy worker threads per pod (Istio's proxy `concurrency`): one controller stream
+    /// each.
+    pub concurrency: u32,
     /// HPA target: average CPU utilisation, percent of the request.
     pub target_cpu_percent: i32,
     /// Istio revision to inject (`istio.io/rev`); None: the default revision.
@@ -185,6 +188,7 @@ impl Default for InstallConfig {
                 egress_proxy_port: 8080,
                 min_replicas: 2,
                 max_replicas: 10,
+                concurrency: 2,
                 target_cpu_percent: 60,
                 revision: None,
             },

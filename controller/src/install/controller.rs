@@ -176,6 +176,20 @@ fn policy_rules(rules: &[Rule]) -> Vec<PolicyRule> {
         .collect()
 }
 
+/// The controller's stream cap, from the gateway's size: one stream per Envoy worker of
+/// each replica the autoscaler may run, ×4: a replaced stream lingers until keepalive
+/// finds it dead (≤ 40 s) while its worker reconnects, and a rollout surges replicas.
+/// At least 64. Connections get the same cap (outside a mesh each worker has its own;
+/// behind the controller's sidecar they are fewer).
+pub fn gateway_streams(config: &InstallConfig) -> u32 {
+    let g = &config.gateway;
+    let replicas = u32::try_from(g.max_replicas).unwrap_or(0);
+    replicas
+        .saturating_mul(g.concurrency)
+        .saturating_mul(4)
+        .max(64)
+}
+
 /// The controller's environment: every `lazyxds run` setting the install decides, as
 /// `LAZYXDS_*` variables (flags would collide with a user's `--controller-env`), and the
 /// pod's identity for leader election.
@@ -211,6 +225,9 @@ pub fn controller_env(config: &InstallConfig) -> Vec<EnvVar> {
     // One writer, and gateways stream to it: the gRPC Service selects the leader's label,
     // so even a single replica must elect itself to get it.
     settings.insert("LAZYXDS_LEADER_ELECTION".into(), "true".into());
+    let streams = gateway_streams(config).to_string();
+    settings.insert("LAZYXDS_MAX_STREAMS".into(), streams.clone());
+    settings.insert("LAZYXDS_MAX_CONNECTIONS".into(), streams);
     settings.extend(c.env.clone());
     let mut env: Vec<EnvVar> = settings
         .into_iter()
@@ -368,5 +385,32 @@ pub(super) fn spread(selector: BTreeMap<String, String>) -> TopologySpreadConstr
             ..LabelSelector::default()
         }),
         ..TopologySpreadConstraint::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 15 item 7: the controller's caps follow the gateway's size (one stream per
+    /// Envoy worker of each replica, ×4), never below 64.
+    #[test]
+    fn the_controller_stream_cap_follows_the_gateway() {
+        for (max_replicas, concurrency, want) in [(10, 2, "80"), (2, 1, "64"), (50, 4, "800")] {
+            let mut config = InstallConfig::default();
+            config.gateway.max_replicas = max_replicas;
+            config.gateway.concurrency = concurrency;
+            let env: BTreeMap<String, Option<String>> = controller_env(&config)
+                .into_iter()
+                .map(|e| (e.name, e.value))
+                .collect();
+            for name in ["LAZYXDS_MAX_STREAMS", "LAZYXDS_MAX_CONNECTIONS"] {
+                assert_eq!(
+                    env[name].as_deref(),
+                    Some(want),
+                    "{name} for {max_replicas} × {concurrency}"
+                );
+            }
+        }
     }
 }

@@ -157,7 +157,10 @@ fn deployment(config: &InstallConfig) -> Deployment {
         ),
         (
             "proxy.istio.io/config".to_string(),
-            format!(r#"{{"terminationDrainDuration":"{TERMINATION_DRAIN}"}}"#),
+            format!(
+                r#"{{"concurrency":{},"terminationDrainDuration":"{TERMINATION_DRAIN}"}}"#,
+                g.concurrency
+            ),
         ),
     ]);
     let mut volumes = None;

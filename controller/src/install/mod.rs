@@ -346,6 +346,9 @@ fn check(config: &InstallConfig) -> Result<(), InstallError> {
             "need 1 <= --gateway-min-replicas <= --gateway-max-replicas",
         );
     }
+    if !(1..=64).contains(&config.gateway.concurrency) {
+        return bad("--gateway-concurrency", "must be 1..=64 worker threads");
+    }
     if !(1..=100).contains(&config.gateway.target_cpu_percent) {
         return bad("--gateway-target-cpu", "must be a percentage (1..=100)");
     }
