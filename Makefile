@@ -76,7 +76,7 @@ controller: ## build the lazyxds binary (debug)
 
 # ---- tests: `make test` runs every tier -------------------------------------------
 
-.PHONY: test test-unit test-wasm test-envoy test-cluster check-wasm-size lint
+.PHONY: test test-unit test-wasm test-envoy test-cluster check-wasm-size lint soak
 test: test-unit test-wasm test-envoy check-wasm-size bench-quick ## all test tiers (+ the bench harness in quick mode); installs what they need
 
 test-unit: ## tier 1: native unit/table tests of every crate but the e2e one
@@ -91,6 +91,9 @@ test-envoy: setup-envoy setup-cluster build ## tiers 3-4: real Envoy + the filte
 
 test-cluster: setup-envoy setup-cluster build ## tier 4 alone: real kube-apiserver, istiod, pilot-agent + Envoy, the install applied
 	$(E2E_RUNNER) $(CARGO) test -p lazyxds-e2e --test cluster
+
+soak: setup-envoy build ## the hostile tier's longer floods (tests/tests/hostile.rs, LAZYXDS_SOAK=1; a few minutes)
+	LAZYXDS_SOAK=1 $(E2E_RUNNER) $(CARGO) test -p lazyxds-e2e --test hostile -- --nocapture --test-threads 1
 
 check-wasm-size: wasm ## the module stays under $(WASM_MAX_BYTES) bytes
 	@size=$$(stat -c %s $(WASM)); \
