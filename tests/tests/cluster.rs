@@ -1051,13 +1051,18 @@ async fn two_replicas_elect_one_leader_and_failover_keeps_every_dependency() {
     let b = ControllerPod::start(c, inst, &pods[1].0, pods[1].1, &env)
         .await
         .unwrap();
-    // The follower refuses gateway streams; the leader takes them.
-    assert!(send_edges(
+    // The follower refuses gateway streams, saying why (it said "shutting down"); the
+    // leader takes them.
+    let refused = send_edges(
         &b.grpc_addr(),
-        &[(shop.web_ip, &outbound(&shop.host("api"), 80))]
+        &[(shop.web_ip, &outbound(&shop.host("api"), 80))],
     )
     .await
-    .is_err());
+    .unwrap_err();
+    assert!(
+        format!("{refused:#}").contains("not the leader"),
+        "{refused:#}"
+    );
     let api = shop.host("api");
     let db = shop.host("db");
     send_edges(&a.grpc_addr(), &[(shop.web_ip, &outbound(&api, 80))])

@@ -340,7 +340,8 @@ impl ControllerPod {
     }
 
     /// Waits until this replica leads: its pod carries `lazyxds.io/leader=true`, the label
-    /// the gRPC Service selects (a standby refuses edge streams; `/readyz` does not say).
+    /// the gRPC Service selects (a standby refuses edge streams, UNAVAILABLE "not the
+    /// leader"; `/readyz` does not say: a standby is ready to take over).
     pub async fn wait_leading(&self, cluster: &Cluster) -> Result<()> {
         let t = Instant::now();
         loop {
