@@ -10,20 +10,18 @@ use crate::error::Error;
 use crate::host;
 use crate::index::{Index, WorkloadView};
 use crate::istio::{
-    EgressListener, EgressProxy, Metadata, OutboundPolicy, OutboundTrafficPolicy, PortSelector,
-    Sidecar, SidecarSpec, WorkloadSelector, NETWORKING_API, SIDECAR,
+    ConfigPatch, EgressListener, EnvoyFilter, EnvoyFilterSpec, Metadata, OutboundPolicy,
+    OutboundTrafficPolicy, PatchMatch, Sidecar, SidecarSpec, WorkloadSelector, ENVOY_FILTER,
+    ENVOY_FILTER_API, NETWORKING_API, SIDECAR,
 };
 use crate::objects::{
     Labels, NotLazyPort, Pin, SidecarObject, WorkloadId, ANNOTATION_DEPS,
-    ANNOTATION_OUTBOUND_POLICY, ANNOTATION_WORKLOAD,
+    ANNOTATION_OUTBOUND_POLICY, ANNOTATION_WORKLOAD, COMPONENT_CATCH_ALL, LABEL_COMPONENT,
 };
 
 /// Istio's root namespace: its selector-less Sidecar is the mesh default, its services are
 /// always visible (`istio-system/*`).
 pub const ROOT_NAMESPACE: &str = "istio-system";
-pub const ANNOTATION_ANALYZE_SUPPRESS: &str = "galley.istio.io/analyze-suppress";
-/// `istioctl analyze` reports egressProxy as "ignored" under IST0002 (Deprecated); it is not.
-pub const SUPPRESSED_ANALYSIS: &str = "IST0002";
 /// Labels a controller adds per pod or revision: never part of a workload's selector.
 pub const STRIPPED_LABELS: [&str; 4] = [
     "pod-template-hash",
@@ -47,7 +45,7 @@ pub fn placeholder_egress_host(config: &RenderConfig, cluster_domain: &str) -> S
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RenderConfig {
-    /// FQDN of the lazy gateway Service (the `egressProxy` host).
+    /// FQDN of the lazy gateway Service (where scoped workloads send unknown HTTP).
     pub gateway_host: String,
     pub gateway_namespace: String,
     pub egress_proxy_port: u16,
@@ -76,6 +74,9 @@ impl Default for RenderConfig {
 pub struct Desired {
     /// Keyed by (namespace, name).
     pub sidecars: BTreeMap<(String, String), Sidecar>,
+    /// The catch-all EnvoyFilter of each Sidecar ([`catch_all_filter`]), under the same
+    /// key: a Sidecar is never written without it.
+    pub catch_alls: BTreeMap<(String, String), EnvoyFilter>,
     /// Opted-in workloads that get no Sidecar, sorted by workload.
     pub refusals: Vec<Refusal>,
 }
@@ -87,14 +88,27 @@ impl Desired {
             .get(&(workload.namespace.to_string(), sidecar_name(workload)))
     }
 
-    /// Every Sidecar as one multi-document YAML stream, sorted by namespace and name.
+    /// Every workload's catch-all EnvoyFilter and Sidecar as one multi-document YAML
+    /// stream, sorted by namespace and name ([`Desired::workload_yaml`] for each).
     pub fn to_yaml(&self) -> Result<String, Error> {
-        let docs = self
-            .sidecars
-            .values()
-            .map(Sidecar::to_yaml)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(docs.iter().map(|d| format!("---\n{d}")).collect::<String>())
+        let mut out = String::new();
+        for key in self.sidecars.keys() {
+            out.push_str(&self.workload_yaml(key)?);
+        }
+        Ok(out)
+    }
+
+    /// One workload's objects, EnvoyFilter first: applied in this order, unknown HTTP
+    /// already goes to the gateway when the Sidecar hides the workload's other hosts.
+    pub fn workload_yaml(&self, key: &(String, String)) -> Result<String, Error> {
+        let mut out = String::new();
+        if let Some(filter) = self.catch_alls.get(key) {
+            out.push_str(&format!("---\n{}", filter.to_yaml()?));
+        }
+        if let Some(sidecar) = self.sidecars.get(key) {
+            out.push_str(&format!("---\n{}", sidecar.to_yaml()?));
+        }
+        Ok(out)
     }
 }
 
@@ -158,6 +172,64 @@ pub fn sidecar_name(workload: &WorkloadId) -> String {
     host::object_name(&prefix, &workload.name)
 }
 
+/// The names istiod gives the catch-all virtual host of a sidecar's outbound HTTP route
+/// tables, and its one route: `allow_any` (ALLOW_ANY: to PassthroughCluster) or
+/// `block_all` (REGISTRY_ONLY: a 502), from `pilot/pkg/networking/util/util.go`
+/// (`Passthrough`, `BlackHole`) and `core/httproute.go` (`BuildCatchAllVirtualHost`).
+pub const CATCH_ALL_VIRTUAL_HOSTS: [&str; 2] = ["allow_any", "block_all"];
+
+/// The EnvoyFilter that sends a scoped workload's unknown HTTP to the lazy gateway, and
+/// nothing else: it merges a route to the gateway's cluster into the one route of the
+/// catch-all virtual host (`allow_any` or `block_all`, whichever the workload's policy
+/// gives it) of every outbound HTTP route table. Unknown TCP and TLS keep the workload's
+/// own policy. Same name, namespace and selector as `sidecar`; its size does not depend
+/// on the mesh.
+///
+/// A MERGE replaces `block_all`'s direct response (a route action is a oneof); the
+/// timeouts are those istiod gives `allow_any` (none: the gateway's route has its own).
+pub fn catch_all_filter(sidecar: &Sidecar, config: &RenderConfig) -> EnvoyFilter {
+    let gateway_cluster = lazyxds_proto::cluster::Outbound {
+        port: config.egress_proxy_port,
+        subset: "",
+        host: &config.gateway_host,
+    }
+    .to_string();
+    let route = serde_json::json!({"route": {
+        "cluster": gateway_cluster,
+        "timeout": "0s",
+        "max_grpc_timeout": "0s",
+    }});
+    let mut metadata = Metadata::ours(&sidecar.metadata.name, &sidecar.metadata.namespace);
+    metadata
+        .labels
+        .insert(LABEL_COMPONENT.to_string(), COMPONENT_CATCH_ALL.to_string());
+    if let Some(workload) = sidecar.metadata.annotations.get(ANNOTATION_WORKLOAD) {
+        metadata
+            .annotations
+            .insert(ANNOTATION_WORKLOAD.to_string(), workload.clone());
+    }
+    EnvoyFilter {
+        api_version: ENVOY_FILTER_API.to_string(),
+        kind: ENVOY_FILTER.to_string(),
+        metadata,
+        spec: EnvoyFilterSpec {
+            workload_selector: sidecar.spec.workload_selector.clone(),
+            priority: None,
+            config_patches: CATCH_ALL_VIRTUAL_HOSTS
+                .iter()
+                .map(|vhost| {
+                    ConfigPatch::new(
+                        "HTTP_ROUTE",
+                        PatchMatch::sidecar_catch_all_route(vhost),
+                        "MERGE",
+                        route.clone(),
+                    )
+                })
+                .collect(),
+        },
+    }
+}
+
 /// `labels` minus the per-pod/per-revision ones.
 pub fn selector_labels(labels: &Labels) -> Labels {
     labels
@@ -213,6 +285,8 @@ pub fn desired(index: &Index, config: &RenderConfig) -> Desired {
                         sidecar.metadata.namespace.clone(),
                         sidecar.metadata.name.clone(),
                     );
+                    out.catch_alls
+                        .insert(key.clone(), catch_all_filter(&sidecar, config));
                     out.sidecars.insert(key, sidecar);
                 }
                 Err(reason) => out.refusals.push(Refusal {
@@ -433,10 +507,6 @@ impl Context<'_> {
         let deps_json: BTreeMap<&str, u64> = deps.iter().map(|(h, t)| (&**h, *t)).collect();
         let annotations = BTreeMap::from([
             (
-                ANNOTATION_ANALYZE_SUPPRESS.to_string(),
-                SUPPRESSED_ANALYSIS.to_string(),
-            ),
-            (
                 ANNOTATION_DEPS.to_string(),
                 // A map of strings to integers always serializes.
                 serde_json::to_string(&deps_json).unwrap_or_default(),
@@ -463,15 +533,9 @@ impl Context<'_> {
                 egress: vec![EgressListener {
                     hosts: hosts.into_iter().collect(),
                 }],
-                outbound_traffic_policy: Some(OutboundTrafficPolicy {
-                    mode: OutboundPolicy::AllowAny,
-                    egress_proxy: Some(EgressProxy {
-                        host: self.config.gateway_host.clone(),
-                        port: PortSelector {
-                            number: u32::from(self.config.egress_proxy_port),
-                        },
-                    }),
-                }),
+                // The workload's own policy: unknown TCP and TLS go where they went
+                // without lazyxds (PassthroughCluster or BlackHoleCluster).
+                outbound_traffic_policy: Some(OutboundTrafficPolicy { mode: policy }),
             },
         })
     }

@@ -28,6 +28,7 @@ pub const NETWORKING_API: &str = "networking.istio.io/v1";
 pub const ENVOY_FILTER_API: &str = "networking.istio.io/v1alpha3";
 pub const WASM_PLUGIN_API: &str = "extensions.istio.io/v1alpha1";
 pub const SIDECAR: &str = "Sidecar";
+pub const ENVOY_FILTER: &str = "EnvoyFilter";
 
 /// An Istio custom resource: `apiVersion`, `kind`, `metadata`, `spec`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -117,12 +118,14 @@ pub struct EgressListener {
     pub hosts: Vec<String>,
 }
 
+/// A Sidecar's `outboundTrafficPolicy`. lazyxds never sets `egressProxy`: istiod sends
+/// every unknown destination there, TCP and TLS included (`listener_builder.go`,
+/// `buildOutboundCatchAllNetworkFiltersOnly`), which an HTTP gateway cannot carry; only
+/// unknown HTTP goes to the gateway ([`crate::desired::catch_all_filter`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct OutboundTrafficPolicy {
     pub mode: OutboundPolicy,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub egress_proxy: Option<EgressProxy>,
 }
 
 /// `outboundTrafficPolicy.mode` (a Sidecar never has `ALLOW_ANY_DYNAMIC_DNS`).
@@ -149,13 +152,6 @@ impl OutboundPolicy {
             _ => None,
         }
     }
-}
-
-/// `egressProxy`: Istio's `Destination`; `port` is required by validation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EgressProxy {
-    pub host: String,
-    pub port: PortSelector,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -221,6 +217,20 @@ impl PatchMatch {
             context: "GATEWAY".into(),
             listener: None,
             route_configuration: None,
+            cluster: None,
+        }
+    }
+
+    /// The one route of a sidecar's outbound catch-all virtual host `vhost` (`allow_any`
+    /// or `block_all`, route named as its virtual host), in every outbound HTTP route table.
+    pub fn sidecar_catch_all_route(vhost: &str) -> Self {
+        PatchMatch {
+            context: "SIDECAR_OUTBOUND".into(),
+            listener: None,
+            route_configuration: Some(RouteConfigurationMatch {
+                port_number: None,
+                vhost: Some(serde_json::json!({"name": vhost, "route": {"name": vhost}})),
+            }),
             cluster: None,
         }
     }

@@ -31,6 +31,15 @@ pub const ANNOTATION_OUTBOUND_POLICY: &str = "lazyxds.io/outbound-policy";
 pub const ANNOTATION_EXPORT_TO: &str = "networking.istio.io/exportTo";
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY_US: &str = "lazyxds";
+/// What part of lazyxds an object is; on the per-workload catch-all EnvoyFilters it tells
+/// them from the install's own (both are ours).
+pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
+pub const COMPONENT_CATCH_ALL: &str = "catch-all";
+
+/// Whether `labels` mark one of our per-workload catch-all EnvoyFilters.
+pub fn is_our_catch_all(labels: &BTreeMap<String, String>) -> bool {
+    is_ours(labels) && labels.get(LABEL_COMPONENT).map(String::as_str) == Some(COMPONENT_CATCH_ALL)
+}
 
 /// The kill switch: ConfigMap `lazyxds` in the controller's namespace; `enabled:
 /// "false"` makes the writer delete every Sidecar we own.

@@ -48,10 +48,6 @@ fn renders_the_whole_sidecar() {
             )]),
             annotations: BTreeMap::from([
                 (
-                    "galley.istio.io/analyze-suppress".to_string(),
-                    "IST0002".to_string(),
-                ),
-                (
                     "lazyxds.io/deps".to_string(),
                     r#"{"reviews.shop.svc.cluster.local":1700000000}"#.to_string(),
                 ),
@@ -82,10 +78,6 @@ fn renders_the_whole_sidecar() {
             }],
             outbound_traffic_policy: Some(OutboundTrafficPolicy {
                 mode: OutboundPolicy::AllowAny,
-                egress_proxy: Some(EgressProxy {
-                    host: GATEWAY.to_string(),
-                    port: PortSelector { number: 8080 },
-                }),
             }),
         },
     };
@@ -118,7 +110,6 @@ metadata:
   labels:
     app.kubernetes.io/managed-by: lazyxds
   annotations:
-    galley.istio.io/analyze-suppress: IST0002
     lazyxds.io/deps: '{"reviews.shop.svc.cluster.local":1700000000}'
     lazyxds.io/outbound-policy: ALLOW_ANY
     lazyxds.io/workload: Deployment/productpage
@@ -135,18 +126,127 @@ spec:
     - shop/reviews.shop.svc.cluster.local
   outboundTrafficPolicy:
     mode: ALLOW_ANY
-    egressProxy:
-      host: lazyxds-gateway.lazyxds-system.svc.cluster.local
-      port:
-        number: 8080
 "#;
     assert_eq!(want.to_yaml().as_deref(), Ok(yaml));
     let back: Sidecar = serde_norway::from_str(yaml).expect("round trip");
     assert_eq!(back, want);
+    // No egressProxy: istiod would send unknown TCP and TLS there too.
     assert_eq!(
         want.to_json().expect("json")["spec"]["outboundTrafficPolicy"],
-        json!({"mode": "ALLOW_ANY", "egressProxy": {"host": GATEWAY, "port": {"number": 8080}}})
+        json!({"mode": "ALLOW_ANY"})
     );
+}
+
+#[test]
+fn every_sidecar_comes_with_a_catch_all_filter_that_sends_only_unknown_http_to_the_gateway() {
+    let index = Index::test();
+    let desired = desired(&index, &RenderConfig::test());
+    assert_eq!(
+        desired.catch_alls.keys().collect::<Vec<_>>(),
+        desired.sidecars.keys().collect::<Vec<_>>()
+    );
+    let key = (
+        "shop".to_string(),
+        "lazyxds-deployment-productpage".to_string(),
+    );
+    let filter = desired.catch_alls[&key].to_json().expect("json");
+    let patch = |vhost: &str| {
+        json!({
+            "applyTo": "HTTP_ROUTE",
+            "match": {"context": "SIDECAR_OUTBOUND", "routeConfiguration": {
+                "vhost": {"name": vhost, "route": {"name": vhost}}}},
+            "patch": {"operation": "MERGE", "value": {"route": {
+                "cluster": format!("outbound|8080||{GATEWAY}"),
+                "timeout": "0s", "max_grpc_timeout": "0s"}}},
+        })
+    };
+    assert_eq!(
+        filter,
+        json!({
+            "apiVersion": "networking.istio.io/v1alpha3",
+            "kind": "EnvoyFilter",
+            "metadata": {
+                "name": "lazyxds-deployment-productpage",
+                "namespace": "shop",
+                "labels": {
+                    "app.kubernetes.io/managed-by": "lazyxds",
+                    "app.kubernetes.io/component": "catch-all",
+                },
+                "annotations": {"lazyxds.io/workload": "Deployment/productpage"},
+            },
+            "spec": {
+                // The Sidecar's selector: the same pods, no others.
+                "workloadSelector": {"labels": {"app": "productpage"}},
+                "configPatches": [patch("allow_any"), patch("block_all")],
+            },
+        })
+    );
+    assert!(crate::objects::is_our_catch_all(
+        &crate::objects::string_map(&filter["metadata"]["labels"])
+    ));
+    // Constant size: a workload with many deps gets the same filter.
+    let mut busy = Index::test();
+    let edges: Vec<_> = (0..50)
+        .map(|i| {
+            mk_edge(
+                "10.0.0.10",
+                None,
+                &mk_outbound(80, &format!("s{i}.example.com")),
+                1,
+            )
+        })
+        .collect();
+    busy.record_edges(edges, 1);
+    let busy = super::desired(&busy, &RenderConfig::test());
+    assert!(egress_of(&busy, &productpage()).len() > 50);
+    assert_eq!(busy.catch_alls[&key], desired.catch_alls[&key]);
+    // Written before its Sidecar.
+    let yaml = desired.workload_yaml(&key).expect("yaml");
+    let filter_at = yaml.find("kind: EnvoyFilter").expect("filter");
+    let sidecar_at = yaml.find("kind: Sidecar").expect("sidecar");
+    assert!(filter_at < sidecar_at, "{yaml}");
+}
+
+#[test]
+fn the_sidecar_keeps_the_workloads_own_outbound_policy_for_unknown_tcp() {
+    for (mesh, default, want) in [
+        (OutboundPolicy::AllowAny, None, OutboundPolicy::AllowAny),
+        (
+            OutboundPolicy::RegistryOnly,
+            None,
+            OutboundPolicy::RegistryOnly,
+        ),
+        (
+            OutboundPolicy::AllowAny,
+            Some("REGISTRY_ONLY"),
+            OutboundPolicy::RegistryOnly,
+        ),
+        (
+            OutboundPolicy::RegistryOnly,
+            Some("ALLOW_ANY"),
+            OutboundPolicy::AllowAny,
+        ),
+    ] {
+        let mut index = Index::test();
+        if let Some(mode) = default {
+            index.apply(mk_user_sidecar(
+                "shop",
+                "default",
+                json!({"outboundTrafficPolicy": {"mode": mode}}),
+            ));
+        }
+        let config = RenderConfig {
+            mesh_outbound_policy: mesh,
+            ..RenderConfig::test()
+        };
+        let desired = desired(&index, &config);
+        let sidecar = desired.sidecar_of(&productpage()).expect("scoped");
+        assert_eq!(
+            sidecar.spec.outbound_traffic_policy,
+            Some(OutboundTrafficPolicy { mode: want }),
+            "mesh {mesh:?}, namespace default {default:?}"
+        );
+    }
 }
 
 #[test]
@@ -436,14 +536,14 @@ fn namespace_defaults_are_copied() {
             sidecar.metadata.annotations["lazyxds.io/outbound-policy"],
             policy
         );
-        // The Sidecar itself is always ALLOW_ANY: egressProxy requires it.
+        // The Sidecar keeps the policy the workload had: unknown TCP goes where it went.
         assert_eq!(
             sidecar
                 .spec
                 .outbound_traffic_policy
                 .as_ref()
-                .map(|p| p.mode),
-            Some(OutboundPolicy::AllowAny)
+                .map(|p| p.mode.as_str()),
+            Some(policy)
         );
     }
 

@@ -58,7 +58,15 @@ fn demo() -> (Index, Desired) {
 #[test]
 fn golden_demo_sidecars() {
     let (index, desired) = demo();
-    assert_eq!(desired.to_yaml().as_deref(), Ok(DEMO_SIDECARS));
+    let yaml = desired.to_yaml().expect("renders");
+    if std::env::var_os("LAZYXDS_BLESS").is_some() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/demo-sidecars.yaml");
+        std::fs::write(path, &yaml).expect("bless");
+    }
+    assert_eq!(
+        yaml, DEMO_SIDECARS,
+        "LAZYXDS_BLESS=1 rewrites the golden file"
+    );
     assert_eq!(desired.refusals, vec![]);
     assert_eq!(
         index.counters().clone(),
@@ -72,13 +80,17 @@ fn golden_demo_sidecars() {
             ..Counters::default()
         }
     );
-    // Every rendered document parses back to the same value.
-    for (doc, sidecar) in DEMO_SIDECARS
+    // Every rendered document parses back to the same value: each workload's catch-all
+    // EnvoyFilter, then its Sidecar.
+    let docs: Vec<&str> = DEMO_SIDECARS
         .split("---\n")
         .filter(|d| !d.is_empty())
-        .zip(desired.sidecars.values())
-    {
-        let back: crate::Sidecar = serde_norway::from_str(doc).expect("parses");
+        .collect();
+    assert_eq!(docs.len(), 2 * desired.sidecars.len());
+    for (pair, (key, sidecar)) in docs.chunks(2).zip(&desired.sidecars) {
+        let filter: crate::istio::EnvoyFilter = serde_norway::from_str(pair[0]).expect("parses");
+        assert_eq!(&filter, &desired.catch_alls[key]);
+        let back: crate::Sidecar = serde_norway::from_str(pair[1]).expect("parses");
         assert_eq!(&back, sidecar);
     }
 }
