@@ -1,5 +1,7 @@
 //! File mode (`lazyxds run --file TOPOLOGY --out DIR`): a topology file stands in for the
-//! cluster, and the desired Sidecars are written as YAML files instead of applied; the
+//! cluster, and the desired Sidecars are written as YAML files instead of applied (one
+//! file per workload: its catch-all EnvoyFilter, then its Sidecar, the order
+//! `kubectl apply -f` needs so that first calls always have the gateway to go to); the
 //! gateway's routing objects go to `DIR/gateway/lazyxds-gateway.yaml`, and gateways get
 //! the namespace table of the topology's pods.
 //!
@@ -15,6 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use lazyxds_index::objects::{is_ours, string_map};
 use lazyxds_index::{Desired, GatewayObjects, Index, Pass, RenderConfig, SidecarObject, Topology};
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::error::FileModeError;
@@ -66,18 +69,23 @@ pub fn read_our_sidecars(dir: &Path) -> Result<BTreeMap<PathBuf, SidecarObject>,
     Ok(out)
 }
 
+/// The Sidecar document of a workload file (files of older versions hold the Sidecar
+/// alone; current ones its EnvoyFilter first).
+fn sidecar_document(text: &str) -> Option<Value> {
+    serde_norway::Deserializer::from_str(text)
+        .filter_map(|doc| Value::deserialize(doc).ok())
+        .find(|doc| doc.get("kind").and_then(Value::as_str) == Some("Sidecar"))
+}
+
 fn parse_our_sidecar(path: &Path, text: &str) -> Result<Option<SidecarObject>, FileModeError> {
     let bad = |message: String| FileModeError::Sidecar {
         path: path.to_path_buf(),
         message,
     };
-    // Not YAML, or not a Sidecar: not ours, leave it alone.
-    let Ok(value) = serde_norway::from_str::<Value>(text) else {
+    // Not YAML, or no Sidecar: not ours, leave it alone.
+    let Some(value) = sidecar_document(text) else {
         return Ok(None);
     };
-    if value.get("kind").and_then(Value::as_str) != Some("Sidecar") {
-        return Ok(None);
-    }
     let meta = &value["metadata"];
     let labels = string_map(&meta["labels"]);
     if !is_ours(&labels) {
@@ -102,7 +110,8 @@ fn parse_our_sidecar(path: &Path, text: &str) -> Result<Option<SidecarObject>, F
     .map_err(|e| bad(e.to_string()))
 }
 
-/// The file a Sidecar is written to: `<namespace>_<name>.yaml` (`_` is in neither).
+/// The file a workload's Sidecar (and its EnvoyFilter) is written to:
+/// `<namespace>_<name>.yaml` (`_` is in neither).
 pub fn sidecar_file(dir: &Path, namespace: &str, name: &str) -> PathBuf {
     dir.join(format!("{namespace}_{name}.yaml"))
 }
@@ -115,19 +124,22 @@ pub struct WriteStats {
     pub removed: usize,
 }
 
-/// Writes every desired Sidecar whose file differs (write, then rename: readers never see
-/// half a file) and removes our files that are no longer desired.
+/// Writes every desired workload file (its EnvoyFilter and Sidecar) whose content
+/// differs (write, then rename: readers never see half a file) and removes our files that
+/// are no longer desired.
 pub fn write_sidecars(dir: &Path, desired: &Desired) -> Result<WriteStats, FileModeError> {
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     let mut stats = WriteStats::default();
     let mut keep = BTreeSet::new();
-    for sidecar in desired.sidecars.values() {
+    for (key, sidecar) in &desired.sidecars {
         let meta = &sidecar.metadata;
         let path = sidecar_file(dir, &meta.namespace, &meta.name);
-        let text = sidecar.to_yaml().map_err(|e| FileModeError::Sidecar {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
+        let text = desired
+            .workload_yaml(key)
+            .map_err(|e| FileModeError::Sidecar {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
         keep.insert(path.clone());
         if fs::read_to_string(&path).is_ok_and(|old| old == text) {
             stats.unchanged += 1;

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use serde::Deserialize;
 use serde_json::Value;
 use support::{outbound, Controller};
 
@@ -31,7 +32,11 @@ const DB: &str = "db.shop.svc.cluster.local";
 fn web_deps(dir: &Path) -> Option<BTreeSet<String>> {
     let text =
         std::fs::read_to_string(dir.join("sidecars/shop_lazyxds-deployment-web.yaml")).ok()?;
-    let v: Value = serde_norway::from_str(&text).unwrap();
+    // The workload's catch-all EnvoyFilter, then its Sidecar.
+    let v: Value = serde_norway::Deserializer::from_str(&text)
+        .map(|doc| Value::deserialize(doc).unwrap())
+        .find(|doc| doc["kind"] == "Sidecar")
+        .unwrap();
     let deps: serde_json::Map<String, Value> = serde_json::from_str(
         v["metadata"]["annotations"]["lazyxds.io/deps"]
             .as_str()

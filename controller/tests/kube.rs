@@ -207,11 +207,18 @@ async fn dry_run_writes_nothing_and_shows_the_plan() {
         || {
             let text = futures_lite_block(ctl.http_get("/debug/plan"));
             let plan: Value = serde_json::from_str(&text).ok()?;
-            let change = plan["plan"]["changes"].as_array()?.first()?.clone();
-            change["diff"].to_string().contains(API).then_some(change)
+            let changes = plan["plan"]["changes"].as_array()?.clone();
+            let learned = changes
+                .iter()
+                .any(|c| c["kind"] == "Sidecar" && c["diff"].to_string().contains(API));
+            learned.then_some(changes)
         },
     )
     .await;
+    // The workload's EnvoyFilter, then its Sidecar listing what it learned.
+    let kinds: Vec<&Value> = plan.iter().map(|c| &c["kind"]).collect();
+    assert_eq!(kinds, ["EnvoyFilter", "Sidecar"], "{plan:?}");
+    let plan = &plan[1];
     assert_eq!(plan["action"], "create");
     assert_eq!(plan["name"], WEB_SIDECAR);
     let writes: Vec<_> = c
@@ -224,7 +231,7 @@ async fn dry_run_writes_nothing_and_shows_the_plan() {
         .collect();
     assert!(writes.is_empty(), "{writes:?}");
     assert!(
-        ctl.log().contains("dry-run: would change Sidecar"),
+        ctl.log().contains("dry-run: would change kind=Sidecar"),
         "{}",
         ctl.log()
     );

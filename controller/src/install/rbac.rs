@@ -63,6 +63,15 @@ pub const CLUSTER_RULES: &[Rule] = &[
               apply (patch; `create` too when it creates, the API server checks both) and \
               delete",
     },
+    Rule {
+        group: "networking.istio.io",
+        resources: &["envoyfilters"],
+        verbs: &["create", "delete", "list", "patch", "watch"],
+        names: &[],
+        why: "each scoped workload's catch-all EnvoyFilter (its unknown HTTP to the \
+              gateway), written and deleted with its Sidecar; all are watched so a name \
+              taken by someone else's is never written",
+    },
 ];
 
 pub use lazyxds_index::objects::LEADER_LEASE;

@@ -30,6 +30,17 @@ pub fn istio_resource(kind: &str, plural: &str) -> ApiResource {
     }
 }
 
+/// EnvoyFilters: served as `networking.istio.io/v1alpha3` only.
+pub fn envoy_filter_resource() -> ApiResource {
+    ApiResource {
+        group: "networking.istio.io".into(),
+        version: "v1alpha3".into(),
+        api_version: lazyxds_index::istio::ENVOY_FILTER_API.into(),
+        kind: lazyxds_index::istio::ENVOY_FILTER.into(),
+        plural: "envoyfilters".into(),
+    }
+}
+
 /// What `/debug/plan` shows in Kubernetes mode.
 #[derive(Debug, Clone)]
 pub struct KubeStatus {
