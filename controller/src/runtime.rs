@@ -42,7 +42,7 @@ pub struct ScopingArgs {
     #[arg(long, env = "LAZYXDS_MAX_HOSTS", default_value_t = 1000,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_hosts: u32,
-    /// FQDN of the lazy egress gateway Service (the Sidecars' egressProxy host); default
+    /// FQDN of the lazy egress gateway Service (where scoped workloads send unknown HTTP); default
     /// `lazyxds-gateway.<gateway namespace>.svc.<cluster domain>`. In file mode the
     /// topology's `gateway` section wins.
     #[arg(long, env = "LAZYXDS_GATEWAY_HOST")]
@@ -54,7 +54,7 @@ pub struct ScopingArgs {
         default_value = "lazyxds-system"
     )]
     pub gateway_namespace: String,
-    /// The gateway's egressProxy port.
+    /// The gateway Service's port scoped workloads send unknown HTTP to.
     #[arg(long, env = "LAZYXDS_EGRESS_PROXY_PORT", default_value_t = 8080)]
     pub egress_proxy_port: u16,
     /// Forget a learned dependency not seen at the gateway for this many seconds; 0 = never.

@@ -793,30 +793,34 @@ async fn istiod_turns_our_objects_into_config_the_gateway_and_a_scoped_sidecar_a
             "{hidden} is visible to a scoped web: {clusters:?}"
         );
     }
-    // Unknown HTTP leaves through the catch-all to the gateway.
-    let allow_any = dump
-        .route_configs()
-        .into_iter()
-        .flat_map(|rc| rc["virtual_hosts"].as_array().into_iter().flatten())
-        .find(|vh| vh["name"] == "allow_any")
-        .expect("an allow_any virtual host");
+    // Unknown HTTP leaves through the catch-all to the gateway: our EnvoyFilter's route.
+    let allow_any = catch_all_vhost(&dump, "allow_any").expect("an allow_any virtual host");
     assert_eq!(
         allow_any["routes"][0]["route"]["cluster"], gateway_cluster,
         "{allow_any:#}"
     );
-    // And so does unknown TCP: `egressProxy` also becomes the 15001 listener's TCP
-    // catch-all, so external TLS or raw TCP of an opted-in workload is tunnelled into the
-    // gateway's HTTP port and fails (istiod: listener_builder.go,
-    // buildOutboundCatchAllNetworkFiltersOnly). Asserted as istiod does it today, so the
-    // change that stops using egressProxy has to flip this line.
-    let catch_all_tcp = dump
-        .listeners()
-        .into_iter()
-        .filter(|l| l["name"] == "virtualOutbound")
-        .flat_map(|l| l["filter_chains"].as_array().into_iter().flatten())
-        .find(|fc| fc["name"] == "virtualOutbound-catchall-tcp")
-        .map(|fc| fc["filters"][0]["typed_config"]["cluster"].clone());
-    assert_eq!(catch_all_tcp, Some(json!(gateway_cluster)));
+    let filter = c
+        .get(
+            "envoyfilters.networking.istio.io",
+            Some(&shop.ns),
+            "lazyxds-deployment-web",
+        )
+        .unwrap()
+        .expect("web's catch-all EnvoyFilter");
+    let sidecar = shop.sidecar("lazyxds-deployment-web").unwrap();
+    assert_eq!(
+        filter["spec"]["workloadSelector"], sidecar["spec"]["workloadSelector"],
+        "{filter:#}"
+    );
+    // Unknown TCP and TLS are not: they keep the workload's own policy. (With the
+    // Sidecar's `egressProxy`, as before, istiod made the gateway the 15001 listener's TCP
+    // catch-all too — listener_builder.go, buildOutboundCatchAllNetworkFiltersOnly — so
+    // external TLS or raw TCP was tunnelled into the gateway's HTTP port and failed.)
+    assert_eq!(catch_all_tcp(&dump), Some(json!("PassthroughCluster")));
+    assert_eq!(
+        sidecar["spec"]["outboundTrafficPolicy"],
+        json!({"mode": "ALLOW_ANY"})
+    );
     assert_eq!(
         web.rejected_updates().await.unwrap(),
         BTreeMap::new(),
@@ -889,6 +893,25 @@ async fn services_that_may_not_be_http_stay_in_a_scoped_sidecar() {
 }
 
 /// The exact `:authority` a route matches, if it matches one.
+/// The cluster of the 15001 listener's TCP catch-all (unknown TCP and TLS).
+fn catch_all_tcp(dump: &Dump) -> Option<Value> {
+    dump.listeners()
+        .into_iter()
+        .filter(|l| l["name"] == "virtualOutbound")
+        .flat_map(|l| l["filter_chains"].as_array().into_iter().flatten())
+        .find(|fc| fc["name"] == "virtualOutbound-catchall-tcp")
+        .map(|fc| fc["filters"][0]["typed_config"]["cluster"].clone())
+}
+
+/// The catch-all virtual host of a sidecar's outbound route tables (`allow_any`,
+/// `block_all`).
+fn catch_all_vhost<'a>(dump: &'a Dump, name: &str) -> Option<&'a Value> {
+    dump.route_configs()
+        .into_iter()
+        .flat_map(|rc| rc["virtual_hosts"].as_array().into_iter().flatten())
+        .find(|vh| vh["name"] == name)
+}
+
 fn authority_of(route: &Value) -> Option<&str> {
     route["match"]["headers"]
         .as_array()
@@ -1137,6 +1160,32 @@ async fn the_mesh_configs_outbound_policy_and_discovery_selectors_are_honoured()
         || (policy() == Some(json!("REGISTRY_ONLY"))).then_some(()),
     )
     .await;
+    // The scoped sidecar under REGISTRY_ONLY: unknown HTTP still reaches the gateway (our
+    // EnvoyFilter's route replaces `block_all`'s 502, and the gateway enforces the
+    // namespace's policy), unknown TCP and TLS stay blocked.
+    let web = shop.start_web_sidecar().await;
+    let gateway_cluster = format!("outbound|8080||lazyxds-gateway.{NAMESPACE}.svc.cluster.local");
+    let dump = wait_config(&web, "REGISTRY_ONLY scoped sidecar", |d| {
+        let block_all = catch_all_vhost(d, "block_all").context("no block_all virtual host")?;
+        if block_all["routes"][0]["route"]["cluster"] != gateway_cluster {
+            bail!("block_all is {block_all}");
+        }
+        Ok(())
+    })
+    .await;
+    assert!(catch_all_vhost(&dump, "allow_any").is_none());
+    assert_eq!(catch_all_tcp(&dump), Some(json!("BlackHoleCluster")));
+    assert_eq!(
+        shop.sidecar("lazyxds-deployment-web").unwrap()["spec"]["outboundTrafficPolicy"],
+        json!({"mode": "REGISTRY_ONLY"})
+    );
+    assert_eq!(
+        web.rejected_updates().await.unwrap(),
+        BTreeMap::new(),
+        "{}",
+        web.log()
+    );
+    drop(web);
     // istiod only watches labelled namespaces now: shop is not one, so no Sidecar there.
     c.set_mesh_config("discoverySelectors: [{matchLabels: {istio-discovery: enabled}}]\n")
         .unwrap();

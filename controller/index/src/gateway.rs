@@ -2,7 +2,7 @@
 //! caller's sidecar would have routed it: the Istio objects (rendered here, pure) and the
 //! namespace table pushed to its filter ([`namespace_table`]).
 //!
-//! - A `Gateway` with one server on the egressProxy port, `tls.mode: ISTIO_MUTUAL` (the
+//! - A `Gateway` with one server on the gateway port, `tls.mode: ISTIO_MUTUAL` (the
 //!   filter then knows each caller's verified identity), and a `DestinationRule`
 //!   `ISTIO_MUTUAL` for the gateway host (gateway pods lack the auto-mTLS label).
 //! - A placeholder `Service` in the gateway namespace with every HTTP port of the mesh

@@ -101,7 +101,7 @@ pub struct Settings {
     #[arg(long, default_value = config::DEFAULT_GATEWAY_NAME)]
     pub gateway_name: String,
 
-    /// The gateway's egressProxy port (Service and listener).
+    /// The gateway's port, where scoped workloads send unknown HTTP (Service and listener).
     #[arg(long, default_value_t = 8080)]
     pub egress_proxy_port: u16,
 

@@ -37,7 +37,7 @@ pub const DEFAULT_GATEWAY_NAME: &str = "lazyxds-gateway";
 pub const GRPC_PORT_NAME: &str = "grpc-edges";
 /// Name of the controller's HTTP port (health, metrics, debug).
 pub const HTTP_PORT_NAME: &str = "http-monitor";
-/// Name of the gateway Service's egressProxy port. `http2`: lazy sidecars speak HTTP/2 to
+/// Name of the gateway Service's port. `http2`: lazy sidecars speak HTTP/2 to
 /// the gateway (wrapped in mTLS by the DestinationRule; HTTP/1.1 calls are carried over it
 /// too), so first gRPC calls reach it as gRPC; the gateway terminates it.
 pub const EGRESS_PORT_NAME: &str = "http2-egress";
@@ -130,7 +130,7 @@ pub struct ControllerSettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewaySettings {
     pub name: String,
-    /// The Sidecars' egressProxy port: the gateway Service's port and its listener's.
+    /// Where scoped workloads send unknown HTTP: the gateway Service's port and its listener's.
     pub egress_proxy_port: u16,
     pub min_replicas: i32,
     pub max_replicas: i32,
@@ -205,7 +205,7 @@ impl InstallConfig {
         format!("{name}.{}.svc.{}", self.namespace, self.cluster_domain)
     }
 
-    /// The Sidecars' egressProxy host.
+    /// Where scoped workloads send unknown HTTP: the gateway Service's host.
     pub fn gateway_host(&self) -> String {
         self.service_fqdn(&self.gateway.name)
     }

@@ -27,6 +27,9 @@ use crate::learn::SharedLearner;
 
 pub use lazyxds_index::objects::{KILL_SWITCH_CONFIGMAP, MESH_CONFIGMAP, MESH_CONFIG_NAMESPACE};
 
+/// Whether an object with these labels is ours to write (`is_ours`, `is_our_catch_all`).
+pub type IsOurs = fn(&BTreeMap<String, String>) -> bool;
+
 /// A Sidecar or EnvoyFilter as seen in the cluster, for the writer's diff. Compact: the
 /// spec is kept as its JSON text (a parsed `Value` costs several times more, for every
 /// Sidecar of the mesh), and an object that is not ours keeps nothing but that fact.
@@ -49,7 +52,7 @@ impl LiveObject {
         labels: BTreeMap<String, String>,
         annotations: BTreeMap<String, String>,
         spec: &Value,
-        is_ours: fn(&BTreeMap<String, String>) -> bool,
+        is_ours: IsOurs,
     ) -> Self {
         let ours = is_ours(&labels);
         if !ours {
@@ -217,7 +220,7 @@ where
     }
 }
 
-fn live_object(obj: &DynamicObject, is_ours: fn(&BTreeMap<String, String>) -> bool) -> LiveObject {
+fn live_object(obj: &DynamicObject, is_ours: IsOurs) -> LiveObject {
     LiveObject::new(
         obj.metadata.labels.clone().unwrap_or_default(),
         obj.metadata.annotations.clone().unwrap_or_default(),

@@ -23,7 +23,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::watch as signal;
 
-use super::watch::{spawn_all, spec_text, LiveObject, Watched};
+use super::watch::{spawn_all, spec_text, IsOurs, LiveObject, Watched};
 use super::KubeStatus;
 use super::{envoy_filter_resource, istio_resource, FIELD_MANAGER};
 use crate::learn::SharedLearner;
@@ -601,11 +601,10 @@ async fn apply(
             Ok(()) => {
                 // Record what we wrote now, so the next pass does not write it again
                 // before the watch echoes it back.
-                let (mut live, is_ours): (_, fn(&BTreeMap<String, String>) -> bool) =
-                    match change.kind {
-                        Kind::Sidecar => (watched.sidecars(), is_ours),
-                        Kind::EnvoyFilter => (watched.catch_alls(), is_our_catch_all),
-                    };
+                let (mut live, is_ours): (_, IsOurs) = match change.kind {
+                    Kind::Sidecar => (watched.sidecars(), is_ours),
+                    Kind::EnvoyFilter => (watched.catch_alls(), is_our_catch_all),
+                };
                 match (&change.action, &body) {
                     (Action::Delete, _) => {
                         live.remove(&key);
@@ -647,7 +646,7 @@ fn workload_of(namespace: &str, body: &Value) -> Option<WorkloadId> {
     WorkloadId::from_annotation(namespace, value).ok()
 }
 
-fn live_from_body(body: &Value, is_ours: fn(&BTreeMap<String, String>) -> bool) -> LiveObject {
+fn live_from_body(body: &Value, is_ours: IsOurs) -> LiveObject {
     let meta = &body["metadata"];
     LiveObject::new(
         string_map(&meta["labels"]),
@@ -682,7 +681,7 @@ services:
     /// What the watches would hold once `desired` is applied (`ours`), or when every name
     /// is taken by someone else's objects.
     fn mk_live(desired: &Desired, ours: bool) -> (LiveMap, LiveMap) {
-        let live = |body: Value, is_ours: fn(&BTreeMap<String, String>) -> bool| {
+        let live = |body: Value, is_ours: IsOurs| {
             if ours {
                 live_from_body(&body, is_ours)
             } else {
