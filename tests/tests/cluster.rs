@@ -431,6 +431,8 @@ async fn the_installed_rbac_grants_what_the_controller_needs_and_no_more() {
         &["watch", "services", "--all-namespaces"],
         &["patch", "sidecars.networking.istio.io", "-n", "default"],
         &["create", "events.events.k8s.io", "-n", "default"],
+        // Each scoped workload's catch-all.
+        &["patch", "envoyfilters.networking.istio.io", "-n", "default"],
     ] {
         assert!(can(allowed), "the controller may not {allowed:?}");
     }
@@ -440,7 +442,7 @@ async fn the_installed_rbac_grants_what_the_controller_needs_and_no_more() {
         &["patch", "deployments.apps", "-n", "default"],
         &[
             "create",
-            "envoyfilters.networking.istio.io",
+            "destinationrules.networking.istio.io",
             "-n",
             "default",
         ],
