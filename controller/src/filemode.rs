@@ -315,10 +315,16 @@ fn log_refusals(desired: &Desired, last: &mut BTreeMap<String, String>) {
         .refusals
         .iter()
         .map(|r| (format!("{}", r.workload), r.reason.to_string()))
+        .chain(
+            desired
+                .capped
+                .iter()
+                .map(|c| (format!("{}", c.workload), c.to_string())),
+        )
         .collect();
     for (workload, reason) in &now {
         if last.get(workload) != Some(reason) {
-            tracing::warn!(%workload, %reason, "workload not scoped");
+            tracing::warn!(%workload, %reason, "workload not scoped, or scoped at the host cap");
         }
     }
     *last = now;

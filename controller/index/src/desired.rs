@@ -79,6 +79,27 @@ pub struct Desired {
     pub catch_alls: BTreeMap<(String, String), EnvoyFilter>,
     /// Opted-in workloads that get no Sidecar, sorted by workload.
     pub refusals: Vec<Refusal>,
+    /// Scoped workloads whose learned hosts reached the cap: their Sidecar keeps every
+    /// host it has, new ones stay lazy (through the gateway). Sorted by workload.
+    pub capped: Vec<Capped>,
+}
+
+/// A scoped workload that learned as many hosts as `--max-hosts` allows: nothing it has
+/// is removed, hosts it calls beyond them keep going through the gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Capped {
+    pub workload: WorkloadId,
+    pub cap: usize,
+}
+
+impl fmt::Display for Capped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "host cap {} reached: its Sidecar keeps every host it has; calls to further hosts keep going through the lazy gateway",
+            self.cap
+        )
+    }
 }
 
 impl Desired {
@@ -131,12 +152,9 @@ pub enum RefusalReason {
     SelectsOtherWorkload { other: WorkloadId },
     /// A user's Sidecar with a selector already selects its pods (two would be undefined).
     UserSidecar { name: String },
-    /// More egress hosts than the cap (`truncated`: deps were dropped at the index cap).
-    HostCap {
-        cap: usize,
-        hosts: usize,
-        truncated: bool,
-    },
+    /// More hosts than the cap before any learned one: the ones every scoped Sidecar of
+    /// its namespace must list (always visible, the namespace default's, pins).
+    HostCap { cap: usize, hosts: usize },
 }
 
 impl fmt::Display for RefusalReason {
@@ -154,14 +172,10 @@ impl fmt::Display for RefusalReason {
             RefusalReason::UserSidecar { name } => {
                 write!(f, "user Sidecar {name} already selects its pods")
             }
-            RefusalReason::HostCap {
-                cap,
-                hosts,
-                truncated,
-            } => {
-                let plus = if *truncated { "+" } else { "" };
-                write!(f, "host cap {cap} reached ({hosts}{plus} hosts)")
-            }
+            RefusalReason::HostCap { cap, hosts } => write!(
+                f,
+                "host cap {cap} reached by {hosts} hosts it must see before any learned one"
+            ),
         }
     }
 }
@@ -281,6 +295,12 @@ pub fn desired(index: &Index, config: &RenderConfig) -> Desired {
             };
             match ctx.render(view) {
                 Ok(sidecar) => {
+                    if index.workload_deps(&view.id).is_some_and(|d| d.over_cap) {
+                        out.capped.push(Capped {
+                            workload: view.id.clone(),
+                            cap: index.config().max_deps_per_workload,
+                        });
+                    }
                     let key = (
                         sidecar.metadata.namespace.clone(),
                         sidecar.metadata.name.clone(),
@@ -474,19 +494,18 @@ impl Context<'_> {
             }
         }
 
-        let deps = self.index.deps(&view.id);
-        let hosts = self.egress_hosts(view, &deps);
-        let over_cap = self
-            .index
-            .workload_deps(&view.id)
-            .is_some_and(|d| d.over_cap);
-        if hosts.len() > self.config.max_hosts_per_sidecar || over_cap {
+        // Learned deps are capped where they are stored (the index stops adding at
+        // `max_hosts`, never drops one): over the cap a Sidecar keeps what it has. Only
+        // the hosts it must list anyway are held to the cap here.
+        let mut hosts = self.required_hosts(view);
+        if hosts.len() > self.config.max_hosts_per_sidecar {
             return Err(RefusalReason::HostCap {
                 cap: self.config.max_hosts_per_sidecar,
                 hosts: hosts.len(),
-                truncated: over_cap,
             });
         }
+        let deps = self.index.deps(&view.id);
+        hosts.extend(self.dep_hosts(&deps));
 
         let default_spec = self.default.map(|d| &d.spec);
         let policy = policy_of(self.default, self.index, self.config);
@@ -540,11 +559,8 @@ impl Context<'_> {
         })
     }
 
-    fn egress_hosts(
-        &self,
-        view: &WorkloadView<'_>,
-        deps: &BTreeMap<Arc<str>, u64>,
-    ) -> BTreeSet<String> {
+    /// What every scoped Sidecar of the workload lists before any learned host.
+    fn required_hosts(&self, view: &WorkloadView<'_>) -> BTreeSet<String> {
         let ns = &*view.id.namespace;
         let mut hosts = BTreeSet::from([
             format!("{ROOT_NAMESPACE}/*"),
@@ -576,6 +592,12 @@ impl Context<'_> {
                 .map(|a| a.egress_host.clone()),
         );
         hosts.extend(self.ns_pins.iter().chain(&view.pins).map(|p| p.to_string()));
+        hosts
+    }
+
+    /// The egress hosts of learned deps: each in every namespace that defines it.
+    fn dep_hosts(&self, deps: &BTreeMap<Arc<str>, u64>) -> BTreeSet<String> {
+        let mut hosts = BTreeSet::new();
         for dep in deps.keys() {
             let namespaces: BTreeSet<&str> = self
                 .index

@@ -42,6 +42,9 @@ pub struct WorkloadReport {
     pub hosts_with: usize,
     pub clusters_removed: usize,
     pub endpoints_removed: usize,
+    /// Scoped, and its learned hosts reached this cap: new ones stay lazy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_cap_reached: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -221,6 +224,11 @@ pub fn report(index: &Index, desired: &Desired) -> Report {
         .iter()
         .map(|r| (&r.workload, r.reason.to_string()))
         .collect();
+    let capped: BTreeMap<&WorkloadId, usize> = desired
+        .capped
+        .iter()
+        .map(|c| (&c.workload, c.cap))
+        .collect();
     let mut visible_by_ns: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
     let mut workloads = Vec::new();
     let mut totals = Totals::default();
@@ -254,6 +262,7 @@ pub fn report(index: &Index, desired: &Desired) -> Report {
             (c + entry.clusters, e + entry.endpoints)
         });
         let row = WorkloadReport {
+            host_cap_reached: capped.get(&id).copied(),
             workload: id,
             status,
             hosts_without,
@@ -306,7 +315,10 @@ impl Report {
                 [
                     w.workload.namespace.to_string(),
                     format!("{}/{}", w.workload.kind, w.workload.name),
-                    w.status.label(),
+                    match w.host_cap_reached {
+                        Some(cap) => format!("{} (host cap {cap} reached)", w.status.label()),
+                        None => w.status.label(),
+                    },
                     w.hosts_without.to_string(),
                     w.hosts_with.to_string(),
                     w.clusters_removed.to_string(),
@@ -388,7 +400,35 @@ mod tests {
             hosts_with: counts[1],
             clusters_removed: counts[2],
             endpoints_removed: counts[3],
+            host_cap_reached: None,
         }
+    }
+
+    #[test]
+    fn a_workload_at_the_host_cap_is_scoped_and_says_so() {
+        let mut index = Index::new(crate::IndexConfig {
+            max_deps_per_workload: 1,
+            ..Default::default()
+        });
+        index.apply(mk_namespace("shop", Some(true)));
+        mk_deployment(&mut index, "shop", "productpage", "10.0.0.10");
+        let edges = ["a.example.com", "b.example.com"]
+            .map(|h| mk_edge("10.0.0.10", None, &mk_outbound(80, h), 1));
+        index.record_edges(edges, 1);
+        let desired = desired(&index, &RenderConfig::test());
+        let report = report(&index, &desired);
+        let row = &report.workloads[0];
+        assert_eq!(
+            (&row.status, row.host_cap_reached),
+            (&Status::Scoped, Some(1))
+        );
+        assert!(
+            report.to_table().contains("scoped (host cap 1 reached)"),
+            "{}",
+            report.to_table()
+        );
+        let json = serde_json::to_value(row).unwrap();
+        assert_eq!(json["host_cap_reached"], 1);
     }
 
     #[test]

@@ -56,6 +56,7 @@ struct Counts {
     applies: u64,
     deletes: u64,
     blocked: u64,
+    capped: u64,
     last_pass_ms: u64,
 }
 
@@ -76,6 +77,7 @@ impl KubeStatus {
             applies: w.applies.load(Relaxed),
             deletes: w.deletes.load(Relaxed),
             blocked: w.blocked.load(Relaxed),
+            capped: w.capped.load(Relaxed),
             last_pass_ms: w.last_pass_ms.load(Relaxed),
         };
         let watch = WatchCounts {
@@ -108,7 +110,13 @@ impl crate::metrics::MetricsSource for KubeStatus {
         let (writer, mut watch) = self.counts();
         watch.kill_switch = Some(u64::from(self.learner.index().kill_switch()));
         let help = "the Sidecar writer";
-        register_fields(registry, "writer", &writer, &["last_pass_ms"], help);
+        register_fields(
+            registry,
+            "writer",
+            &writer,
+            &["last_pass_ms", "capped"],
+            help,
+        );
         register_counters(
             registry,
             "writer_errors",

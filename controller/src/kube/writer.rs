@@ -235,6 +235,8 @@ pub struct WriterStats {
     pub applies: AtomicU64,
     pub deletes: AtomicU64,
     pub blocked: AtomicU64,
+    /// Scoped workloads at the host cap after the last pass (a gauge).
+    pub capped: AtomicU64,
     pub last_pass_ms: AtomicU64,
     errors: Mutex<BTreeMap<String, u64>>,
     /// Shared with the writer's own last plan: one copy of it in memory.
@@ -391,6 +393,9 @@ impl Target for KubeTarget {
             )
         };
         stats.passes.fetch_add(1, Relaxed);
+        stats
+            .capped
+            .store(pass.desired.capped.len() as u64, Relaxed);
         if !plan.blocked.is_empty() && plan.blocked != self.last_plan.blocked {
             stats.blocked.fetch_add(plan.blocked.len() as u64, Relaxed);
             tracing::warn!(workloads = ?plan.blocked, "the name of a Sidecar or EnvoyFilter we would write is taken by an object that is not ours: workload left alone");
@@ -471,7 +476,8 @@ fn workload_ref(id: &WorkloadId) -> ObjectReference {
 }
 
 /// Events on workloads: `Scoped` when their Sidecar is first created, `NotScoped` when a
-/// refusal appears or its reason changes. Failures are logged, never retried.
+/// refusal appears or its reason changes, `HostCapReached` when a scoped workload stops
+/// learning at the cap. Failures are logged, never retried.
 async fn publish_events(
     recorder: &Recorder,
     desired: &Desired,
@@ -491,20 +497,39 @@ async fn publish_events(
             secondary: None,
         }));
     }
+    // What each workload was last told, so a Warning is published once per change.
     let now: BTreeMap<WorkloadId, String> = desired
         .refusals
         .iter()
-        .map(|r| (r.workload.clone(), r.reason.to_string()))
+        .map(|r| {
+            (
+                r.workload.clone(),
+                format!("lazyxds does not scope this workload: {}", r.reason),
+            )
+        })
+        .chain(
+            desired
+                .capped
+                .iter()
+                .map(|c| (c.workload.clone(), format!("lazyxds: {c}"))),
+        )
         .collect();
-    for (id, reason) in &now {
-        if evented.get(id) != Some(reason) {
+    let capped: std::collections::BTreeSet<&WorkloadId> =
+        desired.capped.iter().map(|c| &c.workload).collect();
+    for (id, note) in &now {
+        if evented.get(id) != Some(note) {
+            let (reason, action) = if capped.contains(id) {
+                ("HostCapReached", "KeepSidecar")
+            } else {
+                ("NotScoped", "RefuseSidecar")
+            };
             events.push((
                 id.clone(),
                 KubeEvent {
                     type_: EventType::Warning,
-                    reason: "NotScoped".into(),
-                    note: Some(format!("lazyxds does not scope this workload: {reason}")),
-                    action: "RefuseSidecar".into(),
+                    reason: reason.into(),
+                    note: Some(note.clone()),
+                    action: action.into(),
                     secondary: None,
                 },
             ));

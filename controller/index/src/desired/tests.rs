@@ -657,51 +657,79 @@ fn pins_are_always_included() {
 }
 
 #[test]
-fn the_host_cap_refuses() {
-    let config = RenderConfig {
-        max_hosts_per_sidecar: 5,
-        ..RenderConfig::test()
-    };
-    let mut index = Index::test();
-    let edges = ["a.example.com", "b.example.com"]
-        .map(|h| mk_edge("10.0.0.10", None, &mk_outbound(80, h), 1));
-    index.record_edges(edges, 1);
-    let out = desired(&index, &config);
-    let want = refusal(
-        productpage(),
-        RefusalReason::HostCap {
-            cap: 5,
-            hosts: 6,
-            truncated: false,
-        },
-    );
-    assert_eq!(out.refusals, vec![want.clone()]);
-    assert_eq!(want.reason.to_string(), "host cap 5 reached (6 hosts)");
-    assert_eq!(out.sidecar_of(&productpage()), None);
-
-    // Deps dropped at the index's cap refuse even below the render cap.
+fn over_the_host_cap_a_sidecar_keeps_every_host_it_has_and_new_ones_stay_lazy() {
+    // The runtime caps both at `--max-hosts`; here the index stops at 2 learned hosts,
+    // the Sidecar's required hosts (3) stay under 5.
     let mut index = Index::new(crate::IndexConfig {
-        max_deps_per_workload: 1,
+        max_deps_per_workload: 2,
         ..Default::default()
     });
     index.apply(mk_namespace("shop", Some(true)));
     mk_deployment(&mut index, "shop", "productpage", "10.0.0.10");
-    index.record_edges(
-        ["a.example.com", "b.example.com"]
-            .map(|h| mk_edge("10.0.0.10", None, &mk_outbound(80, h), 1)),
-        1,
-    );
-    let desired = desired(&index, &RenderConfig::test());
-    let reason = RefusalReason::HostCap {
-        cap: 1000,
-        hosts: 4,
-        truncated: true,
+    let learn = |index: &mut Index, hosts: &[&str], at: u64| {
+        let edges: Vec<_> = hosts
+            .iter()
+            .map(|h| mk_edge("10.0.0.10", None, &mk_outbound(80, h), at))
+            .collect();
+        index.record_edges(edges, at);
     };
-    assert_eq!(
-        desired.refusals,
-        vec![refusal(productpage(), reason.clone())]
+    let config = RenderConfig {
+        max_hosts_per_sidecar: 5,
+        ..RenderConfig::test()
+    };
+    learn(&mut index, &["a.example.com", "b.example.com"], 1);
+    let before = desired(&index, &config);
+    assert_eq!(before.capped, vec![]);
+    let listed = egress_of(&before, &productpage());
+    assert!(
+        listed.contains(&"*/a.example.com".to_string()),
+        "{listed:?}"
     );
-    assert_eq!(reason.to_string(), "host cap 1000 reached (4+ hosts)");
+    assert!(
+        listed.contains(&"*/b.example.com".to_string()),
+        "{listed:?}"
+    );
+    // A third host: not added, nothing removed, no refusal; reported as capped.
+    learn(&mut index, &["c.example.com"], 2);
+    let after = desired(&index, &config);
+    assert_eq!(egress_of(&after, &productpage()), listed);
+    assert_eq!(
+        after
+            .sidecar_of(&productpage())
+            .unwrap()
+            .metadata
+            .annotations["lazyxds.io/deps"],
+        r#"{"a.example.com":1,"b.example.com":1}"#
+    );
+    assert_eq!(after.refusals, vec![]);
+    let capped = Capped {
+        workload: productpage(),
+        cap: 2,
+    };
+    assert_eq!(after.capped, vec![capped.clone()]);
+    assert_eq!(
+        capped.to_string(),
+        "host cap 2 reached: its Sidecar keeps every host it has; calls to further hosts keep going through the lazy gateway"
+    );
+}
+
+#[test]
+fn more_required_hosts_than_the_cap_refuse_before_anything_is_learned() {
+    // istio-system/*, the gateway, the placeholder, postgres (a tcp port): 4 > 3.
+    let config = RenderConfig {
+        max_hosts_per_sidecar: 3,
+        ..RenderConfig::test()
+    };
+    let index = Index::test();
+    let out = desired(&index, &config);
+    let want = refusal(productpage(), RefusalReason::HostCap { cap: 3, hosts: 4 });
+    assert!(out.refusals.contains(&want), "{:?}", out.refusals);
+    assert_eq!(
+        want.reason.to_string(),
+        "host cap 3 reached by 4 hosts it must see before any learned one"
+    );
+    assert_eq!(out.sidecar_of(&productpage()), None);
+    assert!(out.catch_alls.is_empty());
 }
 
 #[test]
