@@ -543,6 +543,37 @@ impl Dump {
     }
 }
 
+/// The lazy gateway: the installed Deployment's pod, running at a fresh IP, under
+/// `pilot-agent proxy router` with its pod's annotations (the downward-API file, where
+/// pilot-agent reads `proxy.istio.io/config`) over `proxy_config` (what injection puts in
+/// PROXY_CONFIG from the mesh's `defaultConfig`), its module mounted where the install's
+/// ConfigMap volume puts it.
+async fn lazy_gateway(c: &'static Cluster, proxy_config: Value) -> IstioProxy {
+    let gw_pods = lazyxds::scheduled_pods(c, NAMESPACE, "lazyxds-gateway", 1)
+        .await
+        .unwrap();
+    let gw_pod = gw_pods[0]["metadata"]["name"].as_str().unwrap().to_string();
+    let gw_ip = c.pod_ip();
+    c.set_pod_running(NAMESPACE, &gw_pod, gw_ip).unwrap();
+    let wasm = lazyxds_e2e::paths::wasm_path().unwrap();
+    IstioProxy::start(
+        c,
+        ProxyPod {
+            namespace: NAMESPACE.into(),
+            name: gw_pod,
+            service_account: "lazyxds-gateway".into(),
+            ip: gw_ip,
+            labels: labels_of(&gw_pods[0]),
+            mode: ProxyMode::Router,
+            concurrency: 1,
+            proxy_config,
+            mounts: vec![(wasm, "/etc/lazyxds/filter/lazyxds_filter.wasm".into())],
+        },
+    )
+    .await
+    .unwrap()
+}
+
 /// Waits until `proxy`'s config satisfies `check` (istiod pushes asynchronously).
 async fn wait_config(proxy: &IstioProxy, what: &str, check: impl Fn(&Dump) -> Result<()>) -> Dump {
     let t = Instant::now();
@@ -599,32 +630,7 @@ async fn istiod_turns_our_objects_into_config_the_gateway_and_a_scoped_sidecar_a
         .unwrap();
     shop.wait_web_deps(&[&api], &ctl).await;
 
-    // The lazy gateway: the installed Deployment's pod, under `pilot-agent proxy router`,
-    // its module mounted where the install's ConfigMap volume puts it.
-    let gw_pods = lazyxds::scheduled_pods(c, NAMESPACE, "lazyxds-gateway", 1)
-        .await
-        .unwrap();
-    let gw_pod = gw_pods[0]["metadata"]["name"].as_str().unwrap().to_string();
-    let gw_ip = c.pod_ip();
-    c.set_pod_running(NAMESPACE, &gw_pod, gw_ip).unwrap();
-    let labels = labels_of(&gw_pods[0]);
-    let wasm = lazyxds_e2e::paths::wasm_path().unwrap();
-    let gateway = IstioProxy::start(
-        c,
-        ProxyPod {
-            namespace: NAMESPACE.into(),
-            name: gw_pod.clone(),
-            service_account: "lazyxds-gateway".into(),
-            ip: gw_ip,
-            labels,
-            mode: ProxyMode::Router,
-            concurrency: 1,
-            proxy_config: json!({}),
-            mounts: vec![(wasm, "/etc/lazyxds/filter/lazyxds_filter.wasm".into())],
-        },
-    )
-    .await
-    .unwrap();
+    let gateway = lazy_gateway(c, json!({})).await;
 
     // The gateway routes each mesh host by authority; reviews keeps the user's 80/20.
     let dump = wait_config(&gateway, "gateway routes", |d| {
@@ -1199,4 +1205,473 @@ async fn the_mesh_configs_outbound_policy_and_discovery_selectors_are_honoured()
     )
     .unwrap();
     shop.wait_web_deps(&[], &ctl).await;
+}
+
+// ---- the install on every supported Istio release, analyze, the gateway's guards ------
+
+/// The objects the controller writes, rendered by its own code for the demo mesh: the
+/// committed demo Sidecars (`controller/index/testdata/demo-sidecars.yaml`, the demo's
+/// output, kept true by its test) and the gateway's routing objects for the demo topology
+/// (`lazyxds_index::reconcile`, what the leader applies).
+fn controller_rendered_objects() -> Vec<String> {
+    let root = lazyxds_e2e::paths::workspace_root();
+    let sidecars =
+        std::fs::read_to_string(root.join("controller/index/testdata/demo-sidecars.yaml")).unwrap();
+    let topology_file = root.join("controller/index/testdata/demo-topology.yaml");
+    let topology = lazyxds_index::topology::Topology::from_yaml(
+        &std::fs::read_to_string(&topology_file).unwrap(),
+        "demo-topology.yaml",
+    )
+    .unwrap();
+    let mut index = lazyxds_index::Index::new(lazyxds_index::IndexConfig::default());
+    topology.apply_to(&mut index);
+    let config = topology.render_config(lazyxds_index::RenderConfig::default());
+    let pass = lazyxds_index::reconcile(&index, &config);
+    assert!(
+        pass.gateway.virtual_services.len() > 3,
+        "the demo mesh renders per-host routes"
+    );
+    vec![sidecars, pass.gateway.to_yaml().unwrap()]
+}
+
+/// Every namespace `objects` (YAML streams) put something in, as Namespace objects.
+fn namespaces_of(objects: &[String]) -> Value {
+    let mut names = std::collections::BTreeSet::from(["istio-system".to_string()]);
+    for yaml in objects {
+        for o in lazyxds::parse_yaml_stream(yaml).unwrap() {
+            if let Some(ns) = o["metadata"]["namespace"].as_str() {
+                names.insert(ns.to_string());
+            }
+        }
+    }
+    let items: Vec<Value> = names
+        .into_iter()
+        .map(|n| json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}}))
+        .collect();
+    json!({"apiVersion": "v1", "kind": "List", "items": items})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_supported_istio_release_accepts_the_install_our_sidecars_and_the_gateway_objects() {
+    let _serial = SERIAL.lock().await;
+    tokio::task::spawn_blocking(check_every_istio_release)
+        .await
+        .unwrap();
+}
+
+/// One API server (no istiod: only the schemas are in question); per release, its CRDs
+/// replace the last one's (deleting a CRD deletes its objects, so every Istio object is
+/// created, and checked whole, under each release's schema), then the default install, the
+/// WasmPlugin install without and with `--istio-version`, our Sidecars and the gateway's
+/// objects are applied.
+fn check_every_istio_release() {
+    let started = Instant::now();
+    let releases = cluster::istio_releases().unwrap();
+    let api = Cluster::start(&cluster::ClusterOptions {
+        api_server_only: true,
+        name: Some("istio-releases"),
+        ..cluster::ClusterOptions::default()
+    })
+    .unwrap();
+    let render = |flags: &[&str]| lazyxds::render(flags).unwrap().0;
+    let oci = "oci://ghcr.io/lazyxds/lazyxds-filter:test";
+    // The default install, a WasmPlugin install naming no release, our Sidecars, the
+    // gateway's objects; per release below, a WasmPlugin install naming it.
+    let mut objects = vec![
+        render(&["--no-module"]),
+        render(&["--module-url", oci, "--namespace", "lazyxds-wasm"]),
+    ];
+    objects.extend(controller_rendered_objects());
+    let pinned_ns = "lazyxds-wasm-pinned";
+    let mut namespaces = objects.clone();
+    namespaces.push(render(&["--module-url", oci, "--namespace", pinned_ns]));
+    api.apply(&namespaces_of(&namespaces).to_string()).unwrap();
+    let mut failures = Vec::new();
+    let mut timings = Vec::new();
+    let mut previous: Option<String> = None;
+    for (release, crds) in &releases {
+        let t = Instant::now();
+        let crds = crds.display().to_string();
+        if let Some(prev) = &previous {
+            api.kubectl(&["delete", "-f", prev, "--wait=true"], None)
+                .unwrap();
+        }
+        let deleted = t.elapsed();
+        api.kubectl(&["create", "-f", &crds], None).unwrap();
+        api.kubectl(
+            &[
+                "wait",
+                "--for=condition=Established",
+                "-f",
+                &crds,
+                "--timeout=60s",
+            ],
+            None,
+        )
+        .unwrap();
+        let established = t.elapsed();
+        let minor = release.trim_start_matches('v');
+        let pinned = render(&[
+            "--module-url",
+            oci,
+            "--namespace",
+            pinned_ns,
+            "--istio-version",
+            minor,
+        ]);
+        // One apply of everything (kubectl goes on past a refused object and names each),
+        // with strict field validation: unknown fields are refused too.
+        let all: String = objects
+            .iter()
+            .chain([&pinned])
+            .map(|yaml| format!("---\n{yaml}\n"))
+            .collect();
+        if let Err(e) = api.kubectl(&["apply", "--server-side", "-f", "-"], Some(&all)) {
+            failures.push(format!("Istio {release}: {e:#}"));
+        }
+        timings.push((release.clone(), deleted, established, t.elapsed()));
+        previous = Some(crds);
+    }
+    lazyxds_e2e::note(format_args!(
+        "Istio releases checked in {:?} (API server {:?}): {timings:?}",
+        started.elapsed(),
+        api.timings
+    ));
+    assert!(
+        failures.is_empty(),
+        "refused by the API server:\n{}",
+        failures.join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_admits_only_mesh_identities_trusts_no_forwarded_for_and_reaches_the_controller(
+) {
+    let _serial = SERIAL.lock().await;
+    let c = cluster().await;
+    let _inst = installed(c).await;
+    // The mesh's defaultConfig trusts two proxies in front of gateways (as for an ingress
+    // behind a load balancer): injection would put that in PROXY_CONFIG.
+    let gateway = lazy_gateway(c, json!({"gatewayTopology": {"numTrustedProxies": 2}})).await;
+    let controller_cluster = format!("outbound|18000||lazyxds.{NAMESPACE}.svc.cluster.local");
+    let hcm_of = |d: &Dump| -> Option<Value> {
+        d.listeners()
+            .into_iter()
+            .find(|l| l["address"]["socket_address"]["port_value"] == 8080)
+            .and_then(|l| {
+                l["filter_chains"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|fc| fc["filters"].as_array().into_iter().flatten())
+                    .find(|f| f["name"] == "envoy.filters.network.http_connection_manager")
+                    .map(|f| f["typed_config"].clone())
+            })
+    };
+    let dump = wait_config(&gateway, "the gateway's listener and clusters", |d| {
+        let hcm = hcm_of(d).context("no HTTP connection manager on 8080")?;
+        let mut missing = Vec::new();
+        if !hcm["http_filters"]
+            .to_string()
+            .contains("envoy.filters.http.rbac")
+        {
+            missing.push("no RBAC filter on 8080 (the AuthorizationPolicy)".to_string());
+        }
+        if hcm["xff_num_trusted_hops"].as_u64().unwrap_or(0) != 0 {
+            missing.push(format!(
+                "xff_num_trusted_hops {} (the mesh's, not the pod's 0)",
+                hcm["xff_num_trusted_hops"]
+            ));
+        }
+        // istiod filters the gateway's clusters (PILOT_FILTER_GATEWAY_CLUSTER_CONFIG, on
+        // in this tier): the controller's is there because our EnvoyFilter names it.
+        if !d.cluster_names().contains(&controller_cluster) {
+            missing.push(format!("no cluster {controller_cluster}"));
+        }
+        match missing.is_empty() {
+            true => Ok(()),
+            false => bail!("{}", missing.join("; ")),
+        }
+    })
+    .await;
+    let hcm = hcm_of(&dump).unwrap();
+    // The AuthorizationPolicy: ALLOW (the RBAC filter's default action) requests to the
+    // egress port from any authenticated peer; nothing else.
+    let rbac = hcm["http_filters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "envoy.filters.http.rbac")
+        .unwrap();
+    let rules = &rbac["typed_config"]["rules"];
+    assert!(
+        rules["action"].is_null() || rules["action"] == "ALLOW",
+        "{rbac:#}"
+    );
+    let policies = rules["policies"].as_object().unwrap();
+    assert_eq!(policies.len(), 1, "{rbac:#}");
+    let (name, policy) = policies.iter().next().unwrap();
+    assert!(
+        name.contains(&format!("ns[{NAMESPACE}]-policy[lazyxds-gateway]")),
+        "{name}"
+    );
+    let principals = policy["principals"].to_string();
+    assert!(principals.contains("authenticated"), "{principals}");
+    assert!(
+        policy["permissions"]
+            .to_string()
+            .contains(r#""destination_port":8080"#),
+        "{policy:#}"
+    );
+    // numTrustedProxies 0 from the pod's annotation wins over the mesh's 2: the source
+    // address is the connection's.
+    assert_eq!(
+        hcm["xff_num_trusted_hops"].as_u64().unwrap_or(0),
+        0,
+        "{}",
+        hcm["xff_num_trusted_hops"]
+    );
+    assert_eq!(hcm["use_remote_address"], true);
+    assert_eq!(
+        gateway.rejected_updates().await.unwrap(),
+        BTreeMap::new(),
+        "{}",
+        gateway.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_may_write_only_objects_labelled_ours() {
+    let _serial = SERIAL.lock().await;
+    let c = cluster().await;
+    let _inst = installed(c).await;
+    let ns = c.namespace("guarded", json!({}), json!({})).unwrap();
+    let sidecar = |name: &str, ours: bool, hosts: &[&str]| {
+        let labels = if ours {
+            json!({"app.kubernetes.io/managed-by": "lazyxds"})
+        } else {
+            json!({})
+        };
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "Sidecar",
+            "metadata": {"name": name, "namespace": ns, "labels": labels},
+            "spec": {"workloadSelector": {"labels": {"app": name}},
+                "egress": [{"hosts": hosts}]}})
+    };
+    let user_vs = |hosts: &[&str]| {
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": "users", "namespace": NAMESPACE},
+            "spec": {"hosts": hosts, "http": [{"route": [
+                {"destination": {"host": "users.example.com"}}]}]}})
+    };
+    // A user's Sidecar, and a user's VirtualService in our own namespace (RBAC lets the
+    // controller write VirtualServices there, for the gateway's routes; not this one).
+    c.apply_json(&[
+        sidecar("users", false, &["./*"]),
+        user_vs(&["users.example.com"]),
+    ])
+    .unwrap();
+    let kc = c.kubeconfig_for(NAMESPACE, "lazyxds").unwrap();
+    // The controller writes by server-side apply as `lazyxds` (it cannot even `get` one
+    // Sidecar: it lists and watches), forcing conflicts as it does.
+    let apply = |o: &Value, dry_run: bool| {
+        let mut args = vec![
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager=lazyxds",
+            "-f",
+            "-",
+        ];
+        if dry_run {
+            args.push("--dry-run=server");
+        }
+        c.kubectl_as(&kc, &args, Some(&o.to_string()))
+    };
+    let delete = |name: &str| c.kubectl_as(&kc, &["delete", SIDECARS, name, "-n", &ns], None);
+    let rewrite_users = sidecar("users", false, &["istio-system/*"]);
+    // The policy is in force once the API server has loaded it (the install may have been
+    // applied just now): probed with dry runs, which admission judges but nothing stores.
+    eventually(
+        Duration::from_secs(20),
+        || "the controller may still rewrite a user's Sidecar".into(),
+        || apply(&rewrite_users, true).err(),
+    )
+    .await;
+    let refused = format!(
+        "{:#}",
+        apply(&rewrite_users, false).expect_err("rewriting a user's Sidecar")
+    );
+    assert!(
+        refused.contains("ValidatingAdmissionPolicy 'lazyxds-writes-only-ours'")
+            && refused.contains(
+                "lazyxds may UPDATE only objects labelled app.kubernetes.io/managed-by=lazyxds"
+            ),
+        "{refused}"
+    );
+    // Its own: created, rewritten, deleted.
+    apply(&sidecar("ours", true, &["./*"]), false).unwrap();
+    apply(&sidecar("ours", true, &["istio-system/*"]), false).unwrap();
+    delete("ours").unwrap();
+    apply(&sidecar("ours", true, &["./*"]), false).unwrap();
+    // Never a user's: not relabelled ours, not deleted, none created without our label,
+    // its own not unlabelled.
+    for (what, result) in [
+        (
+            "relabel a user's Sidecar ours",
+            apply(&sidecar("users", true, &["./*"]), false),
+        ),
+        ("delete a user's Sidecar", delete("users")),
+        (
+            "create an unlabelled Sidecar",
+            apply(&sidecar("unlabelled", false, &["./*"]), false),
+        ),
+        (
+            "unlabel its own Sidecar",
+            apply(&sidecar("ours", false, &["./*"]), false),
+        ),
+        (
+            "rewrite a user's VirtualService in its own namespace",
+            apply(&user_vs(&["other.example.com"]), false),
+        ),
+    ] {
+        let err = format!("{:#}", result.expect_err(what));
+        assert!(
+            err.contains("ValidatingAdmissionPolicy 'lazyxds-writes-only-ours'"),
+            "{what}: {err}"
+        );
+    }
+    let users = c.get(SIDECARS, Some(&ns), "users").unwrap().unwrap();
+    assert!(users["metadata"]["labels"]["app.kubernetes.io/managed-by"].is_null());
+    assert_eq!(users["spec"]["egress"][0]["hosts"], json!(["./*"]));
+    // Anyone but the controller is not affected.
+    c.apply_json(&[rewrite_users]).unwrap();
+    c.kubectl(
+        &[
+            "delete",
+            "virtualservices.networking.istio.io",
+            "users",
+            "-n",
+            NAMESPACE,
+        ],
+        None,
+    )
+    .unwrap();
+}
+
+/// Istio's sidecar-injector webhooks as `istioctl manifest generate` renders them for a
+/// default install, made inert (their selectors are what `istioctl analyze` reads: whether
+/// a Deployment with `image: auto` would be injected): no request matches their rules, and
+/// none would be sent anywhere.
+fn inert_injection_webhooks() -> Value {
+    let out = std::process::Command::new(cluster::bin("istioctl").unwrap())
+        .args(["manifest", "generate"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let objects = lazyxds::parse_yaml_stream(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    let mut webhooks = objects
+        .into_iter()
+        .find(|o| o["kind"] == "MutatingWebhookConfiguration")
+        .expect("Istio's manifest has the injector's MutatingWebhookConfiguration");
+    for wh in webhooks["webhooks"].as_array_mut().unwrap() {
+        wh["clientConfig"] = json!({"url": "https://127.0.0.1:9/inject"});
+        wh["failurePolicy"] = json!("Ignore");
+        wh["rules"] = json!([{"operations": ["CREATE"], "apiGroups": ["test.lazyxds.io"],
+            "apiVersions": ["v1"], "resources": ["nothing"]}]);
+    }
+    webhooks
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn istioctl_analyze_reports_nothing_about_our_objects() {
+    let _serial = SERIAL.lock().await;
+    let c = cluster().await;
+    let inst = installed(c).await;
+    // Scoped workloads: web (running, a learned dependency), jobs (running), and idle
+    // (opted in, no pod: it must get no Sidecar selecting nothing).
+    let shop = Shop::create(c, true).await.unwrap();
+    c.apply_json(&[
+        deployment(&shop.ns, "jobs", 1),
+        deployment(&shop.ns, "idle", 0),
+    ])
+    .unwrap();
+    let jobs = lazyxds::scheduled_pods(c, &shop.ns, "jobs", 1)
+        .await
+        .unwrap();
+    c.set_pod_running(
+        &shop.ns,
+        jobs[0]["metadata"]["name"].as_str().unwrap(),
+        c.pod_ip(),
+    )
+    .unwrap();
+    let ctl = controller(c, inst).await.unwrap();
+    let api = shop.host("api");
+    send_edges(&ctl.grpc_addr(), &[(shop.web_ip, &outbound(&api, 80))])
+        .await
+        .unwrap();
+    shop.wait_web_deps(&[&api], &ctl).await;
+    eventually(
+        Duration::from_secs(30),
+        || tail(&ctl.log()),
+        || shop.sidecar("lazyxds-deployment-jobs"),
+    )
+    .await;
+    let webhooks = inert_injection_webhooks();
+    c.apply_json(std::slice::from_ref(&webhooks)).unwrap();
+    let out = std::process::Command::new(cluster::bin("istioctl").unwrap())
+        .args([
+            "analyze",
+            "--all-namespaces",
+            "--output",
+            "json",
+            "--kubeconfig",
+        ])
+        .arg(c.admin_kubeconfig())
+        .output()
+        .unwrap();
+    c.kubectl(
+        &[
+            "delete",
+            "mutatingwebhookconfiguration",
+            webhooks["metadata"]["name"].as_str().unwrap(),
+        ],
+        None,
+    )
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "istioctl analyze: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let messages: Vec<Value> = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!("istioctl analyze -o json: {e}\n{stdout}");
+    });
+    // "Kind namespace/name" or "Kind name".
+    let ours = |origin: &str| {
+        let (kind, name) = origin.split_once(' ').unwrap_or((origin, ""));
+        let (ns, name) = name.split_once('/').unwrap_or(("", name));
+        ns == NAMESPACE || name.starts_with("lazyxds") || (kind == "Namespace" && name == NAMESPACE)
+    };
+    let about_ours: Vec<&Value> = messages
+        .iter()
+        .filter(|m| ours(m["origin"].as_str().unwrap_or_default()))
+        // The test cluster runs no injector: the gateway's pods still say `image: auto`,
+        // which Istio's injection replaces (the Deployment's own check, IST0146, judges
+        // whether it would be injected, against the webhooks above).
+        .filter(|m| {
+            !(m["code"] == "IST0147" && m["origin"].as_str().is_some_and(|o| o.starts_with("Pod ")))
+        })
+        .collect();
+    assert!(
+        about_ours.is_empty(),
+        "istioctl analyze reports about our objects:\n{}",
+        serde_json::to_string_pretty(&about_ours).unwrap()
+    );
+    assert!(shop.sidecar("lazyxds-deployment-idle").is_none());
 }

@@ -294,6 +294,11 @@ pub fn desired(index: &Index, config: &RenderConfig) -> Desired {
                 ns_pins: &ns_pins,
             };
             match ctx.render(view) {
+                // No pods (scaled to zero, a CronJob between runs): a Sidecar would select
+                // nothing, which `istioctl analyze` reports (IST0101,
+                // sidecar.SelectorAnalyzer). It comes back with the first pod; the learned
+                // deps stay in the index.
+                Ok(_) if view.pods.is_empty() => {}
                 Ok(sidecar) => {
                     if index.workload_deps(&view.id).is_some_and(|d| d.over_cap) {
                         out.capped.push(Capped {

@@ -41,6 +41,13 @@ use crate::objects::{Protocol, VirtualService};
 /// Route (and virtual host, and cluster) name of the catch-all for unknown hosts; the
 /// filter knows it by this name.
 pub const EXTERNAL_ROUTE: &str = "lazyxds-external";
+/// The catch-all EnvoyFilter's priority. Not 0: `istioctl analyze` flags (IST0151) an
+/// EnvoyFilter with a relative patch (its forward proxy filter goes `INSERT_BEFORE` the
+/// router) and priority 0, whose order among others is then creation time
+/// (`pkg/config/analysis/analyzers/envoyfilter/envoyfilter.go`, `relativeOperationMsg`).
+/// Positive: applied after the install's filter (`install::filter::ENVOY_FILTER_PRIORITY`,
+/// lower first), which must end up ahead of the forward proxy.
+pub const CATCH_ALL_PRIORITY: i32 = 10;
 /// The VirtualService answering `*.svc.<domain>` hosts no Service has.
 pub const UNKNOWN_MESH_HOSTS: &str = "lazyxds-unknown-mesh-hosts";
 /// Its answer.
@@ -297,7 +304,7 @@ fn envoy_filter(config: &RenderConfig) -> EnvoyFilter {
         workload_selector: Some(WorkloadSelector {
             labels: config.gateway_selector.clone(),
         }),
-        priority: None,
+        priority: Some(CATCH_ALL_PRIORITY),
         config_patches: vec![
             ConfigPatch::new("CLUSTER", PatchMatch::gateway(), "ADD", cluster),
             ConfigPatch::new(

@@ -1,7 +1,7 @@
 //! Istio's objects, typed, in one place: the `Sidecar` the controller writes
 //! ([`desired()`](crate::desired())), the gateway's routing objects (Gateway, DestinationRule,
 //! VirtualService, EnvoyFilter: [`gateway`](crate::gateway)), and the filter objects
-//! `lazyxds install` renders (EnvoyFilter, WasmPlugin).
+//! `lazyxds install` renders (EnvoyFilter, WasmPlugin, the gateway's AuthorizationPolicy).
 //!
 //! Only the fields lazyxds uses are typed. The object and the specs of the install's kinds
 //! refuse unknown fields, so a manifest that round-trips through these types (YAML →
@@ -27,6 +27,7 @@ use crate::objects::{Labels, LABEL_MANAGED_BY, MANAGED_BY_US};
 pub const NETWORKING_API: &str = "networking.istio.io/v1";
 pub const ENVOY_FILTER_API: &str = "networking.istio.io/v1alpha3";
 pub const WASM_PLUGIN_API: &str = "extensions.istio.io/v1alpha1";
+pub const SECURITY_API: &str = "security.istio.io/v1";
 pub const SIDECAR: &str = "Sidecar";
 pub const ENVOY_FILTER: &str = "EnvoyFilter";
 
@@ -46,6 +47,7 @@ pub type WasmPlugin = IstioObject<WasmPluginSpec>;
 pub type Gateway = IstioObject<GatewaySpec>;
 pub type DestinationRule = IstioObject<DestinationRuleSpec>;
 pub type VirtualService = IstioObject<VirtualServiceSpec>;
+pub type AuthorizationPolicy = IstioObject<AuthorizationPolicySpec>;
 
 impl<S: Serialize> IstioObject<S> {
     /// The YAML `kubectl apply` and `istioctl analyze` take (fields in declaration order).
@@ -411,4 +413,50 @@ pub struct VirtualServiceSpec {
     pub export_to: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub http: Vec<Value>,
+}
+
+/// `AuthorizationPolicy.spec` (security.istio.io/v1): the fields the install's gateway
+/// policy uses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthorizationPolicySpec {
+    pub selector: MatchLabels,
+    /// `ALLOW`, `DENY`, …
+    pub action: String,
+    pub rules: Vec<AuthorizationRule>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorizationRule {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from: Vec<RuleFrom>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub to: Vec<RuleTo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleFrom {
+    pub source: RuleSource,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSource {
+    /// Peer identities (`<trust domain>/ns/<ns>/sa/<sa>`); `*`: any authenticated one.
+    pub principals: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleTo {
+    pub operation: RuleOperation,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleOperation {
+    /// Destination ports, as strings.
+    pub ports: Vec<String>,
 }

@@ -402,6 +402,14 @@ fn overlapping_selectors_are_refused() {
         "b",
         &[("app", "x"), ("tier", "y")],
     ));
+    index.apply(mk_replica_set("shop", "b-rs", Some(("Deployment", "b"))));
+    index.apply(mk_pod(
+        "shop",
+        "b-rs-0",
+        "10.0.8.2",
+        Some(("ReplicaSet", "b-rs")),
+        &[("app", "x"), ("tier", "y")],
+    ));
     // c's selector selects a pod that is not c's, even though its template is distinct.
     index.apply(mk_workload(StatefulSet, "shop", "c", &[("app", "c")]));
     let mut stray = mk_pod(
@@ -782,4 +790,39 @@ fn sidecar_names() {
         assert_eq!(sidecar_name(&id), want);
         assert!(want.len() <= 253);
     }
+}
+
+#[test]
+fn a_workload_without_pods_gets_no_sidecar_until_one_starts() {
+    // A Sidecar selecting no pod is what `istioctl analyze` reports (IST0101).
+    let mut index = Index::default();
+    index.apply(mk_namespace("shop", Some(true)));
+    index.apply(mk_workload(Deployment, "shop", "idle", &[("app", "idle")]));
+    let none = desired(&index, &RenderConfig::test());
+    assert!(none.sidecars.is_empty(), "{:?}", none.sidecars.keys());
+    assert!(
+        none.refusals.is_empty(),
+        "not a refusal: {:?}",
+        none.refusals
+    );
+    index.apply(mk_replica_set(
+        "shop",
+        "idle-rs",
+        Some(("Deployment", "idle")),
+    ));
+    index.apply(mk_pod(
+        "shop",
+        "idle-rs-0",
+        "10.0.9.1",
+        Some(("ReplicaSet", "idle-rs")),
+        &[("app", "idle")],
+    ));
+    let one = desired(&index, &RenderConfig::test());
+    assert_eq!(
+        one.sidecars
+            .keys()
+            .map(|(_, n)| n.as_str())
+            .collect::<Vec<_>>(),
+        ["lazyxds-deployment-idle"]
+    );
 }

@@ -450,6 +450,7 @@ fn the_envoy_filter_adds_the_forward_proxy_catch_all() {
             "metadata": meta("lazyxds-external"),
             "spec": {
                 "workloadSelector": {"labels": {"app": "egress"}},
+                "priority": 10,
                 "configPatches": [
                     {
                         "applyTo": "CLUSTER",
