@@ -217,6 +217,10 @@ pub fn catch_all_filter(sidecar: &Sidecar, config: &RenderConfig) -> EnvoyFilter
     metadata
         .labels
         .insert(LABEL_COMPONENT.to_string(), COMPONENT_CATCH_ALL.to_string());
+    let (key, value) = crate::istio::ENVOY_FILTER_ANALYZE_SUPPRESS;
+    metadata
+        .annotations
+        .insert(key.to_string(), value.to_string());
     if let Some(workload) = sidecar.metadata.annotations.get(ANNOTATION_WORKLOAD) {
         metadata
             .annotations

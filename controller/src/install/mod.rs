@@ -267,15 +267,12 @@ fn istio_metadata(config: &InstallConfig, name: &str, component: &str) -> istio:
     }
 }
 
-/// Annotations of our EnvoyFilters: `istioctl analyze` warns about every EnvoyFilter
-/// (IST0133, "exposes internal implementation details"); ours are the parts no stable API
-/// offers (the module from a ConfigMap, the catch-all's dynamic forward proxy), checked
-/// instead by `envoy --mode validate` and by the real istiod in the tests.
+/// Annotations of our EnvoyFilters ([`istio::ENVOY_FILTER_ANALYZE_SUPPRESS`]): ours are the
+/// parts no stable API offers (the module from a ConfigMap, the catch-all's dynamic forward
+/// proxy), checked instead by `envoy --mode validate` and by the real istiod in the tests.
 fn envoy_filter_annotations() -> BTreeMap<String, String> {
-    BTreeMap::from([(
-        "galley.istio.io/analyze-suppress".to_string(),
-        "IST0133".to_string(),
-    )])
+    let (key, value) = istio::ENVOY_FILTER_ANALYZE_SUPPRESS;
+    BTreeMap::from([(key.to_string(), value.to_string())])
 }
 
 fn common_labels(component: &str) -> BTreeMap<String, String> {

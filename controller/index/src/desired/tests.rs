@@ -172,7 +172,10 @@ fn every_sidecar_comes_with_a_catch_all_filter_that_sends_only_unknown_http_to_t
                     "app.kubernetes.io/managed-by": "lazyxds",
                     "app.kubernetes.io/component": "catch-all",
                 },
-                "annotations": {"lazyxds.io/workload": "Deployment/productpage"},
+                "annotations": {
+                    "galley.istio.io/analyze-suppress": "IST0133",
+                    "lazyxds.io/workload": "Deployment/productpage",
+                },
             },
             "spec": {
                 // The Sidecar's selector: the same pods, no others.
