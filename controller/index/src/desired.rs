@@ -338,13 +338,24 @@ impl fmt::Display for WhyVisible {
 pub fn always_visible(index: &Index) -> Vec<AlwaysVisible<'_>> {
     let domain = &index.config().cluster_domain;
     let mut hosts = Vec::new();
-    // Every concrete mesh host, for wildcard VirtualService hosts.
+    // Every concrete mesh host, for wildcard hosts of namespace-only VirtualServices (rare:
+    // only collected when there is one).
+    let wildcard_namespace_only = index.namespace_names().iter().any(|ns| {
+        index.ns(ns).is_some_and(|state| {
+            state.virtual_services.values().any(|vs| {
+                vs.visibility() == Visibility::Namespaces
+                    && vs.hosts.iter().any(|h| h.starts_with('*'))
+            })
+        })
+    });
     let mut concrete = BTreeSet::new();
     for ns in index.namespace_names() {
         let Some(state) = index.ns(ns) else { continue };
         for svc in state.services.values() {
             let host = svc.host(domain);
-            concrete.insert(host.clone());
+            if wildcard_namespace_only {
+                concrete.insert(host.clone());
+            }
             let mut why: Vec<WhyVisible> = svc
                 .not_lazy_port()
                 .map(WhyVisible::NotLazyPort)
@@ -368,7 +379,7 @@ pub fn always_visible(index: &Index) -> Vec<AlwaysVisible<'_>> {
             let why = se.not_lazy_port();
             for h in &se.hosts {
                 let host = host::resolve_config_host(h, ns, domain);
-                if !host.contains('*') {
+                if wildcard_namespace_only && !host.contains('*') {
                     concrete.insert(host.clone());
                 }
                 let Some(why) = why.clone().filter(|_| &**ns != ROOT_NAMESPACE) else {
