@@ -574,6 +574,70 @@ async fn lazy_gateway(c: &'static Cluster, proxy_config: Value) -> IstioProxy {
     .unwrap()
 }
 
+impl Dump {
+    /// The virtual host Envoy picks for `host` in the route configuration named
+    /// `route_config` (a sidecar's are named by port; `None`: every one, as on a gateway
+    /// with one server): an exact domain, else the longest `*.suffix` one, else `*`.
+    fn virtual_host(&self, route_config: Option<&str>, host: &str) -> Option<&Value> {
+        let vhosts: Vec<&Value> = self
+            .route_configs()
+            .into_iter()
+            .filter(|rc| route_config.is_none_or(|name| rc["name"] == name))
+            .flat_map(|rc| rc["virtual_hosts"].as_array().into_iter().flatten())
+            .collect();
+        let domains = |vh: &&Value| -> Vec<String> {
+            vh["domains"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|d| d.as_str().map(str::to_string))
+                .collect()
+        };
+        if let Some(vh) = vhosts
+            .iter()
+            .find(|vh| domains(vh).iter().any(|d| d == host))
+        {
+            return Some(vh);
+        }
+        let suffix = vhosts
+            .iter()
+            .flat_map(|vh| domains(vh).into_iter().map(move |d| (d, *vh)))
+            .filter(|(d, _)| {
+                d.len() > 1
+                    && d.starts_with('*')
+                    && host.ends_with(&d[1..])
+                    && host.len() > d.len() - 1
+            })
+            .max_by_key(|(d, _)| d.len());
+        if let Some((_, vh)) = suffix {
+            return Some(vh);
+        }
+        vhosts
+            .into_iter()
+            .find(|vh| domains(vh).iter().any(|d| d == "*"))
+    }
+
+    /// The cluster a sidecar's first route for `host` on `port` sends to.
+    fn sidecar_route_cluster(&self, host: &str, port: u16) -> Option<String> {
+        let vh = self.virtual_host(Some(&port.to_string()), host)?;
+        vh["routes"][0]["route"]["cluster"]
+            .as_str()
+            .map(str::to_string)
+    }
+
+    /// A cluster's TLS transport sockets: (the one for every endpoint, any of the per-endpoint
+    /// matches auto-mTLS adds).
+    fn tls_sockets(cluster: &Value) -> (bool, bool) {
+        let tls = |s: &Value| s["name"] == "envoy.transport_sockets.tls";
+        let matched = cluster["transport_socket_matches"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|m| tls(&m["transport_socket"]));
+        (tls(&cluster["transport_socket"]), matched)
+    }
+}
+
 /// Waits until `proxy`'s config satisfies `check` (istiod pushes asynchronously).
 async fn wait_config(proxy: &IstioProxy, what: &str, check: impl Fn(&Dump) -> Result<()>) -> Dump {
     let t = Instant::now();
@@ -1674,4 +1738,265 @@ async fn istioctl_analyze_reports_nothing_about_our_objects() {
         serde_json::to_string_pretty(&about_ours).unwrap()
     );
     assert!(shop.sidecar("lazyxds-deployment-idle").is_none());
+}
+
+fn destination_rule(ns: &str, name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+        "metadata": {"name": name, "namespace": ns}, "spec": spec})
+}
+
+fn virtual_service(ns: &str, name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+        "metadata": {"name": name, "namespace": ns}, "spec": spec})
+}
+
+/// The events.k8s.io Event with this reason on workload `name` of `ns`, if any.
+fn event(c: &Cluster, ns: &str, reason: &str, name: &str) -> Option<Value> {
+    c.list("events.events.k8s.io", ns)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|e| e["reason"] == reason && e["regarding"]["name"] == name)
+}
+
+/// Issue 14 item 5. istiod looks for a caller's DestinationRule in the caller's namespace
+/// before the gateway's (`push_context.go` `destinationRule`), so a `*.local` rule there
+/// with `tls.mode: DISABLE` replaces ours for the scoped sidecar's cluster to the gateway:
+/// first calls would leave in plaintext for a gateway that only speaks Istio mTLS. lazyxds
+/// refuses such a workload (no Sidecar, a NotScoped Event saying which rule); a rule that
+/// keeps `ISTIO_MUTUAL` breaks nothing, and the workload is scoped again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_namespace_rule_that_would_send_first_calls_in_plaintext_refuses_the_workload() {
+    let _serial = SERIAL.lock().await;
+    let c = cluster().await;
+    let inst = installed(c).await;
+    let shop = Shop::create(c, true).await.unwrap();
+    let mut ctl = controller(c, inst).await.unwrap();
+    let api = shop.host("api");
+    send_edges(&ctl.grpc_addr(), &[(shop.web_ip, &outbound(&api, 80))])
+        .await
+        .unwrap();
+    shop.wait_web_deps(&[&api], &ctl).await;
+    let web = shop.start_web_sidecar().await;
+    let gateway_cluster = format!("outbound|8080||lazyxds-gateway.{NAMESPACE}.svc.cluster.local");
+    let db = outbound(&shop.host("db"), 80);
+    let tls_to_gateway = |d: &Dump| {
+        let cluster = d.cluster(&gateway_cluster).context("no gateway cluster")?;
+        Ok::<_, anyhow::Error>(Dump::tls_sockets(cluster))
+    };
+    // Scoped (db hidden), and ours applies: mTLS to the gateway.
+    wait_config(&web, "scoped, mTLS to the gateway", |d| {
+        if d.cluster_names().contains(&db) {
+            bail!("not scoped yet");
+        }
+        match tls_to_gateway(d)? {
+            (true, _) => Ok(()),
+            other => bail!("gateway cluster TLS sockets {other:?}"),
+        }
+    })
+    .await;
+
+    // The premise, read from istiod with the controller stopped (it would act on the rule):
+    // the caller namespace's `*.local` DISABLE rule wins over ours for the scoped sidecar.
+    ctl.kill();
+    c.apply_json(&[destination_rule(
+        &shop.ns,
+        "plain",
+        json!({"host": "*.local", "trafficPolicy": {"tls": {"mode": "DISABLE"}}}),
+    )])
+    .unwrap();
+    wait_config(&web, "the gateway cluster in plaintext", |d| {
+        if d.cluster_names().contains(&db) {
+            bail!("no longer scoped");
+        }
+        match tls_to_gateway(d)? {
+            (false, false) => Ok(()),
+            other => bail!("gateway cluster TLS sockets {other:?}"),
+        }
+    })
+    .await;
+
+    // lazyxds refuses web: its Sidecar goes, and an Event names the rule.
+    ctl.restart().await.unwrap();
+    ctl.wait_leading(c).await.unwrap();
+    shop.wait_web_sidecar_gone(&ctl).await;
+    let refused = eventually(
+        Duration::from_secs(30),
+        || tail(&ctl.log()),
+        || event(c, &shop.ns, "NotScoped", "web"),
+    )
+    .await;
+    let note = refused["note"].as_str().unwrap_or_default();
+    assert!(
+        note.contains(&format!("DestinationRule {}/plain (host *.local)", shop.ns))
+            && note.contains("sets tls mode DISABLE"),
+        "{note}"
+    );
+    assert_eq!(refused["type"], "Warning");
+
+    // The same rule with ISTIO_MUTUAL does what ours does: web is scoped again, and its
+    // gateway cluster (from the user's rule now) is mTLS.
+    c.apply_json(&[destination_rule(
+        &shop.ns,
+        "plain",
+        json!({"host": "*.local", "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}}}),
+    )])
+    .unwrap();
+    shop.wait_web_deps(&[&api], &ctl).await;
+    wait_config(&web, "scoped again, mTLS to the gateway", |d| {
+        if d.cluster_names().contains(&db) {
+            bail!("not scoped yet");
+        }
+        match tls_to_gateway(d)? {
+            (true, _) => Ok(()),
+            other => bail!("gateway cluster TLS sockets {other:?}"),
+        }
+    })
+    .await;
+    assert_eq!(
+        web.rejected_updates().await.unwrap(),
+        BTreeMap::new(),
+        "{}",
+        web.log()
+    );
+}
+
+/// Issue 14 item 7. Of several VirtualServices for one host a sidecar takes its namespace's
+/// private ones first, then the oldest public one (`push_context.go`
+/// `VirtualServicesForGateway`, `virtualservice.go` `SelectVirtualServices`, creation
+/// order). The gateway routes a first call as an unscoped caller's own sidecar does (the
+/// oldest public one, whatever the names), and a caller whose namespace has its own
+/// VirtualService for the host keeps the host visible and routes it itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_routes_a_host_with_several_virtual_services_as_the_callers_sidecar() {
+    let _serial = SERIAL.lock().await;
+    let c = cluster().await;
+    let inst = installed(c).await;
+    let shop = Shop::create(c, true).await.unwrap();
+    let ns = shop.ns.clone();
+    let http = [("http", 9080)];
+    c.apply_json(&[
+        service(&ns, "reviews", &http),
+        service(&ns, "reviews-old", &http),
+        service(&ns, "reviews-new", &http),
+        service(&ns, "reviews-mine", &http),
+    ])
+    .unwrap();
+    let to = |dest: &str| json!({"hosts": ["reviews"], "http": [{"route": [{"destination": {"host": dest}}]}]});
+    // `b-old` is the older; `a-new` sorts first by name (what the gateway used to take).
+    c.apply_json(&[virtual_service(&ns, "b-old", to("reviews-old"))])
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    c.apply_json(&[virtual_service(&ns, "a-new", to("reviews-new"))])
+        .unwrap();
+    // The shop's own, for its callers only, ahead of any public one.
+    let mut mine = to("reviews-mine");
+    mine["exportTo"] = json!(["."]);
+    c.apply_json(&[virtual_service(&ns, "mine", mine)]).unwrap();
+    // An unscoped caller in another namespace: what its own sidecar chooses.
+    let other = Shop::create(c, false).await.unwrap();
+    let ctl = controller(c, inst).await.unwrap();
+    let reviews = shop.host("reviews");
+    let cluster_of = |svc: &str| outbound(&shop.host(svc), 9080);
+
+    let unscoped = other.start_web_sidecar().await;
+    wait_config(
+        &unscoped,
+        "the unscoped caller's route for reviews",
+        |d| match d.sidecar_route_cluster(&reviews, 9080) {
+            Some(got) if got == cluster_of("reviews-old") => Ok(()),
+            got => bail!("reviews goes to {got:?}"),
+        },
+    )
+    .await;
+    let gateway = lazy_gateway(c, json!({})).await;
+    wait_config(&gateway, "the gateway's route for reviews", |d| {
+        let route = d
+            .gateway_route(&format!("{reviews}:9080"))
+            .context("no gateway route for reviews:9080")?;
+        match route["route"]["cluster"].as_str() {
+            Some(got) if got == cluster_of("reviews-old") => Ok(()),
+            got => bail!("reviews goes to {got:?} at the gateway"),
+        }
+    })
+    .await;
+
+    // web (scoped, in the shop) never called reviews, yet keeps it and its own route.
+    shop.wait_web_deps(&[], &ctl).await;
+    let sidecar = shop.sidecar("lazyxds-deployment-web").unwrap();
+    let hosts = sidecar["spec"]["egress"][0]["hosts"].to_string();
+    assert!(hosts.contains(&format!("{ns}/{reviews}")), "{hosts}");
+    let web = shop.start_web_sidecar().await;
+    wait_config(&web, "the scoped caller's own route for reviews", |d| {
+        if d.cluster_names().contains(&outbound(&shop.host("db"), 80)) {
+            bail!("not scoped yet");
+        }
+        match d.sidecar_route_cluster(&reviews, 9080) {
+            Some(got) if got == cluster_of("reviews-mine") => Ok(()),
+            got => bail!("reviews goes to {got:?}"),
+        }
+    })
+    .await;
+    for proxy in [&unscoped, &gateway, &web] {
+        assert_eq!(
+            proxy.rejected_updates().await.unwrap(),
+            BTreeMap::new(),
+            "{}",
+            proxy.log()
+        );
+    }
+}
+
+/// Issue 14 item 7, headless Services. A pod of one is called by its own name
+/// (`search-0.search.<ns>.svc.cluster.local`): the gateway routes no such name (it falls to
+/// the `*.svc` 404), while the caller's sidecar has `*.search.<ns>.svc.cluster.local`
+/// domains for it (`httproute.go` `generateVirtualHostDomains`). So a headless Service
+/// stays visible to scoped callers, learned or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_headless_service_stays_visible_as_only_the_callers_sidecar_routes_its_pods() {
+    let _serial = SERIAL.lock().await;
+    let c = cluster().await;
+    let inst = installed(c).await;
+    let shop = Shop::create(c, true).await.unwrap();
+    let mut search = service(&shop.ns, "search", &[("http", 9200)]);
+    search["spec"]["clusterIP"] = json!("None");
+    c.apply_json(&[search]).unwrap();
+    let ctl = controller(c, inst).await.unwrap();
+    let search = shop.host("search");
+    let pod_name = format!("search-0.{search}");
+
+    // The premise: at the gateway a pod's name gets the unknown-host 404.
+    let gateway = lazy_gateway(c, json!({})).await;
+    wait_config(&gateway, "the gateway's virtual host for a pod name", |d| {
+        if d.gateway_route(&format!("{search}:9200")).is_none() {
+            bail!("no gateway route for {search} yet");
+        }
+        let vh = d.virtual_host(None, &pod_name).context("no virtual host")?;
+        match vh["routes"][0]["direct_response"]["status"].as_u64() {
+            Some(404) => Ok(()),
+            _ => bail!("{pod_name} takes {vh}"),
+        }
+    })
+    .await;
+
+    shop.wait_web_deps(&[], &ctl).await;
+    let web = shop.start_web_sidecar().await;
+    wait_config(&web, "the headless service in the scoped sidecar", |d| {
+        if d.cluster_names().contains(&outbound(&shop.host("db"), 80)) {
+            bail!("not scoped yet");
+        }
+        let cluster = d.sidecar_route_cluster(&pod_name, 9200);
+        if cluster != Some(outbound(&search, 9200)) {
+            bail!("{pod_name}:9200 goes to {cluster:?}");
+        }
+        Ok(())
+    })
+    .await;
+    for proxy in [&gateway, &web] {
+        assert_eq!(
+            proxy.rejected_updates().await.unwrap(),
+            BTreeMap::new(),
+            "{}",
+            proxy.log()
+        );
+    }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::destination_rule::{self, Shadow};
 use crate::error::Error;
 use crate::host;
 use crate::index::{Index, WorkloadView};
@@ -15,7 +16,7 @@ use crate::istio::{
     ENVOY_FILTER_API, NETWORKING_API, SIDECAR,
 };
 use crate::objects::{
-    Labels, NotLazyPort, Pin, SidecarObject, WorkloadId, ANNOTATION_DEPS,
+    Labels, NotLazyPort, Pin, SidecarObject, Visibility, WorkloadId, ANNOTATION_DEPS,
     ANNOTATION_OUTBOUND_POLICY, ANNOTATION_WORKLOAD, COMPONENT_CATCH_ALL, LABEL_COMPONENT,
 };
 
@@ -152,6 +153,9 @@ pub enum RefusalReason {
     SelectsOtherWorkload { other: WorkloadId },
     /// A user's Sidecar with a selector already selects its pods (two would be undefined).
     UserSidecar { name: String },
+    /// A DestinationRule of its namespace takes precedence over the gateway's and would
+    /// not let first calls reach the gateway over Istio mTLS ([`destination_rule`]).
+    GatewayDestinationRule(Shadow),
     /// More hosts than the cap before any learned one: the ones every scoped Sidecar of
     /// its namespace must list (always visible, the namespace default's, pins).
     HostCap { cap: usize, hosts: usize },
@@ -172,6 +176,7 @@ impl fmt::Display for RefusalReason {
             RefusalReason::UserSidecar { name } => {
                 write!(f, "user Sidecar {name} already selects its pods")
             }
+            RefusalReason::GatewayDestinationRule(shadow) => shadow.fmt(f),
             RefusalReason::HostCap { cap, hosts } => write!(
                 f,
                 "host cap {cap} reached by {hosts} hosts it must see before any learned one"
@@ -364,34 +369,109 @@ fn namespace_default<'a>(index: &'a Index, ns: &str) -> Option<&'a SidecarObject
         .find(|s| !s.is_ours() && s.selector.is_none())
 }
 
-/// A Service or ServiceEntry host that can never be lazy, listed in every scoped Sidecar
-/// it is exported to: one of its ports may not be lazy ([`Protocol::may_be_lazy`]), and
-/// a Sidecar's egress hosts are per host, not per port, so the whole host stays.
-///
-/// [`Protocol::may_be_lazy`]: crate::objects::Protocol::may_be_lazy
+/// A host that can never be lazy, listed in every scoped Sidecar it is exported to (with
+/// every namespace defining it, as for a dependency): a first call to it through the
+/// gateway would not do what the caller's own sidecar does ([`WhyVisible`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AlwaysVisible<'a> {
+    /// The host (an FQDN, or a ServiceEntry/VirtualService wildcard).
+    pub host: String,
     /// `ns/host`, as a Sidecar lists it.
     pub egress_host: String,
     pub owner: &'a str,
+    /// The exportTo of the object it comes from: who keeps it.
     pub export_to: &'a [String],
-    pub why: NotLazyPort,
+    /// Every reason, at least one.
+    pub why: Vec<WhyVisible>,
 }
 
-/// Every host that can never be lazy, by owner namespace and name.
+impl AlwaysVisible<'_> {
+    /// Whether a workload in `namespace` keeps it.
+    pub fn visible_from(&self, namespace: &str) -> bool {
+        host::exported_to(self.export_to, self.owner, namespace)
+    }
+}
+
+/// Why a host can never be lazy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WhyVisible {
+    /// One of its ports may not be HTTP ([`Protocol::may_be_lazy`]); a Sidecar's egress
+    /// hosts are per host, not per port, so the whole host stays.
+    ///
+    /// [`Protocol::may_be_lazy`]: crate::objects::Protocol::may_be_lazy
+    NotLazyPort(NotLazyPort),
+    /// A headless Service: its pods are called by name (`pod-0.db.ns.svc.<domain>`), which
+    /// only the caller's sidecar routes (to the pod asked for: `*.<host>` domains and an
+    /// `ORIGINAL_DST` cluster, `httproute.go` `generateVirtualHostDomains`,
+    /// `cluster.go` `convertResolution`); the gateway has neither.
+    Headless,
+    /// A VirtualService only some namespaces see routes it for their sidecars ahead of any
+    /// public one (`push_context.go` `VirtualServicesForGateway`, `virtualservice.go`
+    /// `SelectVirtualServices`: the namespace's private ones, then those exported to it,
+    /// then public ones, each oldest first); the gateway routes every caller alike.
+    NamespaceVirtualService {
+        /// `ns/name`.
+        virtual_service: String,
+        export_to: Vec<String>,
+    },
+}
+
+impl fmt::Display for WhyVisible {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WhyVisible::NotLazyPort(port) => port.fmt(f),
+            WhyVisible::Headless => {
+                f.write_str("headless: its pods' own names route only through the caller's sidecar")
+            }
+            WhyVisible::NamespaceVirtualService {
+                virtual_service,
+                export_to,
+            } => write!(
+                f,
+                "VirtualService {virtual_service} routes it only for the namespaces of its \
+                 exportTo {export_to:?}, ahead of public ones: the gateway routes every \
+                 caller alike"
+            ),
+        }
+    }
+}
+
+/// Every host that can never be lazy: Services and ServiceEntries by owner namespace and
+/// name, then the hosts of VirtualServices only some namespaces see.
 pub fn always_visible(index: &Index) -> Vec<AlwaysVisible<'_>> {
     let domain = &index.config().cluster_domain;
     let mut hosts = Vec::new();
+    // Every concrete mesh host, for wildcard hosts of namespace-only VirtualServices (rare:
+    // only collected when there is one).
+    let wildcard_namespace_only = index.namespace_names().iter().any(|ns| {
+        index.ns(ns).is_some_and(|state| {
+            state.virtual_services.values().any(|vs| {
+                vs.visibility() == Visibility::Namespaces
+                    && vs.hosts.iter().any(|h| h.starts_with('*'))
+            })
+        })
+    });
+    let mut concrete = BTreeSet::new();
     for ns in index.namespace_names() {
-        // Already whole in every Sidecar (`istio-system/*`).
-        if &**ns == ROOT_NAMESPACE {
-            continue;
-        }
         let Some(state) = index.ns(ns) else { continue };
         for svc in state.services.values() {
-            if let Some(why) = svc.not_lazy_port() {
+            let host = svc.host(domain);
+            if wildcard_namespace_only {
+                concrete.insert(host.clone());
+            }
+            let mut why: Vec<WhyVisible> = svc
+                .not_lazy_port()
+                .map(WhyVisible::NotLazyPort)
+                .into_iter()
+                .collect();
+            if svc.headless {
+                why.push(WhyVisible::Headless);
+            }
+            // Already whole in every Sidecar (`istio-system/*`).
+            if !why.is_empty() && &**ns != ROOT_NAMESPACE {
                 hosts.push(AlwaysVisible {
-                    egress_host: format!("{ns}/{}", svc.host(domain)),
+                    egress_host: format!("{ns}/{host}"),
+                    host,
                     owner: ns,
                     export_to: &svc.export_to,
                     why,
@@ -399,17 +479,53 @@ pub fn always_visible(index: &Index) -> Vec<AlwaysVisible<'_>> {
             }
         }
         for se in state.service_entries.values() {
-            let Some(why) = se.not_lazy_port() else {
-                continue;
-            };
+            let why = se.not_lazy_port();
             for h in &se.hosts {
-                let h = host::resolve_config_host(h, ns, domain);
+                let host = host::resolve_config_host(h, ns, domain);
+                if wildcard_namespace_only && !host.contains('*') {
+                    concrete.insert(host.clone());
+                }
+                let Some(why) = why.clone().filter(|_| &**ns != ROOT_NAMESPACE) else {
+                    continue;
+                };
                 hosts.push(AlwaysVisible {
-                    egress_host: format!("{ns}/{h}"),
+                    egress_host: format!("{ns}/{host}"),
+                    host,
                     owner: ns,
                     export_to: &se.export_to,
-                    why: why.clone(),
+                    why: vec![WhyVisible::NotLazyPort(why)],
                 });
+            }
+        }
+    }
+    for ns in index.namespace_names() {
+        let Some(state) = index.ns(ns) else { continue };
+        let namespace_only = state
+            .virtual_services
+            .values()
+            .filter(|vs| vs.applies_to_mesh() && vs.visibility() == Visibility::Namespaces);
+        for vs in namespace_only {
+            let why = WhyVisible::NamespaceVirtualService {
+                virtual_service: format!("{ns}/{}", vs.name),
+                export_to: vs.export_to.clone(),
+            };
+            for h in &vs.hosts {
+                let pattern = host::resolve_config_host(h, ns, domain);
+                // A wildcard keeps itself (its own namespace's definers) and every host
+                // it covers (their Services' namespaces).
+                let covered = concrete
+                    .iter()
+                    .filter(|c| pattern.starts_with('*') && host::matches(&pattern, c))
+                    .cloned();
+                for host in std::iter::once(pattern.clone()).chain(covered) {
+                    hosts.push(AlwaysVisible {
+                        egress_host: format!("{ns}/{host}"),
+                        host,
+                        owner: ns,
+                        export_to: &vs.export_to,
+                        why: vec![why.clone()],
+                    });
+                }
             }
         }
     }
@@ -501,6 +617,15 @@ impl Context<'_> {
                     name: user.name.to_string(),
                 });
             }
+        }
+        if let Some(shadow) = destination_rule::shadowing_gateway(
+            self.index,
+            ns,
+            &own_labels,
+            &self.config.gateway_host,
+            self.config.egress_proxy_port,
+        ) {
+            return Err(RefusalReason::GatewayDestinationRule(shadow));
         }
 
         // Learned deps are capped where they are stored (the index stops adding at
@@ -594,12 +719,11 @@ impl Context<'_> {
                     .filter_map(|h| h.as_str().map(str::to_string)),
             );
         }
-        hosts.extend(
-            self.always
-                .iter()
-                .filter(|a| host::exported_to(a.export_to, a.owner, ns))
-                .map(|a| a.egress_host.clone()),
-        );
+        for always in self.always.iter().filter(|a| a.visible_from(ns)) {
+            hosts.insert(always.egress_host.clone());
+            // Its other definers too (its Service beside a VirtualService), as for a dep.
+            hosts.extend(self.defined_in(&always.host));
+        }
         hosts.extend(self.ns_pins.iter().chain(&view.pins).map(|p| p.to_string()));
         hosts
     }
@@ -608,18 +732,27 @@ impl Context<'_> {
     fn dep_hosts(&self, deps: &BTreeMap<Arc<str>, u64>) -> BTreeSet<String> {
         let mut hosts = BTreeSet::new();
         for dep in deps.keys() {
-            let namespaces: BTreeSet<&str> = self
-                .index
-                .hosts()
-                .defs(dep)
-                .map(|defs| defs.iter().map(|d| &*d.namespace).collect())
-                .unwrap_or_default();
+            let namespaces = self.defined_in(dep);
             if namespaces.is_empty() {
                 hosts.insert(format!("*/{dep}"));
             }
-            hosts.extend(namespaces.into_iter().map(|n| format!("{n}/{dep}")));
+            hosts.extend(namespaces);
         }
         hosts
+    }
+
+    /// `ns/host` for every namespace with a Service, ServiceEntry or VirtualService
+    /// defining `host`: a Sidecar imports each by its namespace.
+    fn defined_in(&self, host: &str) -> BTreeSet<String> {
+        self.index
+            .hosts()
+            .defs(host)
+            .map(|defs| {
+                defs.iter()
+                    .map(|d| format!("{}/{host}", d.namespace))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }
 

@@ -114,6 +114,7 @@ pub fn mk_service(
             })
             .collect(),
         export_to: Vec::new(),
+        headless: false,
     }
 }
 
@@ -154,6 +155,7 @@ pub fn mk_virtual_service(
         destinations: destinations.iter().map(|h| h.to_string()).collect(),
         export_to: Vec::new(),
         http: Vec::new(),
+        created_unix_s: None,
     }
 }
 

@@ -36,7 +36,7 @@ use crate::istio::{
     PortTrafficPolicy, RouteConfigurationMatch, Server, ServerPort, ServerTls, TrafficPolicy,
     VirtualServiceSpec, WorkloadSelector, ENVOY_FILTER_API, NETWORKING_API,
 };
-use crate::objects::{Protocol, VirtualService};
+use crate::objects::{Protocol, VirtualService, Visibility};
 
 /// Route (and virtual host, and cluster) name of the catch-all for unknown hosts; the
 /// filter knows it by this name.
@@ -429,8 +429,15 @@ fn routable_hosts(index: &Index, domain: &str) -> (BTreeMap<String, Routable>, B
     (routable, ports)
 }
 
-/// Mesh VirtualServices by (resolved) host: the first by namespace and name wins, as the
-/// oldest does in Istio.
+/// The VirtualService a caller's sidecar uses for each (resolved) host, where that does not
+/// depend on the caller's namespace: the oldest public one (by creation time, then name,
+/// then namespace: `configCompareByCreationTime`). A sidecar takes its namespace's private
+/// VirtualServices and those exported to it first, then public ones, each oldest first
+/// (`push_context.go` `VirtualServicesForGateway`, `virtualservice.go`
+/// `SelectVirtualServices`; later ones for a host it already has are dropped,
+/// `httproute.go` "duplicate domain"). A host some namespaces route by a VirtualService only
+/// they see stays visible to them instead (`desired::always_visible`); `~` hides one from
+/// everybody.
 fn user_virtual_services<'a>(index: &'a Index, domain: &str) -> BTreeMap<String, UserVs<'a>> {
     let mut out: BTreeMap<String, UserVs<'a>> = BTreeMap::new();
     for ns in index.namespace_names() {
@@ -438,14 +445,17 @@ fn user_virtual_services<'a>(index: &'a Index, domain: &str) -> BTreeMap<String,
         for vs in state
             .virtual_services
             .values()
-            .filter(|v| v.applies_to_mesh())
+            .filter(|v| v.applies_to_mesh() && v.visibility() == Visibility::Public)
         {
             for h in &vs.hosts {
                 let h = host::resolve_config_host(h, ns, domain);
                 if h == "*" {
                     continue;
                 }
-                out.entry(h).or_insert(UserVs { vs, ns });
+                let entry = out.entry(h).or_insert(UserVs { vs, ns });
+                if vs.precedence_key() < entry.vs.precedence_key() {
+                    *entry = UserVs { vs, ns };
+                }
             }
         }
     }

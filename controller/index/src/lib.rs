@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod desired;
+pub mod destination_rule;
 pub mod discovery;
 pub mod error;
 pub mod gateway;
@@ -37,9 +38,9 @@ pub use gateway::{gateway_objects, namespace_table, GatewayObjects};
 pub use index::{Counters, Index, IndexConfig, ObservedEdge};
 pub use istio::{OutboundPolicy, Sidecar};
 pub use objects::{
-    Annotations, Job, Labels, Namespace, OwnerRef, Pin, Pod, Protocol, ReplicaSet, RestoredDeps,
-    Service, ServiceEntry, ServiceEntryPort, ServicePort, SidecarObject, VirtualService,
-    WorkloadId, WorkloadKind, WorkloadObject,
+    Annotations, ConnectionPolicy, DestinationRule, Job, Labels, Namespace, OwnerRef, Pin, Pod,
+    Protocol, ReplicaSet, RestoredDeps, Service, ServiceEntry, ServiceEntryPort, ServicePort,
+    SidecarObject, UpstreamTls, VirtualService, WorkloadId, WorkloadKind, WorkloadObject,
 };
 pub use reconcile::{reconcile, Pass};
 pub use report::{report, Report, Status, Totals, WorkloadReport};

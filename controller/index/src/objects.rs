@@ -530,6 +530,10 @@ pub struct Service {
     /// `networking.istio.io/exportTo`, split on commas; empty means everywhere.
     #[serde(default)]
     pub export_to: Vec<String>,
+    /// `spec.clusterIP: None`: Istio resolves it as `Passthrough` (`kube/conversion.go`),
+    /// and its pods are also reached by name (`pod-0.db.ns.svc.<domain>`).
+    #[serde(default)]
+    pub headless: bool,
 }
 
 impl Service {
@@ -620,12 +624,162 @@ pub struct VirtualService {
     /// `spec.http`, as written: the gateway reproduces these routes for first calls.
     #[serde(default)]
     pub http: Vec<serde_json::Value>,
+    /// `metadata.creationTimestamp` (unix seconds): of several VirtualServices for one
+    /// host a sidecar takes the oldest it sees; `None` sorts first, as Istio's zero time.
+    #[serde(default)]
+    pub created_unix_s: Option<u64>,
 }
 
 impl VirtualService {
     /// Whether sidecars use it (its hosts are then mesh hosts).
     pub fn applies_to_mesh(&self) -> bool {
         self.gateways.is_empty() || self.gateways.iter().any(|g| g == "mesh")
+    }
+
+    /// Istio's order of VirtualServices (`configCompareByCreationTime`,
+    /// `pilot/pkg/model/config.go`): creation time, then name, then namespace.
+    pub fn precedence_key(&self) -> (u64, &str, &str) {
+        (
+            self.created_unix_s.unwrap_or(0),
+            &self.name,
+            &self.namespace,
+        )
+    }
+
+    /// How istiod indexes it for sidecars (`push_context.go`, `initVirtualServices`):
+    /// `*` (or no exportTo: the mesh default, `*` unless the mesh config says otherwise)
+    /// makes it public, seen alike by every namespace; else, unless `~` hides it, only the
+    /// namespaces it names (`.`: its own) see it, and they see it before any public one.
+    pub fn visibility(&self) -> Visibility {
+        if self.export_to.is_empty() || self.export_to.iter().any(|e| e == "*") {
+            Visibility::Public
+        } else if self.export_to.iter().any(|e| e == "~") {
+            Visibility::Hidden
+        } else {
+            Visibility::Namespaces
+        }
+    }
+}
+
+/// Which sidecars see a VirtualService, in istiod's index ([`VirtualService::visibility`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Visibility {
+    /// Every namespace, after its own private and exported-to-it ones.
+    Public,
+    /// Only the namespaces its exportTo names, before any public one.
+    Namespaces,
+    /// None (`~`).
+    Hidden,
+}
+
+/// A `networking.istio.io` DestinationRule: what decides whether a caller's sidecar uses
+/// it for a host ([`crate::destination_rule`]) and how it connects to a port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationRule {
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
+    /// `spec.host` as written (a short name is relative to its namespace).
+    pub host: String,
+    #[serde(default)]
+    pub export_to: Vec<String>,
+    /// `spec.workloadSelector.matchLabels`; `None`: no selector.
+    #[serde(default)]
+    pub workload_selector: Option<Labels>,
+    /// What of `spec.trafficPolicy` decides how a connection is made.
+    #[serde(default)]
+    pub traffic_policy: ConnectionPolicy,
+}
+
+/// The parts of a DestinationRule's `trafficPolicy` that change what goes on the wire of a
+/// cluster's connections (TLS origination, a PROXY protocol header: `cluster_traffic_policy.go`
+/// `applyTrafficPolicy`); the rest (pools, load balancing, outlier detection) only changes
+/// how connections are managed, and `tunnel` applies to TCP routes, not HTTP ones.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionPolicy {
+    /// `trafficPolicy.tls`; `None`: not set.
+    #[serde(default)]
+    pub tls: Option<UpstreamTls>,
+    /// `trafficPolicy.proxyProtocol` is set.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    /// `portLevelSettings[]` by port number: each entry's `tls` (`None`: it sets none).
+    #[serde(default)]
+    pub port_tls: BTreeMap<u16, Option<UpstreamTls>>,
+}
+
+/// A DestinationRule's `tls` (`ClientTLSSettings`), as far as lazyxds judges it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// `mode` as written; empty when unset (Istio's default, `DISABLE`).
+    #[serde(default)]
+    pub mode: String,
+    /// `subjectAltNames`.
+    #[serde(default)]
+    pub subject_alt_names: Vec<String>,
+}
+
+impl DestinationRule {
+    /// Projects a DestinationRule from its `spec` as Istio has it (what the API server
+    /// stores and a topology file gives). Fields of other types than Istio's are read as
+    /// unset; the API server's schema refuses them anyway.
+    pub fn from_spec(namespace: &str, name: &str, spec: &serde_json::Value) -> DestinationRule {
+        let strings = |v: Option<&serde_json::Value>| -> Vec<String> {
+            v.and_then(|v| v.as_array())
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect()
+        };
+        let tls = |v: Option<&serde_json::Value>| {
+            v.filter(|t| t.is_object()).map(|t| UpstreamTls {
+                mode: t
+                    .get("mode")
+                    .and_then(|m| m.as_str())
+                    .unwrap_or_default()
+                    .to_string(),
+                subject_alt_names: strings(t.get("subjectAltNames")),
+            })
+        };
+        let policy = spec.get("trafficPolicy");
+        let set = |field: &str| {
+            policy
+                .and_then(|p| p.get(field))
+                .is_some_and(|v| !v.is_null())
+        };
+        // The first entry for a port is the one istiod uses (`GetPortLevelTrafficPolicy`).
+        let mut port_tls = BTreeMap::new();
+        let entries = policy
+            .and_then(|p| p.get("portLevelSettings"))
+            .and_then(|p| p.as_array());
+        for entry in entries.into_iter().flatten() {
+            let number = entry.pointer("/port/number").and_then(|n| n.as_u64());
+            if let Some(port) = number.and_then(|n| u16::try_from(n).ok()) {
+                port_tls
+                    .entry(port)
+                    .or_insert_with(|| tls(entry.get("tls")));
+            }
+        }
+        DestinationRule {
+            namespace: namespace.into(),
+            name: name.into(),
+            host: spec
+                .get("host")
+                .and_then(|h| h.as_str())
+                .unwrap_or_default()
+                .to_string(),
+            export_to: strings(spec.get("exportTo")),
+            workload_selector: spec
+                .pointer("/workloadSelector/matchLabels")
+                .map(string_map),
+            traffic_policy: ConnectionPolicy {
+                tls: tls(policy.and_then(|p| p.get("tls"))),
+                proxy_protocol: set("proxyProtocol"),
+                port_tls,
+            },
+        }
     }
 }
 
@@ -862,6 +1016,7 @@ mod tests {
                 mk_port(7000, "", "TCP", None),
             ],
             export_to: Vec::new(),
+            headless: false,
         };
         assert_eq!(
             svc.not_lazy_port().map(|p| p.to_string()).as_deref(),

@@ -22,11 +22,12 @@ pub struct Report {
     pub always_visible: Vec<AlwaysVisibleHost>,
 }
 
-/// A host that can never be lazy: one of its ports may not be HTTP.
+/// A host that can never be lazy ([`desired::always_visible`]), with every reason.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AlwaysVisibleHost {
     /// `ns/host`, as Sidecars list it.
     pub host: String,
+    /// Every reason, `; `-separated.
     pub reason: String,
 }
 
@@ -282,11 +283,26 @@ pub fn report(index: &Index, desired: &Desired) -> Report {
         totals.endpoints_removed += row.endpoints_removed;
         workloads.push(row);
     }
-    let always_visible = desired::always_visible(index)
+    // One row per `ns/host` (a host can be a Service's and a VirtualService's), in the
+    // order found, each distinct reason once.
+    let mut rows: Vec<(String, Vec<String>)> = Vec::new();
+    let mut row_of: BTreeMap<String, usize> = BTreeMap::new();
+    for a in desired::always_visible(index) {
+        let i = *row_of.entry(a.egress_host.clone()).or_insert_with(|| {
+            rows.push((a.egress_host, Vec::new()));
+            rows.len() - 1
+        });
+        for why in a.why.iter().map(ToString::to_string) {
+            if !rows[i].1.contains(&why) {
+                rows[i].1.push(why);
+            }
+        }
+    }
+    let always_visible = rows
         .into_iter()
-        .map(|a| AlwaysVisibleHost {
-            host: a.egress_host,
-            reason: a.why.to_string(),
+        .map(|(host, reasons)| AlwaysVisibleHost {
+            host,
+            reason: reasons.join("; "),
         })
         .collect();
     Report {

@@ -14,10 +14,14 @@
 //!      annotations: {}, podAnnotations: {}, serviceAccount: cart,
 //!      pods: [{ip: 127.0.0.10}, {name: cart-x, ip: 127.0.0.11, labels: {extra: "1"}}]}
 //! services: [{namespace: shop, name: cart, selector: {app: cart}, ports: [{port: 9080, name: http}]}]
+//! # (optional `headless: true`: `clusterIP: None`)
 //! serviceEntries: [{namespace: shop, name: stripe, hosts: [api.stripe.com], ports: [{number: 443, name: https, protocol: HTTPS}]}]
 //! virtualServices: [{namespace: shop, name: reviews, hosts: [reviews], destinations: [reviews-v2]}]
 //! # or with Istio's own `http` routes (reproduced by the gateway for first calls):
 //! #   http: [{route: [{destination: {host: reviews, subset: v1}, weight: 90}, ...], timeout: 2s}]
+//! # (optional `exportTo`, and `created`: its creation time in unix seconds, which orders
+//! # several VirtualServices for one host as Istio does)
+//! destinationRules: [{namespace: shop, name: mtls, spec: {host: "*.local", trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}}}]
 //! sidecars: [{namespace: shop, name: default, spec: {egress: [{hosts: ["./*"]}]}}]
 //! ```
 //!
@@ -40,8 +44,9 @@ use crate::host;
 use crate::index::Index;
 use crate::istio::OutboundPolicy;
 use crate::objects::{
-    Annotations, Job, Labels, Namespace, OwnerRef, Pod, ReplicaSet, Service, ServiceEntry,
-    ServiceEntryPort, ServicePort, SidecarObject, VirtualService, WorkloadKind, WorkloadObject,
+    Annotations, DestinationRule, Job, Labels, Namespace, OwnerRef, Pod, ReplicaSet, Service,
+    ServiceEntry, ServiceEntryPort, ServicePort, SidecarObject, VirtualService, WorkloadKind,
+    WorkloadObject,
 };
 
 /// The parsed file.
@@ -76,6 +81,7 @@ pub struct IndexObjects {
     pub services: Vec<Service>,
     pub service_entries: Vec<ServiceEntry>,
     pub virtual_services: Vec<VirtualService>,
+    pub destination_rules: Vec<DestinationRule>,
     pub sidecars: Vec<SidecarObject>,
 }
 
@@ -97,6 +103,7 @@ impl IndexObjects {
         index.reset((), self.services);
         index.reset((), self.service_entries);
         index.reset((), self.virtual_services);
+        index.reset((), self.destination_rules);
         // Sidecars (ours restore deps) and pods last, like a controller start-up.
         index.reset((), self.sidecars);
         index.reset((), self.pods);
@@ -171,6 +178,8 @@ struct Document {
     #[serde(default)]
     virtual_services: Vec<Value>,
     #[serde(default)]
+    destination_rules: Vec<Value>,
+    #[serde(default)]
     sidecars: Vec<Value>,
 }
 
@@ -242,6 +251,9 @@ struct ServiceDoc {
     ports: Vec<ServicePort>,
     #[serde(default)]
     export_to: Vec<String>,
+    /// `clusterIP: None`.
+    #[serde(default)]
+    headless: bool,
 }
 
 #[derive(Deserialize)]
@@ -272,6 +284,18 @@ struct VirtualServiceDoc {
     /// `spec.http` as Istio has it (matches, weights, subsets, rewrites, timeouts, ...).
     #[serde(default)]
     http: Vec<serde_json::Value>,
+    /// Creation time, unix seconds.
+    #[serde(default)]
+    created: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DestinationRuleDoc {
+    namespace: String,
+    name: String,
+    /// Istio's `spec`: `host`, `exportTo`, `workloadSelector`, `trafficPolicy`.
+    spec: serde_json::Value,
 }
 
 #[derive(Deserialize)]
@@ -400,6 +424,7 @@ impl Parser<'_> {
                 selector: d.selector,
                 ports: d.ports,
                 export_to: d.export_to,
+                headless: d.headless,
             });
         }
         for (i, item) in doc.service_entries.into_iter().enumerate() {
@@ -443,7 +468,19 @@ impl Parser<'_> {
                 destinations,
                 export_to: d.export_to,
                 http: d.http,
+                created_unix_s: d.created,
             });
+        }
+        for (i, item) in doc.destination_rules.into_iter().enumerate() {
+            let loc = object_location("destinationRules", i, &item);
+            let d: DestinationRuleDoc = self.typed(&loc, item)?;
+            unique(&self, "destinationRule", &d.namespace, &d.name, &loc)?;
+            if !d.spec.get("host").is_some_and(|h| h.is_string()) {
+                return Err(self.error(format!("{loc}: spec.host"), "needs a host"));
+            }
+            self.objects
+                .destination_rules
+                .push(DestinationRule::from_spec(&d.namespace, &d.name, &d.spec));
         }
         for (i, item) in doc.sidecars.into_iter().enumerate() {
             let loc = object_location("sidecars", i, &item);

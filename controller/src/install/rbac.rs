@@ -42,10 +42,12 @@ pub const CLUSTER_RULES: &[Rule] = &[
     },
     Rule {
         group: "networking.istio.io",
-        resources: &["serviceentries", "virtualservices"],
+        resources: &["destinationrules", "serviceentries", "virtualservices"],
         verbs: &["list", "watch"],
         names: &[],
-        why: "hosts outside Services, and VirtualService hosts to list instead of their targets",
+        why: "hosts outside Services, VirtualService hosts to list instead of their targets \
+              (and their routes, for the gateway), DestinationRules that would take the \
+              gateway's place for a caller",
     },
     Rule {
         group: "events.k8s.io",

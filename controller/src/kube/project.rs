@@ -219,6 +219,7 @@ pub fn service_entry(svc: &Service) -> index::Service {
             })
             .unwrap_or_default(),
         export_to,
+        headless: spec.and_then(|s| s.cluster_ip.as_deref()) == Some("None"),
     }
 }
 
@@ -282,6 +283,11 @@ pub fn istio_virtual_service(obj: &DynamicObject) -> index::VirtualService {
         destinations,
         export_to: strings(&spec["exportTo"]),
         http: Vec::new(),
+        created_unix_s: obj
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .and_then(|t| u64::try_from(t.0.as_second()).ok()),
     };
     // Only mesh VirtualServices have their routes reproduced on the gateway; ours (one per
     // mesh host, bound to the gateway) would otherwise keep every route twice.
@@ -289,6 +295,16 @@ pub fn istio_virtual_service(obj: &DynamicObject) -> index::VirtualService {
         vs.http = spec["http"].as_array().cloned().unwrap_or_default();
     }
     vs
+}
+
+/// `networking.istio.io` DestinationRule: its host, exportTo, workloadSelector and what of
+/// its traffic policy changes the connection (`DestinationRule::from_spec`).
+pub fn istio_destination_rule(obj: &DynamicObject) -> index::DestinationRule {
+    index::DestinationRule::from_spec(
+        obj.metadata.namespace.as_deref().unwrap_or_default(),
+        obj.metadata.name.as_deref().unwrap_or_default(),
+        &obj.data["spec"],
+    )
 }
 
 /// `networking.istio.io` Sidecar (ours carry learned deps). An invalid annotation on one
@@ -401,6 +417,47 @@ mod tests {
         let got = istio_virtual_service(&vs);
         assert_eq!(got.hosts, vec!["reviews"]);
         assert_eq!(got.destinations, vec!["reviews-v2", "reviews-v3"]);
+        assert_eq!(got.created_unix_s, None);
+        let mut vs = vs;
+        vs.metadata.creation_timestamp = Some(from(json!("2026-11-26T10:00:00Z")));
+        assert_eq!(
+            istio_virtual_service(&vs).created_unix_s,
+            Some(1_795_687_200)
+        );
+        let dr: DynamicObject = from(
+            json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+            "metadata": {"name": "mtls", "namespace": "shop"},
+            "spec": {"host": "*.local", "workloadSelector": {"matchLabels": {"app": "web"}},
+                "trafficPolicy": {"tls": {"mode": "DISABLE"}, "proxyProtocol": {},
+                    "portLevelSettings": [{"port": {"number": 8080}, "tls": {"mode": "ISTIO_MUTUAL", "subjectAltNames": ["a"]}}]}}}),
+        );
+        let got = istio_destination_rule(&dr);
+        assert_eq!(got.host, "*.local");
+        assert_eq!(
+            got.workload_selector,
+            Some([("app".to_string(), "web".to_string())].into())
+        );
+        assert_eq!(
+            got.traffic_policy,
+            index::ConnectionPolicy {
+                tls: Some(index::UpstreamTls {
+                    mode: "DISABLE".into(),
+                    subject_alt_names: vec![],
+                }),
+                proxy_protocol: true,
+                port_tls: [(
+                    8080,
+                    Some(index::UpstreamTls {
+                        mode: "ISTIO_MUTUAL".into(),
+                        subject_alt_names: vec!["a".into()],
+                    })
+                )]
+                .into(),
+            }
+        );
+        let headless: Service = from(json!({"metadata": {"name": "db", "namespace": "shop"},
+            "spec": {"clusterIP": "None", "ports": [{"port": 9200, "name": "http"}]}}));
+        assert!(service_entry(&headless).headless);
         let se: DynamicObject = from(
             json!({"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
             "metadata": {"name": "stripe", "namespace": "pay"},

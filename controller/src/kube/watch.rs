@@ -489,6 +489,13 @@ pub fn spawn_all(
             c.clone(),
         )),
         run(run_kind(
+            istio("DestinationRule", "destinationrules"),
+            kind("destinationrules", (), |_, o| {
+                Some(istio_destination_rule(o))
+            }),
+            c.clone(),
+        )),
+        run(run_kind(
             istio("Sidecar", "sidecars"),
             Kind {
                 live_sidecars: true,

@@ -637,6 +637,199 @@ fn opaque_services_are_always_visible() {
     );
 }
 
+/// The hosts every scoped Sidecar of shop lists whatever it learned.
+const BASE: [&str; 4] = [
+    "istio-system/*",
+    "lazyxds-system/lazyxds-gateway.lazyxds-system.svc.cluster.local",
+    "lazyxds-system/lazyxds-http-ports.lazyxds-system.svc.cluster.local",
+    "shop/postgres.shop.svc.cluster.local",
+];
+
+fn base_and(extra: &[&str]) -> Vec<String> {
+    let mut hosts: Vec<String> = strings(&BASE);
+    hosts.extend(strings(extra));
+    hosts.sort();
+    hosts
+}
+
+/// A headless Service's pods are called by their own names, which only the caller's
+/// sidecar routes (the gateway would answer them with its `*.svc` 404): always visible.
+#[test]
+fn headless_services_are_always_visible() {
+    let mut index = Index::test();
+    let mut db = mk_service("payments", "db", &[("app", "db")], &[(9200, "http")]);
+    db.headless = true;
+    index.apply(db);
+    let desired = desired(&index, &RenderConfig::test());
+    assert_eq!(
+        egress_of(&desired, &productpage()),
+        base_and(&["payments/db.payments.svc.cluster.local"])
+    );
+    let why: Vec<String> = always_visible(&index)
+        .iter()
+        .filter(|a| a.host == "db.payments.svc.cluster.local")
+        .flat_map(|a| a.why.iter().map(ToString::to_string))
+        .collect();
+    assert_eq!(
+        why,
+        ["headless: its pods' own names route only through the caller's sidecar"]
+    );
+}
+
+/// A VirtualService some namespaces see ahead of the public ones (exportTo `.` or a list)
+/// is what their sidecars route by; the gateway routes every caller alike, so its host
+/// stays visible to those namespaces (with its Service's namespace: the clusters), and
+/// to no other.
+#[test]
+fn a_virtual_service_only_some_namespaces_see_keeps_its_host_visible_to_them() {
+    let payments = "payments.payments.svc.cluster.local";
+    let vs = |ns: &str, name: &str, hosts: &[&str], export_to: &[&str]| {
+        let mut vs = mk_virtual_service(ns, name, hosts, &["payments-v2.payments"]);
+        vs.export_to = strings(export_to);
+        vs
+    };
+    let kept = [
+        "shop/payments.payments.svc.cluster.local",
+        "payments/payments.payments.svc.cluster.local",
+    ];
+    let cases = [
+        (
+            "private to shop",
+            vec![vs("shop", "p", &[payments], &["."])],
+            &kept[..],
+        ),
+        (
+            "exported to shop by name from elsewhere",
+            vec![vs("ops", "p", &[payments], &["shop", "ops"])],
+            &["ops/payments.payments.svc.cluster.local", kept[1]][..],
+        ),
+        (
+            "exported to another namespace only",
+            vec![vs("shop", "p", &[payments], &["ops"])],
+            &[][..],
+        ),
+        ("public", vec![vs("shop", "p", &[payments], &[])], &[][..]),
+        (
+            "`*` and `.`",
+            vec![vs("shop", "p", &[payments], &["*", "."])],
+            &[][..],
+        ),
+        (
+            "hidden",
+            vec![vs("shop", "p", &[payments], &["~"])],
+            &[][..],
+        ),
+        (
+            "a wildcard host: itself and every host it covers",
+            vec![vs("shop", "p", &["*.payments.svc.cluster.local"], &["."])],
+            &["shop/*.payments.svc.cluster.local", kept[0], kept[1]][..],
+        ),
+    ];
+    for (what, virtual_services, want) in cases {
+        let mut index = Index::test();
+        for v in virtual_services {
+            index.apply(v);
+        }
+        let desired = desired(&index, &RenderConfig::test());
+        assert_eq!(
+            egress_of(&desired, &productpage()),
+            base_and(want),
+            "{what}"
+        );
+    }
+
+    let mut index = Index::test();
+    index.apply(vs("shop", "p", &[payments], &["."]));
+    let why: Vec<String> = always_visible(&index)
+        .iter()
+        .filter(|a| a.host == payments)
+        .flat_map(|a| a.why.iter().map(ToString::to_string))
+        .collect();
+    assert_eq!(
+        why,
+        [
+            "VirtualService shop/p routes it only for the namespaces of its exportTo [\".\"], \
+          ahead of public ones: the gateway routes every caller alike"
+        ]
+    );
+}
+
+/// A DestinationRule of the caller's namespace for the gateway's host (a wildcard such as
+/// `*.local` is enough) is used instead of ours; unless it keeps Istio mTLS on the gateway
+/// port, first calls would fail, so the workloads it applies to are refused.
+#[test]
+fn a_caller_namespace_destination_rule_breaking_mtls_to_the_gateway_refuses() {
+    use crate::destination_rule::{Effect, Shadow};
+    let rule = |name: &str, spec: serde_json::Value| {
+        crate::objects::DestinationRule::from_spec("shop", name, &spec)
+    };
+    let shop = [
+        productpage(),
+        mk_id(Deployment, "shop", "reviews-v1"),
+        mk_id(Deployment, "shop", "reviews-v2"),
+    ];
+    let shadow = |name: &str, effect: Effect| {
+        RefusalReason::GatewayDestinationRule(Shadow {
+            rule: format!("shop/{name}"),
+            host: "*.local".to_string(),
+            effect,
+        })
+    };
+
+    let mut index = Index::test();
+    index.apply(rule(
+        "plain",
+        json!({"host": "*.local", "trafficPolicy": {"tls": {"mode": "DISABLE"}}}),
+    ));
+    let out = desired(&index, &RenderConfig::test());
+    let disable = Effect::Mode {
+        mode: "DISABLE".to_string(),
+        port_level: false,
+    };
+    assert_eq!(
+        out.refusals,
+        shop.iter()
+            .map(|id| refusal(id.clone(), shadow("plain", disable.clone())))
+            .collect::<Vec<_>>()
+    );
+    assert!(out.sidecars.is_empty());
+
+    // ISTIO_MUTUAL for it: what ours does.
+    index.apply(rule(
+        "plain",
+        json!({"host": "*.local", "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}}}),
+    ));
+    let out = desired(&index, &RenderConfig::test());
+    assert_eq!(out.refusals, vec![]);
+    assert_eq!(out.sidecars.len(), 3);
+
+    // A rule selecting productpage only: productpage gets it, the others none at all.
+    index.delete::<crate::objects::DestinationRule>((), "shop", "plain");
+    index.apply(rule(
+        "pp",
+        json!({"host": "*.local", "workloadSelector": {"matchLabels": {"app": "productpage"}},
+            "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}}}),
+    ));
+    let out = desired(&index, &RenderConfig::test());
+    assert_eq!(
+        out.refusals,
+        shop[1..]
+            .iter()
+            .map(|id| refusal(id.clone(), shadow("pp", Effect::SelectsOthers)))
+            .collect::<Vec<_>>()
+    );
+    assert!(out.sidecar_of(&productpage()).is_some());
+
+    // In another namespace: never looked at before ours.
+    let mut index = Index::test();
+    index.apply(crate::objects::DestinationRule::from_spec(
+        "payments",
+        "plain",
+        &json!({"host": "*.local", "trafficPolicy": {"tls": {"mode": "DISABLE"}}}),
+    ));
+    assert_eq!(desired(&index, &RenderConfig::test()).refusals, vec![]);
+}
+
 #[test]
 fn pins_are_always_included() {
     let mut index = Index::test();

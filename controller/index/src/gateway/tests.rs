@@ -382,6 +382,92 @@ fn virtual_service_only_hosts_and_the_destinations_shorthand() {
     );
 }
 
+/// Of several VirtualServices for one host, a caller's sidecar takes its namespace's private
+/// ones and those exported to it first, then public ones, each oldest first; the gateway
+/// reproduces the choice every caller without such a VirtualService makes: the oldest
+/// public one. Namespace-only ones are not the gateway's (their host stays visible to
+/// their namespaces: `desired::always_visible`), nor are hidden ones.
+#[test]
+fn of_several_virtual_services_for_one_host_the_oldest_public_one_is_reproduced() {
+    let payments = "payments.payments.svc.cluster.local";
+    let to = |dest: &str, name: &str| {
+        json!([{"name": name,
+            "match": [{"authority": {"exact": format!("{payments}:9080")}}],
+            "route": [{"destination": {"host": dest, "port": {"number": 9080}}}]}])
+    };
+    let vs = |ns: &str, name: &str, dest: &str, created: Option<u64>, export_to: &[&str]| {
+        let mut vs = mk_virtual_service(ns, name, &[payments], &[dest]);
+        vs.created_unix_s = created;
+        vs.export_to = export_to.iter().map(|e| e.to_string()).collect();
+        vs
+    };
+    let old_dest = "old.payments.svc.cluster.local";
+    let new_dest = "new.payments.svc.cluster.local";
+    let cases = [
+        (
+            "the older wins over a name that sorts first",
+            vec![
+                vs("payments", "a-new", new_dest, Some(200), &[]),
+                vs("payments", "b-old", old_dest, Some(100), &[]),
+            ],
+            Some(old_dest),
+        ),
+        (
+            "across namespaces, by creation time too",
+            vec![
+                vs("a-team", "new", new_dest, Some(200), &["*"]),
+                vs("z-team", "old", old_dest, Some(100), &[]),
+            ],
+            Some(old_dest),
+        ),
+        (
+            "same second: by name, then namespace",
+            vec![
+                vs("payments", "b", new_dest, Some(100), &[]),
+                vs("payments", "a", old_dest, Some(100), &[]),
+            ],
+            Some(old_dest),
+        ),
+        (
+            "an older namespace-only one is not the gateway's",
+            vec![
+                vs("shop", "private", new_dest, Some(1), &["."]),
+                vs("payments", "public", old_dest, Some(100), &[]),
+            ],
+            Some(old_dest),
+        ),
+        (
+            "exported to some namespaces only, or to none",
+            vec![
+                vs("shop", "exported", new_dest, Some(1), &["payments", "shop"]),
+                vs("shop", "hidden", new_dest, Some(2), &["~"]),
+            ],
+            None,
+        ),
+        (
+            "`*` among others makes it public",
+            vec![vs("shop", "both", old_dest, Some(1), &[".", "*"])],
+            Some(old_dest),
+        ),
+    ];
+    for (what, virtual_services, want) in cases {
+        let mut index = mk_index();
+        for v in virtual_services {
+            index.apply(v);
+        }
+        let objects = gateway_objects(&index, &RenderConfig::test());
+        let got = objects
+            .virtual_service_for(payments)
+            .map(|v| v["spec"]["http"].clone());
+        let want = match want {
+            Some(dest) => to(dest, "route-0:9080"),
+            // The Service's own route.
+            None => to(payments, &format!("{payments}:9080")),
+        };
+        assert_eq!(got, Some(want), "{what}");
+    }
+}
+
 /// The placeholder's ports are the mesh's HTTP ports by the one rule, minus any port some
 /// other service uses for anything else; only HTTP ports get gateway routes.
 #[test]

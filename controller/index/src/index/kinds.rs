@@ -454,3 +454,30 @@ impl Projection for SidecarObject {
         }
     }
 }
+
+impl Projection for DestinationRule {
+    type Scope = ();
+
+    fn key(&self) -> (&str, &str) {
+        (&self.namespace, &self.name)
+    }
+
+    fn keys(index: &Index, (): ()) -> Vec<(Arc<str>, Arc<str>)> {
+        index.all_names(|s| s.destination_rules.keys())
+    }
+
+    fn apply(self, index: &mut Index) {
+        let rule = self;
+        let name = rule.name.clone();
+        index
+            .ns_mut(&rule.namespace.clone())
+            .destination_rules
+            .insert(name, rule);
+    }
+
+    fn delete(index: &mut Index, (): (), namespace: &str, name: &str) {
+        if let Some(s) = index.namespaces.get_mut(namespace) {
+            s.destination_rules.remove(name);
+        }
+    }
+}

@@ -21,8 +21,8 @@ use serde::Serialize;
 use crate::host::{self, DEFAULT_CLUSTER_DOMAIN};
 use crate::istio::OutboundPolicy;
 use crate::objects::{
-    Job, Labels, Namespace, Pod, ReplicaSet, Service, ServiceEntry, SidecarObject, VirtualService,
-    WorkloadId, WorkloadKind, WorkloadObject,
+    DestinationRule, Job, Labels, Namespace, Pod, ReplicaSet, Service, ServiceEntry, SidecarObject,
+    VirtualService, WorkloadId, WorkloadKind, WorkloadObject,
 };
 
 pub use edges::ObservedEdge;
@@ -130,6 +130,7 @@ pub(crate) struct NsState {
     pub service_entries: BTreeMap<Arc<str>, ServiceEntry>,
     pub virtual_services: BTreeMap<Arc<str>, VirtualService>,
     pub sidecars: BTreeMap<Arc<str>, SidecarObject>,
+    pub destination_rules: BTreeMap<Arc<str>, DestinationRule>,
 }
 
 #[derive(Debug)]

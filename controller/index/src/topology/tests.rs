@@ -152,11 +152,13 @@ workloads:
   - {kind: Job, namespace: shop, name: migrate, labels: {app: migrate}, annotations: {lazyxds.io/enabled: "true"}, pods: [{ip: 10.0.0.3}]}
   - {kind: Pod, namespace: shop, name: debug, labels: {app: debug}, pods: [{ip: 10.0.0.4}]}
 services:
-  - {namespace: shop, name: web, selector: {app: web}, ports: [{port: 80, name: http, appProtocol: http}], exportTo: ["."]}
+  - {namespace: shop, name: web, selector: {app: web}, ports: [{port: 80, name: http, appProtocol: http}], exportTo: ["."], headless: true}
 serviceEntries:
   - {namespace: shop, name: ext, hosts: [a.example.com], ports: [{number: 443, name: tls, protocol: TLS}]}
 virtualServices:
-  - {namespace: shop, name: web, hosts: [web], gateways: [mesh], destinations: [web]}
+  - {namespace: shop, name: web, hosts: [web], gateways: [mesh], destinations: [web], created: 1700000000}
+destinationRules:
+  - {namespace: shop, name: mtls, spec: {host: "*.local", exportTo: ["."], trafficPolicy: {tls: {mode: ISTIO_MUTUAL}, portLevelSettings: [{port: {number: 8080}}]}}}
 sidecars:
   - {namespace: shop, name: default, spec: {egress: [{hosts: ["./*"]}]}}
 "#;
@@ -256,6 +258,7 @@ sidecars:
                 protocol: "TCP".to_string(),
                 app_protocol: Some("http".to_string()),
             }],
+            headless: true,
             ..mk_service("shop", "web", &[("app", "web")], &[])
         }],
         service_entries: vec![mk_service_entry(
@@ -266,7 +269,23 @@ sidecars:
         )],
         virtual_services: vec![VirtualService {
             gateways: vec!["mesh".to_string()],
+            created_unix_s: Some(1_700_000_000),
             ..mk_virtual_service("shop", "web", &["web"], &["web"])
+        }],
+        destination_rules: vec![crate::objects::DestinationRule {
+            namespace: "shop".into(),
+            name: "mtls".into(),
+            host: "*.local".to_string(),
+            export_to: vec![".".to_string()],
+            workload_selector: None,
+            traffic_policy: crate::objects::ConnectionPolicy {
+                tls: Some(crate::objects::UpstreamTls {
+                    mode: "ISTIO_MUTUAL".to_string(),
+                    subject_alt_names: Vec::new(),
+                }),
+                proxy_protocol: false,
+                port_tls: [(8080, None)].into(),
+            },
         }],
         sidecars: vec![mk_user_sidecar(
             "shop",
@@ -332,7 +351,7 @@ fn errors_name_file_object_and_field() {
         ),
         (
             "namespace: []".to_string(),
-            topology_error("namespace", "unknown field `namespace`, expected one of `mesh`, `gateway`, `namespaces`, `workloads`, `services`, `serviceEntries`, `virtualServices`, `sidecars`"),
+            topology_error("namespace", "unknown field `namespace`, expected one of `mesh`, `gateway`, `namespaces`, `workloads`, `services`, `serviceEntries`, `virtualServices`, `destinationRules`, `sidecars`"),
         ),
         (
             "mesh: {outboundTrafficPolicy: {mode: DENY}}".to_string(),
@@ -393,6 +412,10 @@ fn errors_name_file_object_and_field() {
         (
             "serviceEntries:\n- {namespace: shop, name: a, hosts: []}".to_string(),
             topology_error("serviceEntries[0] (shop/a): hosts", "needs at least one host"),
+        ),
+        (
+            "destinationRules:\n- {namespace: shop, name: a, spec: {trafficPolicy: {}}}".to_string(),
+            topology_error("destinationRules[0] (shop/a): spec.host", "needs a host"),
         ),
         (
             "virtualServices:\n- {namespace: shop, name: a, hosts: [a], http: [[]]}".to_string(),
