@@ -15,9 +15,13 @@ use crate::istio::{
     ENVOY_FILTER_API, NETWORKING_API, SIDECAR,
 };
 use crate::objects::{
-    Labels, NotLazyPort, Pin, SidecarObject, WorkloadId, ANNOTATION_DEPS,
-    ANNOTATION_OUTBOUND_POLICY, ANNOTATION_WORKLOAD, COMPONENT_CATCH_ALL, LABEL_COMPONENT,
+    Labels, Pin, SidecarObject, WorkloadId, ANNOTATION_DEPS, ANNOTATION_OUTBOUND_POLICY,
+    ANNOTATION_WORKLOAD, COMPONENT_CATCH_ALL, LABEL_COMPONENT,
 };
+
+mod visible;
+
+pub use visible::{always_visible, AlwaysVisible, PolicyScope, WhyVisible};
 
 /// Istio's root namespace: its selector-less Sidecar is the mesh default, its services are
 /// always visible (`istio-system/*`).
@@ -124,6 +128,10 @@ pub enum RefusalReason {
     /// The root namespace or the gateway's: scoping there could cut the mesh's own parts
     /// off (the gateway would send its traffic to itself).
     ExcludedNamespace { namespace: String },
+    /// Istio's `discoverySelectors` leave out the gateway's namespace: istiod ignores
+    /// every object there (`pkg/kube/namespace/filter.go`), so the gateway routes nothing
+    /// and lazy Sidecars could not reach it.
+    GatewayNotDiscovered { namespace: String },
     /// No labels left once per-pod labels are stripped: a selector-less Sidecar would
     /// become the namespace default.
     EmptySelector,
@@ -145,6 +153,11 @@ impl fmt::Display for RefusalReason {
             RefusalReason::ExcludedNamespace { namespace } => {
                 write!(f, "namespace {namespace} is never scoped")
             }
+            RefusalReason::GatewayNotDiscovered { namespace } => write!(
+                f,
+                "the gateway's namespace {namespace} is outside Istio's discoverySelectors: \
+                 istiod ignores its routes"
+            ),
             RefusalReason::EmptySelector => {
                 f.write_str("no pod-template labels left for a workloadSelector")
             }
@@ -247,7 +260,7 @@ fn selects(selector: &Labels, labels: &Labels) -> bool {
 pub fn desired(index: &Index, config: &RenderConfig) -> Desired {
     let mut out = Desired::default();
     let root_default = namespace_default(index, ROOT_NAMESPACE);
-    let always = always_visible(index);
+    let always = always_visible(index, config);
     for ns in index.namespace_names() {
         let views = index.views_in(ns);
         let ns_enabled = index.namespace_annotations(ns).and_then(|a| a.enabled);
@@ -335,58 +348,6 @@ fn namespace_default<'a>(index: &'a Index, ns: &str) -> Option<&'a SidecarObject
         .find(|s| !s.is_ours() && s.selector.is_none())
 }
 
-/// A Service or ServiceEntry host that can never be lazy, listed in every scoped Sidecar
-/// it is exported to: one of its ports may not be lazy ([`Protocol::may_be_lazy`]), and
-/// a Sidecar's egress hosts are per host, not per port, so the whole host stays.
-///
-/// [`Protocol::may_be_lazy`]: crate::objects::Protocol::may_be_lazy
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AlwaysVisible<'a> {
-    /// `ns/host`, as a Sidecar lists it.
-    pub egress_host: String,
-    pub owner: &'a str,
-    pub export_to: &'a [String],
-    pub why: NotLazyPort,
-}
-
-/// Every host that can never be lazy, by owner namespace and name.
-pub fn always_visible(index: &Index) -> Vec<AlwaysVisible<'_>> {
-    let domain = &index.config().cluster_domain;
-    let mut hosts = Vec::new();
-    for ns in index.namespace_names() {
-        // Already whole in every Sidecar (`istio-system/*`).
-        if &**ns == ROOT_NAMESPACE {
-            continue;
-        }
-        let Some(state) = index.ns(ns) else { continue };
-        for svc in state.services.values() {
-            if let Some(why) = svc.not_lazy_port() {
-                hosts.push(AlwaysVisible {
-                    egress_host: format!("{ns}/{}", svc.host(domain)),
-                    owner: ns,
-                    export_to: &svc.export_to,
-                    why,
-                });
-            }
-        }
-        for se in state.service_entries.values() {
-            let Some(why) = se.not_lazy_port() else {
-                continue;
-            };
-            for h in &se.hosts {
-                let h = host::resolve_config_host(h, ns, domain);
-                hosts.push(AlwaysVisible {
-                    egress_host: format!("{ns}/{h}"),
-                    owner: ns,
-                    export_to: &se.export_to,
-                    why: why.clone(),
-                });
-            }
-        }
-    }
-    hosts
-}
-
 /// The label sets present in a namespace (pods' labels, templates' labels) with their
 /// workload, indexed by label so overlap checks do not scan every pod per workload.
 struct LabelSets<'a> {
@@ -446,6 +407,11 @@ impl Context<'_> {
         if ns == ROOT_NAMESPACE || ns == self.config.gateway_namespace {
             return Err(RefusalReason::ExcludedNamespace {
                 namespace: ns.to_string(),
+            });
+        }
+        if !self.index.is_discovered(&self.config.gateway_namespace) {
+            return Err(RefusalReason::GatewayNotDiscovered {
+                namespace: self.config.gateway_namespace.clone(),
             });
         }
         let selector = selector_labels(&view.labels);
@@ -569,26 +535,34 @@ impl Context<'_> {
                     .filter_map(|h| h.as_str().map(str::to_string)),
             );
         }
-        hosts.extend(
-            self.always
-                .iter()
-                .filter(|a| host::exported_to(a.export_to, a.owner, ns))
-                .map(|a| a.egress_host.clone()),
-        );
+        for always in self.always.iter().filter(|a| a.visible_from(ns)) {
+            hosts.insert(always.egress_host.clone());
+            // Its other definers too (a VirtualService for it elsewhere), as for a dep.
+            hosts.extend(self.defined_in(&always.host));
+        }
         hosts.extend(self.ns_pins.iter().chain(&view.pins).map(|p| p.to_string()));
         for dep in deps.keys() {
-            let namespaces: BTreeSet<&str> = self
-                .index
-                .hosts()
-                .defs(dep)
-                .map(|defs| defs.iter().map(|d| &*d.namespace).collect())
-                .unwrap_or_default();
+            let namespaces = self.defined_in(dep);
             if namespaces.is_empty() {
                 hosts.insert(format!("*/{dep}"));
             }
-            hosts.extend(namespaces.into_iter().map(|n| format!("{n}/{dep}")));
+            hosts.extend(namespaces);
         }
         hosts
+    }
+
+    /// `ns/host` for every namespace with a Service, ServiceEntry or VirtualService
+    /// defining `host`: a Sidecar imports each by its namespace.
+    fn defined_in(&self, host: &str) -> BTreeSet<String> {
+        self.index
+            .hosts()
+            .defs(host)
+            .map(|defs| {
+                defs.iter()
+                    .map(|d| format!("{}/{host}", d.namespace))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }
 
