@@ -197,7 +197,7 @@ pub fn always_visible<'a>(index: &'a Index, config: &RenderConfig) -> Vec<Always
                 .map(WhyVisible::NotLazyPort)
                 .collect();
             why.extend(hidden_from_gateway(
-                format!("Service {ns}/{}", svc.name),
+                || format!("Service {ns}/{}", svc.name),
                 &svc.export_to,
                 export_to,
                 "defaultServiceExportTo",
@@ -224,7 +224,7 @@ pub fn always_visible<'a>(index: &'a Index, config: &RenderConfig) -> Vec<Always
                 .map(WhyVisible::NotLazyPort)
                 .collect();
             why.extend(hidden_from_gateway(
-                format!("ServiceEntry {ns}/{}", se.name),
+                || format!("ServiceEntry {ns}/{}", se.name),
                 &se.export_to,
                 export_to,
                 "defaultServiceExportTo",
@@ -267,10 +267,10 @@ pub fn always_visible<'a>(index: &'a Index, config: &RenderConfig) -> Vec<Always
             .values()
             .filter(|v| v.applies_to_mesh())
         {
-            let object = format!("VirtualService {ns}/{}", vs.name);
+            let object = || format!("VirtualService {ns}/{}", vs.name);
             let export_to = index.virtual_service_export_to(&vs.export_to);
             let mut why: Vec<WhyVisible> = hidden_from_gateway(
-                object.clone(),
+                object,
                 &vs.export_to,
                 export_to,
                 "defaultVirtualServiceExportTo",
@@ -287,7 +287,7 @@ pub fn always_visible<'a>(index: &'a Index, config: &RenderConfig) -> Vec<Always
                     .and_then(|n| n.as_str())
                     .unwrap_or(ns);
                 Some(WhyVisible::Delegates {
-                    virtual_service: object.clone(),
+                    virtual_service: object(),
                     delegate: format!("{namespace}/{name}"),
                 })
             }));
@@ -295,7 +295,7 @@ pub fn always_visible<'a>(index: &'a Index, config: &RenderConfig) -> Vec<Always
                 let destination = host::resolve_config_host(d, ns, domain);
                 let inner = reasons_by_host.get(destination.as_str())?;
                 Some(WhyVisible::RoutesTo {
-                    virtual_service: object.clone(),
+                    virtual_service: object(),
                     destination,
                     why: Box::new((*inner).clone()),
                 })
@@ -324,7 +324,7 @@ pub fn always_visible<'a>(index: &'a Index, config: &RenderConfig) -> Vec<Always
 /// (`push_context.go` `IsServiceVisible` for services, `initVirtualServices` for
 /// VirtualServices: `*`, `.` for its own namespace, `~` for none, or names).
 fn hidden_from_gateway(
-    object: String,
+    object: impl FnOnce() -> String,
     declared: &[String],
     effective: &[String],
     setting: &'static str,
@@ -335,7 +335,7 @@ fn hidden_from_gateway(
         return None;
     }
     Some(WhyVisible::HiddenFromGateway {
-        object,
+        object: object(),
         export_to: effective.to_vec(),
         mesh_default: declared.is_empty().then_some(setting),
         gateway_namespace: gateway_namespace.to_string(),
