@@ -132,7 +132,7 @@ fn print_report(args: &ReportArgs) -> Result<()> {
     filemode::load_state(&topology, &args.sidecars, &mut index)?;
     let render = topology.render_config(args.scoping.render_config());
     let desired = desired(&index, &render);
-    let report = report(&index, &desired);
+    let report = report(&index, &desired, &render);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

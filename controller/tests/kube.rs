@@ -377,6 +377,9 @@ async fn istio_mesh_config_discovery_selectors_and_outbound_policy_are_honoured(
     c.apply(json!({"apiVersion": "v1", "kind": "Namespace",
         "metadata": {"name": "shop", "labels": {"istio-discovery": "enabled"},
             "annotations": {"lazyxds.io/enabled": "true"}}}));
+    // The gateway's namespace too: while istiod ignores it, nothing is scoped.
+    c.apply(json!({"apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": SYSTEM, "labels": {"istio-discovery": "enabled"}}}));
     c.wait_web_deps(&[], &ctl).await;
 }
 

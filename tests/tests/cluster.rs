@@ -964,6 +964,260 @@ async fn services_that_may_not_be_http_stay_in_a_scoped_sidecar() {
     );
 }
 
+/// The egress hosts of web's Sidecar (empty: no Sidecar).
+fn web_egress(shop: &Shop) -> Vec<String> {
+    shop.sidecar("lazyxds-deployment-web")
+        .map(|sc| {
+            sc["spec"]["egress"][0]["hosts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|h| h.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Why the controller keeps `ns/host` in every scoped Sidecar (`/debug/plan`'s
+/// `always_visible`), if it does.
+fn always_visible_reason(ctl: &ControllerPod, egress_host: &str) -> Option<String> {
+    let plan: Value = serde_json::from_str(&ctl.http_get("/debug/plan").ok()?).ok()?;
+    plan["always_visible"]
+        .as_array()?
+        .iter()
+        .find(|row| row["host"] == egress_host)
+        .and_then(|row| row["reason"].as_str().map(String::from))
+}
+
+/// Waits until web's Sidecar lists `egress_host` and the controller says why.
+async fn wait_kept_visible(shop: &Shop, ctl: &ControllerPod, egress_host: &str) -> String {
+    eventually(
+        Duration::from_secs(30),
+        || {
+            format!(
+                "{egress_host} not kept: web's Sidecar lists {:?}\n{}",
+                web_egress(shop),
+                tail(&ctl.log())
+            )
+        },
+        || {
+            web_egress(shop)
+                .iter()
+                .any(|h| h == egress_host)
+                .then(|| always_visible_reason(ctl, egress_host))
+                .flatten()
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_the_gateway_cannot_see_stays_visible_to_its_namespace() {
+    let _serial = SERIAL.lock().await;
+    let c = cluster().await;
+    let inst = installed(c).await;
+    let shop = Shop::create(c, true).await.unwrap();
+    // Exported to its own namespace only: web sees it, the gateway (in lazyxds-system) does
+    // not, so a first call through the gateway could never reach it.
+    let mut private = service(&shop.ns, "private", &[("http", 80)]);
+    private["metadata"]["annotations"] = json!({"networking.istio.io/exportTo": "."});
+    c.apply_json(&[private]).unwrap();
+    let ctl = controller(c, inst).await.unwrap();
+    let api = shop.host("api");
+    send_edges(&ctl.grpc_addr(), &[(shop.web_ip, &outbound(&api, 80))])
+        .await
+        .unwrap();
+    shop.wait_web_deps(&[&api], &ctl).await;
+    let private = shop.host("private");
+    let reason = wait_kept_visible(&shop, &ctl, &format!("{}/{private}", shop.ns)).await;
+    assert_eq!(
+        reason,
+        format!(
+            "Service {}/private's exportTo [\".\"] leaves out the gateway's namespace {NAMESPACE}",
+            shop.ns
+        )
+    );
+    let db = outbound(&shop.host("db"), 80);
+
+    // istiod agrees: the gateway gets no cluster for it (its route would answer 503 for
+    // ever), the scoped web sidecar does; db, never learned and routable, stays hidden.
+    let gateway = lazy_gateway(c, json!({})).await;
+    let dump = wait_config(&gateway, "gateway clusters", |d| {
+        let clusters = d.cluster_names();
+        match [outbound(&api, 80), db.clone()]
+            .into_iter()
+            .find(|want| !clusters.contains(want))
+        {
+            Some(want) => bail!("no cluster {want} in {clusters:?}"),
+            None => Ok(()),
+        }
+    })
+    .await;
+    assert!(
+        !dump.cluster_names().contains(&outbound(&private, 80)),
+        "the gateway sees {private}: the premise is wrong"
+    );
+    let web = shop.start_web_sidecar().await;
+    let dump = wait_config(&web, "private in the scoped sidecar", |d| {
+        let clusters = d.cluster_names();
+        match clusters.contains(&outbound(&private, 80)) {
+            true => Ok(()),
+            false => bail!("no cluster for {private} in {clusters:?}"),
+        }
+    })
+    .await;
+    assert!(!dump.cluster_names().contains(&db), "{db} is visible");
+    for proxy in [&gateway, &web] {
+        assert_eq!(
+            proxy.rejected_updates().await.unwrap(),
+            BTreeMap::new(),
+            "{}",
+            proxy.log()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mesh_default_export_to_keeps_its_services_visible_and_ours_exported() {
+    let _serial = SERIAL.lock().await;
+    let c = cluster().await;
+    let inst = installed(c).await;
+    let shop = Shop::create(c, true).await.unwrap();
+    let _restore = MeshConfigRestore(c);
+    // Every Service without exportTo is private to its namespace now: the gateway sees
+    // none of shop's, so all of them stay in web's Sidecar; the gateway's own Services
+    // must still reach every lazy Sidecar.
+    c.set_mesh_config("defaultServiceExportTo: [\".\"]\n")
+        .unwrap();
+    let ctl = controller(c, inst).await.unwrap();
+    let db = shop.host("db");
+    let reason = wait_kept_visible(&shop, &ctl, &format!("{}/{db}", shop.ns)).await;
+    assert_eq!(
+        reason,
+        format!(
+            "Service {}/db sets no exportTo and the mesh's defaultServiceExportTo [\".\"] \
+             leaves out the gateway's namespace {NAMESPACE}",
+            shop.ns
+        )
+    );
+    let gateway = lazy_gateway(c, json!({})).await;
+    let gateway_cluster = format!("outbound|8080||lazyxds-gateway.{NAMESPACE}.svc.cluster.local");
+    let dump = wait_config(&gateway, "gateway clusters", |d| {
+        let clusters = d.cluster_names();
+        match clusters.iter().any(|c| c.ends_with(".svc.cluster.local")) {
+            true => Ok(()),
+            false => bail!("no service clusters yet: {clusters:?}"),
+        }
+    })
+    .await;
+    assert!(
+        !dump.cluster_names().contains(&outbound(&db, 80)),
+        "the gateway sees {db}: the premise is wrong"
+    );
+    let web = shop.start_web_sidecar().await;
+    wait_config(&web, "db and the gateway in the scoped sidecar", |d| {
+        let clusters = d.cluster_names();
+        match [outbound(&db, 80), gateway_cluster.clone()]
+            .into_iter()
+            .find(|want| !clusters.contains(want))
+        {
+            Some(want) => bail!("no cluster {want} in {clusters:?}"),
+            None => Ok(()),
+        }
+    })
+    .await;
+    for proxy in [&gateway, &web] {
+        assert_eq!(
+            proxy.rejected_updates().await.unwrap(),
+            BTreeMap::new(),
+            "{}",
+            proxy.log()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_an_authorization_policy_guards_stays_visible() {
+    let _serial = SERIAL.lock().await;
+    let c = cluster().await;
+    let inst = installed(c).await;
+    let shop = Shop::create(c, true).await.unwrap();
+    // vault's pods accept only web's identity: a first call through the gateway would
+    // arrive as the gateway and be refused.
+    c.apply_json(&[
+        deployment(&shop.ns, "vault", 1),
+        service(&shop.ns, "vault", &[("http", 80)]),
+        json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+            "metadata": {"name": "vault-callers", "namespace": shop.ns},
+            "spec": {"selector": {"matchLabels": {"app": "vault"}}, "action": "ALLOW",
+                "rules": [{"from": [{"source": {"principals": [
+                    format!("cluster.local/ns/{}/sa/default", shop.ns)]}}]}]}}),
+    ])
+    .unwrap();
+    let vault_pods = lazyxds::scheduled_pods(c, &shop.ns, "vault", 1)
+        .await
+        .unwrap();
+    let vault_pod = vault_pods[0]["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let vault_ip = c.pod_ip();
+    c.set_pod_running(&shop.ns, &vault_pod, vault_ip).unwrap();
+    let ctl = controller(c, inst).await.unwrap();
+    let vault = shop.host("vault");
+    let reason = wait_kept_visible(&shop, &ctl, &format!("{}/{vault}", shop.ns)).await;
+    assert_eq!(
+        reason,
+        format!(
+            "AuthorizationPolicy {}/vault-callers (ALLOW) selects its pods: a first call \
+             through the gateway would carry the gateway's identity",
+            shop.ns
+        )
+    );
+    assert!(
+        !web_egress(&shop).contains(&format!("{}/{}", shop.ns, shop.host("db"))),
+        "db, unguarded and never learned, is visible"
+    );
+
+    // istiod agrees that the policy guards vault's pods: their sidecar's inbound listener
+    // enforces it.
+    let vault_proxy = IstioProxy::start(
+        c,
+        ProxyPod {
+            namespace: shop.ns.clone(),
+            name: vault_pod,
+            service_account: "default".into(),
+            ip: vault_ip,
+            labels: labels_of(&vault_pods[0]),
+            mode: ProxyMode::Sidecar,
+            concurrency: 1,
+            proxy_config: json!({}),
+            mounts: vec![],
+        },
+    )
+    .await
+    .unwrap();
+    wait_config(&vault_proxy, "vault's inbound RBAC", |d| {
+        let inbound = d
+            .listeners()
+            .into_iter()
+            .find(|l| l["name"] == "virtualInbound")
+            .context("no virtualInbound listener")?
+            .to_string();
+        match inbound.contains("envoy.filters.http.rbac") && inbound.contains("vault-callers") {
+            true => Ok(()),
+            false => bail!("no RBAC filter naming vault-callers in virtualInbound"),
+        }
+    })
+    .await;
+    assert_eq!(
+        vault_proxy.rejected_updates().await.unwrap(),
+        BTreeMap::new(),
+        "{}",
+        vault_proxy.log()
+    );
+}
+
 /// The exact `:authority` a route matches, if it matches one.
 /// The cluster of the 15001 listener's TCP catch-all (unknown TCP and TLS).
 fn catch_all_tcp(dump: &Dump) -> Option<Value> {
@@ -1262,13 +1516,68 @@ async fn the_mesh_configs_outbound_policy_and_discovery_selectors_are_honoured()
     c.set_mesh_config("discoverySelectors: [{matchLabels: {istio-discovery: enabled}}]\n")
         .unwrap();
     shop.wait_web_sidecar_gone(&ctl).await;
-    // Labelled, it is in the mesh again, and scoped again.
+    // Labelled, it is in the mesh again; but istiod still ignores the gateway's namespace
+    // (its routes too), so web is refused, and says why.
     c.kubectl(
         &["label", "namespace", &shop.ns, "istio-discovery=enabled"],
         None,
     )
     .unwrap();
+    let refused = eventually(
+        Duration::from_secs(30),
+        || tail(&ctl.log()),
+        || {
+            c.list("events.events.k8s.io", &shop.ns)
+                .unwrap_or_default()
+                .into_iter()
+                .find(|e| e["reason"] == "NotScoped" && e["regarding"]["name"] == "web")
+        },
+    )
+    .await;
+    assert!(
+        refused["note"]
+            .as_str()
+            .is_some_and(|n| n.contains(&format!(
+                "the gateway's namespace {NAMESPACE} is outside Istio's discoverySelectors"
+            ))),
+        "{refused:#}"
+    );
+    assert_eq!(shop.web_deps(), None, "web is scoped without a gateway");
+    // istiod agrees: the gateway gets none of our routes.
+    let gateway = lazy_gateway(c, json!({})).await;
+    let api = shop.host("api");
+    let dump = Dump(gateway.config_dump().await.unwrap());
+    assert_eq!(dump.gateway_route(&api), None, "the gateway routes {api}");
+    // The gateway's namespace labelled too: routed, and web scoped again.
+    c.kubectl(
+        &["label", "namespace", NAMESPACE, "istio-discovery=enabled"],
+        None,
+    )
+    .unwrap();
+    let _unlabel = Unlabel(c);
+    wait_config(&gateway, "the gateway's routes", |d| {
+        match d.gateway_route(&api) {
+            Some(_) => Ok(()),
+            None => bail!("no gateway route for {api}"),
+        }
+    })
+    .await;
     shop.wait_web_deps(&[], &ctl).await;
+}
+
+/// Takes the discovery label off the install's namespace when a test that put it there
+/// ends (also on panic).
+struct Unlabel(&'static Cluster);
+
+impl Drop for Unlabel {
+    fn drop(&mut self) {
+        if let Err(e) = self
+            .0
+            .kubectl(&["label", "namespace", NAMESPACE, "istio-discovery-"], None)
+        {
+            eprintln!("unlabelling {NAMESPACE}: {e:#}");
+        }
+    }
 }
 
 // ---- the install on every supported Istio release, analyze, the gateway's guards ------

@@ -16,9 +16,13 @@ use crate::istio::{
     ENVOY_FILTER_API, NETWORKING_API, SIDECAR,
 };
 use crate::objects::{
-    Labels, NotLazyPort, Pin, SidecarObject, Visibility, WorkloadId, ANNOTATION_DEPS,
-    ANNOTATION_OUTBOUND_POLICY, ANNOTATION_WORKLOAD, COMPONENT_CATCH_ALL, LABEL_COMPONENT,
+    Labels, Pin, SidecarObject, WorkloadId, ANNOTATION_DEPS, ANNOTATION_OUTBOUND_POLICY,
+    ANNOTATION_WORKLOAD, COMPONENT_CATCH_ALL, LABEL_COMPONENT,
 };
+
+mod visible;
+
+pub use visible::{always_visible, AlwaysVisible, PolicyScope, WhyVisible};
 
 /// Istio's root namespace: its selector-less Sidecar is the mesh default, its services are
 /// always visible (`istio-system/*`).
@@ -146,6 +150,10 @@ pub enum RefusalReason {
     /// The root namespace or the gateway's: scoping there could cut the mesh's own parts
     /// off (the gateway would send its traffic to itself).
     ExcludedNamespace { namespace: String },
+    /// Istio's `discoverySelectors` leave out the gateway's namespace: istiod ignores
+    /// every object there (`pkg/kube/namespace/filter.go`), so the gateway routes nothing
+    /// and lazy Sidecars could not reach it.
+    GatewayNotDiscovered { namespace: String },
     /// No labels left once per-pod labels are stripped: a selector-less Sidecar would
     /// become the namespace default.
     EmptySelector,
@@ -167,6 +175,11 @@ impl fmt::Display for RefusalReason {
             RefusalReason::ExcludedNamespace { namespace } => {
                 write!(f, "namespace {namespace} is never scoped")
             }
+            RefusalReason::GatewayNotDiscovered { namespace } => write!(
+                f,
+                "the gateway's namespace {namespace} is outside Istio's discoverySelectors: \
+                 istiod ignores its routes"
+            ),
             RefusalReason::EmptySelector => {
                 f.write_str("no pod-template labels left for a workloadSelector")
             }
@@ -270,7 +283,7 @@ fn selects(selector: &Labels, labels: &Labels) -> bool {
 pub fn desired(index: &Index, config: &RenderConfig) -> Desired {
     let mut out = Desired::default();
     let root_default = namespace_default(index, ROOT_NAMESPACE);
-    let always = always_visible(index);
+    let always = always_visible(index, config);
     for ns in index.namespace_names() {
         let views = index.views_in(ns);
         let ns_enabled = index.namespace_annotations(ns).and_then(|a| a.enabled);
@@ -369,169 +382,6 @@ fn namespace_default<'a>(index: &'a Index, ns: &str) -> Option<&'a SidecarObject
         .find(|s| !s.is_ours() && s.selector.is_none())
 }
 
-/// A host that can never be lazy, listed in every scoped Sidecar it is exported to (with
-/// every namespace defining it, as for a dependency): a first call to it through the
-/// gateway would not do what the caller's own sidecar does ([`WhyVisible`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AlwaysVisible<'a> {
-    /// The host (an FQDN, or a ServiceEntry/VirtualService wildcard).
-    pub host: String,
-    /// `ns/host`, as a Sidecar lists it.
-    pub egress_host: String,
-    pub owner: &'a str,
-    /// The exportTo of the object it comes from: who keeps it.
-    pub export_to: &'a [String],
-    /// Every reason, at least one.
-    pub why: Vec<WhyVisible>,
-}
-
-impl AlwaysVisible<'_> {
-    /// Whether a workload in `namespace` keeps it.
-    pub fn visible_from(&self, namespace: &str) -> bool {
-        host::exported_to(self.export_to, self.owner, namespace)
-    }
-}
-
-/// Why a host can never be lazy.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WhyVisible {
-    /// One of its ports may not be HTTP ([`Protocol::may_be_lazy`]); a Sidecar's egress
-    /// hosts are per host, not per port, so the whole host stays.
-    ///
-    /// [`Protocol::may_be_lazy`]: crate::objects::Protocol::may_be_lazy
-    NotLazyPort(NotLazyPort),
-    /// A headless Service: its pods are called by name (`pod-0.db.ns.svc.<domain>`), which
-    /// only the caller's sidecar routes (to the pod asked for: `*.<host>` domains and an
-    /// `ORIGINAL_DST` cluster, `httproute.go` `generateVirtualHostDomains`,
-    /// `cluster.go` `convertResolution`); the gateway has neither.
-    Headless,
-    /// A VirtualService only some namespaces see routes it for their sidecars ahead of any
-    /// public one (`push_context.go` `VirtualServicesForGateway`, `virtualservice.go`
-    /// `SelectVirtualServices`: the namespace's private ones, then those exported to it,
-    /// then public ones, each oldest first); the gateway routes every caller alike.
-    NamespaceVirtualService {
-        /// `ns/name`.
-        virtual_service: String,
-        export_to: Vec<String>,
-    },
-}
-
-impl fmt::Display for WhyVisible {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            WhyVisible::NotLazyPort(port) => port.fmt(f),
-            WhyVisible::Headless => {
-                f.write_str("headless: its pods' own names route only through the caller's sidecar")
-            }
-            WhyVisible::NamespaceVirtualService {
-                virtual_service,
-                export_to,
-            } => write!(
-                f,
-                "VirtualService {virtual_service} routes it only for the namespaces of its \
-                 exportTo {export_to:?}, ahead of public ones: the gateway routes every \
-                 caller alike"
-            ),
-        }
-    }
-}
-
-/// Every host that can never be lazy: Services and ServiceEntries by owner namespace and
-/// name, then the hosts of VirtualServices only some namespaces see.
-pub fn always_visible(index: &Index) -> Vec<AlwaysVisible<'_>> {
-    let domain = &index.config().cluster_domain;
-    let mut hosts = Vec::new();
-    // Every concrete mesh host, for wildcard hosts of namespace-only VirtualServices (rare:
-    // only collected when there is one).
-    let wildcard_namespace_only = index.namespace_names().iter().any(|ns| {
-        index.ns(ns).is_some_and(|state| {
-            state.virtual_services.values().any(|vs| {
-                vs.visibility() == Visibility::Namespaces
-                    && vs.hosts.iter().any(|h| h.starts_with('*'))
-            })
-        })
-    });
-    let mut concrete = BTreeSet::new();
-    for ns in index.namespace_names() {
-        let Some(state) = index.ns(ns) else { continue };
-        for svc in state.services.values() {
-            let host = svc.host(domain);
-            if wildcard_namespace_only {
-                concrete.insert(host.clone());
-            }
-            let mut why: Vec<WhyVisible> = svc
-                .not_lazy_port()
-                .map(WhyVisible::NotLazyPort)
-                .into_iter()
-                .collect();
-            if svc.headless {
-                why.push(WhyVisible::Headless);
-            }
-            // Already whole in every Sidecar (`istio-system/*`).
-            if !why.is_empty() && &**ns != ROOT_NAMESPACE {
-                hosts.push(AlwaysVisible {
-                    egress_host: format!("{ns}/{host}"),
-                    host,
-                    owner: ns,
-                    export_to: &svc.export_to,
-                    why,
-                });
-            }
-        }
-        for se in state.service_entries.values() {
-            let why = se.not_lazy_port();
-            for h in &se.hosts {
-                let host = host::resolve_config_host(h, ns, domain);
-                if wildcard_namespace_only && !host.contains('*') {
-                    concrete.insert(host.clone());
-                }
-                let Some(why) = why.clone().filter(|_| &**ns != ROOT_NAMESPACE) else {
-                    continue;
-                };
-                hosts.push(AlwaysVisible {
-                    egress_host: format!("{ns}/{host}"),
-                    host,
-                    owner: ns,
-                    export_to: &se.export_to,
-                    why: vec![WhyVisible::NotLazyPort(why)],
-                });
-            }
-        }
-    }
-    for ns in index.namespace_names() {
-        let Some(state) = index.ns(ns) else { continue };
-        let namespace_only = state
-            .virtual_services
-            .values()
-            .filter(|vs| vs.applies_to_mesh() && vs.visibility() == Visibility::Namespaces);
-        for vs in namespace_only {
-            let why = WhyVisible::NamespaceVirtualService {
-                virtual_service: format!("{ns}/{}", vs.name),
-                export_to: vs.export_to.clone(),
-            };
-            for h in &vs.hosts {
-                let pattern = host::resolve_config_host(h, ns, domain);
-                // A wildcard keeps itself (its own namespace's definers) and every host
-                // it covers (their Services' namespaces).
-                let covered = concrete
-                    .iter()
-                    .filter(|c| pattern.starts_with('*') && host::matches(&pattern, c))
-                    .cloned();
-                for host in std::iter::once(pattern.clone()).chain(covered) {
-                    hosts.push(AlwaysVisible {
-                        egress_host: format!("{ns}/{host}"),
-                        host,
-                        owner: ns,
-                        export_to: &vs.export_to,
-                        why: vec![why.clone()],
-                    });
-                }
-            }
-        }
-    }
-    hosts
-}
-
 /// The label sets present in a namespace (pods' labels, templates' labels) with their
 /// workload, indexed by label so overlap checks do not scan every pod per workload.
 struct LabelSets<'a> {
@@ -591,6 +441,11 @@ impl Context<'_> {
         if ns == ROOT_NAMESPACE || ns == self.config.gateway_namespace {
             return Err(RefusalReason::ExcludedNamespace {
                 namespace: ns.to_string(),
+            });
+        }
+        if !self.index.is_discovered(&self.config.gateway_namespace) {
+            return Err(RefusalReason::GatewayNotDiscovered {
+                namespace: self.config.gateway_namespace.clone(),
             });
         }
         let selector = selector_labels(&view.labels);
@@ -721,7 +576,7 @@ impl Context<'_> {
         }
         for always in self.always.iter().filter(|a| a.visible_from(ns)) {
             hosts.insert(always.egress_host.clone());
-            // Its other definers too (its Service beside a VirtualService), as for a dep.
+            // Its other definers too (a VirtualService for it elsewhere), as for a dep.
             hosts.extend(self.defined_in(&always.host));
         }
         hosts.extend(self.ns_pins.iter().chain(&view.pins).map(|p| p.to_string()));

@@ -36,7 +36,7 @@ use crate::istio::{
     PortTrafficPolicy, RouteConfigurationMatch, Server, ServerPort, ServerTls, TrafficPolicy,
     VirtualServiceSpec, WorkloadSelector, ENVOY_FILTER_API, NETWORKING_API,
 };
-use crate::objects::{Protocol, VirtualService, Visibility};
+use crate::objects::{Protocol, VirtualService, Visibility, ANNOTATION_EXPORT_TO};
 
 /// Route (and virtual host, and cluster) name of the catch-all for unknown hosts; the
 /// filter knows it by this name.
@@ -261,10 +261,16 @@ fn placeholder_service(config: &RenderConfig, ports: &BTreeSet<u16>) -> Value {
             |p| json!({"name": format!("http-{p}"), "port": p, "protocol": "TCP", "targetPort": p}),
         )
         .collect();
+    // Every lazy Sidecar imports it: exported everywhere, whatever the mesh's
+    // `defaultServiceExportTo` says.
+    let metadata = Metadata {
+        annotations: BTreeMap::from([(ANNOTATION_EXPORT_TO.to_string(), "*".to_string())]),
+        ..metadata(config, PLACEHOLDER_SERVICE)
+    };
     json!({
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": metadata(config, PLACEHOLDER_SERVICE),
+        "metadata": metadata,
         // No selector, so no endpoints: it only gives sidecars an HTTP route table per
         // port, whose catch-all sends unknown hosts to the gateway.
         "spec": {"ports": ports},

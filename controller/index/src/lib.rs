@@ -38,9 +38,10 @@ pub use gateway::{gateway_objects, namespace_table, GatewayObjects};
 pub use index::{Counters, Index, IndexConfig, ObservedEdge};
 pub use istio::{OutboundPolicy, Sidecar};
 pub use objects::{
-    Annotations, ConnectionPolicy, DestinationRule, Job, Labels, Namespace, OwnerRef, Pin, Pod,
-    Protocol, ReplicaSet, RestoredDeps, Service, ServiceEntry, ServiceEntryPort, ServicePort,
-    SidecarObject, UpstreamTls, VirtualService, WorkloadId, WorkloadKind, WorkloadObject,
+    Annotations, AuthorizationAction, AuthorizationPolicy, ConnectionPolicy, DestinationRule, Job,
+    Labels, Namespace, OwnerRef, Pin, Pod, Protocol, ReplicaSet, RestoredDeps, Service,
+    ServiceEntry, ServiceEntryPort, ServicePort, SidecarObject, UpstreamTls, VirtualService,
+    WorkloadId, WorkloadKind, WorkloadObject,
 };
 pub use reconcile::{reconcile, Pass};
 pub use report::{report, Report, Status, Totals, WorkloadReport};

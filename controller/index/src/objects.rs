@@ -585,6 +585,10 @@ pub struct ServiceEntry {
     pub ports: Vec<ServiceEntryPort>,
     #[serde(default)]
     pub export_to: Vec<String>,
+    /// `spec.workloadSelector.labels`: its endpoints are the pods of its namespace with
+    /// these labels (mesh workloads); `None`: endpoints listed or resolved by DNS.
+    #[serde(default)]
+    pub workload_selector: Option<Labels>,
 }
 
 impl ServiceEntry {
@@ -780,6 +784,89 @@ impl DestinationRule {
                 port_tls,
             },
         }
+    }
+}
+
+/// What an AuthorizationPolicy does with the requests it matches (`spec.action`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AuthorizationAction {
+    #[default]
+    Allow,
+    Deny,
+    Audit,
+    Custom,
+}
+
+impl AuthorizationAction {
+    /// Istio's spelling (`security.istio.io` `Action`); `None` for anything else.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "ALLOW" => Some(AuthorizationAction::Allow),
+            "DENY" => Some(AuthorizationAction::Deny),
+            "AUDIT" => Some(AuthorizationAction::Audit),
+            "CUSTOM" => Some(AuthorizationAction::Custom),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthorizationAction::Allow => "ALLOW",
+            AuthorizationAction::Deny => "DENY",
+            AuthorizationAction::Audit => "AUDIT",
+            AuthorizationAction::Custom => "CUSTOM",
+        }
+    }
+
+    /// Whether it decides who may call: ALLOW, DENY and CUSTOM do; AUDIT only logs
+    /// (istiod renders it as Envoy's RBAC `LOG` action, which never denies:
+    /// `pilot/pkg/security/authz/builder/builder.go`).
+    pub fn decides_access(self) -> bool {
+        self != AuthorizationAction::Audit
+    }
+}
+
+/// A `security.istio.io` AuthorizationPolicy: what decides the workloads it applies to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorizationPolicy {
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
+    #[serde(default)]
+    pub action: AuthorizationAction,
+    /// `spec.selector.matchLabels`; `None` (or empty): every workload of its namespace.
+    #[serde(default)]
+    pub selector: Option<Labels>,
+    /// `spec.targetRef`/`targetRefs` is set: it attaches to Gateway API gateways and
+    /// waypoints only, never to a sidecar.
+    #[serde(default)]
+    pub targeted: bool,
+}
+
+impl AuthorizationPolicy {
+    /// Whether istiod applies it to a sidecar workload in `namespace` with `labels`
+    /// (`pilot/pkg/model/authorization.go` `ListAuthorizationPolicies`: policies of the
+    /// root namespace and of the workload's; `policyattachment.go` `ShouldAttachPolicy`:
+    /// a policy with a targetRef never attaches to a sidecar, else its selector's
+    /// `matchLabels` must be a subset of the workload's labels, no selector selecting all).
+    pub fn applies_to(&self, root_namespace: &str, namespace: &str, labels: &Labels) -> bool {
+        self.applies_in(root_namespace, namespace)
+            && self
+                .selector
+                .as_ref()
+                .is_none_or(|s| s.iter().all(|(k, v)| labels.get(k) == Some(v)))
+    }
+
+    /// Whether it may apply to some workload of `namespace`: not targeted, and in that
+    /// namespace or the root one.
+    pub fn applies_in(&self, root_namespace: &str, namespace: &str) -> bool {
+        !self.targeted && (&*self.namespace == namespace || &*self.namespace == root_namespace)
+    }
+
+    /// No selector: every workload of its namespace (of the mesh, in the root namespace).
+    pub fn is_namespace_wide(&self) -> bool {
+        self.selector.as_ref().is_none_or(Labels::is_empty)
     }
 }
 
@@ -1051,11 +1138,79 @@ mod tests {
                 },
             ],
             export_to: Vec::new(),
+            workload_selector: None,
         };
         assert_eq!(
             se.not_lazy_port().map(|p| p.to_string()).as_deref(),
             Some("port 443 (protocol \"TLS\") is TLS, not HTTP")
         );
+    }
+
+    #[test]
+    fn authorization_policies_attach_as_istiod_attaches_them() {
+        let labels = |pairs: &[(&str, &str)]| -> Labels {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let policy = |ns: &str, selector: Option<&[(&str, &str)]>, targeted| AuthorizationPolicy {
+            namespace: ns.into(),
+            name: "p".into(),
+            action: AuthorizationAction::Deny,
+            selector: selector.map(labels),
+            targeted,
+        };
+        let web = labels(&[("app", "web"), ("version", "v1")]);
+        let cases = [
+            (policy("shop", Some(&[("app", "web")]), false), "shop", true),
+            (
+                policy("shop", Some(&[("app", "web"), ("version", "v2")]), false),
+                "shop",
+                false,
+            ),
+            (policy("shop", None, false), "shop", true),
+            (policy("shop", Some(&[]), false), "shop", true),
+            (policy("shop", None, false), "payments", false),
+            // The root namespace's apply in every namespace.
+            (policy("istio-system", None, false), "shop", true),
+            (
+                policy("istio-system", Some(&[("app", "web")]), false),
+                "shop",
+                true,
+            ),
+            (
+                policy("istio-system", Some(&[("app", "db")]), false),
+                "shop",
+                false,
+            ),
+            (
+                policy("payments", Some(&[("app", "web")]), false),
+                "shop",
+                false,
+            ),
+            // A targetRef is for gateways and waypoints.
+            (policy("shop", None, true), "shop", false),
+            (policy("istio-system", None, true), "shop", false),
+        ];
+        for (p, ns, want) in cases {
+            assert_eq!(
+                p.applies_to("istio-system", ns, &web),
+                want,
+                "{p:?} on {ns}"
+            );
+        }
+        for (action, decides) in [
+            ("ALLOW", true),
+            ("DENY", true),
+            ("CUSTOM", true),
+            ("AUDIT", false),
+        ] {
+            let parsed = AuthorizationAction::parse(action).expect(action);
+            assert_eq!(parsed.as_str(), action);
+            assert_eq!(parsed.decides_access(), decides, "{action}");
+        }
+        assert_eq!(AuthorizationAction::parse("allow"), None);
     }
 
     #[test]

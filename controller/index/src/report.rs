@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::desired::{self, Desired};
+use crate::desired::{self, Desired, RenderConfig};
 use crate::host;
 use crate::index::Index;
 use crate::objects::WorkloadId;
@@ -102,8 +102,12 @@ impl<'a> Catalog<'a> {
         let domain = &index.config().cluster_domain;
         let mut entries = Vec::new();
         let mut virtual_services = Vec::new();
+        // What istiod shows proxies: nothing of a namespace it does not watch, each object
+        // where its exportTo (or the mesh's default) says.
         for ns in index.namespace_names() {
-            let Some(state) = index.ns(ns) else { continue };
+            let Some(state) = index.ns(ns).filter(|_| index.is_discovered(ns)) else {
+                continue;
+            };
             for svc in state.services.values() {
                 let pods = match &svc.selector {
                     Some(selector) if !selector.is_empty() => state
@@ -117,7 +121,7 @@ impl<'a> Catalog<'a> {
                 entries.push(Entry {
                     namespace: ns,
                     host: svc.host(domain),
-                    export_to: &svc.export_to,
+                    export_to: index.service_export_to(&svc.export_to),
                     clusters: svc.ports.len(),
                     endpoints: pods * svc.ports.len(),
                 });
@@ -127,7 +131,7 @@ impl<'a> Catalog<'a> {
                     entries.push(Entry {
                         namespace: ns,
                         host: host::resolve_config_host(h, ns, domain),
-                        export_to: &se.export_to,
+                        export_to: index.service_export_to(&se.export_to),
                         clusters: se.ports.len(),
                         endpoints: 0,
                     });
@@ -147,7 +151,7 @@ impl<'a> Catalog<'a> {
                     virtual_services.push((
                         &**ns,
                         host::resolve_config_host(h, ns, domain),
-                        vs.export_to.as_slice(),
+                        index.virtual_service_export_to(&vs.export_to),
                         destinations.clone(),
                     ));
                 }
@@ -217,8 +221,9 @@ impl<'a> Catalog<'a> {
     }
 }
 
-/// Per-workload and total effect of `desired` on what sidecars receive.
-pub fn report(index: &Index, desired: &Desired) -> Report {
+/// Per-workload and total effect of `desired` (rendered with `config`) on what sidecars
+/// receive.
+pub fn report(index: &Index, desired: &Desired, config: &RenderConfig) -> Report {
     let catalog = Catalog::new(index);
     let refusals: BTreeMap<&WorkloadId, String> = desired
         .refusals
@@ -283,33 +288,38 @@ pub fn report(index: &Index, desired: &Desired) -> Report {
         totals.endpoints_removed += row.endpoints_removed;
         workloads.push(row);
     }
-    // One row per `ns/host` (a host can be a Service's and a VirtualService's), in the
-    // order found, each distinct reason once.
-    let mut rows: Vec<(String, Vec<String>)> = Vec::new();
-    let mut row_of: BTreeMap<String, usize> = BTreeMap::new();
-    for a in desired::always_visible(index) {
-        let i = *row_of.entry(a.egress_host.clone()).or_insert_with(|| {
-            rows.push((a.egress_host, Vec::new()));
-            rows.len() - 1
-        });
-        for why in a.why.iter().map(ToString::to_string) {
-            if !rows[i].1.contains(&why) {
-                rows[i].1.push(why);
-            }
-        }
-    }
-    let always_visible = rows
-        .into_iter()
-        .map(|(host, reasons)| AlwaysVisibleHost {
-            host,
-            reason: reasons.join("; "),
-        })
-        .collect();
+    let always_visible = always_visible_hosts(index, config);
     Report {
         workloads,
         totals,
         always_visible,
     }
+}
+
+/// Every host that can never be lazy ([`desired::always_visible`]), one row per `ns/host`
+/// in the order found (a host can be both a Service's and a VirtualService's), each
+/// distinct reason once.
+pub fn always_visible_hosts(index: &Index, config: &RenderConfig) -> Vec<AlwaysVisibleHost> {
+    let mut rows: Vec<(String, Vec<String>)> = Vec::new();
+    let mut row_of: BTreeMap<String, usize> = BTreeMap::new();
+    for a in desired::always_visible(index, config) {
+        let i = *row_of.entry(a.egress_host.clone()).or_insert_with(|| {
+            rows.push((a.egress_host, Vec::new()));
+            rows.len() - 1
+        });
+        for why in &a.why {
+            let reason = why.to_string();
+            if !rows[i].1.contains(&reason) {
+                rows[i].1.push(reason);
+            }
+        }
+    }
+    rows.into_iter()
+        .map(|(host, reasons)| AlwaysVisibleHost {
+            host,
+            reason: reasons.join("; "),
+        })
+        .collect()
 }
 
 impl Report {
@@ -432,7 +442,7 @@ mod tests {
             .map(|h| mk_edge("10.0.0.10", None, &mk_outbound(80, h), 1));
         index.record_edges(edges, 1);
         let desired = desired(&index, &RenderConfig::test());
-        let report = report(&index, &desired);
+        let report = report(&index, &desired, &RenderConfig::test());
         let row = &report.workloads[0];
         assert_eq!(
             (&row.status, row.host_cap_reached),
@@ -495,12 +505,21 @@ mod tests {
                 endpoints_removed: 5,
             },
             // istiod's https ports count for nothing: `istio-system/*` is in every Sidecar.
-            always_visible: vec![AlwaysVisibleHost {
-                host: "shop/postgres.shop.svc.cluster.local".to_string(),
-                reason: "port 5432 (name \"tcp-postgres\") is TCP, not HTTP".to_string(),
-            }],
+            // vault stays where it is seen (payments), hidden from the gateway.
+            always_visible: vec![
+                AlwaysVisibleHost {
+                    host: "payments/vault.payments.svc.cluster.local".to_string(),
+                    reason: "Service payments/vault's exportTo [\".\"] leaves out the \
+                             gateway's namespace lazyxds-system"
+                        .to_string(),
+                },
+                AlwaysVisibleHost {
+                    host: "shop/postgres.shop.svc.cluster.local".to_string(),
+                    reason: "port 5432 (name \"tcp-postgres\") is TCP, not HTTP".to_string(),
+                },
+            ],
         };
-        let report = report(&index, &desired);
+        let report = report(&index, &desired, &RenderConfig::test());
         assert_eq!(report, want);
         assert_eq!(
             report.to_table(),
@@ -511,8 +530,9 @@ shop       Deployment/reviews-v1   refused: user Sidecar v1-only already selects
 shop       Deployment/reviews-v2   scoped                                                      7             2                 5                  4
 TOTAL      3 workloads             2 scoped, 1 refused, 0 not opted in                        21            13                 8                  5
 
-ALWAYS VISIBLE (in every scoped Sidecar)  WHY
-shop/postgres.shop.svc.cluster.local      port 5432 (name \"tcp-postgres\") is TCP, not HTTP
+ALWAYS VISIBLE (in every scoped Sidecar)   WHY
+payments/vault.payments.svc.cluster.local  Service payments/vault's exportTo [\".\"] leaves out the gateway's namespace lazyxds-system
+shop/postgres.shop.svc.cluster.local       port 5432 (name \"tcp-postgres\") is TCP, not HTTP
 "
         );
     }

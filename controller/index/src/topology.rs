@@ -23,6 +23,9 @@
 //! # several VirtualServices for one host as Istio does)
 //! destinationRules: [{namespace: shop, name: mtls, spec: {host: "*.local", trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}}}]
 //! sidecars: [{namespace: shop, name: default, spec: {egress: [{hosts: ["./*"]}]}}]
+//! # AuthorizationPolicies: `action` (default ALLOW), `selector` (matchLabels; none: the
+//! # whole namespace), `targeted: true` for one with a targetRef (never on a sidecar)
+//! authorizationPolicies: [{namespace: payments, name: vault-callers, action: ALLOW, selector: {app: vault}}]
 //! ```
 //!
 //! Workload kinds: Deployment, StatefulSet, DaemonSet, CronJob (with a pod template),
@@ -44,9 +47,9 @@ use crate::host;
 use crate::index::Index;
 use crate::istio::OutboundPolicy;
 use crate::objects::{
-    Annotations, DestinationRule, Job, Labels, Namespace, OwnerRef, Pod, ReplicaSet, Service,
-    ServiceEntry, ServiceEntryPort, ServicePort, SidecarObject, VirtualService, WorkloadKind,
-    WorkloadObject,
+    Annotations, AuthorizationPolicy, DestinationRule, Job, Labels, Namespace, OwnerRef, Pod,
+    ReplicaSet, Service, ServiceEntry, ServiceEntryPort, ServicePort, SidecarObject,
+    VirtualService, WorkloadKind, WorkloadObject,
 };
 
 /// The parsed file.
@@ -83,6 +86,7 @@ pub struct IndexObjects {
     pub virtual_services: Vec<VirtualService>,
     pub destination_rules: Vec<DestinationRule>,
     pub sidecars: Vec<SidecarObject>,
+    pub authorization_policies: Vec<AuthorizationPolicy>,
 }
 
 impl IndexObjects {
@@ -104,6 +108,7 @@ impl IndexObjects {
         index.reset((), self.service_entries);
         index.reset((), self.virtual_services);
         index.reset((), self.destination_rules);
+        index.reset((), self.authorization_policies);
         // Sidecars (ours restore deps) and pods last, like a controller start-up.
         index.reset((), self.sidecars);
         index.reset((), self.pods);
@@ -181,6 +186,8 @@ struct Document {
     destination_rules: Vec<Value>,
     #[serde(default)]
     sidecars: Vec<Value>,
+    #[serde(default)]
+    authorization_policies: Vec<Value>,
 }
 
 #[derive(Deserialize)]
@@ -266,6 +273,9 @@ struct ServiceEntryDoc {
     ports: Vec<ServiceEntryPort>,
     #[serde(default)]
     export_to: Vec<String>,
+    /// `workloadSelector.labels`.
+    #[serde(default)]
+    workload_selector: Option<Labels>,
 }
 
 #[derive(Deserialize)]
@@ -440,6 +450,7 @@ impl Parser<'_> {
                 hosts: d.hosts,
                 ports: d.ports,
                 export_to: d.export_to,
+                workload_selector: d.workload_selector,
             });
         }
         for (i, item) in doc.virtual_services.into_iter().enumerate() {
@@ -501,6 +512,20 @@ impl Parser<'_> {
                         other => other,
                     })?;
             self.objects.sidecars.push(sidecar);
+        }
+        for (i, item) in doc.authorization_policies.into_iter().enumerate() {
+            let loc = object_location("authorizationPolicies", i, &item);
+            let mut policy: AuthorizationPolicy = self.typed(&loc, item)?;
+            unique(
+                &self,
+                "authorizationPolicy",
+                &policy.namespace,
+                &policy.name,
+                &loc,
+            )?;
+            // `selector: {}` selects every workload, as no selector does.
+            policy.selector = policy.selector.filter(|s| !s.is_empty());
+            self.objects.authorization_policies.push(policy);
         }
 
         let gateway = doc.gateway;

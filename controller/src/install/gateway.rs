@@ -51,7 +51,15 @@ pub(super) fn objects(config: &InstallConfig) -> Result<Vec<Value>, InstallError
         ..ServiceAccount::default()
     };
     let service = Service {
-        metadata: meta(&g.name),
+        // Every lazy Sidecar sends to it: exported everywhere, whatever the mesh's
+        // `defaultServiceExportTo` says.
+        metadata: ObjectMeta {
+            annotations: Some(BTreeMap::from([(
+                lazyxds_index::objects::ANNOTATION_EXPORT_TO.to_string(),
+                "*".to_string(),
+            )])),
+            ..meta(&g.name)
+        },
         spec: Some(ServiceSpec {
             type_: Some("ClusterIP".into()),
             selector: Some(config.gateway_selector()),

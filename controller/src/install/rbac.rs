@@ -50,6 +50,14 @@ pub const CLUSTER_RULES: &[Rule] = &[
               gateway's place for a caller",
     },
     Rule {
+        group: "security.istio.io",
+        resources: &["authorizationpolicies"],
+        verbs: &["list", "watch"],
+        names: &[],
+        why: "services an AuthorizationPolicy guards stay visible: a first call through the \
+              gateway would carry the gateway's identity",
+    },
+    Rule {
         group: "events.k8s.io",
         resources: &["events"],
         verbs: &["create", "patch"],

@@ -41,12 +41,25 @@ pub fn envoy_filter_resource() -> ApiResource {
     }
 }
 
+/// Where the API serves Istio's AuthorizationPolicies (`security.istio.io/v1`, Istio ≥ 1.22).
+pub fn authorization_policy_resource() -> ApiResource {
+    ApiResource {
+        group: "security.istio.io".into(),
+        version: "v1".into(),
+        api_version: "security.istio.io/v1".into(),
+        kind: "AuthorizationPolicy".into(),
+        plural: "authorizationpolicies".into(),
+    }
+}
+
 /// What `/debug/plan` shows in Kubernetes mode.
 #[derive(Debug, Clone)]
 pub struct KubeStatus {
     pub writer: Arc<writer::WriterStats>,
     pub watched: Arc<watch::Watched>,
     pub learner: SharedLearner,
+    /// What the writer renders with (the gateway's namespace decides what it can see).
+    pub render: lazyxds_index::RenderConfig,
 }
 
 /// The writer's and the watches' counters, as `/debug/plan` and `/metrics` show them.
@@ -95,11 +108,14 @@ impl PlanView for KubeStatus {
         let (writer, watch) = self.counts();
         let mut writer = json!(writer);
         writer["errors"] = json!(self.writer.errors());
+        let index = self.learner.index();
         json!({
             "plan": &*self.writer.plan(),
             "writer": writer,
             "watch": watch,
-            "kill_switch": self.learner.index().kill_switch(),
+            "kill_switch": index.kill_switch(),
+            // Hosts every scoped Sidecar keeps, learned or not, and why.
+            "always_visible": lazyxds_index::report::always_visible_hosts(&index, &self.render),
         })
     }
 }

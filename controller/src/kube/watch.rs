@@ -22,7 +22,7 @@ use serde_json::Value;
 use tokio::sync::watch as signal;
 
 use super::project::{self, Projected};
-use super::{envoy_filter_resource, istio_resource};
+use super::{authorization_policy_resource, envoy_filter_resource, istio_resource};
 use crate::learn::SharedLearner;
 
 pub use lazyxds_index::objects::{KILL_SWITCH_CONFIGMAP, MESH_CONFIGMAP, MESH_CONFIG_NAMESPACE};
@@ -304,6 +304,21 @@ async fn run_catch_alls(api: Api<DynamicObject>, ctx: Arc<Ctx>) {
     }
 }
 
+/// An AuthorizationPolicy; one Istio would ignore (an unknown action) is skipped.
+fn authorization_policy(
+    ctx: &Ctx,
+    obj: &DynamicObject,
+) -> Option<lazyxds_index::AuthorizationPolicy> {
+    match project::istio_authorization_policy(obj) {
+        Ok(p) => Some(p),
+        Err(error) => {
+            ctx.watched.invalid_annotations.fetch_add(1, Relaxed);
+            tracing::warn!(%error, "AuthorizationPolicy skipped");
+            None
+        }
+    }
+}
+
 /// Watches one ConfigMap by name; `apply` sees it (None when absent or deleted).
 async fn run_configmap(
     api: Api<ConfigMap>,
@@ -493,6 +508,11 @@ pub fn spawn_all(
             kind("destinationrules", (), |_, o| {
                 Some(istio_destination_rule(o))
             }),
+            c.clone(),
+        )),
+        run(run_kind(
+            Api::<DynamicObject>::all_with(client.clone(), &authorization_policy_resource()),
+            kind("authorizationpolicies", (), authorization_policy),
             c.clone(),
         )),
         run(run_kind(

@@ -336,6 +336,7 @@ pub fn start(
         writer: stats.clone(),
         watched: watched.clone(),
         learner: learner.clone(),
+        render: config.render.clone(),
     };
     let reporter = Reporter {
         controller: "lazyxds".into(),

@@ -665,7 +665,7 @@ fn headless_services_are_always_visible() {
         egress_of(&desired, &productpage()),
         base_and(&["payments/db.payments.svc.cluster.local"])
     );
-    let why: Vec<String> = always_visible(&index)
+    let why: Vec<String> = always_visible(&index, &RenderConfig::test())
         .iter()
         .filter(|a| a.host == "db.payments.svc.cluster.local")
         .flat_map(|a| a.why.iter().map(ToString::to_string))
@@ -740,7 +740,7 @@ fn a_virtual_service_only_some_namespaces_see_keeps_its_host_visible_to_them() {
 
     let mut index = Index::test();
     index.apply(vs("shop", "p", &[payments], &["."]));
-    let why: Vec<String> = always_visible(&index)
+    let why: Vec<String> = always_visible(&index, &RenderConfig::test())
         .iter()
         .filter(|a| a.host == payments)
         .flat_map(|a| a.why.iter().map(ToString::to_string))
@@ -748,6 +748,9 @@ fn a_virtual_service_only_some_namespaces_see_keeps_its_host_visible_to_them() {
     assert_eq!(
         why,
         [
+            // Both hold: the gateway cannot see it, and it routes only for shop.
+            "VirtualService shop/p's exportTo [\".\"] leaves out the gateway's namespace \
+             lazyxds-system",
             "VirtualService shop/p routes it only for the namespaces of its exportTo [\".\"], \
           ahead of public ones: the gateway routes every caller alike"
         ]

@@ -157,12 +157,15 @@ fn renders_every_object() {
         })
     );
     // 7000 and 5432 are opaque; 443 is TLS; every other port can carry HTTP.
+    // Exported everywhere: every lazy Sidecar imports it, whatever the mesh's default.
+    let mut placeholder_meta = meta("lazyxds-http-ports");
+    placeholder_meta["annotations"] = json!({"networking.istio.io/exportTo": "*"});
     assert_eq!(
         objects.placeholder_service,
         json!({
             "apiVersion": "v1",
             "kind": "Service",
-            "metadata": meta("lazyxds-http-ports"),
+            "metadata": placeholder_meta,
             "spec": {"ports": [
                 {"name": "http-80", "port": 80, "protocol": "TCP", "targetPort": 80},
                 {"name": "http-9080", "port": 9080, "protocol": "TCP", "targetPort": 9080},

@@ -1,5 +1,6 @@
 use super::*;
 use crate::fixtures::*;
+use crate::objects::AuthorizationAction::{Allow, Custom, Deny};
 use crate::{report, Counters, Desired, ObservedEdge};
 
 const DEMO: &str = include_str!("../../testdata/demo-topology.yaml");
@@ -45,8 +46,12 @@ fn demo_edges() -> Vec<ObservedEdge> {
     ]
 }
 
+fn demo_topology() -> Topology {
+    Topology::from_yaml(DEMO, "demo-topology.yaml").expect("demo parses")
+}
+
 fn demo() -> (Index, Desired) {
-    let topo = Topology::from_yaml(DEMO, "demo-topology.yaml").expect("demo parses");
+    let topo = demo_topology();
     let config = topo.render_config(RenderConfig::default());
     let mut index = Index::default();
     topo.apply_to(&mut index);
@@ -98,7 +103,8 @@ fn golden_demo_sidecars() {
 #[test]
 fn golden_demo_report() {
     let (index, desired) = demo();
-    let report = report(&index, &desired);
+    let config = demo_topology().render_config(RenderConfig::default());
+    let report = report(&index, &desired, &config);
     assert_eq!(report.to_table(), DEMO_REPORT);
     assert_eq!(
         report.totals,
@@ -155,12 +161,18 @@ services:
   - {namespace: shop, name: web, selector: {app: web}, ports: [{port: 80, name: http, appProtocol: http}], exportTo: ["."], headless: true}
 serviceEntries:
   - {namespace: shop, name: ext, hosts: [a.example.com], ports: [{number: 443, name: tls, protocol: TLS}]}
+  - {namespace: shop, name: vm, hosts: [vm.shop.internal], ports: [{number: 80, name: http, protocol: HTTP}], workloadSelector: {app: vm}}
 virtualServices:
   - {namespace: shop, name: web, hosts: [web], gateways: [mesh], destinations: [web], created: 1700000000}
 destinationRules:
   - {namespace: shop, name: mtls, spec: {host: "*.local", exportTo: ["."], trafficPolicy: {tls: {mode: ISTIO_MUTUAL}, portLevelSettings: [{port: {number: 8080}}]}}}
 sidecars:
   - {namespace: shop, name: default, spec: {egress: [{hosts: ["./*"]}]}}
+authorizationPolicies:
+  - {namespace: shop, name: deny-all}
+  - {namespace: shop, name: db-callers, action: DENY, selector: {app: db}}
+  - {namespace: shop, name: everyone, selector: {}}
+  - {namespace: shop, name: at-gateway, action: CUSTOM, targeted: true}
 "#;
     let topo = Topology::from_yaml(text, "t.yaml").expect("valid");
     let hash = format!("{:08x}", crate::host::fnv1a64(b"web") as u32);
@@ -261,12 +273,13 @@ sidecars:
             headless: true,
             ..mk_service("shop", "web", &[("app", "web")], &[])
         }],
-        service_entries: vec![mk_service_entry(
-            "shop",
-            "ext",
-            &["a.example.com"],
-            &[(443, "TLS")],
-        )],
+        service_entries: vec![
+            mk_service_entry("shop", "ext", &["a.example.com"], &[(443, "TLS")]),
+            crate::ServiceEntry {
+                workload_selector: Some(mk_labels(&[("app", "vm")])),
+                ..mk_service_entry("shop", "vm", &["vm.shop.internal"], &[(80, "HTTP")])
+            },
+        ],
         virtual_services: vec![VirtualService {
             gateways: vec!["mesh".to_string()],
             created_unix_s: Some(1_700_000_000),
@@ -292,6 +305,16 @@ sidecars:
             "default",
             serde_json::json!({"egress": [{"hosts": ["./*"]}]}),
         )],
+        authorization_policies: vec![
+            mk_policy("shop", "deny-all", Allow, None),
+            mk_policy("shop", "db-callers", Deny, Some(&[("app", "db")])),
+            // `selector: {}` selects every workload: kept as no selector.
+            mk_policy("shop", "everyone", Allow, None),
+            crate::AuthorizationPolicy {
+                targeted: true,
+                ..mk_policy("shop", "at-gateway", Custom, None)
+            },
+        ],
     };
     assert_eq!(topo.mesh_outbound_policy, None);
     assert_eq!(topo.gateway, None);
@@ -351,7 +374,7 @@ fn errors_name_file_object_and_field() {
         ),
         (
             "namespace: []".to_string(),
-            topology_error("namespace", "unknown field `namespace`, expected one of `mesh`, `gateway`, `namespaces`, `workloads`, `services`, `serviceEntries`, `virtualServices`, `destinationRules`, `sidecars`"),
+            topology_error("namespace", "unknown field `namespace`, expected one of `mesh`, `gateway`, `namespaces`, `workloads`, `services`, `serviceEntries`, `virtualServices`, `destinationRules`, `sidecars`, `authorizationPolicies`"),
         ),
         (
             "mesh: {outboundTrafficPolicy: {mode: DENY}}".to_string(),
