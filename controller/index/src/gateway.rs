@@ -126,7 +126,7 @@ struct Routable {
 /// Renders every gateway object for the mesh in `index`.
 pub fn gateway_objects(index: &Index, config: &RenderConfig) -> GatewayObjects {
     let domain = index.config().cluster_domain.clone();
-    let (routable, http_ports) = routable_hosts(index, &domain);
+    let (routable, http_ports) = routable_hosts(index, &domain, &config.gateway_namespace);
     let mut virtual_services = vec![unknown_mesh_hosts(config, &domain)];
     for_each_host_route(index, config, &domain, &routable, |vs| {
         virtual_services.push(vs)
@@ -382,8 +382,15 @@ fn unknown_mesh_hosts(config: &RenderConfig, domain: &str) -> Value {
 /// HTTP by the one rule ([`Protocol::may_be_lazy`]: unnamed and unknown ports are not).
 /// Ports some other service uses for anything else are left out: a placeholder
 /// `http-<port>` would turn that port's listener into HTTP in every lazy Sidecar, and a
-/// server-first or TLS client on it would hang or fail.
-fn routable_hosts(index: &Index, domain: &str) -> (BTreeMap<String, Routable>, BTreeSet<u16>) {
+/// server-first or TLS client on it would hang or fail. A host whose exportTo leaves out
+/// the gateway's namespace gets no route: istiod gives the gateway no cluster for it (and
+/// `istioctl analyze` reports a route to it, IST0101); it stays visible where it is seen
+/// instead (`desired::always_visible`).
+fn routable_hosts(
+    index: &Index,
+    domain: &str,
+    gateway_namespace: &str,
+) -> (BTreeMap<String, Routable>, BTreeSet<u16>) {
     let mut routable: BTreeMap<String, Routable> = BTreeMap::new();
     let mut http_ports = BTreeSet::new();
     let mut opaque_ports = BTreeSet::new();
@@ -406,8 +413,13 @@ fn routable_hosts(index: &Index, domain: &str) -> (BTreeMap<String, Routable>, B
             .filter(|s| &*s.name != PLACEHOLDER_SERVICE)
         {
             let host = svc.host(domain);
+            let seen = host::exported_to(
+                index.service_export_to(&svc.export_to),
+                ns,
+                gateway_namespace,
+            );
             for port in &svc.ports {
-                if note(port.port, Protocol::of_service_port(port)) {
+                if note(port.port, Protocol::of_service_port(port)) && seen {
                     routable
                         .entry(host.clone())
                         .or_default()
@@ -417,8 +429,13 @@ fn routable_hosts(index: &Index, domain: &str) -> (BTreeMap<String, Routable>, B
             }
         }
         for se in state.service_entries.values() {
+            let seen = host::exported_to(
+                index.service_export_to(&se.export_to),
+                ns,
+                gateway_namespace,
+            );
             for port in &se.ports {
-                if !note(port.number, port.istio_protocol()) {
+                if !note(port.number, port.istio_protocol()) || !seen {
                     continue;
                 }
                 for h in &se.hosts {

@@ -474,6 +474,39 @@ fn of_several_virtual_services_for_one_host_the_oldest_public_one_is_reproduced(
 /// The placeholder's ports are the mesh's HTTP ports by the one rule, minus any port some
 /// other service uses for anything else; only HTTP ports get gateway routes.
 #[test]
+fn a_host_the_gateway_cannot_see_gets_no_route() {
+    for (export_to, routed) in [
+        (vec!["."], false),
+        (vec!["shop"], false),
+        (vec!["~"], false),
+        (vec!["*"], true),
+        (vec![".", "lazyxds-system"], true),
+        (vec![], true),
+    ] {
+        let mut index = Index::default();
+        index.apply(mk_namespace("shop", Some(true)));
+        let mut svc = mk_service("shop", "private", &[("app", "p")], &[(80, "http")]);
+        svc.export_to = svc_export(&export_to);
+        index.apply(svc);
+        let mut se = mk_service_entry("shop", "ext", &["ext.example.com"], &[(80, "HTTP")]);
+        se.export_to = svc_export(&export_to);
+        index.apply(se);
+        let objects = gateway_objects(&index, &RenderConfig::test());
+        for host in ["private.shop.svc.cluster.local", "ext.example.com"] {
+            assert_eq!(
+                objects.virtual_service_for(host).is_some(),
+                routed,
+                "{host} exportTo {export_to:?}"
+            );
+        }
+    }
+}
+
+fn svc_export(export_to: &[&str]) -> Vec<String> {
+    export_to.iter().map(|e| e.to_string()).collect()
+}
+
+#[test]
 fn the_placeholder_carries_only_ports_istio_calls_http() {
     let mut index = Index::default();
     index.apply(mk_namespace("shop", Some(true)));
