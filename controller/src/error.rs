@@ -135,4 +135,15 @@ pub enum FileModeError {
     /// Already names the file, object and field.
     #[error(transparent)]
     Topology(#[from] lazyxds_index::TopologyError),
+    #[error(
+        "{file} lacks {removal} that have Sidecar files in {dir}: more than \
+         --max-removal-percent {max_percent}; refusing to start (a truncated or empty \
+         topology would remove their Sidecars and learned deps; fix the file or raise the flag)"
+    )]
+    Shrink {
+        file: std::path::PathBuf,
+        dir: std::path::PathBuf,
+        removal: lazyxds_index::Removal,
+        max_percent: u8,
+    },
 }

@@ -62,8 +62,12 @@ pub fn read_our_sidecars(dir: &Path) -> Result<BTreeMap<PathBuf, SidecarObject>,
             path: path.clone(),
             source,
         })?;
-        if let Some(sidecar) = parse_our_sidecar(&path, &text)? {
-            out.insert(path, sidecar);
+        match parse_our_sidecar(&path, &text)? {
+            Some(sidecar) => {
+                out.insert(path, sidecar);
+            }
+            None if looks_ours(&path) => move_aside(&path),
+            None => {}
         }
     }
     Ok(out)
@@ -71,10 +75,40 @@ pub fn read_our_sidecars(dir: &Path) -> Result<BTreeMap<PathBuf, SidecarObject>,
 
 /// The Sidecar document of a workload file (files of older versions hold the Sidecar
 /// alone; current ones its EnvoyFilter first).
+/// Stops at the first document that does not parse (the deserializer would yield its error
+/// again and again).
 fn sidecar_document(text: &str) -> Option<Value> {
     serde_norway::Deserializer::from_str(text)
-        .filter_map(|doc| Value::deserialize(doc).ok())
+        .map_while(|doc| Value::deserialize(doc).ok())
         .find(|doc| doc.get("kind").and_then(Value::as_str) == Some("Sidecar"))
+}
+
+/// Named as we name workload files (`<namespace>_lazyxds-…yaml`).
+fn looks_ours(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.contains("_lazyxds-"))
+}
+
+/// A file named as ours that holds no Sidecar of ours (empty, truncated, not YAML): its
+/// learned deps cannot be read, so it is kept for a human under another name rather than
+/// overwritten, and said so.
+fn move_aside(path: &Path) {
+    let stamp = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let aside = path.with_extension(format!("yaml.damaged-{stamp}"));
+    match fs::rename(path, &aside) {
+        Ok(()) => tracing::error!(
+            file = %path.display(), moved_to = %aside.display(),
+            "a workload file of ours holds no readable Sidecar (its learned deps are lost to \
+             this controller); moved aside, not overwritten"
+        ),
+        Err(error) => tracing::error!(
+            file = %path.display(), %error,
+            "a workload file of ours holds no readable Sidecar and cannot be moved aside"
+        ),
+    }
 }
 
 fn parse_our_sidecar(path: &Path, text: &str) -> Result<Option<SidecarObject>, FileModeError> {
@@ -192,13 +226,29 @@ fn write_whole(tmp: &Path, path: &Path, text: &str) -> Result<(), FileModeError>
 }
 
 /// Builds the index for a topology and the Sidecars already in `dir` (restart safety).
+/// Refuses a topology that lacks more than `max_removal_percent` of the workloads those
+/// Sidecars scope.
 pub fn load_state(
-    topology: &Topology,
+    (file, topology): (&Path, &Topology),
     dir: &Path,
     index: &mut Index,
+    max_removal_percent: u8,
 ) -> Result<u64, FileModeError> {
-    topology.apply_to(index);
     let ours = read_our_sidecars(dir)?;
+    let scoped: BTreeSet<_> = ours
+        .values()
+        .filter_map(|s| s.restored.as_ref().map(|r| r.workload.clone()))
+        .collect();
+    let removal = topology.removal(&scoped, index.config());
+    if removal.exceeds(max_removal_percent) {
+        return Err(FileModeError::Shrink {
+            file: file.to_path_buf(),
+            dir: dir.to_path_buf(),
+            removal,
+            max_percent: max_removal_percent,
+        });
+    }
+    topology.apply_to(index);
     let restored = index.restore_from_sidecars(ours.into_values());
     index.forget_absent_workloads();
     Ok(restored)
@@ -220,6 +270,7 @@ pub struct FileTarget {
     seen_mtime: Option<SystemTime>,
     poll: tokio::time::Interval,
     last_refusals: BTreeMap<String, String>,
+    max_removal_percent: u8,
 }
 
 impl FileTarget {
@@ -240,7 +291,14 @@ impl FileTarget {
             learner,
             poll: tokio::time::interval(TOPOLOGY_POLL),
             last_refusals: BTreeMap::new(),
+            max_removal_percent: 50,
         }
+    }
+
+    /// A reload that would remove more than this share of the workloads is refused.
+    pub fn with_max_removal_percent(mut self, percent: u8) -> Self {
+        self.max_removal_percent = percent;
+        self
     }
 }
 
@@ -293,6 +351,19 @@ impl Target for FileTarget {
             self.seen_mtime = now;
             match load_topology(&self.topology) {
                 Ok(topology) => {
+                    let removal = {
+                        let index = self.learner.index();
+                        topology.removal(&index.workload_ids(), index.config())
+                    };
+                    if removal.exceeds(self.max_removal_percent) {
+                        tracing::error!(
+                            file = %self.topology.display(), %removal,
+                            max_removal_percent = self.max_removal_percent,
+                            "topology not reloaded: it would remove {removal} at once (their \
+                             Sidecars and learned deps with them); keeping the last good state"
+                        );
+                        continue;
+                    }
                     topology.apply_to(&mut self.learner.index());
                     self.render = topology.render_config(self.base_render.clone());
                     tracing::info!(file = %self.topology.display(), "topology reloaded");

@@ -151,6 +151,14 @@ pub struct RunArgs {
     #[arg(long, env = "LAZYXDS_OUT", requires = "file")]
     pub out: Option<PathBuf>,
 
+    /// File mode: a topology (at start, against the Sidecar files there; on reload,
+    /// against the last good one) that would remove more than this share of the
+    /// workloads at once is refused — an empty or truncated file would take their
+    /// Sidecars with them. 100 turns the check off.
+    #[arg(long, env = "LAZYXDS_MAX_REMOVAL_PERCENT", default_value_t = 50,
+          value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub max_removal_percent: u8,
+
     /// Kubernetes mode: watch the cluster (in-cluster credentials, else KUBECONFIG /
     /// ~/.kube/config) and keep opted-in workloads' Sidecars with server-side apply.
     #[arg(long, env = "LAZYXDS_KUBE", conflicts_with = "file")]
@@ -299,7 +307,8 @@ impl RunArgs {
     ) -> Result<Runtime> {
         let topology = filemode::load_topology(file)?;
         let mut index = Index::new(self.scoping.index_config());
-        let restored = filemode::load_state(&topology, out, &mut index)?;
+        let restored =
+            filemode::load_state((file, &topology), out, &mut index, self.max_removal_percent)?;
         tracing::info!(file = %file.display(), out = %out.display(), restored_deps = restored, "file mode");
         let learner = Arc::new(Learner::new(index, edges));
         let target = FileTarget::new(
@@ -308,7 +317,8 @@ impl RunArgs {
             self.scoping.render_config(),
             &topology,
             learner.clone(),
-        );
+        )
+        .with_max_removal_percent(self.max_removal_percent);
         Ok(Runtime {
             views: Views {
                 deps: Some(learner.clone()),

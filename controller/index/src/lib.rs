@@ -45,4 +45,4 @@ pub use objects::{
 };
 pub use reconcile::{reconcile, Pass};
 pub use report::{report, Report, Status, Totals, WorkloadReport};
-pub use topology::{Gateway, IndexObjects, Topology};
+pub use topology::{Gateway, IndexObjects, Removal, Topology};

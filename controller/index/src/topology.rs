@@ -32,8 +32,8 @@
 //! Job, ReplicaSet, Pod (their `annotations` go on the pods; a Pod has exactly one pod).
 //! Pod names default to `<workload>-<i>`; pods get the labels their controller would add.
 
-use std::collections::{BTreeMap, HashMap};
-use std::fmt::Display;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::{self, Display};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -49,7 +49,7 @@ use crate::istio::OutboundPolicy;
 use crate::objects::{
     Annotations, AuthorizationPolicy, DestinationRule, Job, Labels, Namespace, OwnerRef, Pod,
     ReplicaSet, Service, ServiceEntry, ServiceEntryPort, ServicePort, SidecarObject,
-    VirtualService, WorkloadKind, WorkloadObject,
+    VirtualService, WorkloadId, WorkloadKind, WorkloadObject,
 };
 
 /// The parsed file.
@@ -115,6 +115,28 @@ impl IndexObjects {
     }
 }
 
+/// How many of the workloads there are now (`before`) a new topology would remove at once.
+/// An empty or truncated file would remove them all, and their Sidecars with them: a
+/// change that removes more than a set share is refused (the last good state kept).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Removal {
+    pub before: usize,
+    pub removed: usize,
+}
+
+impl Removal {
+    /// More than `max_percent` of the workloads at once (100: never).
+    pub fn exceeds(&self, max_percent: u8) -> bool {
+        self.removed.saturating_mul(100) > self.before.saturating_mul(usize::from(max_percent))
+    }
+}
+
+impl fmt::Display for Removal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} of {} workloads", self.removed, self.before)
+    }
+}
+
 impl Topology {
     /// Parses a topology file; `file_name` only names it in errors.
     pub fn from_yaml(text: &str, file_name: &str) -> Result<Topology, Error> {
@@ -143,6 +165,22 @@ impl Topology {
     /// Feeds a copy of the objects to `index` (full resync).
     pub fn apply_to(&self, index: &mut Index) {
         self.objects.clone().apply_to(index);
+    }
+
+    /// The workloads this topology has (as the index derives them from its objects).
+    pub fn workloads(&self, config: &crate::IndexConfig) -> BTreeSet<WorkloadId> {
+        let mut index = Index::new(config.clone());
+        self.apply_to(&mut index);
+        index.workload_views().into_keys().collect()
+    }
+
+    /// What replacing the index's workloads (`before`) by this topology's would take away.
+    pub fn removal(&self, before: &BTreeSet<WorkloadId>, config: &crate::IndexConfig) -> Removal {
+        let after = self.workloads(config);
+        Removal {
+            before: before.len(),
+            removed: before.difference(&after).count(),
+        }
     }
 
     /// `base` with the file's `mesh` and `gateway` settings applied.

@@ -262,6 +262,11 @@ impl Index {
             .is_some_and(|n| crate::discovery::discovered(&self.discovery, &n.labels))
     }
 
+    /// Every workload the index knows (with pods, or as an object).
+    pub fn workload_ids(&self) -> BTreeSet<WorkloadId> {
+        self.workload_views().into_keys().collect()
+    }
+
     pub fn config(&self) -> &IndexConfig {
         &self.config
     }

@@ -499,3 +499,36 @@ fn duplicate_ips_across_kinds_and_namespaces() {
         "topo.yaml: workloads[1] (b/s): pods[0].ip: pod a/p and pod b/s-0 both have IP 10.0.0.7"
     );
 }
+
+#[test]
+fn a_topology_that_removes_too_many_workloads_at_once_is_told_apart() {
+    let config = crate::IndexConfig::default();
+    let full = Topology::from_yaml(DEMO, "demo-topology.yaml").expect("demo parses");
+    let before = full.workloads(&config);
+    assert_eq!(before.len(), 12);
+    let empty = Topology::from_yaml("", "empty.yaml").expect("empty parses");
+    let all = empty.removal(&before, &config);
+    assert_eq!(
+        all,
+        Removal {
+            before: 12,
+            removed: 12
+        }
+    );
+    assert_eq!(all.to_string(), "12 of 12 workloads");
+    assert_eq!(full.removal(&before, &config).removed, 0);
+    for (removed, max_percent, refused) in [
+        (12, 50, true),
+        (6, 50, false),
+        (7, 50, true),
+        (12, 100, false),
+        (1, 0, true),
+        (0, 0, false),
+    ] {
+        let r = Removal {
+            before: 12,
+            removed,
+        };
+        assert_eq!(r.exceeds(max_percent), refused, "{r} at {max_percent}%");
+    }
+}
