@@ -46,6 +46,10 @@ pub struct WorkloadReport {
     /// Scoped, and its learned hosts reached this cap: new ones stay lazy.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host_cap_reached: Option<usize>,
+    /// Scoped: the hosts its Sidecar keeps whether learned or not (`ns/host`), each with
+    /// every reason (the report's `always_visible` list, as this workload sees it).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub always_visible: Vec<AlwaysVisibleHost>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -235,6 +239,7 @@ pub fn report(index: &Index, desired: &Desired, config: &RenderConfig) -> Report
         .iter()
         .map(|c| (&c.workload, c.cap))
         .collect();
+    let kept = desired::always_visible(index, config);
     let mut visible_by_ns: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
     let mut workloads = Vec::new();
     let mut totals = Totals::default();
@@ -267,7 +272,12 @@ pub fn report(index: &Index, desired: &Desired, config: &RenderConfig) -> Report
             let entry = &catalog.entries[i];
             (c + entry.clusters, e + entry.endpoints)
         });
+        let always_visible = match status {
+            Status::Scoped => group_reasons(kept.iter().filter(|a| a.visible_from(ns))),
+            _ => Vec::new(),
+        };
         let row = WorkloadReport {
+            always_visible,
             host_cap_reached: capped.get(&id).copied(),
             workload: id,
             status,
@@ -300,11 +310,18 @@ pub fn report(index: &Index, desired: &Desired, config: &RenderConfig) -> Report
 /// in the order found (a host can be both a Service's and a VirtualService's), each
 /// distinct reason once.
 pub fn always_visible_hosts(index: &Index, config: &RenderConfig) -> Vec<AlwaysVisibleHost> {
+    group_reasons(desired::always_visible(index, config).iter())
+}
+
+/// One row per `ns/host`, in the order found, each distinct reason once.
+fn group_reasons<'a, 'b: 'a>(
+    hosts: impl Iterator<Item = &'a desired::AlwaysVisible<'b>>,
+) -> Vec<AlwaysVisibleHost> {
     let mut rows: Vec<(String, Vec<String>)> = Vec::new();
     let mut row_of: BTreeMap<String, usize> = BTreeMap::new();
-    for a in desired::always_visible(index, config) {
+    for a in hosts {
         let i = *row_of.entry(a.egress_host.clone()).or_insert_with(|| {
-            rows.push((a.egress_host, Vec::new()));
+            rows.push((a.egress_host.clone(), Vec::new()));
             rows.len() - 1
         });
         for why in &a.why {
@@ -427,6 +444,7 @@ mod tests {
             clusters_removed: counts[2],
             endpoints_removed: counts[3],
             host_cap_reached: None,
+            always_visible: Vec::new(),
         }
     }
 
@@ -485,14 +503,24 @@ mod tests {
             reason: "user Sidecar v1-only already selects its pods".to_string(),
         };
         // Visible from shop: 5 shop Services, payments, istiod (vault is private).
+        // A scoped workload lists what it keeps unlearned as it sees it: postgres, not
+        // payments' private vault.
+        let postgres = || AlwaysVisibleHost {
+            host: "shop/postgres.shop.svc.cluster.local".to_string(),
+            reason: "port 5432 (name \"tcp-postgres\") is TCP, not HTTP".to_string(),
+        };
+        let scoped = |name: &str, counts: [usize; 4]| WorkloadReport {
+            always_visible: vec![postgres()],
+            ..mk_row(name, Status::Scoped, counts)
+        };
         let want = Report {
             workloads: vec![
                 // Keeps istiod, postgres, reviews and (through the VirtualService)
                 // reviews-v2; drops productpage (1 pod), ratings, payments.
-                mk_row("productpage", Status::Scoped, [7, 4, 3, 1]),
+                scoped("productpage", [7, 4, 3, 1]),
                 mk_row("reviews-v1", refused, [7, 7, 0, 0]),
                 // Drops productpage (1), reviews (2 pods), reviews-v2 (1), ratings, payments.
-                mk_row("reviews-v2", Status::Scoped, [7, 2, 5, 4]),
+                scoped("reviews-v2", [7, 2, 5, 4]),
             ],
             totals: Totals {
                 workloads: 3,

@@ -123,6 +123,12 @@ fn golden_demo_report() {
     assert_eq!(
         json["workloads"][6],
         serde_json::json!({
+            "always_visible": [
+                {"host": "payments/api.stripe.com",
+                 "reason": "port 443 (protocol \"HTTPS\") is HTTPS, not HTTP"},
+                {"host": "shop/postgres.shop.svc.cluster.local",
+                 "reason": "port 5432 (name \"tcp-postgres\") is TCP, not HTTP"},
+            ],
             "workload": {"namespace": "shop", "kind": "Deployment", "name": "productpage"},
             "status": "scoped",
             "hosts_without": 13,
