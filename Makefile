@@ -20,7 +20,7 @@ export LAZYXDS_BIN := $(abspath target/debug/lazyxds)
 # tests/cluster/go/, pinned in tests/cluster/versions (with the reason for each).
 CLUSTER_GO     := tests/cluster/go
 export LAZYXDS_CLUSTER_BIN := $(abspath target/cluster/bin)
-CLUSTER_PINS   := tests/cluster/versions $(CLUSTER_GO)/build.sh $(wildcard $(CLUSTER_GO)/*/go.mod $(CLUSTER_GO)/*/go.sum $(CLUSTER_GO)/*/cmd/*/*.go)
+CLUSTER_PINS   := tests/cluster/versions $(CLUSTER_GO)/build.sh $(CLUSTER_GO)/fetch-crds.sh $(wildcard $(CLUSTER_GO)/*/go.mod $(CLUSTER_GO)/*/go.sum $(CLUSTER_GO)/*/cmd/*/*.go)
 # The e2e tests run in a network namespace of their own (root): the control plane, pod IPs
 # and Envoys listening on 0.0.0.0 are reachable only from inside it. Cargo runs each test
 # binary through this runner.
@@ -55,11 +55,12 @@ setup-wasm-test: ## wasm-bindgen-test-runner pinned to Cargo.lock's wasm-bindgen
 	  $(CARGO) install wasm-bindgen-cli --version "$$want"; \
 	else echo "wasm-bindgen-test-runner $$have"; fi
 
-setup-cluster: $(LAZYXDS_CLUSTER_BIN)/.built ## etcd, kube-apiserver/-controller-manager/-scheduler, kubectl, istiod, pilot-agent, istioctl from pinned Go modules (cold: ~20 min on 2 cores; cached after)
+setup-cluster: $(LAZYXDS_CLUSTER_BIN)/.built ## etcd, kube-apiserver/-controller-manager/-scheduler, kubectl, istiod, pilot-agent, istioctl from pinned Go modules, the CRDs of each supported Istio (cold: ~20 min on 2 cores; cached after)
 
 $(LAZYXDS_CLUSTER_BIN)/.built: $(CLUSTER_PINS)
 	@command -v go >/dev/null || { echo "setup-cluster needs Go (go.dev toolchain, >= the go line of $(CLUSTER_GO)/*/go.mod)"; exit 1; }
 	$(CLUSTER_GO)/build.sh $(LAZYXDS_CLUSTER_BIN)
+	$(CLUSTER_GO)/fetch-crds.sh $(LAZYXDS_CLUSTER_BIN)
 	touch $@
 
 # ---- build ------------------------------------------------------------------------

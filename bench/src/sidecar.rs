@@ -300,7 +300,7 @@ pub fn bootstrap(services: &[ServicePort], port: u16, cert_pem: &str, key_pem: &
     }
     let gateway = ServicePort::new("lazyxds-gateway", "istio-system", 8080, true, 0).cluster();
     for (p, mut vhosts) in by_port {
-        // Unknown hosts go to the lazy gateway (Sidecar egressProxy).
+        // Unknown hosts go to the lazy gateway (the catch-all route our EnvoyFilter sets).
         vhosts.push(json!({
             "name": "allow_any",
             "domains": ["*"],

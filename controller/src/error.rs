@@ -147,4 +147,15 @@ pub enum FileModeError {
         path: std::path::PathBuf,
         message: String,
     },
+    #[error(
+        "{file} lacks {removal} that have Sidecar files in {dir}: more than \
+         --max-removal-percent {max_percent}; refusing to start (a truncated or empty \
+         topology would remove their Sidecars and learned deps; fix the file or raise the flag)"
+    )]
+    Shrink {
+        file: std::path::PathBuf,
+        dir: std::path::PathBuf,
+        removal: lazyxds_index::Removal,
+        max_percent: u8,
+    },
 }

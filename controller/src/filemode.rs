@@ -1,5 +1,7 @@
 //! File mode (`lazyxds run --file TOPOLOGY --out DIR`): a topology file stands in for the
-//! cluster, and the desired Sidecars are written as YAML files instead of applied; the
+//! cluster, and the desired Sidecars are written as YAML files instead of applied (one
+//! file per workload: its catch-all EnvoyFilter, then its Sidecar, the order
+//! `kubectl apply -f` needs so that first calls always have the gateway to go to); the
 //! gateway's routing objects go to `DIR/gateway/lazyxds-gateway.yaml`, and gateways get
 //! the namespace table of the topology's pods.
 //!
@@ -16,6 +18,7 @@ use std::time::{Duration, SystemTime};
 
 use lazyxds_index::objects::{is_ours, string_map};
 use lazyxds_index::{Desired, GatewayObjects, Index, Pass, RenderConfig, SidecarObject, Topology};
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::error::FileModeError;
@@ -126,11 +129,53 @@ pub fn read_our_sidecars(dir: &Path) -> Result<BTreeMap<PathBuf, SidecarObject>,
             path: path.clone(),
             source,
         })?;
-        if let Some(sidecar) = parse_our_sidecar(&path, &text)? {
-            out.insert(path, sidecar);
+        match parse_our_sidecar(&path, &text)? {
+            Some(sidecar) => {
+                out.insert(path, sidecar);
+            }
+            None if looks_ours(&path) => move_aside(&path),
+            None => {}
         }
     }
     Ok(out)
+}
+
+/// The Sidecar document of a workload file (files of older versions hold the Sidecar
+/// alone; current ones its EnvoyFilter first).
+/// Stops at the first document that does not parse (the deserializer would yield its error
+/// again and again).
+fn sidecar_document(text: &str) -> Option<Value> {
+    serde_norway::Deserializer::from_str(text)
+        .map_while(|doc| Value::deserialize(doc).ok())
+        .find(|doc| doc.get("kind").and_then(Value::as_str) == Some("Sidecar"))
+}
+
+/// Named as we name workload files (`<namespace>_lazyxds-…yaml`).
+fn looks_ours(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.contains("_lazyxds-"))
+}
+
+/// A file named as ours that holds no Sidecar of ours (empty, truncated, not YAML): its
+/// learned deps cannot be read, so it is kept for a human under another name rather than
+/// overwritten, and said so.
+fn move_aside(path: &Path) {
+    let stamp = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let aside = path.with_extension(format!("yaml.damaged-{stamp}"));
+    match fs::rename(path, &aside) {
+        Ok(()) => tracing::error!(
+            file = %path.display(), moved_to = %aside.display(),
+            "a workload file of ours holds no readable Sidecar (its learned deps are lost to \
+             this controller); moved aside, not overwritten"
+        ),
+        Err(error) => tracing::error!(
+            file = %path.display(), %error,
+            "a workload file of ours holds no readable Sidecar and cannot be moved aside"
+        ),
+    }
 }
 
 fn parse_our_sidecar(path: &Path, text: &str) -> Result<Option<SidecarObject>, FileModeError> {
@@ -138,13 +183,10 @@ fn parse_our_sidecar(path: &Path, text: &str) -> Result<Option<SidecarObject>, F
         path: path.to_path_buf(),
         message,
     };
-    // Not YAML, or not a Sidecar: not ours, leave it alone.
-    let Ok(value) = serde_norway::from_str::<Value>(text) else {
+    // Not YAML, or no Sidecar: not ours, leave it alone.
+    let Some(value) = sidecar_document(text) else {
         return Ok(None);
     };
-    if value.get("kind").and_then(Value::as_str) != Some("Sidecar") {
-        return Ok(None);
-    }
     let meta = &value["metadata"];
     let labels = string_map(&meta["labels"]);
     if !is_ours(&labels) {
@@ -169,7 +211,8 @@ fn parse_our_sidecar(path: &Path, text: &str) -> Result<Option<SidecarObject>, F
     .map_err(|e| bad(e.to_string()))
 }
 
-/// The file a Sidecar is written to: `<namespace>_<name>.yaml` (`_` is in neither).
+/// The file a workload's Sidecar (and its EnvoyFilter) is written to:
+/// `<namespace>_<name>.yaml` (`_` is in neither).
 pub fn sidecar_file(dir: &Path, namespace: &str, name: &str) -> PathBuf {
     dir.join(format!("{namespace}_{name}.yaml"))
 }
@@ -182,19 +225,22 @@ pub struct WriteStats {
     pub removed: usize,
 }
 
-/// Writes every desired Sidecar whose file differs (write, then rename: readers never see
-/// half a file) and removes our files that are no longer desired.
+/// Writes every desired workload file (its EnvoyFilter and Sidecar) whose content
+/// differs (write, then rename: readers never see half a file) and removes our files that
+/// are no longer desired.
 pub fn write_sidecars(dir: &Path, desired: &Desired) -> Result<WriteStats, FileModeError> {
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     let mut stats = WriteStats::default();
     let mut keep = BTreeSet::new();
-    for sidecar in desired.sidecars.values() {
+    for (key, sidecar) in &desired.sidecars {
         let meta = &sidecar.metadata;
         let path = sidecar_file(dir, &meta.namespace, &meta.name);
-        let text = sidecar.to_yaml().map_err(|e| FileModeError::Sidecar {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
+        let text = desired
+            .workload_yaml(key)
+            .map_err(|e| FileModeError::Sidecar {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
         keep.insert(path.clone());
         if fs::read_to_string(&path).is_ok_and(|old| old == text) {
             stats.unchanged += 1;
@@ -247,13 +293,29 @@ fn write_whole(tmp: &Path, path: &Path, text: &str) -> Result<(), FileModeError>
 }
 
 /// Builds the index for a topology and the Sidecars already in `dir` (restart safety).
+/// Refuses a topology that lacks more than `max_removal_percent` of the workloads those
+/// Sidecars scope.
 pub fn load_state(
-    topology: &Topology,
+    (file, topology): (&Path, &Topology),
     dir: &Path,
     index: &mut Index,
+    max_removal_percent: u8,
 ) -> Result<u64, FileModeError> {
-    topology.apply_to(index);
     let ours = read_our_sidecars(dir)?;
+    let scoped: BTreeSet<_> = ours
+        .values()
+        .filter_map(|s| s.restored.as_ref().map(|r| r.workload.clone()))
+        .collect();
+    let removal = topology.removal(&scoped, index.config());
+    if removal.exceeds(max_removal_percent) {
+        return Err(FileModeError::Shrink {
+            file: file.to_path_buf(),
+            dir: dir.to_path_buf(),
+            removal,
+            max_percent: max_removal_percent,
+        });
+    }
+    topology.apply_to(index);
     let restored = index.restore_from_sidecars(ours.into_values());
     index.forget_absent_workloads();
     Ok(restored)
@@ -283,6 +345,7 @@ pub struct FileTarget {
     /// Whether files get written: the last pass's writes, or the last probe of `--out`.
     writes: Arc<WritePath>,
     next_probe: tokio::time::Instant,
+    max_removal_percent: u8,
 }
 
 impl FileTarget {
@@ -307,6 +370,7 @@ impl FileTarget {
             parsing: None,
             writes: Arc::default(),
             next_probe: tokio::time::Instant::now() + WRITE_PROBE_EVERY,
+            max_removal_percent: 50,
         }
     }
 
@@ -332,6 +396,12 @@ impl FileTarget {
     /// Reloads refuse files larger than `max_bytes` (`--max-topology-bytes`).
     pub fn with_max_bytes(mut self, max_bytes: u64) -> Self {
         self.max_bytes = max_bytes;
+        self
+    }
+
+    /// A reload that would remove more than this share of the workloads is refused.
+    pub fn with_max_removal_percent(mut self, percent: u8) -> Self {
+        self.max_removal_percent = percent;
         self
     }
 }
@@ -402,6 +472,19 @@ impl Target for FileTarget {
             self.parsing = None;
             match parsed {
                 Ok(topology) => {
+                    let removal = {
+                        let index = self.learner.index();
+                        topology.removal(&index.workload_ids(), index.config())
+                    };
+                    if removal.exceeds(self.max_removal_percent) {
+                        tracing::error!(
+                            file = %self.topology.display(), %removal,
+                            max_removal_percent = self.max_removal_percent,
+                            "topology not reloaded: it would remove {removal} at once (their \
+                             Sidecars and learned deps with them); keeping the last good state"
+                        );
+                        continue;
+                    }
                     topology.apply_to(&mut self.learner.index());
                     self.render = topology.render_config(self.base_render.clone());
                     tracing::info!(file = %self.topology.display(), "topology reloaded");
@@ -424,10 +507,16 @@ fn log_refusals(desired: &Desired, last: &mut BTreeMap<String, String>) {
         .refusals
         .iter()
         .map(|r| (format!("{}", r.workload), r.reason.to_string()))
+        .chain(
+            desired
+                .capped
+                .iter()
+                .map(|c| (format!("{}", c.workload), c.to_string())),
+        )
         .collect();
     for (workload, reason) in &now {
         if last.get(workload) != Some(reason) {
-            tracing::warn!(%workload, %reason, "workload not scoped");
+            tracing::warn!(%workload, %reason, "workload not scoped, or scoped at the host cap");
         }
     }
     *last = now;

@@ -195,10 +195,11 @@ fn print_uninstall(args: &lazyxds::install::cli::UninstallArgs) -> Result<()> {
 fn print_report(args: &ReportArgs) -> Result<()> {
     let topology = filemode::load_topology(&args.file)?;
     let mut index = Index::new(args.scoping.index_config());
-    filemode::load_state(&topology, &args.sidecars, &mut index)?;
+    // A report changes nothing: it reads whatever is there.
+    filemode::load_state((&args.file, &topology), &args.sidecars, &mut index, 100)?;
     let render = topology.render_config(args.scoping.render_config());
     let desired = desired(&index, &render);
-    let report = report(&index, &desired);
+    let report = report(&index, &desired, &render);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -60,7 +60,7 @@ pub struct ScopingArgs {
     #[arg(long, env = "LAZYXDS_MAX_HOSTS", default_value_t = 1000,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_hosts: u32,
-    /// FQDN of the lazy egress gateway Service (the Sidecars' egressProxy host); default
+    /// FQDN of the lazy egress gateway Service (where scoped workloads send unknown HTTP); default
     /// `lazyxds-gateway.<gateway namespace>.svc.<cluster domain>`. In file mode the
     /// topology's `gateway` section wins.
     #[arg(long, env = "LAZYXDS_GATEWAY_HOST", value_parser = parse_fqdn)]
@@ -73,7 +73,7 @@ pub struct ScopingArgs {
         value_parser = parse_namespace
     )]
     pub gateway_namespace: String,
-    /// The gateway's egressProxy port.
+    /// The gateway Service's port scoped workloads send unknown HTTP to.
     #[arg(long, env = "LAZYXDS_EGRESS_PROXY_PORT", default_value_t = 8080,
           value_parser = clap::value_parser!(u16).range(1..))]
     pub egress_proxy_port: u16,
@@ -241,6 +241,14 @@ pub struct RunArgs {
     /// already there are read back first: a restart never forgets learned deps.
     #[arg(long, env = "LAZYXDS_OUT", requires = "file")]
     pub out: Option<PathBuf>,
+
+    /// File mode: a topology (at start, against the Sidecar files there; on reload,
+    /// against the last good one) that would remove more than this share of the
+    /// workloads at once is refused — an empty or truncated file would take their
+    /// Sidecars with them. 100 turns the check off.
+    #[arg(long, env = "LAZYXDS_MAX_REMOVAL_PERCENT", default_value_t = 50,
+          value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub max_removal_percent: u8,
 
     /// Kubernetes mode: watch the cluster (in-cluster credentials, else KUBECONFIG /
     /// ~/.kube/config) and keep opted-in workloads' Sidecars with server-side apply.
@@ -424,10 +432,12 @@ impl RunArgs {
         let topology = filemode::load_topology_off_runtime(file, self.max_topology_bytes).await?;
         let index = Index::new(self.scoping.index_config());
         let (topology, index, restored) = {
-            let out = out.to_path_buf();
+            let (file, out) = (file.to_path_buf(), out.to_path_buf());
+            let max_removal_percent = self.max_removal_percent;
             tokio::task::spawn_blocking(move || {
                 let mut index = index;
-                let restored = filemode::load_state(&topology, &out, &mut index);
+                let restored =
+                    filemode::load_state((&file, &topology), &out, &mut index, max_removal_percent);
                 restored.map(|restored| (topology, index, restored))
             })
             .await
@@ -442,7 +452,8 @@ impl RunArgs {
             &topology,
             learner.clone(),
         )
-        .with_max_bytes(self.max_topology_bytes);
+        .with_max_bytes(self.max_topology_bytes)
+        .with_max_removal_percent(self.max_removal_percent);
         let ready = target.write_path();
         Ok(Runtime {
             views: Views {

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use serde::Deserialize;
 use serde_json::Value;
 use support::{outbound, Controller};
 
@@ -31,7 +32,11 @@ const DB: &str = "db.shop.svc.cluster.local";
 fn web_deps(dir: &Path) -> Option<BTreeSet<String>> {
     let text =
         std::fs::read_to_string(dir.join("sidecars/shop_lazyxds-deployment-web.yaml")).ok()?;
-    let v: Value = serde_norway::from_str(&text).unwrap();
+    // The workload's catch-all EnvoyFilter, then its Sidecar.
+    let v: Value = serde_norway::Deserializer::from_str(&text)
+        .map(|doc| Value::deserialize(doc).unwrap())
+        .find(|doc| doc["kind"] == "Sidecar")
+        .unwrap();
     let deps: serde_json::Map<String, Value> = serde_json::from_str(
         v["metadata"]["annotations"]["lazyxds.io/deps"]
             .as_str()
@@ -239,4 +244,111 @@ async fn a_cluster_domain_names_the_services_and_a_bad_one_is_refused() {
             "{bad:?}: {stderr}"
         );
     }
+}
+
+/// Waits until the controller's log says `what`.
+async fn wait_log(controller: &Controller, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !controller.log().contains(what) {
+        assert!(
+            Instant::now() < deadline,
+            "no {what:?} in:\n{}",
+            controller.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn run_once(dir: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_lazyxds"))
+        .args([
+            "run",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+        ])
+        .arg("--file")
+        .arg(dir.join("topology.yaml"))
+        .arg("--out")
+        .arg(dir.join("sidecars"))
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_empty_topology_removes_nothing_on_reload_or_at_start() {
+    let dir = setup();
+    let controller = start(dir.path());
+    controller.send(&[([10, 0, 0, 1], &outbound(API))]).await;
+    wait_for_web_deps(dir.path(), &[API], &controller).await;
+    let files = || {
+        let mut names: Vec<String> = std::fs::read_dir(dir.path().join("sidecars"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let before = files();
+    assert_eq!(before.len(), 3, "{before:?}"); // web, api, gateway/
+
+    // Truncated to nothing (a failed write, a bad sync): refused, the last good state kept.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    std::fs::write(dir.path().join("topology.yaml"), "").unwrap();
+    wait_log(&controller, "topology not reloaded").await;
+    assert!(
+        controller.log().contains("2 of 2 workloads"),
+        "{}",
+        controller.log()
+    );
+    controller.send(&[([10, 0, 0, 1], &outbound(DB))]).await;
+    wait_for_web_deps(dir.path(), &[API, DB], &controller).await;
+    assert_eq!(files(), before);
+    drop(controller);
+
+    // A restart on the empty file refuses to start, naming the file and the flag.
+    let out = run_once(dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("topology.yaml")
+            && stderr.contains("2 of 2 workloads")
+            && stderr.contains("--max-removal-percent"),
+        "{stderr}"
+    );
+    assert_eq!(files(), before);
+    assert_eq!(
+        web_deps(dir.path()).map(|d| d.len()),
+        Some(2),
+        "the learned deps are still on disk"
+    );
+}
+
+#[tokio::test]
+async fn a_damaged_workload_file_is_moved_aside_not_overwritten() {
+    let dir = setup();
+    let sidecars = dir.path().join("sidecars");
+    std::fs::create_dir_all(&sidecars).unwrap();
+    let web = sidecars.join("shop_lazyxds-deployment-web.yaml");
+    std::fs::write(&web, "apiVersion: networking.istio.io/v1\nkind: Side").unwrap();
+    // Not ours by name: left alone whatever it holds.
+    let other = sidecars.join("notes.yaml");
+    std::fs::write(&other, "{{{ not yaml").unwrap();
+    let controller = start(dir.path());
+    wait_log(&controller, "moved aside").await;
+    let aside: Vec<_> = std::fs::read_dir(&sidecars)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains(".yaml.damaged-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(
+        std::fs::read_to_string(&aside[0]).unwrap(),
+        "apiVersion: networking.istio.io/v1\nkind: Side"
+    );
+    assert_eq!(std::fs::read_to_string(&other).unwrap(), "{{{ not yaml");
+    // The workload is scoped afresh.
+    controller.send(&[([10, 0, 0, 1], &outbound(API))]).await;
+    wait_for_web_deps(dir.path(), &[API], &controller).await;
 }

@@ -13,6 +13,9 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use fake_apiserver::{FakeApiServer, RequestRecord};
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};
@@ -256,7 +259,7 @@ fn a_missing_or_wrong_module_fails_clearly() {
 
 #[test]
 fn bad_settings_are_refused_naming_the_flag_or_field() {
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 9] = [
         (
             &["--filter-config", r#"{"flush_interval_ms":"soon"}"#],
             "field `flush_interval_ms`",
@@ -269,6 +272,18 @@ fn bad_settings_are_refused_naming_the_flag_or_field() {
         ),
         (&["--namespace", "Bad_NS"], "--namespace"),
         (&["--egress-proxy-port", "15001"], "--egress-proxy-port"),
+        // FAIL_RELOAD in a WasmPlugin needs a release whose CRD has it.
+        (
+            &[
+                "--module-url",
+                "oci://r/f:1",
+                "--failure-policy",
+                "FAIL_RELOAD",
+            ],
+            "--istio-version",
+        ),
+        (&["--istio-version", "1.x"], "MAJOR.MINOR"),
+        (&["--istio-version", "1.20"], "--istio-version"),
     ];
     for (flags, want) in cases {
         let mut args = vec!["install"];
@@ -278,9 +293,28 @@ fn bad_settings_are_refused_naming_the_flag_or_field() {
         args.extend(flags);
         let out = lazyxds(&args);
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        // A value the flag's own parser refuses is a usage error (clap: 2).
+        let code = if want == "MAJOR.MINOR" { 2 } else { 1 };
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
         assert!(err.contains(want), "{args:?}: {err}");
     }
+}
+
+#[test]
+fn the_wasm_plugin_fails_open_unless_the_istio_version_has_fail_reload() {
+    let strategy = |extra: &[&str]| {
+        let mut args = vec!["install", "--module-url", "oci://r/f:1"];
+        args.extend(extra);
+        let all = docs(&ok(lazyxds(&args)));
+        find(&all, "WasmPlugin", "lazyxds-filter")["spec"]["failStrategy"].clone()
+    };
+    assert_eq!(strategy(&[]), "FAIL_OPEN");
+    assert_eq!(strategy(&["--istio-version", "1.26"]), "FAIL_OPEN");
+    assert_eq!(strategy(&["--istio-version", "1.27"]), "FAIL_RELOAD");
+    assert_eq!(
+        strategy(&["--istio-version", "1.24", "--failure-policy", "FAIL_CLOSED"]),
+        "FAIL_CLOSE"
+    );
 }
 
 // ---- round trip ---------------------------------------------------------------------
@@ -311,6 +345,9 @@ fn assert_round_trips(v: &Value) {
         "Gateway" => round_trip::<istio::Gateway>(v),
         "DestinationRule" => round_trip::<istio::DestinationRule>(v),
         "VirtualService" => round_trip::<istio::VirtualService>(v),
+        "AuthorizationPolicy" => round_trip::<istio::AuthorizationPolicy>(v),
+        "ValidatingAdmissionPolicy" => round_trip::<ValidatingAdmissionPolicy>(v),
+        "ValidatingAdmissionPolicyBinding" => round_trip::<ValidatingAdmissionPolicyBinding>(v),
         other => panic!("no type for kind {other}: add it to the round trip"),
     };
     assert_eq!(&back, v, "{} {} lost or changed a field", kind(v), name(v));
@@ -333,6 +370,9 @@ fn every_manifest_round_trips_through_its_type() {
         "WasmPlugin",
         "HorizontalPodAutoscaler",
         "Gateway",
+        "AuthorizationPolicy",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
     ] {
         assert!(kinds.contains(k), "{k} missing: {kinds:?}");
     }
@@ -346,7 +386,13 @@ fn every_manifest_round_trips_through_its_type() {
 /// The objects of one install agree with each other and with `config`.
 fn assert_consistent(docs: &[Value], config: &InstallConfig) {
     let ns = &config.namespace;
-    let cluster_scoped = ["Namespace", "ClusterRole", "ClusterRoleBinding"];
+    let cluster_scoped = [
+        "Namespace",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    ];
     for d in docs {
         if cluster_scoped.contains(&kind(d)) {
             continue;
@@ -545,6 +591,25 @@ fn assert_consistent(docs: &[Value], config: &InstallConfig) {
             }
         }
     }
+    // Only authenticated mesh identities may use the gateway's egress port.
+    let ap: istio::AuthorizationPolicy =
+        serde_json::from_value(find(docs, "AuthorizationPolicy", &config.gateway.name).clone())
+            .unwrap();
+    assert!(is_subset(&ap.spec.selector.match_labels, &gw_labels));
+    assert_eq!(ap.spec.action, "ALLOW");
+    assert_eq!(ap.spec.rules.len(), 1);
+    assert_eq!(ap.spec.rules[0].from[0].source.principals, ["*"]);
+    assert_eq!(
+        ap.spec.rules[0].to[0].operation.ports,
+        [egress_port.to_string()]
+    );
+    // `source.address` is the connection's, never a caller's X-Forwarded-For.
+    let proxy_config: Value =
+        serde_json::from_str(gw_ann["proxy.istio.io/config"].as_str()).unwrap();
+    assert_eq!(
+        proxy_config["gatewayTopology"],
+        json!({"numTrustedProxies": 0})
+    );
     let gw: istio::Gateway =
         serde_json::from_value(find(docs, "Gateway", &config.gateway.name).clone()).unwrap();
     assert!(is_subset(&gw.spec.selector, &gw_labels));
@@ -603,14 +668,21 @@ fn assert_consistent(docs: &[Value], config: &InstallConfig) {
             serde_json::from_str(config["configuration"]["value"].as_str().unwrap()).unwrap()
         }
     };
+    let grpc_host = format!(
+        "{}.{ns}.svc.{}",
+        grpc.metadata.name.as_deref().unwrap(),
+        config.cluster_domain
+    );
     assert_eq!(
         plugin["controller_cluster"],
-        json!(format!(
-            "outbound|{}||{}.{ns}.svc.{}",
-            grpc_port.port,
-            grpc.metadata.name.as_deref().unwrap(),
-            config.cluster_domain
-        ))
+        json!(format!("outbound|{}||{grpc_host}", grpc_port.port))
+    );
+    // A gateway istiod filters to its routes' clusters still gets the controller's: the
+    // catch-all EnvoyFilter (there with either module delivery) names its Service.
+    let catch_all = find(docs, "EnvoyFilter", "lazyxds-external");
+    assert_eq!(
+        catch_all["metadata"]["annotations"]["envoyfilter.istio.io/referenced-services"],
+        json!(format!("{ns}/{grpc_host}"))
     );
 
     // Disruption budgets and the autoscaler cover the Deployments.
@@ -630,6 +702,22 @@ fn assert_consistent(docs: &[Value], config: &InstallConfig) {
         "the HPA owns the gateway's replicas"
     );
     assert_eq!(controller.spec.replicas, Some(config.controller.replicas));
+
+    // The admission policy applies to the controller's ServiceAccount, the one bound below.
+    let vap = find(
+        docs,
+        "ValidatingAdmissionPolicy",
+        "lazyxds-writes-only-ours",
+    );
+    assert_eq!(
+        vap["spec"]["matchConditions"][0]["expression"],
+        json!(format!(
+            "request.userInfo.username == 'system:serviceaccount:{ns}:{}'",
+            icfg::CONTROLLER_NAME
+        ))
+    );
+    let vap_binding = find(docs, "ValidatingAdmissionPolicyBinding", name(vap));
+    assert_eq!(vap_binding["spec"]["policyName"], vap["metadata"]["name"]);
 
     // RBAC: bindings name the controller's ServiceAccount and existing roles.
     for (binding, role, bname) in [

@@ -207,11 +207,18 @@ async fn dry_run_writes_nothing_and_shows_the_plan() {
         || {
             let text = futures_lite_block(ctl.http_get("/debug/plan"));
             let plan: Value = serde_json::from_str(&text).ok()?;
-            let change = plan["plan"]["changes"].as_array()?.first()?.clone();
-            change["diff"].to_string().contains(API).then_some(change)
+            let changes = plan["plan"]["changes"].as_array()?.clone();
+            let learned = changes
+                .iter()
+                .any(|c| c["kind"] == "Sidecar" && c["diff"].to_string().contains(API));
+            learned.then_some(changes)
         },
     )
     .await;
+    // The workload's EnvoyFilter, then its Sidecar listing what it learned.
+    let kinds: Vec<&Value> = plan.iter().map(|c| &c["kind"]).collect();
+    assert_eq!(kinds, ["EnvoyFilter", "Sidecar"], "{plan:?}");
+    let plan = &plan[1];
     assert_eq!(plan["action"], "create");
     assert_eq!(plan["name"], WEB_SIDECAR);
     let writes: Vec<_> = c
@@ -224,7 +231,7 @@ async fn dry_run_writes_nothing_and_shows_the_plan() {
         .collect();
     assert!(writes.is_empty(), "{writes:?}");
     assert!(
-        ctl.log().contains("dry-run: would change Sidecar"),
+        ctl.log().contains("dry-run: would change kind=Sidecar"),
         "{}",
         ctl.log()
     );
@@ -245,7 +252,7 @@ async fn not_ready_while_every_write_fails() {
         || ctl.log(),
         || {
             let body = futures_lite_block(ctl.http_get("/readyz"));
-            body.starts_with("not ready: every Sidecar write of the last pass failed")
+            body.starts_with("not ready: every write of the last pass failed")
                 .then_some(body)
         },
     )
@@ -400,6 +407,9 @@ async fn istio_mesh_config_discovery_selectors_and_outbound_policy_are_honoured(
     c.apply(json!({"apiVersion": "v1", "kind": "Namespace",
         "metadata": {"name": "shop", "labels": {"istio-discovery": "enabled"},
             "annotations": {"lazyxds.io/enabled": "true"}}}));
+    // The gateway's namespace too: while istiod ignores it, nothing is scoped.
+    c.apply(json!({"apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": SYSTEM, "labels": {"istio-discovery": "enabled"}}}));
     c.wait_web_deps(&[], &ctl).await;
 }
 

@@ -32,6 +32,13 @@ pub struct Outbound<'a> {
     pub host: &'a str,
 }
 
+/// The name istiod gives the cluster: `outbound|<port>|<subset>|<host>`.
+impl std::fmt::Display for Outbound<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "outbound|{}|{}|{}", self.port, self.subset, self.host)
+    }
+}
+
 impl<'a> ClusterName<'a> {
     /// Parses a cluster name. Never fails: unrecognised names are [`ClusterName::Other`].
     pub fn parse(name: &'a str) -> Self {
@@ -99,6 +106,17 @@ mod tests {
 
     fn mk_outbound<'a>(port: u16, subset: &'a str, host: &'a str) -> ClusterName<'a> {
         ClusterName::Outbound(Outbound { port, subset, host })
+    }
+
+    #[test]
+    fn an_outbound_name_prints_as_istiod_names_it_and_parses_back() {
+        for name in [
+            "outbound|9080||reviews.default.svc.cluster.local",
+            "outbound|9080|v1|reviews.default.svc.cluster.local",
+        ] {
+            let parsed = ClusterName::parse(name).outbound().unwrap();
+            assert_eq!(parsed.to_string(), name);
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Client-side Envoys playing the sidecars of workloads: plain HTTP in on a local port,
 //! out to the gateway over mTLS with the workload's SPIFFE certificate, from the
-//! workload's pod address (`upstream_bind_config`), as Istio's egressProxy cluster with an
-//! `ISTIO_MUTUAL` DestinationRule does.
+//! workload's pod address (`upstream_bind_config`), as the gateway's cluster does in a
+//! scoped sidecar (the catch-all route our EnvoyFilter adds) with an `ISTIO_MUTUAL`
+//! DestinationRule.
 
 use std::net::Ipv4Addr;
 

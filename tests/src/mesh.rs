@@ -492,8 +492,13 @@ pub fn read_sidecar_files(dir: &Path) -> Result<BTreeMap<String, SidecarFile>> {
         if file.extension().is_none_or(|e| e != "yaml") {
             continue;
         }
-        let text = std::fs::read_to_string(&file)?;
-        let v: Value = serde_norway::from_str(&text).with_context(|| file.display().to_string())?;
+        // The workload's catch-all EnvoyFilter, then its Sidecar.
+        let Some(v) = read_objects(&file)?
+            .into_iter()
+            .find(|o| o["kind"] == "Sidecar")
+        else {
+            continue;
+        };
         let meta = &v["metadata"];
         let annotation = |k: &str| {
             meta["annotations"][k]

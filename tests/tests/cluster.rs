@@ -431,6 +431,8 @@ async fn the_installed_rbac_grants_what_the_controller_needs_and_no_more() {
         &["watch", "services", "--all-namespaces"],
         &["patch", "sidecars.networking.istio.io", "-n", "default"],
         &["create", "events.events.k8s.io", "-n", "default"],
+        // Each scoped workload's catch-all.
+        &["patch", "envoyfilters.networking.istio.io", "-n", "default"],
     ] {
         assert!(can(allowed), "the controller may not {allowed:?}");
     }
@@ -440,7 +442,7 @@ async fn the_installed_rbac_grants_what_the_controller_needs_and_no_more() {
         &["patch", "deployments.apps", "-n", "default"],
         &[
             "create",
-            "envoyfilters.networking.istio.io",
+            "destinationrules.networking.istio.io",
             "-n",
             "default",
         ],
@@ -541,6 +543,101 @@ impl Dump {
     }
 }
 
+/// The lazy gateway: the installed Deployment's pod, running at a fresh IP, under
+/// `pilot-agent proxy router` with its pod's annotations (the downward-API file, where
+/// pilot-agent reads `proxy.istio.io/config`) over `proxy_config` (what injection puts in
+/// PROXY_CONFIG from the mesh's `defaultConfig`), its module mounted where the install's
+/// ConfigMap volume puts it.
+async fn lazy_gateway(c: &'static Cluster, proxy_config: Value) -> IstioProxy {
+    let gw_pods = lazyxds::scheduled_pods(c, NAMESPACE, "lazyxds-gateway", 1)
+        .await
+        .unwrap();
+    let gw_pod = gw_pods[0]["metadata"]["name"].as_str().unwrap().to_string();
+    let gw_ip = c.pod_ip();
+    c.set_pod_running(NAMESPACE, &gw_pod, gw_ip).unwrap();
+    let wasm = lazyxds_e2e::paths::wasm_path().unwrap();
+    IstioProxy::start(
+        c,
+        ProxyPod {
+            namespace: NAMESPACE.into(),
+            name: gw_pod,
+            service_account: "lazyxds-gateway".into(),
+            ip: gw_ip,
+            labels: labels_of(&gw_pods[0]),
+            mode: ProxyMode::Router,
+            concurrency: 1,
+            proxy_config,
+            mounts: vec![(wasm, "/etc/lazyxds/filter/lazyxds_filter.wasm".into())],
+        },
+    )
+    .await
+    .unwrap()
+}
+
+impl Dump {
+    /// The virtual host Envoy picks for `host` in the route configuration named
+    /// `route_config` (a sidecar's are named by port; `None`: every one, as on a gateway
+    /// with one server): an exact domain, else the longest `*.suffix` one, else `*`.
+    fn virtual_host(&self, route_config: Option<&str>, host: &str) -> Option<&Value> {
+        let vhosts: Vec<&Value> = self
+            .route_configs()
+            .into_iter()
+            .filter(|rc| route_config.is_none_or(|name| rc["name"] == name))
+            .flat_map(|rc| rc["virtual_hosts"].as_array().into_iter().flatten())
+            .collect();
+        let domains = |vh: &&Value| -> Vec<String> {
+            vh["domains"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|d| d.as_str().map(str::to_string))
+                .collect()
+        };
+        if let Some(vh) = vhosts
+            .iter()
+            .find(|vh| domains(vh).iter().any(|d| d == host))
+        {
+            return Some(vh);
+        }
+        let suffix = vhosts
+            .iter()
+            .flat_map(|vh| domains(vh).into_iter().map(move |d| (d, *vh)))
+            .filter(|(d, _)| {
+                d.len() > 1
+                    && d.starts_with('*')
+                    && host.ends_with(&d[1..])
+                    && host.len() > d.len() - 1
+            })
+            .max_by_key(|(d, _)| d.len());
+        if let Some((_, vh)) = suffix {
+            return Some(vh);
+        }
+        vhosts
+            .into_iter()
+            .find(|vh| domains(vh).iter().any(|d| d == "*"))
+    }
+
+    /// The cluster a sidecar's first route for `host` on `port` sends to.
+    fn sidecar_route_cluster(&self, host: &str, port: u16) -> Option<String> {
+        let vh = self.virtual_host(Some(&port.to_string()), host)?;
+        vh["routes"][0]["route"]["cluster"]
+            .as_str()
+            .map(str::to_string)
+    }
+
+    /// A cluster's TLS transport sockets: (the one for every endpoint, any of the per-endpoint
+    /// matches auto-mTLS adds).
+    fn tls_sockets(cluster: &Value) -> (bool, bool) {
+        let tls = |s: &Value| s["name"] == "envoy.transport_sockets.tls";
+        let matched = cluster["transport_socket_matches"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|m| tls(&m["transport_socket"]));
+        (tls(&cluster["transport_socket"]), matched)
+    }
+}
+
 /// Waits until `proxy`'s config satisfies `check` (istiod pushes asynchronously).
 async fn wait_config(proxy: &IstioProxy, what: &str, check: impl Fn(&Dump) -> Result<()>) -> Dump {
     let t = Instant::now();
@@ -597,32 +694,7 @@ async fn istiod_turns_our_objects_into_config_the_gateway_and_a_scoped_sidecar_a
         .unwrap();
     shop.wait_web_deps(&[&api], &ctl).await;
 
-    // The lazy gateway: the installed Deployment's pod, under `pilot-agent proxy router`,
-    // its module mounted where the install's ConfigMap volume puts it.
-    let gw_pods = lazyxds::scheduled_pods(c, NAMESPACE, "lazyxds-gateway", 1)
-        .await
-        .unwrap();
-    let gw_pod = gw_pods[0]["metadata"]["name"].as_str().unwrap().to_string();
-    let gw_ip = c.pod_ip();
-    c.set_pod_running(NAMESPACE, &gw_pod, gw_ip).unwrap();
-    let labels = labels_of(&gw_pods[0]);
-    let wasm = lazyxds_e2e::paths::wasm_path().unwrap();
-    let gateway = IstioProxy::start(
-        c,
-        ProxyPod {
-            namespace: NAMESPACE.into(),
-            name: gw_pod.clone(),
-            service_account: "lazyxds-gateway".into(),
-            ip: gw_ip,
-            labels,
-            mode: ProxyMode::Router,
-            concurrency: 1,
-            proxy_config: json!({}),
-            mounts: vec![(wasm, "/etc/lazyxds/filter/lazyxds_filter.wasm".into())],
-        },
-    )
-    .await
-    .unwrap();
+    let gateway = lazy_gateway(c, json!({})).await;
 
     // The gateway routes each mesh host by authority; reviews keeps the user's 80/20.
     let dump = wait_config(&gateway, "gateway routes", |d| {
@@ -793,30 +865,34 @@ async fn istiod_turns_our_objects_into_config_the_gateway_and_a_scoped_sidecar_a
             "{hidden} is visible to a scoped web: {clusters:?}"
         );
     }
-    // Unknown HTTP leaves through the catch-all to the gateway.
-    let allow_any = dump
-        .route_configs()
-        .into_iter()
-        .flat_map(|rc| rc["virtual_hosts"].as_array().into_iter().flatten())
-        .find(|vh| vh["name"] == "allow_any")
-        .expect("an allow_any virtual host");
+    // Unknown HTTP leaves through the catch-all to the gateway: our EnvoyFilter's route.
+    let allow_any = catch_all_vhost(&dump, "allow_any").expect("an allow_any virtual host");
     assert_eq!(
         allow_any["routes"][0]["route"]["cluster"], gateway_cluster,
         "{allow_any:#}"
     );
-    // And so does unknown TCP: `egressProxy` also becomes the 15001 listener's TCP
-    // catch-all, so external TLS or raw TCP of an opted-in workload is tunnelled into the
-    // gateway's HTTP port and fails (istiod: listener_builder.go,
-    // buildOutboundCatchAllNetworkFiltersOnly). Asserted as istiod does it today, so the
-    // change that stops using egressProxy has to flip this line.
-    let catch_all_tcp = dump
-        .listeners()
-        .into_iter()
-        .filter(|l| l["name"] == "virtualOutbound")
-        .flat_map(|l| l["filter_chains"].as_array().into_iter().flatten())
-        .find(|fc| fc["name"] == "virtualOutbound-catchall-tcp")
-        .map(|fc| fc["filters"][0]["typed_config"]["cluster"].clone());
-    assert_eq!(catch_all_tcp, Some(json!(gateway_cluster)));
+    let filter = c
+        .get(
+            "envoyfilters.networking.istio.io",
+            Some(&shop.ns),
+            "lazyxds-deployment-web",
+        )
+        .unwrap()
+        .expect("web's catch-all EnvoyFilter");
+    let sidecar = shop.sidecar("lazyxds-deployment-web").unwrap();
+    assert_eq!(
+        filter["spec"]["workloadSelector"], sidecar["spec"]["workloadSelector"],
+        "{filter:#}"
+    );
+    // Unknown TCP and TLS are not: they keep the workload's own policy. (With the
+    // Sidecar's `egressProxy`, as before, istiod made the gateway the 15001 listener's TCP
+    // catch-all too — listener_builder.go, buildOutboundCatchAllNetworkFiltersOnly — so
+    // external TLS or raw TCP was tunnelled into the gateway's HTTP port and failed.)
+    assert_eq!(catch_all_tcp(&dump), Some(json!("PassthroughCluster")));
+    assert_eq!(
+        sidecar["spec"]["outboundTrafficPolicy"],
+        json!({"mode": "ALLOW_ANY"})
+    );
     assert_eq!(
         web.rejected_updates().await.unwrap(),
         BTreeMap::new(),
@@ -888,7 +964,280 @@ async fn services_that_may_not_be_http_stay_in_a_scoped_sidecar() {
     );
 }
 
+/// The egress hosts of web's Sidecar (empty: no Sidecar).
+fn web_egress(shop: &Shop) -> Vec<String> {
+    shop.sidecar("lazyxds-deployment-web")
+        .map(|sc| {
+            sc["spec"]["egress"][0]["hosts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|h| h.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Why the controller keeps `ns/host` in every scoped Sidecar (`/debug/plan`'s
+/// `always_visible`), if it does.
+fn always_visible_reason(ctl: &ControllerPod, egress_host: &str) -> Option<String> {
+    let plan: Value = serde_json::from_str(&ctl.http_get("/debug/plan").ok()?).ok()?;
+    plan["always_visible"]
+        .as_array()?
+        .iter()
+        .find(|row| row["host"] == egress_host)
+        .and_then(|row| row["reason"].as_str().map(String::from))
+}
+
+/// Waits until web's Sidecar lists `egress_host` and the controller says why.
+async fn wait_kept_visible(shop: &Shop, ctl: &ControllerPod, egress_host: &str) -> String {
+    eventually(
+        Duration::from_secs(30),
+        || {
+            format!(
+                "{egress_host} not kept: web's Sidecar lists {:?}\n{}",
+                web_egress(shop),
+                tail(&ctl.log())
+            )
+        },
+        || {
+            web_egress(shop)
+                .iter()
+                .any(|h| h == egress_host)
+                .then(|| always_visible_reason(ctl, egress_host))
+                .flatten()
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_the_gateway_cannot_see_stays_visible_to_its_namespace() {
+    let _serial = SERIAL.lock().await;
+    let c = cluster().await;
+    let inst = installed(c).await;
+    let shop = Shop::create(c, true).await.unwrap();
+    // Exported to its own namespace only: web sees it, the gateway (in lazyxds-system) does
+    // not, so a first call through the gateway could never reach it.
+    let mut private = service(&shop.ns, "private", &[("http", 80)]);
+    private["metadata"]["annotations"] = json!({"networking.istio.io/exportTo": "."});
+    c.apply_json(&[private]).unwrap();
+    let ctl = controller(c, inst).await.unwrap();
+    let api = shop.host("api");
+    send_edges(&ctl.grpc_addr(), &[(shop.web_ip, &outbound(&api, 80))])
+        .await
+        .unwrap();
+    shop.wait_web_deps(&[&api], &ctl).await;
+    let private = shop.host("private");
+    let reason = wait_kept_visible(&shop, &ctl, &format!("{}/{private}", shop.ns)).await;
+    assert_eq!(
+        reason,
+        format!(
+            "Service {}/private's exportTo [\".\"] leaves out the gateway's namespace {NAMESPACE}",
+            shop.ns
+        )
+    );
+    let db = outbound(&shop.host("db"), 80);
+
+    // istiod agrees: the gateway gets no cluster for it (its route would answer 503 for
+    // ever), the scoped web sidecar does; db, never learned and routable, stays hidden.
+    let gateway = lazy_gateway(c, json!({})).await;
+    let dump = wait_config(&gateway, "gateway clusters", |d| {
+        let clusters = d.cluster_names();
+        match [outbound(&api, 80), db.clone()]
+            .into_iter()
+            .find(|want| !clusters.contains(want))
+        {
+            Some(want) => bail!("no cluster {want} in {clusters:?}"),
+            None => Ok(()),
+        }
+    })
+    .await;
+    assert!(
+        !dump.cluster_names().contains(&outbound(&private, 80)),
+        "the gateway sees {private}: the premise is wrong"
+    );
+    let web = shop.start_web_sidecar().await;
+    let dump = wait_config(&web, "private in the scoped sidecar", |d| {
+        let clusters = d.cluster_names();
+        match clusters.contains(&outbound(&private, 80)) {
+            true => Ok(()),
+            false => bail!("no cluster for {private} in {clusters:?}"),
+        }
+    })
+    .await;
+    assert!(!dump.cluster_names().contains(&db), "{db} is visible");
+    for proxy in [&gateway, &web] {
+        assert_eq!(
+            proxy.rejected_updates().await.unwrap(),
+            BTreeMap::new(),
+            "{}",
+            proxy.log()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mesh_default_export_to_keeps_its_services_visible_and_ours_exported() {
+    let _serial = SERIAL.lock().await;
+    let c = cluster().await;
+    let inst = installed(c).await;
+    let shop = Shop::create(c, true).await.unwrap();
+    let _restore = MeshConfigRestore(c);
+    // Every Service without exportTo is private to its namespace now: the gateway sees
+    // none of shop's, so all of them stay in web's Sidecar; the gateway's own Services
+    // must still reach every lazy Sidecar.
+    c.set_mesh_config("defaultServiceExportTo: [\".\"]\n")
+        .unwrap();
+    let ctl = controller(c, inst).await.unwrap();
+    let db = shop.host("db");
+    let reason = wait_kept_visible(&shop, &ctl, &format!("{}/{db}", shop.ns)).await;
+    assert_eq!(
+        reason,
+        format!(
+            "Service {}/db sets no exportTo and the mesh's defaultServiceExportTo [\".\"] \
+             leaves out the gateway's namespace {NAMESPACE}",
+            shop.ns
+        )
+    );
+    let gateway = lazy_gateway(c, json!({})).await;
+    let gateway_cluster = format!("outbound|8080||lazyxds-gateway.{NAMESPACE}.svc.cluster.local");
+    let dump = wait_config(&gateway, "gateway clusters", |d| {
+        let clusters = d.cluster_names();
+        match clusters.iter().any(|c| c.ends_with(".svc.cluster.local")) {
+            true => Ok(()),
+            false => bail!("no service clusters yet: {clusters:?}"),
+        }
+    })
+    .await;
+    assert!(
+        !dump.cluster_names().contains(&outbound(&db, 80)),
+        "the gateway sees {db}: the premise is wrong"
+    );
+    let web = shop.start_web_sidecar().await;
+    wait_config(&web, "db and the gateway in the scoped sidecar", |d| {
+        let clusters = d.cluster_names();
+        match [outbound(&db, 80), gateway_cluster.clone()]
+            .into_iter()
+            .find(|want| !clusters.contains(want))
+        {
+            Some(want) => bail!("no cluster {want} in {clusters:?}"),
+            None => Ok(()),
+        }
+    })
+    .await;
+    for proxy in [&gateway, &web] {
+        assert_eq!(
+            proxy.rejected_updates().await.unwrap(),
+            BTreeMap::new(),
+            "{}",
+            proxy.log()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_an_authorization_policy_guards_stays_visible() {
+    let _serial = SERIAL.lock().await;
+    let c = cluster().await;
+    let inst = installed(c).await;
+    let shop = Shop::create(c, true).await.unwrap();
+    // vault's pods accept only web's identity: a first call through the gateway would
+    // arrive as the gateway and be refused.
+    c.apply_json(&[
+        deployment(&shop.ns, "vault", 1),
+        service(&shop.ns, "vault", &[("http", 80)]),
+        json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+            "metadata": {"name": "vault-callers", "namespace": shop.ns},
+            "spec": {"selector": {"matchLabels": {"app": "vault"}}, "action": "ALLOW",
+                "rules": [{"from": [{"source": {"principals": [
+                    format!("cluster.local/ns/{}/sa/default", shop.ns)]}}]}]}}),
+    ])
+    .unwrap();
+    let vault_pods = lazyxds::scheduled_pods(c, &shop.ns, "vault", 1)
+        .await
+        .unwrap();
+    let vault_pod = vault_pods[0]["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let vault_ip = c.pod_ip();
+    c.set_pod_running(&shop.ns, &vault_pod, vault_ip).unwrap();
+    let ctl = controller(c, inst).await.unwrap();
+    let vault = shop.host("vault");
+    let reason = wait_kept_visible(&shop, &ctl, &format!("{}/{vault}", shop.ns)).await;
+    assert_eq!(
+        reason,
+        format!(
+            "AuthorizationPolicy {}/vault-callers (ALLOW) selects its pods: a first call \
+             through the gateway would carry the gateway's identity",
+            shop.ns
+        )
+    );
+    assert!(
+        !web_egress(&shop).contains(&format!("{}/{}", shop.ns, shop.host("db"))),
+        "db, unguarded and never learned, is visible"
+    );
+
+    // istiod agrees that the policy guards vault's pods: their sidecar's inbound listener
+    // enforces it.
+    let vault_proxy = IstioProxy::start(
+        c,
+        ProxyPod {
+            namespace: shop.ns.clone(),
+            name: vault_pod,
+            service_account: "default".into(),
+            ip: vault_ip,
+            labels: labels_of(&vault_pods[0]),
+            mode: ProxyMode::Sidecar,
+            concurrency: 1,
+            proxy_config: json!({}),
+            mounts: vec![],
+        },
+    )
+    .await
+    .unwrap();
+    wait_config(&vault_proxy, "vault's inbound RBAC", |d| {
+        let inbound = d
+            .listeners()
+            .into_iter()
+            .find(|l| l["name"] == "virtualInbound")
+            .context("no virtualInbound listener")?
+            .to_string();
+        match inbound.contains("envoy.filters.http.rbac") && inbound.contains("vault-callers") {
+            true => Ok(()),
+            false => bail!("no RBAC filter naming vault-callers in virtualInbound"),
+        }
+    })
+    .await;
+    assert_eq!(
+        vault_proxy.rejected_updates().await.unwrap(),
+        BTreeMap::new(),
+        "{}",
+        vault_proxy.log()
+    );
+}
+
 /// The exact `:authority` a route matches, if it matches one.
+/// The cluster of the 15001 listener's TCP catch-all (unknown TCP and TLS).
+fn catch_all_tcp(dump: &Dump) -> Option<Value> {
+    dump.listeners()
+        .into_iter()
+        .filter(|l| l["name"] == "virtualOutbound")
+        .flat_map(|l| l["filter_chains"].as_array().into_iter().flatten())
+        .find(|fc| fc["name"] == "virtualOutbound-catchall-tcp")
+        .map(|fc| fc["filters"][0]["typed_config"]["cluster"].clone())
+}
+
+/// The catch-all virtual host of a sidecar's outbound route tables (`allow_any`,
+/// `block_all`).
+fn catch_all_vhost<'a>(dump: &'a Dump, name: &str) -> Option<&'a Value> {
+    dump.route_configs()
+        .into_iter()
+        .flat_map(|rc| rc["virtual_hosts"].as_array().into_iter().flatten())
+        .find(|vh| vh["name"] == name)
+}
+
 fn authority_of(route: &Value) -> Option<&str> {
     route["match"]["headers"]
         .as_array()
@@ -1142,15 +1491,826 @@ async fn the_mesh_configs_outbound_policy_and_discovery_selectors_are_honoured()
         || (policy() == Some(json!("REGISTRY_ONLY"))).then_some(()),
     )
     .await;
+    // The scoped sidecar under REGISTRY_ONLY: unknown HTTP still reaches the gateway (our
+    // EnvoyFilter's route replaces `block_all`'s 502, and the gateway enforces the
+    // namespace's policy), unknown TCP and TLS stay blocked.
+    let web = shop.start_web_sidecar().await;
+    let gateway_cluster = format!("outbound|8080||lazyxds-gateway.{NAMESPACE}.svc.cluster.local");
+    let dump = wait_config(&web, "REGISTRY_ONLY scoped sidecar", |d| {
+        let block_all = catch_all_vhost(d, "block_all").context("no block_all virtual host")?;
+        if block_all["routes"][0]["route"]["cluster"] != gateway_cluster {
+            bail!("block_all is {block_all}");
+        }
+        Ok(())
+    })
+    .await;
+    assert!(catch_all_vhost(&dump, "allow_any").is_none());
+    assert_eq!(catch_all_tcp(&dump), Some(json!("BlackHoleCluster")));
+    assert_eq!(
+        shop.sidecar("lazyxds-deployment-web").unwrap()["spec"]["outboundTrafficPolicy"],
+        json!({"mode": "REGISTRY_ONLY"})
+    );
+    assert_eq!(
+        web.rejected_updates().await.unwrap(),
+        BTreeMap::new(),
+        "{}",
+        web.log()
+    );
+    drop(web);
     // istiod only watches labelled namespaces now: shop is not one, so no Sidecar there.
     c.set_mesh_config("discoverySelectors: [{matchLabels: {istio-discovery: enabled}}]\n")
         .unwrap();
     shop.wait_web_sidecar_gone(&ctl).await;
-    // Labelled, it is in the mesh again, and scoped again.
+    // Labelled, it is in the mesh again; but istiod still ignores the gateway's namespace
+    // (its routes too), so web is refused, and says why.
     c.kubectl(
         &["label", "namespace", &shop.ns, "istio-discovery=enabled"],
         None,
     )
     .unwrap();
+    let refused = eventually(
+        Duration::from_secs(30),
+        || tail(&ctl.log()),
+        || {
+            c.list("events.events.k8s.io", &shop.ns)
+                .unwrap_or_default()
+                .into_iter()
+                .find(|e| e["reason"] == "NotScoped" && e["regarding"]["name"] == "web")
+        },
+    )
+    .await;
+    assert!(
+        refused["note"]
+            .as_str()
+            .is_some_and(|n| n.contains(&format!(
+                "the gateway's namespace {NAMESPACE} is outside Istio's discoverySelectors"
+            ))),
+        "{refused:#}"
+    );
+    assert_eq!(shop.web_deps(), None, "web is scoped without a gateway");
+    // istiod agrees: the gateway gets none of our routes.
+    let gateway = lazy_gateway(c, json!({})).await;
+    let api = shop.host("api");
+    let dump = Dump(gateway.config_dump().await.unwrap());
+    assert_eq!(dump.gateway_route(&api), None, "the gateway routes {api}");
+    // The gateway's namespace labelled too: routed, and web scoped again.
+    c.kubectl(
+        &["label", "namespace", NAMESPACE, "istio-discovery=enabled"],
+        None,
+    )
+    .unwrap();
+    let _unlabel = Unlabel(c);
+    wait_config(&gateway, "the gateway's routes", |d| {
+        match d.gateway_route(&api) {
+            Some(_) => Ok(()),
+            None => bail!("no gateway route for {api}"),
+        }
+    })
+    .await;
     shop.wait_web_deps(&[], &ctl).await;
+}
+
+/// Takes the discovery label off the install's namespace when a test that put it there
+/// ends (also on panic).
+struct Unlabel(&'static Cluster);
+
+impl Drop for Unlabel {
+    fn drop(&mut self) {
+        if let Err(e) = self
+            .0
+            .kubectl(&["label", "namespace", NAMESPACE, "istio-discovery-"], None)
+        {
+            eprintln!("unlabelling {NAMESPACE}: {e:#}");
+        }
+    }
+}
+
+// ---- the install on every supported Istio release, analyze, the gateway's guards ------
+
+/// The objects the controller writes, rendered by its own code for the demo mesh: the
+/// committed demo Sidecars (`controller/index/testdata/demo-sidecars.yaml`, the demo's
+/// output, kept true by its test) and the gateway's routing objects for the demo topology
+/// (`lazyxds_index::reconcile`, what the leader applies).
+fn controller_rendered_objects() -> Vec<String> {
+    let root = lazyxds_e2e::paths::workspace_root();
+    let sidecars =
+        std::fs::read_to_string(root.join("controller/index/testdata/demo-sidecars.yaml")).unwrap();
+    let topology_file = root.join("controller/index/testdata/demo-topology.yaml");
+    let topology = lazyxds_index::topology::Topology::from_yaml(
+        &std::fs::read_to_string(&topology_file).unwrap(),
+        "demo-topology.yaml",
+    )
+    .unwrap();
+    let mut index = lazyxds_index::Index::new(lazyxds_index::IndexConfig::default());
+    topology.apply_to(&mut index);
+    let config = topology.render_config(lazyxds_index::RenderConfig::default());
+    let pass = lazyxds_index::reconcile(&index, &config);
+    assert!(
+        pass.gateway.virtual_services.len() > 3,
+        "the demo mesh renders per-host routes"
+    );
+    vec![sidecars, pass.gateway.to_yaml().unwrap()]
+}
+
+/// Every namespace `objects` (YAML streams) put something in, as Namespace objects.
+fn namespaces_of(objects: &[String]) -> Value {
+    let mut names = std::collections::BTreeSet::from(["istio-system".to_string()]);
+    for yaml in objects {
+        for o in lazyxds::parse_yaml_stream(yaml).unwrap() {
+            if let Some(ns) = o["metadata"]["namespace"].as_str() {
+                names.insert(ns.to_string());
+            }
+        }
+    }
+    let items: Vec<Value> = names
+        .into_iter()
+        .map(|n| json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}}))
+        .collect();
+    json!({"apiVersion": "v1", "kind": "List", "items": items})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_supported_istio_release_accepts_the_install_our_sidecars_and_the_gateway_objects() {
+    let _serial = SERIAL.lock().await;
+    tokio::task::spawn_blocking(check_every_istio_release)
+        .await
+        .unwrap();
+}
+
+/// One API server (no istiod: only the schemas are in question); per release, its CRDs
+/// replace the last one's (deleting a CRD deletes its objects, so every Istio object is
+/// created, and checked whole, under each release's schema), then the default install, the
+/// WasmPlugin install without and with `--istio-version`, our Sidecars and the gateway's
+/// objects are applied.
+fn check_every_istio_release() {
+    let started = Instant::now();
+    let releases = cluster::istio_releases().unwrap();
+    let api = Cluster::start(&cluster::ClusterOptions {
+        api_server_only: true,
+        name: Some("istio-releases"),
+        ..cluster::ClusterOptions::default()
+    })
+    .unwrap();
+    let render = |flags: &[&str]| lazyxds::render(flags).unwrap().0;
+    let oci = "oci://ghcr.io/lazyxds/lazyxds-filter:test";
+    // The default install, a WasmPlugin install naming no release, our Sidecars, the
+    // gateway's objects; per release below, a WasmPlugin install naming it.
+    let mut objects = vec![
+        render(&["--no-module"]),
+        render(&["--module-url", oci, "--namespace", "lazyxds-wasm"]),
+    ];
+    objects.extend(controller_rendered_objects());
+    let pinned_ns = "lazyxds-wasm-pinned";
+    let mut namespaces = objects.clone();
+    namespaces.push(render(&["--module-url", oci, "--namespace", pinned_ns]));
+    api.apply(&namespaces_of(&namespaces).to_string()).unwrap();
+    let mut failures = Vec::new();
+    let mut timings = Vec::new();
+    let mut previous: Option<String> = None;
+    for (release, crds) in &releases {
+        let t = Instant::now();
+        let crds = crds.display().to_string();
+        if let Some(prev) = &previous {
+            api.kubectl(&["delete", "-f", prev, "--wait=true"], None)
+                .unwrap();
+        }
+        let deleted = t.elapsed();
+        api.kubectl(&["create", "-f", &crds], None).unwrap();
+        api.kubectl(
+            &[
+                "wait",
+                "--for=condition=Established",
+                "-f",
+                &crds,
+                "--timeout=60s",
+            ],
+            None,
+        )
+        .unwrap();
+        let established = t.elapsed();
+        let minor = release.trim_start_matches('v');
+        let pinned = render(&[
+            "--module-url",
+            oci,
+            "--namespace",
+            pinned_ns,
+            "--istio-version",
+            minor,
+        ]);
+        // One apply of everything (kubectl goes on past a refused object and names each),
+        // with strict field validation: unknown fields are refused too.
+        let all: String = objects
+            .iter()
+            .chain([&pinned])
+            .map(|yaml| format!("---\n{yaml}\n"))
+            .collect();
+        if let Err(e) = api.kubectl(&["apply", "--server-side", "-f", "-"], Some(&all)) {
+            failures.push(format!("Istio {release}: {e:#}"));
+        }
+        timings.push((release.clone(), deleted, established, t.elapsed()));
+        previous = Some(crds);
+    }
+    lazyxds_e2e::note(format_args!(
+        "Istio releases checked in {:?} (API server {:?}): {timings:?}",
+        started.elapsed(),
+        api.timings
+    ));
+    assert!(
+        failures.is_empty(),
+        "refused by the API server:\n{}",
+        failures.join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_admits_only_mesh_identities_trusts_no_forwarded_for_and_reaches_the_controller(
+) {
+    let _serial = SERIAL.lock().await;
+    let c = cluster().await;
+    let _inst = installed(c).await;
+    // The mesh's defaultConfig trusts two proxies in front of gateways (as for an ingress
+    // behind a load balancer): injection would put that in PROXY_CONFIG.
+    let gateway = lazy_gateway(c, json!({"gatewayTopology": {"numTrustedProxies": 2}})).await;
+    let controller_cluster = format!("outbound|18000||lazyxds.{NAMESPACE}.svc.cluster.local");
+    let hcm_of = |d: &Dump| -> Option<Value> {
+        d.listeners()
+            .into_iter()
+            .find(|l| l["address"]["socket_address"]["port_value"] == 8080)
+            .and_then(|l| {
+                l["filter_chains"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|fc| fc["filters"].as_array().into_iter().flatten())
+                    .find(|f| f["name"] == "envoy.filters.network.http_connection_manager")
+                    .map(|f| f["typed_config"].clone())
+            })
+    };
+    let dump = wait_config(&gateway, "the gateway's listener and clusters", |d| {
+        let hcm = hcm_of(d).context("no HTTP connection manager on 8080")?;
+        let mut missing = Vec::new();
+        if !hcm["http_filters"]
+            .to_string()
+            .contains("envoy.filters.http.rbac")
+        {
+            missing.push("no RBAC filter on 8080 (the AuthorizationPolicy)".to_string());
+        }
+        if hcm["xff_num_trusted_hops"].as_u64().unwrap_or(0) != 0 {
+            missing.push(format!(
+                "xff_num_trusted_hops {} (the mesh's, not the pod's 0)",
+                hcm["xff_num_trusted_hops"]
+            ));
+        }
+        // istiod filters the gateway's clusters (PILOT_FILTER_GATEWAY_CLUSTER_CONFIG, on
+        // in this tier): the controller's is there because our EnvoyFilter names it.
+        if !d.cluster_names().contains(&controller_cluster) {
+            missing.push(format!("no cluster {controller_cluster}"));
+        }
+        match missing.is_empty() {
+            true => Ok(()),
+            false => bail!("{}", missing.join("; ")),
+        }
+    })
+    .await;
+    let hcm = hcm_of(&dump).unwrap();
+    // The AuthorizationPolicy: ALLOW (the RBAC filter's default action) requests to the
+    // egress port from any authenticated peer; nothing else.
+    let rbac = hcm["http_filters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "envoy.filters.http.rbac")
+        .unwrap();
+    let rules = &rbac["typed_config"]["rules"];
+    assert!(
+        rules["action"].is_null() || rules["action"] == "ALLOW",
+        "{rbac:#}"
+    );
+    let policies = rules["policies"].as_object().unwrap();
+    assert_eq!(policies.len(), 1, "{rbac:#}");
+    let (name, policy) = policies.iter().next().unwrap();
+    assert!(
+        name.contains(&format!("ns[{NAMESPACE}]-policy[lazyxds-gateway]")),
+        "{name}"
+    );
+    let principals = policy["principals"].to_string();
+    assert!(principals.contains("authenticated"), "{principals}");
+    assert!(
+        policy["permissions"]
+            .to_string()
+            .contains(r#""destination_port":8080"#),
+        "{policy:#}"
+    );
+    // numTrustedProxies 0 from the pod's annotation wins over the mesh's 2: the source
+    // address is the connection's.
+    assert_eq!(
+        hcm["xff_num_trusted_hops"].as_u64().unwrap_or(0),
+        0,
+        "{}",
+        hcm["xff_num_trusted_hops"]
+    );
+    assert_eq!(hcm["use_remote_address"], true);
+    assert_eq!(
+        gateway.rejected_updates().await.unwrap(),
+        BTreeMap::new(),
+        "{}",
+        gateway.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_may_write_only_objects_labelled_ours() {
+    let _serial = SERIAL.lock().await;
+    let c = cluster().await;
+    let _inst = installed(c).await;
+    let ns = c.namespace("guarded", json!({}), json!({})).unwrap();
+    let sidecar = |name: &str, ours: bool, hosts: &[&str]| {
+        let labels = if ours {
+            json!({"app.kubernetes.io/managed-by": "lazyxds"})
+        } else {
+            json!({})
+        };
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "Sidecar",
+            "metadata": {"name": name, "namespace": ns, "labels": labels},
+            "spec": {"workloadSelector": {"labels": {"app": name}},
+                "egress": [{"hosts": hosts}]}})
+    };
+    let user_vs = |hosts: &[&str]| {
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": "users", "namespace": NAMESPACE},
+            "spec": {"hosts": hosts, "http": [{"route": [
+                {"destination": {"host": "users.example.com"}}]}]}})
+    };
+    // A user's Sidecar, and a user's VirtualService in our own namespace (RBAC lets the
+    // controller write VirtualServices there, for the gateway's routes; not this one).
+    c.apply_json(&[
+        sidecar("users", false, &["./*"]),
+        user_vs(&["users.example.com"]),
+    ])
+    .unwrap();
+    let kc = c.kubeconfig_for(NAMESPACE, "lazyxds").unwrap();
+    // The controller writes by server-side apply as `lazyxds` (it cannot even `get` one
+    // Sidecar: it lists and watches), forcing conflicts as it does.
+    let apply = |o: &Value, dry_run: bool| {
+        let mut args = vec![
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager=lazyxds",
+            "-f",
+            "-",
+        ];
+        if dry_run {
+            args.push("--dry-run=server");
+        }
+        c.kubectl_as(&kc, &args, Some(&o.to_string()))
+    };
+    let delete = |name: &str| c.kubectl_as(&kc, &["delete", SIDECARS, name, "-n", &ns], None);
+    let rewrite_users = sidecar("users", false, &["istio-system/*"]);
+    // The policy is in force once the API server has loaded it (the install may have been
+    // applied just now): probed with dry runs, which admission judges but nothing stores.
+    eventually(
+        Duration::from_secs(20),
+        || "the controller may still rewrite a user's Sidecar".into(),
+        || apply(&rewrite_users, true).err(),
+    )
+    .await;
+    let refused = format!(
+        "{:#}",
+        apply(&rewrite_users, false).expect_err("rewriting a user's Sidecar")
+    );
+    assert!(
+        refused.contains("ValidatingAdmissionPolicy 'lazyxds-writes-only-ours'")
+            && refused.contains(
+                "lazyxds may UPDATE only objects labelled app.kubernetes.io/managed-by=lazyxds"
+            ),
+        "{refused}"
+    );
+    // Its own: created, rewritten, deleted.
+    apply(&sidecar("ours", true, &["./*"]), false).unwrap();
+    apply(&sidecar("ours", true, &["istio-system/*"]), false).unwrap();
+    delete("ours").unwrap();
+    apply(&sidecar("ours", true, &["./*"]), false).unwrap();
+    // Never a user's: not relabelled ours, not deleted, none created without our label,
+    // its own not unlabelled.
+    for (what, result) in [
+        (
+            "relabel a user's Sidecar ours",
+            apply(&sidecar("users", true, &["./*"]), false),
+        ),
+        ("delete a user's Sidecar", delete("users")),
+        (
+            "create an unlabelled Sidecar",
+            apply(&sidecar("unlabelled", false, &["./*"]), false),
+        ),
+        (
+            "unlabel its own Sidecar",
+            apply(&sidecar("ours", false, &["./*"]), false),
+        ),
+        (
+            "rewrite a user's VirtualService in its own namespace",
+            apply(&user_vs(&["other.example.com"]), false),
+        ),
+    ] {
+        let err = format!("{:#}", result.expect_err(what));
+        assert!(
+            err.contains("ValidatingAdmissionPolicy 'lazyxds-writes-only-ours'"),
+            "{what}: {err}"
+        );
+    }
+    let users = c.get(SIDECARS, Some(&ns), "users").unwrap().unwrap();
+    assert!(users["metadata"]["labels"]["app.kubernetes.io/managed-by"].is_null());
+    assert_eq!(users["spec"]["egress"][0]["hosts"], json!(["./*"]));
+    // Anyone but the controller is not affected.
+    c.apply_json(&[rewrite_users]).unwrap();
+    c.kubectl(
+        &[
+            "delete",
+            "virtualservices.networking.istio.io",
+            "users",
+            "-n",
+            NAMESPACE,
+        ],
+        None,
+    )
+    .unwrap();
+}
+
+/// Istio's sidecar-injector webhooks as `istioctl manifest generate` renders them for a
+/// default install, made inert (their selectors are what `istioctl analyze` reads: whether
+/// a Deployment with `image: auto` would be injected): no request matches their rules, and
+/// none would be sent anywhere.
+fn inert_injection_webhooks() -> Value {
+    let out = std::process::Command::new(cluster::bin("istioctl").unwrap())
+        .args(["manifest", "generate"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let objects = lazyxds::parse_yaml_stream(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    let mut webhooks = objects
+        .into_iter()
+        .find(|o| o["kind"] == "MutatingWebhookConfiguration")
+        .expect("Istio's manifest has the injector's MutatingWebhookConfiguration");
+    for wh in webhooks["webhooks"].as_array_mut().unwrap() {
+        wh["clientConfig"] = json!({"url": "https://127.0.0.1:9/inject"});
+        wh["failurePolicy"] = json!("Ignore");
+        wh["rules"] = json!([{"operations": ["CREATE"], "apiGroups": ["test.lazyxds.io"],
+            "apiVersions": ["v1"], "resources": ["nothing"]}]);
+    }
+    webhooks
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn istioctl_analyze_reports_nothing_about_our_objects() {
+    let _serial = SERIAL.lock().await;
+    let c = cluster().await;
+    let inst = installed(c).await;
+    // Scoped workloads: web (running, a learned dependency), jobs (running), and idle
+    // (opted in, no pod: it must get no Sidecar selecting nothing).
+    let shop = Shop::create(c, true).await.unwrap();
+    c.apply_json(&[
+        deployment(&shop.ns, "jobs", 1),
+        deployment(&shop.ns, "idle", 0),
+    ])
+    .unwrap();
+    let jobs = lazyxds::scheduled_pods(c, &shop.ns, "jobs", 1)
+        .await
+        .unwrap();
+    c.set_pod_running(
+        &shop.ns,
+        jobs[0]["metadata"]["name"].as_str().unwrap(),
+        c.pod_ip(),
+    )
+    .unwrap();
+    let ctl = controller(c, inst).await.unwrap();
+    let api = shop.host("api");
+    send_edges(&ctl.grpc_addr(), &[(shop.web_ip, &outbound(&api, 80))])
+        .await
+        .unwrap();
+    shop.wait_web_deps(&[&api], &ctl).await;
+    eventually(
+        Duration::from_secs(30),
+        || tail(&ctl.log()),
+        || shop.sidecar("lazyxds-deployment-jobs"),
+    )
+    .await;
+    let webhooks = inert_injection_webhooks();
+    c.apply_json(std::slice::from_ref(&webhooks)).unwrap();
+    let out = std::process::Command::new(cluster::bin("istioctl").unwrap())
+        .args([
+            "analyze",
+            "--all-namespaces",
+            "--output",
+            "json",
+            "--kubeconfig",
+        ])
+        .arg(c.admin_kubeconfig())
+        .output()
+        .unwrap();
+    c.kubectl(
+        &[
+            "delete",
+            "mutatingwebhookconfiguration",
+            webhooks["metadata"]["name"].as_str().unwrap(),
+        ],
+        None,
+    )
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "istioctl analyze: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let messages: Vec<Value> = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!("istioctl analyze -o json: {e}\n{stdout}");
+    });
+    // "Kind namespace/name" or "Kind name".
+    let ours = |origin: &str| {
+        let (kind, name) = origin.split_once(' ').unwrap_or((origin, ""));
+        let (ns, name) = name.split_once('/').unwrap_or(("", name));
+        ns == NAMESPACE || name.starts_with("lazyxds") || (kind == "Namespace" && name == NAMESPACE)
+    };
+    let about_ours: Vec<&Value> = messages
+        .iter()
+        .filter(|m| ours(m["origin"].as_str().unwrap_or_default()))
+        // The test cluster runs no injector: the gateway's pods still say `image: auto`,
+        // which Istio's injection replaces (the Deployment's own check, IST0146, judges
+        // whether it would be injected, against the webhooks above).
+        .filter(|m| {
+            !(m["code"] == "IST0147" && m["origin"].as_str().is_some_and(|o| o.starts_with("Pod ")))
+        })
+        .collect();
+    assert!(
+        about_ours.is_empty(),
+        "istioctl analyze reports about our objects:\n{}",
+        serde_json::to_string_pretty(&about_ours).unwrap()
+    );
+    assert!(shop.sidecar("lazyxds-deployment-idle").is_none());
+}
+
+fn destination_rule(ns: &str, name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+        "metadata": {"name": name, "namespace": ns}, "spec": spec})
+}
+
+fn virtual_service(ns: &str, name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+        "metadata": {"name": name, "namespace": ns}, "spec": spec})
+}
+
+/// The events.k8s.io Event with this reason on workload `name` of `ns`, if any.
+fn event(c: &Cluster, ns: &str, reason: &str, name: &str) -> Option<Value> {
+    c.list("events.events.k8s.io", ns)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|e| e["reason"] == reason && e["regarding"]["name"] == name)
+}
+
+/// Issue 14 item 5. istiod looks for a caller's DestinationRule in the caller's namespace
+/// before the gateway's (`push_context.go` `destinationRule`), so a `*.local` rule there
+/// with `tls.mode: DISABLE` replaces ours for the scoped sidecar's cluster to the gateway:
+/// first calls would leave in plaintext for a gateway that only speaks Istio mTLS. lazyxds
+/// refuses such a workload (no Sidecar, a NotScoped Event saying which rule); a rule that
+/// keeps `ISTIO_MUTUAL` breaks nothing, and the workload is scoped again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_namespace_rule_that_would_send_first_calls_in_plaintext_refuses_the_workload() {
+    let _serial = SERIAL.lock().await;
+    let c = cluster().await;
+    let inst = installed(c).await;
+    let shop = Shop::create(c, true).await.unwrap();
+    let mut ctl = controller(c, inst).await.unwrap();
+    let api = shop.host("api");
+    send_edges(&ctl.grpc_addr(), &[(shop.web_ip, &outbound(&api, 80))])
+        .await
+        .unwrap();
+    shop.wait_web_deps(&[&api], &ctl).await;
+    let web = shop.start_web_sidecar().await;
+    let gateway_cluster = format!("outbound|8080||lazyxds-gateway.{NAMESPACE}.svc.cluster.local");
+    let db = outbound(&shop.host("db"), 80);
+    let tls_to_gateway = |d: &Dump| {
+        let cluster = d.cluster(&gateway_cluster).context("no gateway cluster")?;
+        Ok::<_, anyhow::Error>(Dump::tls_sockets(cluster))
+    };
+    // Scoped (db hidden), and ours applies: mTLS to the gateway.
+    wait_config(&web, "scoped, mTLS to the gateway", |d| {
+        if d.cluster_names().contains(&db) {
+            bail!("not scoped yet");
+        }
+        match tls_to_gateway(d)? {
+            (true, _) => Ok(()),
+            other => bail!("gateway cluster TLS sockets {other:?}"),
+        }
+    })
+    .await;
+
+    // The premise, read from istiod with the controller stopped (it would act on the rule):
+    // the caller namespace's `*.local` DISABLE rule wins over ours for the scoped sidecar.
+    ctl.kill();
+    c.apply_json(&[destination_rule(
+        &shop.ns,
+        "plain",
+        json!({"host": "*.local", "trafficPolicy": {"tls": {"mode": "DISABLE"}}}),
+    )])
+    .unwrap();
+    wait_config(&web, "the gateway cluster in plaintext", |d| {
+        if d.cluster_names().contains(&db) {
+            bail!("no longer scoped");
+        }
+        match tls_to_gateway(d)? {
+            (false, false) => Ok(()),
+            other => bail!("gateway cluster TLS sockets {other:?}"),
+        }
+    })
+    .await;
+
+    // lazyxds refuses web: its Sidecar goes, and an Event names the rule.
+    ctl.restart().await.unwrap();
+    ctl.wait_leading(c).await.unwrap();
+    shop.wait_web_sidecar_gone(&ctl).await;
+    let refused = eventually(
+        Duration::from_secs(30),
+        || tail(&ctl.log()),
+        || event(c, &shop.ns, "NotScoped", "web"),
+    )
+    .await;
+    let note = refused["note"].as_str().unwrap_or_default();
+    assert!(
+        note.contains(&format!("DestinationRule {}/plain (host *.local)", shop.ns))
+            && note.contains("sets tls mode DISABLE"),
+        "{note}"
+    );
+    assert_eq!(refused["type"], "Warning");
+
+    // The same rule with ISTIO_MUTUAL does what ours does: web is scoped again, and its
+    // gateway cluster (from the user's rule now) is mTLS.
+    c.apply_json(&[destination_rule(
+        &shop.ns,
+        "plain",
+        json!({"host": "*.local", "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}}}),
+    )])
+    .unwrap();
+    shop.wait_web_deps(&[&api], &ctl).await;
+    wait_config(&web, "scoped again, mTLS to the gateway", |d| {
+        if d.cluster_names().contains(&db) {
+            bail!("not scoped yet");
+        }
+        match tls_to_gateway(d)? {
+            (true, _) => Ok(()),
+            other => bail!("gateway cluster TLS sockets {other:?}"),
+        }
+    })
+    .await;
+    assert_eq!(
+        web.rejected_updates().await.unwrap(),
+        BTreeMap::new(),
+        "{}",
+        web.log()
+    );
+}
+
+/// Issue 14 item 7. Of several VirtualServices for one host a sidecar takes its namespace's
+/// private ones first, then the oldest public one (`push_context.go`
+/// `VirtualServicesForGateway`, `virtualservice.go` `SelectVirtualServices`, creation
+/// order). The gateway routes a first call as an unscoped caller's own sidecar does (the
+/// oldest public one, whatever the names), and a caller whose namespace has its own
+/// VirtualService for the host keeps the host visible and routes it itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_routes_a_host_with_several_virtual_services_as_the_callers_sidecar() {
+    let _serial = SERIAL.lock().await;
+    let c = cluster().await;
+    let inst = installed(c).await;
+    let shop = Shop::create(c, true).await.unwrap();
+    let ns = shop.ns.clone();
+    let http = [("http", 9080)];
+    c.apply_json(&[
+        service(&ns, "reviews", &http),
+        service(&ns, "reviews-old", &http),
+        service(&ns, "reviews-new", &http),
+        service(&ns, "reviews-mine", &http),
+    ])
+    .unwrap();
+    let to = |dest: &str| json!({"hosts": ["reviews"], "http": [{"route": [{"destination": {"host": dest}}]}]});
+    // `b-old` is the older; `a-new` sorts first by name (what the gateway used to take).
+    c.apply_json(&[virtual_service(&ns, "b-old", to("reviews-old"))])
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    c.apply_json(&[virtual_service(&ns, "a-new", to("reviews-new"))])
+        .unwrap();
+    // The shop's own, for its callers only, ahead of any public one.
+    let mut mine = to("reviews-mine");
+    mine["exportTo"] = json!(["."]);
+    c.apply_json(&[virtual_service(&ns, "mine", mine)]).unwrap();
+    // An unscoped caller in another namespace: what its own sidecar chooses.
+    let other = Shop::create(c, false).await.unwrap();
+    let ctl = controller(c, inst).await.unwrap();
+    let reviews = shop.host("reviews");
+    let cluster_of = |svc: &str| outbound(&shop.host(svc), 9080);
+
+    let unscoped = other.start_web_sidecar().await;
+    wait_config(
+        &unscoped,
+        "the unscoped caller's route for reviews",
+        |d| match d.sidecar_route_cluster(&reviews, 9080) {
+            Some(got) if got == cluster_of("reviews-old") => Ok(()),
+            got => bail!("reviews goes to {got:?}"),
+        },
+    )
+    .await;
+    let gateway = lazy_gateway(c, json!({})).await;
+    wait_config(&gateway, "the gateway's route for reviews", |d| {
+        let route = d
+            .gateway_route(&format!("{reviews}:9080"))
+            .context("no gateway route for reviews:9080")?;
+        match route["route"]["cluster"].as_str() {
+            Some(got) if got == cluster_of("reviews-old") => Ok(()),
+            got => bail!("reviews goes to {got:?} at the gateway"),
+        }
+    })
+    .await;
+
+    // web (scoped, in the shop) never called reviews, yet keeps it and its own route.
+    shop.wait_web_deps(&[], &ctl).await;
+    let sidecar = shop.sidecar("lazyxds-deployment-web").unwrap();
+    let hosts = sidecar["spec"]["egress"][0]["hosts"].to_string();
+    assert!(hosts.contains(&format!("{ns}/{reviews}")), "{hosts}");
+    let web = shop.start_web_sidecar().await;
+    wait_config(&web, "the scoped caller's own route for reviews", |d| {
+        if d.cluster_names().contains(&outbound(&shop.host("db"), 80)) {
+            bail!("not scoped yet");
+        }
+        match d.sidecar_route_cluster(&reviews, 9080) {
+            Some(got) if got == cluster_of("reviews-mine") => Ok(()),
+            got => bail!("reviews goes to {got:?}"),
+        }
+    })
+    .await;
+    for proxy in [&unscoped, &gateway, &web] {
+        assert_eq!(
+            proxy.rejected_updates().await.unwrap(),
+            BTreeMap::new(),
+            "{}",
+            proxy.log()
+        );
+    }
+}
+
+/// Issue 14 item 7, headless Services. A pod of one is called by its own name
+/// (`search-0.search.<ns>.svc.cluster.local`): the gateway routes no such name (it falls to
+/// the `*.svc` 404), while the caller's sidecar has `*.search.<ns>.svc.cluster.local`
+/// domains for it (`httproute.go` `generateVirtualHostDomains`). So a headless Service
+/// stays visible to scoped callers, learned or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_headless_service_stays_visible_as_only_the_callers_sidecar_routes_its_pods() {
+    let _serial = SERIAL.lock().await;
+    let c = cluster().await;
+    let inst = installed(c).await;
+    let shop = Shop::create(c, true).await.unwrap();
+    let mut search = service(&shop.ns, "search", &[("http", 9200)]);
+    search["spec"]["clusterIP"] = json!("None");
+    c.apply_json(&[search]).unwrap();
+    let ctl = controller(c, inst).await.unwrap();
+    let search = shop.host("search");
+    let pod_name = format!("search-0.{search}");
+
+    // The premise: at the gateway a pod's name gets the unknown-host 404.
+    let gateway = lazy_gateway(c, json!({})).await;
+    wait_config(&gateway, "the gateway's virtual host for a pod name", |d| {
+        if d.gateway_route(&format!("{search}:9200")).is_none() {
+            bail!("no gateway route for {search} yet");
+        }
+        let vh = d.virtual_host(None, &pod_name).context("no virtual host")?;
+        match vh["routes"][0]["direct_response"]["status"].as_u64() {
+            Some(404) => Ok(()),
+            _ => bail!("{pod_name} takes {vh}"),
+        }
+    })
+    .await;
+
+    shop.wait_web_deps(&[], &ctl).await;
+    let web = shop.start_web_sidecar().await;
+    wait_config(&web, "the headless service in the scoped sidecar", |d| {
+        if d.cluster_names().contains(&outbound(&shop.host("db"), 80)) {
+            bail!("not scoped yet");
+        }
+        let cluster = d.sidecar_route_cluster(&pod_name, 9200);
+        if cluster != Some(outbound(&search, 9200)) {
+            bail!("{pod_name}:9200 goes to {cluster:?}");
+        }
+        Ok(())
+    })
+    .await;
+    for proxy in [&gateway, &web] {
+        assert_eq!(
+            proxy.rejected_updates().await.unwrap(),
+            BTreeMap::new(),
+            "{}",
+            proxy.log()
+        );
+    }
 }

@@ -6,24 +6,27 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::destination_rule::{self, Shadow};
 use crate::error::Error;
 use crate::host;
 use crate::index::{Index, WorkloadView};
 use crate::istio::{
-    EgressListener, EgressProxy, Metadata, OutboundPolicy, OutboundTrafficPolicy, PortSelector,
-    Sidecar, SidecarSpec, WorkloadSelector, NETWORKING_API, SIDECAR,
+    ConfigPatch, EgressListener, EnvoyFilter, EnvoyFilterSpec, Metadata, OutboundPolicy,
+    OutboundTrafficPolicy, PatchMatch, Sidecar, SidecarSpec, WorkloadSelector, ENVOY_FILTER,
+    ENVOY_FILTER_API, NETWORKING_API, SIDECAR,
 };
 use crate::objects::{
-    Labels, NotLazyPort, Pin, SidecarObject, WorkloadId, ANNOTATION_DEPS,
-    ANNOTATION_OUTBOUND_POLICY, ANNOTATION_WORKLOAD,
+    Labels, Pin, SidecarObject, WorkloadId, ANNOTATION_DEPS, ANNOTATION_OUTBOUND_POLICY,
+    ANNOTATION_WORKLOAD, COMPONENT_CATCH_ALL, LABEL_COMPONENT,
 };
+
+mod visible;
+
+pub use visible::{always_visible, AlwaysVisible, PolicyScope, WhyVisible};
 
 /// Istio's root namespace: its selector-less Sidecar is the mesh default, its services are
 /// always visible (`istio-system/*`).
 pub const ROOT_NAMESPACE: &str = "istio-system";
-pub const ANNOTATION_ANALYZE_SUPPRESS: &str = "galley.istio.io/analyze-suppress";
-/// `istioctl analyze` reports egressProxy as "ignored" under IST0002 (Deprecated); it is not.
-pub const SUPPRESSED_ANALYSIS: &str = "IST0002";
 /// Labels a controller adds per pod or revision: never part of a workload's selector.
 pub const STRIPPED_LABELS: [&str; 4] = [
     "pod-template-hash",
@@ -47,7 +50,7 @@ pub fn placeholder_egress_host(config: &RenderConfig, cluster_domain: &str) -> S
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RenderConfig {
-    /// FQDN of the lazy gateway Service (the `egressProxy` host).
+    /// FQDN of the lazy gateway Service (where scoped workloads send unknown HTTP).
     pub gateway_host: String,
     pub gateway_namespace: String,
     pub egress_proxy_port: u16,
@@ -76,8 +79,32 @@ impl Default for RenderConfig {
 pub struct Desired {
     /// Keyed by (namespace, name).
     pub sidecars: BTreeMap<(String, String), Sidecar>,
+    /// The catch-all EnvoyFilter of each Sidecar ([`catch_all_filter`]), under the same
+    /// key: a Sidecar is never written without it.
+    pub catch_alls: BTreeMap<(String, String), EnvoyFilter>,
     /// Opted-in workloads that get no Sidecar, sorted by workload.
     pub refusals: Vec<Refusal>,
+    /// Scoped workloads whose learned hosts reached the cap: their Sidecar keeps every
+    /// host it has, new ones stay lazy (through the gateway). Sorted by workload.
+    pub capped: Vec<Capped>,
+}
+
+/// A scoped workload that learned as many hosts as `--max-hosts` allows: nothing it has
+/// is removed, hosts it calls beyond them keep going through the gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Capped {
+    pub workload: WorkloadId,
+    pub cap: usize,
+}
+
+impl fmt::Display for Capped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "host cap {} reached: its Sidecar keeps every host it has; calls to further hosts keep going through the lazy gateway",
+            self.cap
+        )
+    }
 }
 
 impl Desired {
@@ -87,14 +114,27 @@ impl Desired {
             .get(&(workload.namespace.to_string(), sidecar_name(workload)))
     }
 
-    /// Every Sidecar as one multi-document YAML stream, sorted by namespace and name.
+    /// Every workload's catch-all EnvoyFilter and Sidecar as one multi-document YAML
+    /// stream, sorted by namespace and name ([`Desired::workload_yaml`] for each).
     pub fn to_yaml(&self) -> Result<String, Error> {
-        let docs = self
-            .sidecars
-            .values()
-            .map(Sidecar::to_yaml)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(docs.iter().map(|d| format!("---\n{d}")).collect::<String>())
+        let mut out = String::new();
+        for key in self.sidecars.keys() {
+            out.push_str(&self.workload_yaml(key)?);
+        }
+        Ok(out)
+    }
+
+    /// One workload's objects, EnvoyFilter first: applied in this order, unknown HTTP
+    /// already goes to the gateway when the Sidecar hides the workload's other hosts.
+    pub fn workload_yaml(&self, key: &(String, String)) -> Result<String, Error> {
+        let mut out = String::new();
+        if let Some(filter) = self.catch_alls.get(key) {
+            out.push_str(&format!("---\n{}", filter.to_yaml()?));
+        }
+        if let Some(sidecar) = self.sidecars.get(key) {
+            out.push_str(&format!("---\n{}", sidecar.to_yaml()?));
+        }
+        Ok(out)
     }
 }
 
@@ -110,6 +150,10 @@ pub enum RefusalReason {
     /// The root namespace or the gateway's: scoping there could cut the mesh's own parts
     /// off (the gateway would send its traffic to itself).
     ExcludedNamespace { namespace: String },
+    /// Istio's `discoverySelectors` leave out the gateway's namespace: istiod ignores
+    /// every object there (`pkg/kube/namespace/filter.go`), so the gateway routes nothing
+    /// and lazy Sidecars could not reach it.
+    GatewayNotDiscovered { namespace: String },
     /// No labels left once per-pod labels are stripped: a selector-less Sidecar would
     /// become the namespace default.
     EmptySelector,
@@ -117,12 +161,12 @@ pub enum RefusalReason {
     SelectsOtherWorkload { other: WorkloadId },
     /// A user's Sidecar with a selector already selects its pods (two would be undefined).
     UserSidecar { name: String },
-    /// More egress hosts than the cap (`truncated`: deps were dropped at the index cap).
-    HostCap {
-        cap: usize,
-        hosts: usize,
-        truncated: bool,
-    },
+    /// A DestinationRule of its namespace takes precedence over the gateway's and would
+    /// not let first calls reach the gateway over Istio mTLS ([`destination_rule`]).
+    GatewayDestinationRule(Shadow),
+    /// More hosts than the cap before any learned one: the ones every scoped Sidecar of
+    /// its namespace must list (always visible, the namespace default's, pins).
+    HostCap { cap: usize, hosts: usize },
 }
 
 impl fmt::Display for RefusalReason {
@@ -131,6 +175,11 @@ impl fmt::Display for RefusalReason {
             RefusalReason::ExcludedNamespace { namespace } => {
                 write!(f, "namespace {namespace} is never scoped")
             }
+            RefusalReason::GatewayNotDiscovered { namespace } => write!(
+                f,
+                "the gateway's namespace {namespace} is outside Istio's discoverySelectors: \
+                 istiod ignores its routes"
+            ),
             RefusalReason::EmptySelector => {
                 f.write_str("no pod-template labels left for a workloadSelector")
             }
@@ -140,14 +189,11 @@ impl fmt::Display for RefusalReason {
             RefusalReason::UserSidecar { name } => {
                 write!(f, "user Sidecar {name} already selects its pods")
             }
-            RefusalReason::HostCap {
-                cap,
-                hosts,
-                truncated,
-            } => {
-                let plus = if *truncated { "+" } else { "" };
-                write!(f, "host cap {cap} reached ({hosts}{plus} hosts)")
-            }
+            RefusalReason::GatewayDestinationRule(shadow) => shadow.fmt(f),
+            RefusalReason::HostCap { cap, hosts } => write!(
+                f,
+                "host cap {cap} reached by {hosts} hosts it must see before any learned one"
+            ),
         }
     }
 }
@@ -156,6 +202,68 @@ impl fmt::Display for RefusalReason {
 pub fn sidecar_name(workload: &WorkloadId) -> String {
     let prefix = format!("lazyxds-{}-", workload.kind.as_str().to_ascii_lowercase());
     host::object_name(&prefix, &workload.name)
+}
+
+/// The names istiod gives the catch-all virtual host of a sidecar's outbound HTTP route
+/// tables, and its one route: `allow_any` (ALLOW_ANY: to PassthroughCluster) or
+/// `block_all` (REGISTRY_ONLY: a 502), from `pilot/pkg/networking/util/util.go`
+/// (`Passthrough`, `BlackHole`) and `core/httproute.go` (`BuildCatchAllVirtualHost`).
+pub const CATCH_ALL_VIRTUAL_HOSTS: [&str; 2] = ["allow_any", "block_all"];
+
+/// The EnvoyFilter that sends a scoped workload's unknown HTTP to the lazy gateway, and
+/// nothing else: it merges a route to the gateway's cluster into the one route of the
+/// catch-all virtual host (`allow_any` or `block_all`, whichever the workload's policy
+/// gives it) of every outbound HTTP route table. Unknown TCP and TLS keep the workload's
+/// own policy. Same name, namespace and selector as `sidecar`; its size does not depend
+/// on the mesh.
+///
+/// A MERGE replaces `block_all`'s direct response (a route action is a oneof); the
+/// timeouts are those istiod gives `allow_any` (none: the gateway's route has its own).
+pub fn catch_all_filter(sidecar: &Sidecar, config: &RenderConfig) -> EnvoyFilter {
+    let gateway_cluster = lazyxds_proto::cluster::Outbound {
+        port: config.egress_proxy_port,
+        subset: "",
+        host: &config.gateway_host,
+    }
+    .to_string();
+    let route = serde_json::json!({"route": {
+        "cluster": gateway_cluster,
+        "timeout": "0s",
+        "max_grpc_timeout": "0s",
+    }});
+    let mut metadata = Metadata::ours(&sidecar.metadata.name, &sidecar.metadata.namespace);
+    metadata
+        .labels
+        .insert(LABEL_COMPONENT.to_string(), COMPONENT_CATCH_ALL.to_string());
+    let (key, value) = crate::istio::ENVOY_FILTER_ANALYZE_SUPPRESS;
+    metadata
+        .annotations
+        .insert(key.to_string(), value.to_string());
+    if let Some(workload) = sidecar.metadata.annotations.get(ANNOTATION_WORKLOAD) {
+        metadata
+            .annotations
+            .insert(ANNOTATION_WORKLOAD.to_string(), workload.clone());
+    }
+    EnvoyFilter {
+        api_version: ENVOY_FILTER_API.to_string(),
+        kind: ENVOY_FILTER.to_string(),
+        metadata,
+        spec: EnvoyFilterSpec {
+            workload_selector: sidecar.spec.workload_selector.clone(),
+            priority: None,
+            config_patches: CATCH_ALL_VIRTUAL_HOSTS
+                .iter()
+                .map(|vhost| {
+                    ConfigPatch::new(
+                        "HTTP_ROUTE",
+                        PatchMatch::sidecar_catch_all_route(vhost),
+                        "MERGE",
+                        route.clone(),
+                    )
+                })
+                .collect(),
+        },
+    }
 }
 
 /// `labels` minus the per-pod/per-revision ones.
@@ -175,7 +283,7 @@ fn selects(selector: &Labels, labels: &Labels) -> bool {
 pub fn desired(index: &Index, config: &RenderConfig) -> Desired {
     let mut out = Desired::default();
     let root_default = namespace_default(index, ROOT_NAMESPACE);
-    let always = always_visible(index);
+    let always = always_visible(index, config);
     for ns in index.namespace_names() {
         let views = index.views_in(ns);
         let ns_enabled = index.namespace_annotations(ns).and_then(|a| a.enabled);
@@ -208,11 +316,24 @@ pub fn desired(index: &Index, config: &RenderConfig) -> Desired {
                 ns_pins: &ns_pins,
             };
             match ctx.render(view) {
+                // No pods (scaled to zero, a CronJob between runs): a Sidecar would select
+                // nothing, which `istioctl analyze` reports (IST0101,
+                // sidecar.SelectorAnalyzer). It comes back with the first pod; the learned
+                // deps stay in the index.
+                Ok(_) if view.pods.is_empty() => {}
                 Ok(sidecar) => {
+                    if index.workload_deps(&view.id).is_some_and(|d| d.over_cap) {
+                        out.capped.push(Capped {
+                            workload: view.id.clone(),
+                            cap: index.config().max_deps_per_workload,
+                        });
+                    }
                     let key = (
                         sidecar.metadata.namespace.clone(),
                         sidecar.metadata.name.clone(),
                     );
+                    out.catch_alls
+                        .insert(key.clone(), catch_all_filter(&sidecar, config));
                     out.sidecars.insert(key, sidecar);
                 }
                 Err(reason) => out.refusals.push(Refusal {
@@ -259,58 +380,6 @@ fn namespace_default<'a>(index: &'a Index, ns: &str) -> Option<&'a SidecarObject
         .sidecars
         .values()
         .find(|s| !s.is_ours() && s.selector.is_none())
-}
-
-/// A Service or ServiceEntry host that can never be lazy, listed in every scoped Sidecar
-/// it is exported to: one of its ports may not be lazy ([`Protocol::may_be_lazy`]), and
-/// a Sidecar's egress hosts are per host, not per port, so the whole host stays.
-///
-/// [`Protocol::may_be_lazy`]: crate::objects::Protocol::may_be_lazy
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AlwaysVisible<'a> {
-    /// `ns/host`, as a Sidecar lists it.
-    pub egress_host: String,
-    pub owner: &'a str,
-    pub export_to: &'a [String],
-    pub why: NotLazyPort,
-}
-
-/// Every host that can never be lazy, by owner namespace and name.
-pub fn always_visible(index: &Index) -> Vec<AlwaysVisible<'_>> {
-    let domain = &index.config().cluster_domain;
-    let mut hosts = Vec::new();
-    for ns in index.namespace_names() {
-        // Already whole in every Sidecar (`istio-system/*`).
-        if &**ns == ROOT_NAMESPACE {
-            continue;
-        }
-        let Some(state) = index.ns(ns) else { continue };
-        for svc in state.services.values() {
-            if let Some(why) = svc.not_lazy_port() {
-                hosts.push(AlwaysVisible {
-                    egress_host: format!("{ns}/{}", svc.host(domain)),
-                    owner: ns,
-                    export_to: &svc.export_to,
-                    why,
-                });
-            }
-        }
-        for se in state.service_entries.values() {
-            let Some(why) = se.not_lazy_port() else {
-                continue;
-            };
-            for h in &se.hosts {
-                let h = host::resolve_config_host(h, ns, domain);
-                hosts.push(AlwaysVisible {
-                    egress_host: format!("{ns}/{h}"),
-                    owner: ns,
-                    export_to: &se.export_to,
-                    why: why.clone(),
-                });
-            }
-        }
-    }
-    hosts
 }
 
 /// The label sets present in a namespace (pods' labels, templates' labels) with their
@@ -374,6 +443,11 @@ impl Context<'_> {
                 namespace: ns.to_string(),
             });
         }
+        if !self.index.is_discovered(&self.config.gateway_namespace) {
+            return Err(RefusalReason::GatewayNotDiscovered {
+                namespace: self.config.gateway_namespace.clone(),
+            });
+        }
         let selector = selector_labels(&view.labels);
         if selector.is_empty() {
             return Err(RefusalReason::EmptySelector);
@@ -399,20 +473,28 @@ impl Context<'_> {
                 });
             }
         }
+        if let Some(shadow) = destination_rule::shadowing_gateway(
+            self.index,
+            ns,
+            &own_labels,
+            &self.config.gateway_host,
+            self.config.egress_proxy_port,
+        ) {
+            return Err(RefusalReason::GatewayDestinationRule(shadow));
+        }
 
-        let deps = self.index.deps(&view.id);
-        let hosts = self.egress_hosts(view, &deps);
-        let over_cap = self
-            .index
-            .workload_deps(&view.id)
-            .is_some_and(|d| d.over_cap);
-        if hosts.len() > self.config.max_hosts_per_sidecar || over_cap {
+        // Learned deps are capped where they are stored (the index stops adding at
+        // `max_hosts`, never drops one): over the cap a Sidecar keeps what it has. Only
+        // the hosts it must list anyway are held to the cap here.
+        let mut hosts = self.required_hosts(view);
+        if hosts.len() > self.config.max_hosts_per_sidecar {
             return Err(RefusalReason::HostCap {
                 cap: self.config.max_hosts_per_sidecar,
                 hosts: hosts.len(),
-                truncated: over_cap,
             });
         }
+        let deps = self.index.deps(&view.id);
+        hosts.extend(self.dep_hosts(&deps));
 
         let default_spec = self.default.map(|d| &d.spec);
         let policy = policy_of(self.default, self.index, self.config);
@@ -432,10 +514,6 @@ impl Context<'_> {
             .unwrap_or_default();
         let deps_json: BTreeMap<&str, u64> = deps.iter().map(|(h, t)| (&**h, *t)).collect();
         let annotations = BTreeMap::from([
-            (
-                ANNOTATION_ANALYZE_SUPPRESS.to_string(),
-                SUPPRESSED_ANALYSIS.to_string(),
-            ),
             (
                 ANNOTATION_DEPS.to_string(),
                 // A map of strings to integers always serializes.
@@ -463,24 +541,15 @@ impl Context<'_> {
                 egress: vec![EgressListener {
                     hosts: hosts.into_iter().collect(),
                 }],
-                outbound_traffic_policy: Some(OutboundTrafficPolicy {
-                    mode: OutboundPolicy::AllowAny,
-                    egress_proxy: Some(EgressProxy {
-                        host: self.config.gateway_host.clone(),
-                        port: PortSelector {
-                            number: u32::from(self.config.egress_proxy_port),
-                        },
-                    }),
-                }),
+                // The workload's own policy: unknown TCP and TLS go where they went
+                // without lazyxds (PassthroughCluster or BlackHoleCluster).
+                outbound_traffic_policy: Some(OutboundTrafficPolicy { mode: policy }),
             },
         })
     }
 
-    fn egress_hosts(
-        &self,
-        view: &WorkloadView<'_>,
-        deps: &BTreeMap<Arc<str>, u64>,
-    ) -> BTreeSet<String> {
+    /// What every scoped Sidecar of the workload lists before any learned host.
+    fn required_hosts(&self, view: &WorkloadView<'_>) -> BTreeSet<String> {
         let ns = &*view.id.namespace;
         let mut hosts = BTreeSet::from([
             format!("{ROOT_NAMESPACE}/*"),
@@ -505,26 +574,40 @@ impl Context<'_> {
                     .filter_map(|h| h.as_str().map(str::to_string)),
             );
         }
-        hosts.extend(
-            self.always
-                .iter()
-                .filter(|a| host::exported_to(a.export_to, a.owner, ns))
-                .map(|a| a.egress_host.clone()),
-        );
+        for always in self.always.iter().filter(|a| a.visible_from(ns)) {
+            hosts.insert(always.egress_host.clone());
+            // Its other definers too (a VirtualService for it elsewhere), as for a dep.
+            hosts.extend(self.defined_in(&always.host));
+        }
         hosts.extend(self.ns_pins.iter().chain(&view.pins).map(|p| p.to_string()));
+        hosts
+    }
+
+    /// The egress hosts of learned deps: each in every namespace that defines it.
+    fn dep_hosts(&self, deps: &BTreeMap<Arc<str>, u64>) -> BTreeSet<String> {
+        let mut hosts = BTreeSet::new();
         for dep in deps.keys() {
-            let namespaces: BTreeSet<&str> = self
-                .index
-                .hosts()
-                .defs(dep)
-                .map(|defs| defs.iter().map(|d| &*d.namespace).collect())
-                .unwrap_or_default();
+            let namespaces = self.defined_in(dep);
             if namespaces.is_empty() {
                 hosts.insert(format!("*/{dep}"));
             }
-            hosts.extend(namespaces.into_iter().map(|n| format!("{n}/{dep}")));
+            hosts.extend(namespaces);
         }
         hosts
+    }
+
+    /// `ns/host` for every namespace with a Service, ServiceEntry or VirtualService
+    /// defining `host`: a Sidecar imports each by its namespace.
+    fn defined_in(&self, host: &str) -> BTreeSet<String> {
+        self.index
+            .hosts()
+            .defs(host)
+            .map(|defs| {
+                defs.iter()
+                    .map(|d| format!("{}/{host}", d.namespace))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }
 

@@ -1,5 +1,7 @@
 //! Istio's mesh config, the parts lazyxds honours: `discoverySelectors` (namespaces istiod
-//! ignores get no Sidecar from us either) and the mesh-wide `outboundTrafficPolicy`.
+//! ignores get no Sidecar from us either), the mesh-wide `outboundTrafficPolicy`, the
+//! default `exportTo` of Services, ServiceEntries and VirtualServices, and the root
+//! namespace (whose AuthorizationPolicies apply mesh-wide).
 
 use serde::Deserialize;
 
@@ -62,6 +64,13 @@ pub struct MeshConfig {
     pub discovery_selectors: Vec<LabelSelector>,
     /// `None`: not set (Istio's default, ALLOW_ANY).
     pub outbound_policy: Option<OutboundPolicy>,
+    /// `defaultServiceExportTo`: the exportTo of Services and ServiceEntries that set
+    /// none (empty: not set, Istio's `*`).
+    pub default_service_export_to: Vec<String>,
+    /// `defaultVirtualServiceExportTo`, likewise for VirtualServices.
+    pub default_virtual_service_export_to: Vec<String>,
+    /// `rootNamespace`; `None`: not set (Istio's default, `istio-system`).
+    pub root_namespace: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -71,6 +80,12 @@ struct RawMesh {
     discovery_selectors: Vec<LabelSelector>,
     #[serde(default)]
     outbound_traffic_policy: Option<RawPolicy>,
+    #[serde(default)]
+    default_service_export_to: Vec<String>,
+    #[serde(default)]
+    default_virtual_service_export_to: Vec<String>,
+    #[serde(default)]
+    root_namespace: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -110,6 +125,9 @@ impl MeshConfig {
         Ok(MeshConfig {
             discovery_selectors: raw.discovery_selectors,
             outbound_policy,
+            default_service_export_to: raw.default_service_export_to,
+            default_virtual_service_export_to: raw.default_virtual_service_export_to,
+            root_namespace: raw.root_namespace.filter(|ns| !ns.is_empty()),
         })
     }
 }
@@ -190,5 +208,26 @@ mod tests {
                 (got, want) => panic!("{yaml}: got {got:?}, want {want:?}"),
             }
         }
+    }
+
+    #[test]
+    fn export_defaults_and_the_root_namespace() {
+        let mesh = MeshConfig::parse(concat!(
+            "rootNamespace: mesh-root\n",
+            "defaultServiceExportTo: [\".\"]\n",
+            "defaultVirtualServiceExportTo: [\".\", istio-system]\n",
+            "defaultDestinationRuleExportTo: [\"~\"]\n",
+        ))
+        .unwrap();
+        assert_eq!(mesh.root_namespace.as_deref(), Some("mesh-root"));
+        assert_eq!(mesh.default_service_export_to, vec!["."]);
+        assert_eq!(
+            mesh.default_virtual_service_export_to,
+            vec![".", "istio-system"]
+        );
+        let unset = MeshConfig::parse("rootNamespace: \"\"\n").unwrap();
+        assert_eq!(unset.root_namespace, None);
+        assert!(unset.default_service_export_to.is_empty());
+        assert!(MeshConfig::parse("defaultServiceExportTo: .\n").is_err());
     }
 }

@@ -7,9 +7,9 @@ use crate::desired::RenderConfig;
 use crate::index::{Index, IndexConfig, ObservedEdge};
 use crate::istio::OutboundPolicy;
 use crate::objects::{
-    Annotations, Job, Labels, Namespace, OwnerRef, Pod, ReplicaSet, Service, ServiceEntry,
-    ServiceEntryPort, ServicePort, SidecarObject, VirtualService, WorkloadId, WorkloadKind,
-    WorkloadObject,
+    Annotations, AuthorizationAction, AuthorizationPolicy, Job, Labels, Namespace, OwnerRef, Pod,
+    ReplicaSet, Service, ServiceEntry, ServiceEntryPort, ServicePort, SidecarObject,
+    VirtualService, WorkloadId, WorkloadKind, WorkloadObject,
 };
 
 pub const GATEWAY: &str = "lazyxds-gateway.lazyxds-system.svc.cluster.local";
@@ -114,6 +114,7 @@ pub fn mk_service(
             })
             .collect(),
         export_to: Vec::new(),
+        headless: false,
     }
 }
 
@@ -137,6 +138,7 @@ pub fn mk_service_entry(
             })
             .collect(),
         export_to: Vec::new(),
+        workload_selector: None,
     }
 }
 
@@ -154,6 +156,23 @@ pub fn mk_virtual_service(
         destinations: destinations.iter().map(|h| h.to_string()).collect(),
         export_to: Vec::new(),
         http: Vec::new(),
+        created_unix_s: None,
+    }
+}
+
+/// An AuthorizationPolicy without targetRef; `selector: None`: namespace-wide.
+pub fn mk_policy(
+    ns: &str,
+    name: &str,
+    action: AuthorizationAction,
+    selector: Option<&[(&str, &str)]>,
+) -> AuthorizationPolicy {
+    AuthorizationPolicy {
+        namespace: ns.into(),
+        name: name.into(),
+        action,
+        selector: selector.map(mk_labels),
+        targeted: false,
     }
 }
 

@@ -2,7 +2,7 @@
 //! caller's sidecar would have routed it: the Istio objects (rendered here, pure) and the
 //! namespace table pushed to its filter ([`namespace_table`]).
 //!
-//! - A `Gateway` with one server on the egressProxy port, `tls.mode: ISTIO_MUTUAL` (the
+//! - A `Gateway` with one server on the gateway port, `tls.mode: ISTIO_MUTUAL` (the
 //!   filter then knows each caller's verified identity), and a `DestinationRule`
 //!   `ISTIO_MUTUAL` for the gateway host (gateway pods lack the auto-mTLS label).
 //! - A placeholder `Service` in the gateway namespace with every HTTP port of the mesh
@@ -36,11 +36,18 @@ use crate::istio::{
     PortTrafficPolicy, RouteConfigurationMatch, Server, ServerPort, ServerTls, TrafficPolicy,
     VirtualServiceSpec, WorkloadSelector, ENVOY_FILTER_API, NETWORKING_API,
 };
-use crate::objects::{Protocol, VirtualService};
+use crate::objects::{Protocol, VirtualService, Visibility, ANNOTATION_EXPORT_TO};
 
 /// Route (and virtual host, and cluster) name of the catch-all for unknown hosts; the
 /// filter knows it by this name.
 pub const EXTERNAL_ROUTE: &str = "lazyxds-external";
+/// The catch-all EnvoyFilter's priority. Not 0: `istioctl analyze` flags (IST0151) an
+/// EnvoyFilter with a relative patch (its forward proxy filter goes `INSERT_BEFORE` the
+/// router) and priority 0, whose order among others is then creation time
+/// (`pkg/config/analysis/analyzers/envoyfilter/envoyfilter.go`, `relativeOperationMsg`).
+/// Positive: applied after the install's filter (`install::filter::ENVOY_FILTER_PRIORITY`,
+/// lower first), which must end up ahead of the forward proxy.
+pub const CATCH_ALL_PRIORITY: i32 = 10;
 /// The VirtualService answering `*.svc.<domain>` hosts no Service has.
 pub const UNKNOWN_MESH_HOSTS: &str = "lazyxds-unknown-mesh-hosts";
 /// Its answer.
@@ -125,7 +132,7 @@ struct Routable {
 /// Renders every gateway object for the mesh in `index`.
 pub fn gateway_objects(index: &Index, config: &RenderConfig) -> GatewayObjects {
     let domain = index.config().cluster_domain.clone();
-    let (routable, http_ports) = routable_hosts(index, &domain);
+    let (routable, http_ports) = routable_hosts(index, &domain, &config.gateway_namespace);
     let mut virtual_services = vec![unknown_mesh_hosts(config, &domain)];
     for_each_host_route(index, config, &domain, &routable, |vs| {
         virtual_services.push(vs)
@@ -260,10 +267,16 @@ fn placeholder_service(config: &RenderConfig, ports: &BTreeSet<u16>) -> Value {
             |p| json!({"name": format!("http-{p}"), "port": p, "protocol": "TCP", "targetPort": p}),
         )
         .collect();
+    // Every lazy Sidecar imports it: exported everywhere, whatever the mesh's
+    // `defaultServiceExportTo` says.
+    let metadata = Metadata {
+        annotations: BTreeMap::from([(ANNOTATION_EXPORT_TO.to_string(), "*".to_string())]),
+        ..metadata(config, PLACEHOLDER_SERVICE)
+    };
     json!({
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": metadata(config, PLACEHOLDER_SERVICE),
+        "metadata": metadata,
         // No selector, so no endpoints: it only gives sidecars an HTTP route table per
         // port, whose catch-all sends unknown hosts to the gateway.
         "spec": {"ports": ports},
@@ -303,7 +316,7 @@ fn envoy_filter(config: &RenderConfig) -> EnvoyFilter {
         workload_selector: Some(WorkloadSelector {
             labels: config.gateway_selector.clone(),
         }),
-        priority: None,
+        priority: Some(CATCH_ALL_PRIORITY),
         config_patches: vec![
             ConfigPatch::new("CLUSTER", PatchMatch::gateway(), "ADD", cluster),
             ConfigPatch::new(
@@ -375,8 +388,15 @@ fn unknown_mesh_hosts(config: &RenderConfig, domain: &str) -> Value {
 /// HTTP by the one rule ([`Protocol::may_be_lazy`]: unnamed and unknown ports are not).
 /// Ports some other service uses for anything else are left out: a placeholder
 /// `http-<port>` would turn that port's listener into HTTP in every lazy Sidecar, and a
-/// server-first or TLS client on it would hang or fail.
-fn routable_hosts(index: &Index, domain: &str) -> (BTreeMap<String, Routable>, BTreeSet<u16>) {
+/// server-first or TLS client on it would hang or fail. A host whose exportTo leaves out
+/// the gateway's namespace gets no route: istiod gives the gateway no cluster for it (and
+/// `istioctl analyze` reports a route to it, IST0101); it stays visible where it is seen
+/// instead (`desired::always_visible`).
+fn routable_hosts(
+    index: &Index,
+    domain: &str,
+    gateway_namespace: &str,
+) -> (BTreeMap<String, Routable>, BTreeSet<u16>) {
     let mut routable: BTreeMap<String, Routable> = BTreeMap::new();
     let mut http_ports = BTreeSet::new();
     let mut opaque_ports = BTreeSet::new();
@@ -399,8 +419,13 @@ fn routable_hosts(index: &Index, domain: &str) -> (BTreeMap<String, Routable>, B
             .filter(|s| &*s.name != PLACEHOLDER_SERVICE)
         {
             let host = svc.host(domain);
+            let seen = host::exported_to(
+                index.service_export_to(&svc.export_to),
+                ns,
+                gateway_namespace,
+            );
             for port in &svc.ports {
-                if note(port.port, Protocol::of_service_port(port)) {
+                if note(port.port, Protocol::of_service_port(port)) && seen {
                     routable
                         .entry(host.clone())
                         .or_default()
@@ -410,8 +435,13 @@ fn routable_hosts(index: &Index, domain: &str) -> (BTreeMap<String, Routable>, B
             }
         }
         for se in state.service_entries.values() {
+            let seen = host::exported_to(
+                index.service_export_to(&se.export_to),
+                ns,
+                gateway_namespace,
+            );
             for port in &se.ports {
-                if !note(port.number, port.istio_protocol()) {
+                if !note(port.number, port.istio_protocol()) || !seen {
                     continue;
                 }
                 for h in &se.hosts {
@@ -428,8 +458,15 @@ fn routable_hosts(index: &Index, domain: &str) -> (BTreeMap<String, Routable>, B
     (routable, ports)
 }
 
-/// Mesh VirtualServices by (resolved) host: the first by namespace and name wins, as the
-/// oldest does in Istio.
+/// The VirtualService a caller's sidecar uses for each (resolved) host, where that does not
+/// depend on the caller's namespace: the oldest public one (by creation time, then name,
+/// then namespace: `configCompareByCreationTime`). A sidecar takes its namespace's private
+/// VirtualServices and those exported to it first, then public ones, each oldest first
+/// (`push_context.go` `VirtualServicesForGateway`, `virtualservice.go`
+/// `SelectVirtualServices`; later ones for a host it already has are dropped,
+/// `httproute.go` "duplicate domain"). A host some namespaces route by a VirtualService only
+/// they see stays visible to them instead (`desired::always_visible`); `~` hides one from
+/// everybody.
 fn user_virtual_services<'a>(index: &'a Index, domain: &str) -> BTreeMap<String, UserVs<'a>> {
     let mut out: BTreeMap<String, UserVs<'a>> = BTreeMap::new();
     for ns in index.namespace_names() {
@@ -437,14 +474,17 @@ fn user_virtual_services<'a>(index: &'a Index, domain: &str) -> BTreeMap<String,
         for vs in state
             .virtual_services
             .values()
-            .filter(|v| v.applies_to_mesh())
+            .filter(|v| v.applies_to_mesh() && v.visibility() == Visibility::Public)
         {
             for h in &vs.hosts {
                 let h = host::resolve_config_host(h, ns, domain);
                 if h == "*" {
                     continue;
                 }
-                out.entry(h).or_insert(UserVs { vs, ns });
+                let entry = out.entry(h).or_insert(UserVs { vs, ns });
+                if vs.precedence_key() < entry.vs.precedence_key() {
+                    *entry = UserVs { vs, ns };
+                }
             }
         }
     }

@@ -26,6 +26,7 @@
 )]
 
 pub mod desired;
+pub mod destination_rule;
 pub mod discovery;
 pub mod error;
 pub mod gateway;
@@ -49,10 +50,11 @@ pub use gateway::{gateway_objects, namespace_table, GatewayObjects};
 pub use index::{Counters, Index, IndexConfig, ObservedEdge};
 pub use istio::{OutboundPolicy, Sidecar};
 pub use objects::{
-    Annotations, Job, Labels, Namespace, OwnerRef, Pin, Pod, Protocol, ReplicaSet, RestoredDeps,
-    Service, ServiceEntry, ServiceEntryPort, ServicePort, SidecarObject, VirtualService,
+    Annotations, AuthorizationAction, AuthorizationPolicy, ConnectionPolicy, DestinationRule, Job,
+    Labels, Namespace, OwnerRef, Pin, Pod, Protocol, ReplicaSet, RestoredDeps, Service,
+    ServiceEntry, ServiceEntryPort, ServicePort, SidecarObject, UpstreamTls, VirtualService,
     WorkloadId, WorkloadKind, WorkloadObject,
 };
 pub use reconcile::{reconcile, Pass};
 pub use report::{report, Report, Status, Totals, WorkloadReport};
-pub use topology::{Gateway, IndexObjects, Topology};
+pub use topology::{Gateway, IndexObjects, Removal, Topology};

@@ -31,6 +31,15 @@ pub const ANNOTATION_OUTBOUND_POLICY: &str = "lazyxds.io/outbound-policy";
 pub const ANNOTATION_EXPORT_TO: &str = "networking.istio.io/exportTo";
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY_US: &str = "lazyxds";
+/// What part of lazyxds an object is; on the per-workload catch-all EnvoyFilters it tells
+/// them from the install's own (both are ours).
+pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
+pub const COMPONENT_CATCH_ALL: &str = "catch-all";
+
+/// Whether `labels` mark one of our per-workload catch-all EnvoyFilters.
+pub fn is_our_catch_all(labels: &BTreeMap<String, String>) -> bool {
+    is_ours(labels) && labels.get(LABEL_COMPONENT).map(String::as_str) == Some(COMPONENT_CATCH_ALL)
+}
 
 /// The kill switch: ConfigMap `lazyxds` in the controller's namespace; `enabled:
 /// "false"` makes the writer delete every Sidecar we own.
@@ -521,6 +530,10 @@ pub struct Service {
     /// `networking.istio.io/exportTo`, split on commas; empty means everywhere.
     #[serde(default)]
     pub export_to: Vec<String>,
+    /// `spec.clusterIP: None`: Istio resolves it as `Passthrough` (`kube/conversion.go`),
+    /// and its pods are also reached by name (`pod-0.db.ns.svc.<domain>`).
+    #[serde(default)]
+    pub headless: bool,
 }
 
 impl Service {
@@ -572,6 +585,10 @@ pub struct ServiceEntry {
     pub ports: Vec<ServiceEntryPort>,
     #[serde(default)]
     pub export_to: Vec<String>,
+    /// `spec.workloadSelector.labels`: its endpoints are the pods of its namespace with
+    /// these labels (mesh workloads); `None`: endpoints listed or resolved by DNS.
+    #[serde(default)]
+    pub workload_selector: Option<Labels>,
 }
 
 impl ServiceEntry {
@@ -611,12 +628,245 @@ pub struct VirtualService {
     /// `spec.http`, as written: the gateway reproduces these routes for first calls.
     #[serde(default)]
     pub http: Vec<serde_json::Value>,
+    /// `metadata.creationTimestamp` (unix seconds): of several VirtualServices for one
+    /// host a sidecar takes the oldest it sees; `None` sorts first, as Istio's zero time.
+    #[serde(default)]
+    pub created_unix_s: Option<u64>,
 }
 
 impl VirtualService {
     /// Whether sidecars use it (its hosts are then mesh hosts).
     pub fn applies_to_mesh(&self) -> bool {
         self.gateways.is_empty() || self.gateways.iter().any(|g| g == "mesh")
+    }
+
+    /// Istio's order of VirtualServices (`configCompareByCreationTime`,
+    /// `pilot/pkg/model/config.go`): creation time, then name, then namespace.
+    pub fn precedence_key(&self) -> (u64, &str, &str) {
+        (
+            self.created_unix_s.unwrap_or(0),
+            &self.name,
+            &self.namespace,
+        )
+    }
+
+    /// How istiod indexes it for sidecars (`push_context.go`, `initVirtualServices`):
+    /// `*` (or no exportTo: the mesh default, `*` unless the mesh config says otherwise)
+    /// makes it public, seen alike by every namespace; else, unless `~` hides it, only the
+    /// namespaces it names (`.`: its own) see it, and they see it before any public one.
+    pub fn visibility(&self) -> Visibility {
+        if self.export_to.is_empty() || self.export_to.iter().any(|e| e == "*") {
+            Visibility::Public
+        } else if self.export_to.iter().any(|e| e == "~") {
+            Visibility::Hidden
+        } else {
+            Visibility::Namespaces
+        }
+    }
+}
+
+/// Which sidecars see a VirtualService, in istiod's index ([`VirtualService::visibility`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Visibility {
+    /// Every namespace, after its own private and exported-to-it ones.
+    Public,
+    /// Only the namespaces its exportTo names, before any public one.
+    Namespaces,
+    /// None (`~`).
+    Hidden,
+}
+
+/// A `networking.istio.io` DestinationRule: what decides whether a caller's sidecar uses
+/// it for a host ([`crate::destination_rule`]) and how it connects to a port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationRule {
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
+    /// `spec.host` as written (a short name is relative to its namespace).
+    pub host: String,
+    #[serde(default)]
+    pub export_to: Vec<String>,
+    /// `spec.workloadSelector.matchLabels`; `None`: no selector.
+    #[serde(default)]
+    pub workload_selector: Option<Labels>,
+    /// What of `spec.trafficPolicy` decides how a connection is made.
+    #[serde(default)]
+    pub traffic_policy: ConnectionPolicy,
+}
+
+/// The parts of a DestinationRule's `trafficPolicy` that change what goes on the wire of a
+/// cluster's connections (TLS origination, a PROXY protocol header: `cluster_traffic_policy.go`
+/// `applyTrafficPolicy`); the rest (pools, load balancing, outlier detection) only changes
+/// how connections are managed, and `tunnel` applies to TCP routes, not HTTP ones.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionPolicy {
+    /// `trafficPolicy.tls`; `None`: not set.
+    #[serde(default)]
+    pub tls: Option<UpstreamTls>,
+    /// `trafficPolicy.proxyProtocol` is set.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    /// `portLevelSettings[]` by port number: each entry's `tls` (`None`: it sets none).
+    #[serde(default)]
+    pub port_tls: BTreeMap<u16, Option<UpstreamTls>>,
+}
+
+/// A DestinationRule's `tls` (`ClientTLSSettings`), as far as lazyxds judges it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// `mode` as written; empty when unset (Istio's default, `DISABLE`).
+    #[serde(default)]
+    pub mode: String,
+    /// `subjectAltNames`.
+    #[serde(default)]
+    pub subject_alt_names: Vec<String>,
+}
+
+impl DestinationRule {
+    /// Projects a DestinationRule from its `spec` as Istio has it (what the API server
+    /// stores and a topology file gives). Fields of other types than Istio's are read as
+    /// unset; the API server's schema refuses them anyway.
+    pub fn from_spec(namespace: &str, name: &str, spec: &serde_json::Value) -> DestinationRule {
+        let strings = |v: Option<&serde_json::Value>| -> Vec<String> {
+            v.and_then(|v| v.as_array())
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect()
+        };
+        let tls = |v: Option<&serde_json::Value>| {
+            v.filter(|t| t.is_object()).map(|t| UpstreamTls {
+                mode: t
+                    .get("mode")
+                    .and_then(|m| m.as_str())
+                    .unwrap_or_default()
+                    .to_string(),
+                subject_alt_names: strings(t.get("subjectAltNames")),
+            })
+        };
+        let policy = spec.get("trafficPolicy");
+        let set = |field: &str| {
+            policy
+                .and_then(|p| p.get(field))
+                .is_some_and(|v| !v.is_null())
+        };
+        // The first entry for a port is the one istiod uses (`GetPortLevelTrafficPolicy`).
+        let mut port_tls = BTreeMap::new();
+        let entries = policy
+            .and_then(|p| p.get("portLevelSettings"))
+            .and_then(|p| p.as_array());
+        for entry in entries.into_iter().flatten() {
+            let number = entry.pointer("/port/number").and_then(|n| n.as_u64());
+            if let Some(port) = number.and_then(|n| u16::try_from(n).ok()) {
+                port_tls
+                    .entry(port)
+                    .or_insert_with(|| tls(entry.get("tls")));
+            }
+        }
+        DestinationRule {
+            namespace: namespace.into(),
+            name: name.into(),
+            host: spec
+                .get("host")
+                .and_then(|h| h.as_str())
+                .unwrap_or_default()
+                .to_string(),
+            export_to: strings(spec.get("exportTo")),
+            workload_selector: spec
+                .pointer("/workloadSelector/matchLabels")
+                .map(string_map),
+            traffic_policy: ConnectionPolicy {
+                tls: tls(policy.and_then(|p| p.get("tls"))),
+                proxy_protocol: set("proxyProtocol"),
+                port_tls,
+            },
+        }
+    }
+}
+
+/// What an AuthorizationPolicy does with the requests it matches (`spec.action`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AuthorizationAction {
+    #[default]
+    Allow,
+    Deny,
+    Audit,
+    Custom,
+}
+
+impl AuthorizationAction {
+    /// Istio's spelling (`security.istio.io` `Action`); `None` for anything else.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "ALLOW" => Some(AuthorizationAction::Allow),
+            "DENY" => Some(AuthorizationAction::Deny),
+            "AUDIT" => Some(AuthorizationAction::Audit),
+            "CUSTOM" => Some(AuthorizationAction::Custom),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthorizationAction::Allow => "ALLOW",
+            AuthorizationAction::Deny => "DENY",
+            AuthorizationAction::Audit => "AUDIT",
+            AuthorizationAction::Custom => "CUSTOM",
+        }
+    }
+
+    /// Whether it decides who may call: ALLOW, DENY and CUSTOM do; AUDIT only logs
+    /// (istiod renders it as Envoy's RBAC `LOG` action, which never denies:
+    /// `pilot/pkg/security/authz/builder/builder.go`).
+    pub fn decides_access(self) -> bool {
+        self != AuthorizationAction::Audit
+    }
+}
+
+/// A `security.istio.io` AuthorizationPolicy: what decides the workloads it applies to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorizationPolicy {
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
+    #[serde(default)]
+    pub action: AuthorizationAction,
+    /// `spec.selector.matchLabels`; `None` (or empty): every workload of its namespace.
+    #[serde(default)]
+    pub selector: Option<Labels>,
+    /// `spec.targetRef`/`targetRefs` is set: it attaches to Gateway API gateways and
+    /// waypoints only, never to a sidecar.
+    #[serde(default)]
+    pub targeted: bool,
+}
+
+impl AuthorizationPolicy {
+    /// Whether istiod applies it to a sidecar workload in `namespace` with `labels`
+    /// (`pilot/pkg/model/authorization.go` `ListAuthorizationPolicies`: policies of the
+    /// root namespace and of the workload's; `policyattachment.go` `ShouldAttachPolicy`:
+    /// a policy with a targetRef never attaches to a sidecar, else its selector's
+    /// `matchLabels` must be a subset of the workload's labels, no selector selecting all).
+    pub fn applies_to(&self, root_namespace: &str, namespace: &str, labels: &Labels) -> bool {
+        self.applies_in(root_namespace, namespace)
+            && self
+                .selector
+                .as_ref()
+                .is_none_or(|s| s.iter().all(|(k, v)| labels.get(k) == Some(v)))
+    }
+
+    /// Whether it may apply to some workload of `namespace`: not targeted, and in that
+    /// namespace or the root one.
+    pub fn applies_in(&self, root_namespace: &str, namespace: &str) -> bool {
+        !self.targeted && (&*self.namespace == namespace || &*self.namespace == root_namespace)
+    }
+
+    /// No selector: every workload of its namespace (of the mesh, in the root namespace).
+    pub fn is_namespace_wide(&self) -> bool {
+        self.selector.as_ref().is_none_or(Labels::is_empty)
     }
 }
 
@@ -853,6 +1103,7 @@ mod tests {
                 mk_port(7000, "", "TCP", None),
             ],
             export_to: Vec::new(),
+            headless: false,
         };
         assert_eq!(
             svc.not_lazy_port().map(|p| p.to_string()).as_deref(),
@@ -887,11 +1138,79 @@ mod tests {
                 },
             ],
             export_to: Vec::new(),
+            workload_selector: None,
         };
         assert_eq!(
             se.not_lazy_port().map(|p| p.to_string()).as_deref(),
             Some("port 443 (protocol \"TLS\") is TLS, not HTTP")
         );
+    }
+
+    #[test]
+    fn authorization_policies_attach_as_istiod_attaches_them() {
+        let labels = |pairs: &[(&str, &str)]| -> Labels {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let policy = |ns: &str, selector: Option<&[(&str, &str)]>, targeted| AuthorizationPolicy {
+            namespace: ns.into(),
+            name: "p".into(),
+            action: AuthorizationAction::Deny,
+            selector: selector.map(labels),
+            targeted,
+        };
+        let web = labels(&[("app", "web"), ("version", "v1")]);
+        let cases = [
+            (policy("shop", Some(&[("app", "web")]), false), "shop", true),
+            (
+                policy("shop", Some(&[("app", "web"), ("version", "v2")]), false),
+                "shop",
+                false,
+            ),
+            (policy("shop", None, false), "shop", true),
+            (policy("shop", Some(&[]), false), "shop", true),
+            (policy("shop", None, false), "payments", false),
+            // The root namespace's apply in every namespace.
+            (policy("istio-system", None, false), "shop", true),
+            (
+                policy("istio-system", Some(&[("app", "web")]), false),
+                "shop",
+                true,
+            ),
+            (
+                policy("istio-system", Some(&[("app", "db")]), false),
+                "shop",
+                false,
+            ),
+            (
+                policy("payments", Some(&[("app", "web")]), false),
+                "shop",
+                false,
+            ),
+            // A targetRef is for gateways and waypoints.
+            (policy("shop", None, true), "shop", false),
+            (policy("istio-system", None, true), "shop", false),
+        ];
+        for (p, ns, want) in cases {
+            assert_eq!(
+                p.applies_to("istio-system", ns, &web),
+                want,
+                "{p:?} on {ns}"
+            );
+        }
+        for (action, decides) in [
+            ("ALLOW", true),
+            ("DENY", true),
+            ("CUSTOM", true),
+            ("AUDIT", false),
+        ] {
+            let parsed = AuthorizationAction::parse(action).expect(action);
+            assert_eq!(parsed.as_str(), action);
+            assert_eq!(parsed.decides_access(), decides, "{action}");
+        }
+        assert_eq!(AuthorizationAction::parse("allow"), None);
     }
 
     #[test]

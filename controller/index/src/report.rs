@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::desired::{self, Desired};
+use crate::desired::{self, Desired, RenderConfig};
 use crate::host;
 use crate::index::Index;
 use crate::objects::WorkloadId;
@@ -22,11 +22,12 @@ pub struct Report {
     pub always_visible: Vec<AlwaysVisibleHost>,
 }
 
-/// A host that can never be lazy: one of its ports may not be HTTP.
+/// A host that can never be lazy ([`desired::always_visible`]), with every reason.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AlwaysVisibleHost {
     /// `ns/host`, as Sidecars list it.
     pub host: String,
+    /// Every reason, `; `-separated.
     pub reason: String,
 }
 
@@ -42,6 +43,13 @@ pub struct WorkloadReport {
     pub hosts_with: usize,
     pub clusters_removed: usize,
     pub endpoints_removed: usize,
+    /// Scoped, and its learned hosts reached this cap: new ones stay lazy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_cap_reached: Option<usize>,
+    /// Scoped: the hosts its Sidecar keeps whether learned or not (`ns/host`), each with
+    /// every reason (the report's `always_visible` list, as this workload sees it).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub always_visible: Vec<AlwaysVisibleHost>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -98,8 +106,12 @@ impl<'a> Catalog<'a> {
         let domain = &index.config().cluster_domain;
         let mut entries = Vec::new();
         let mut virtual_services = Vec::new();
+        // What istiod shows proxies: nothing of a namespace it does not watch, each object
+        // where its exportTo (or the mesh's default) says.
         for ns in index.namespace_names() {
-            let Some(state) = index.ns(ns) else { continue };
+            let Some(state) = index.ns(ns).filter(|_| index.is_discovered(ns)) else {
+                continue;
+            };
             for svc in state.services.values() {
                 let pods = match &svc.selector {
                     Some(selector) if !selector.is_empty() => state
@@ -113,7 +125,7 @@ impl<'a> Catalog<'a> {
                 entries.push(Entry {
                     namespace: ns,
                     host: svc.host(domain),
-                    export_to: &svc.export_to,
+                    export_to: index.service_export_to(&svc.export_to),
                     clusters: svc.ports.len(),
                     endpoints: pods.saturating_mul(svc.ports.len()),
                 });
@@ -123,7 +135,7 @@ impl<'a> Catalog<'a> {
                     entries.push(Entry {
                         namespace: ns,
                         host: host::resolve_config_host(h, ns, domain),
-                        export_to: &se.export_to,
+                        export_to: index.service_export_to(&se.export_to),
                         clusters: se.ports.len(),
                         endpoints: 0,
                     });
@@ -143,7 +155,7 @@ impl<'a> Catalog<'a> {
                     virtual_services.push((
                         &**ns,
                         host::resolve_config_host(h, ns, domain),
-                        vs.export_to.as_slice(),
+                        index.virtual_service_export_to(&vs.export_to),
                         destinations.clone(),
                     ));
                 }
@@ -214,14 +226,21 @@ impl<'a> Catalog<'a> {
     }
 }
 
-/// Per-workload and total effect of `desired` on what sidecars receive.
-pub fn report(index: &Index, desired: &Desired) -> Report {
+/// Per-workload and total effect of `desired` (rendered with `config`) on what sidecars
+/// receive.
+pub fn report(index: &Index, desired: &Desired, config: &RenderConfig) -> Report {
     let catalog = Catalog::new(index);
     let refusals: BTreeMap<&WorkloadId, String> = desired
         .refusals
         .iter()
         .map(|r| (&r.workload, r.reason.to_string()))
         .collect();
+    let capped: BTreeMap<&WorkloadId, usize> = desired
+        .capped
+        .iter()
+        .map(|c| (&c.workload, c.cap))
+        .collect();
+    let kept = desired::always_visible(index, config);
     let mut visible_by_ns: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
     let mut workloads = Vec::new();
     let mut totals = Totals::default();
@@ -258,7 +277,13 @@ pub fn report(index: &Index, desired: &Desired) -> Report {
                     e.saturating_add(entry.endpoints),
                 )
             });
+        let always_visible = match status {
+            Status::Scoped => group_reasons(kept.iter().filter(|a| a.visible_from(ns))),
+            _ => Vec::new(),
+        };
         let row = WorkloadReport {
+            always_visible,
+            host_cap_reached: capped.get(&id).copied(),
             workload: id,
             status,
             hosts_without,
@@ -280,18 +305,48 @@ pub fn report(index: &Index, desired: &Desired) -> Report {
             .saturating_add(row.endpoints_removed);
         workloads.push(row);
     }
-    let always_visible = desired::always_visible(index)
-        .into_iter()
-        .map(|a| AlwaysVisibleHost {
-            host: a.egress_host,
-            reason: a.why.to_string(),
-        })
-        .collect();
+    let always_visible = always_visible_hosts(index, config);
     Report {
         workloads,
         totals,
         always_visible,
     }
+}
+
+/// Every host that can never be lazy ([`desired::always_visible`]), one row per `ns/host`
+/// in the order found (a host can be both a Service's and a VirtualService's), each
+/// distinct reason once.
+pub fn always_visible_hosts(index: &Index, config: &RenderConfig) -> Vec<AlwaysVisibleHost> {
+    group_reasons(desired::always_visible(index, config).iter())
+}
+
+/// One row per `ns/host`, in the order found, each distinct reason once.
+fn group_reasons<'a, 'b: 'a>(
+    hosts: impl Iterator<Item = &'a desired::AlwaysVisible<'b>>,
+) -> Vec<AlwaysVisibleHost> {
+    let mut rows: Vec<(String, Vec<String>)> = Vec::new();
+    let mut row_of: BTreeMap<String, usize> = BTreeMap::new();
+    for a in hosts {
+        let i = *row_of.entry(a.egress_host.clone()).or_insert_with(|| {
+            rows.push((a.egress_host.clone(), Vec::new()));
+            rows.len().saturating_sub(1)
+        });
+        let Some((_, reasons)) = rows.get_mut(i) else {
+            continue;
+        };
+        for why in &a.why {
+            let reason = why.to_string();
+            if !reasons.contains(&reason) {
+                reasons.push(reason);
+            }
+        }
+    }
+    rows.into_iter()
+        .map(|(host, reasons)| AlwaysVisibleHost {
+            host,
+            reason: reasons.join("; "),
+        })
+        .collect()
 }
 
 impl Report {
@@ -313,7 +368,10 @@ impl Report {
                 [
                     w.workload.namespace.to_string(),
                     format!("{}/{}", w.workload.kind, w.workload.name),
-                    w.status.label(),
+                    match w.host_cap_reached {
+                        Some(cap) => format!("{} (host cap {cap} reached)", w.status.label()),
+                        None => w.status.label(),
+                    },
                     w.hosts_without.to_string(),
                     w.hosts_with.to_string(),
                     w.clusters_removed.to_string(),
@@ -395,7 +453,36 @@ mod tests {
             hosts_with: counts[1],
             clusters_removed: counts[2],
             endpoints_removed: counts[3],
+            host_cap_reached: None,
+            always_visible: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_workload_at_the_host_cap_is_scoped_and_says_so() {
+        let mut index = Index::new(crate::IndexConfig {
+            max_deps_per_workload: 1,
+            ..Default::default()
+        });
+        index.apply(mk_namespace("shop", Some(true)));
+        mk_deployment(&mut index, "shop", "productpage", "10.0.0.10");
+        let edges = ["a.example.com", "b.example.com"]
+            .map(|h| mk_edge("10.0.0.10", None, &mk_outbound(80, h), 1));
+        index.record_edges(edges, 1);
+        let desired = desired(&index, &RenderConfig::test());
+        let report = report(&index, &desired, &RenderConfig::test());
+        let row = &report.workloads[0];
+        assert_eq!(
+            (&row.status, row.host_cap_reached),
+            (&Status::Scoped, Some(1))
+        );
+        assert!(
+            report.to_table().contains("scoped (host cap 1 reached)"),
+            "{}",
+            report.to_table()
+        );
+        let json = serde_json::to_value(row).unwrap();
+        assert_eq!(json["host_cap_reached"], 1);
     }
 
     #[test]
@@ -426,14 +513,24 @@ mod tests {
             reason: "user Sidecar v1-only already selects its pods".to_string(),
         };
         // Visible from shop: 5 shop Services, payments, istiod (vault is private).
+        // A scoped workload lists what it keeps unlearned as it sees it: postgres, not
+        // payments' private vault.
+        let postgres = || AlwaysVisibleHost {
+            host: "shop/postgres.shop.svc.cluster.local".to_string(),
+            reason: "port 5432 (name \"tcp-postgres\") is TCP, not HTTP".to_string(),
+        };
+        let scoped = |name: &str, counts: [usize; 4]| WorkloadReport {
+            always_visible: vec![postgres()],
+            ..mk_row(name, Status::Scoped, counts)
+        };
         let want = Report {
             workloads: vec![
                 // Keeps istiod, postgres, reviews and (through the VirtualService)
                 // reviews-v2; drops productpage (1 pod), ratings, payments.
-                mk_row("productpage", Status::Scoped, [7, 4, 3, 1]),
+                scoped("productpage", [7, 4, 3, 1]),
                 mk_row("reviews-v1", refused, [7, 7, 0, 0]),
                 // Drops productpage (1), reviews (2 pods), reviews-v2 (1), ratings, payments.
-                mk_row("reviews-v2", Status::Scoped, [7, 2, 5, 4]),
+                scoped("reviews-v2", [7, 2, 5, 4]),
             ],
             totals: Totals {
                 workloads: 3,
@@ -446,12 +543,21 @@ mod tests {
                 endpoints_removed: 5,
             },
             // istiod's https ports count for nothing: `istio-system/*` is in every Sidecar.
-            always_visible: vec![AlwaysVisibleHost {
-                host: "shop/postgres.shop.svc.cluster.local".to_string(),
-                reason: "port 5432 (name \"tcp-postgres\") is TCP, not HTTP".to_string(),
-            }],
+            // vault stays where it is seen (payments), hidden from the gateway.
+            always_visible: vec![
+                AlwaysVisibleHost {
+                    host: "payments/vault.payments.svc.cluster.local".to_string(),
+                    reason: "Service payments/vault's exportTo [\".\"] leaves out the \
+                             gateway's namespace lazyxds-system"
+                        .to_string(),
+                },
+                AlwaysVisibleHost {
+                    host: "shop/postgres.shop.svc.cluster.local".to_string(),
+                    reason: "port 5432 (name \"tcp-postgres\") is TCP, not HTTP".to_string(),
+                },
+            ],
         };
-        let report = report(&index, &desired);
+        let report = report(&index, &desired, &RenderConfig::test());
         assert_eq!(report, want);
         assert_eq!(
             report.to_table(),
@@ -462,8 +568,9 @@ shop       Deployment/reviews-v1   refused: user Sidecar v1-only already selects
 shop       Deployment/reviews-v2   scoped                                                      7             2                 5                  4
 TOTAL      3 workloads             2 scoped, 1 refused, 0 not opted in                        21            13                 8                  5
 
-ALWAYS VISIBLE (in every scoped Sidecar)  WHY
-shop/postgres.shop.svc.cluster.local      port 5432 (name \"tcp-postgres\") is TCP, not HTTP
+ALWAYS VISIBLE (in every scoped Sidecar)   WHY
+payments/vault.payments.svc.cluster.local  Service payments/vault's exportTo [\".\"] leaves out the gateway's namespace lazyxds-system
+shop/postgres.shop.svc.cluster.local       port 5432 (name \"tcp-postgres\") is TCP, not HTTP
 "
         );
     }

@@ -14,19 +14,26 @@
 //!      annotations: {}, podAnnotations: {}, serviceAccount: cart,
 //!      pods: [{ip: 127.0.0.10}, {name: cart-x, ip: 127.0.0.11, labels: {extra: "1"}}]}
 //! services: [{namespace: shop, name: cart, selector: {app: cart}, ports: [{port: 9080, name: http}]}]
+//! # (optional `headless: true`: `clusterIP: None`)
 //! serviceEntries: [{namespace: shop, name: stripe, hosts: [api.stripe.com], ports: [{number: 443, name: https, protocol: HTTPS}]}]
 //! virtualServices: [{namespace: shop, name: reviews, hosts: [reviews], destinations: [reviews-v2]}]
 //! # or with Istio's own `http` routes (reproduced by the gateway for first calls):
 //! #   http: [{route: [{destination: {host: reviews, subset: v1}, weight: 90}, ...], timeout: 2s}]
+//! # (optional `exportTo`, and `created`: its creation time in unix seconds, which orders
+//! # several VirtualServices for one host as Istio does)
+//! destinationRules: [{namespace: shop, name: mtls, spec: {host: "*.local", trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}}}]
 //! sidecars: [{namespace: shop, name: default, spec: {egress: [{hosts: ["./*"]}]}}]
+//! # AuthorizationPolicies: `action` (default ALLOW), `selector` (matchLabels; none: the
+//! # whole namespace), `targeted: true` for one with a targetRef (never on a sidecar)
+//! authorizationPolicies: [{namespace: payments, name: vault-callers, action: ALLOW, selector: {app: vault}}]
 //! ```
 //!
 //! Workload kinds: Deployment, StatefulSet, DaemonSet, CronJob (with a pod template),
 //! Job, ReplicaSet, Pod (their `annotations` go on the pods; a Pod has exactly one pod).
 //! Pod names default to `<workload>-<i>`; pods get the labels their controller would add.
 
-use std::collections::{BTreeMap, HashMap};
-use std::fmt::Display;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::{self, Display};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -40,8 +47,9 @@ use crate::host;
 use crate::index::Index;
 use crate::istio::OutboundPolicy;
 use crate::objects::{
-    Annotations, Job, Labels, Namespace, OwnerRef, Pod, ReplicaSet, Service, ServiceEntry,
-    ServiceEntryPort, ServicePort, SidecarObject, VirtualService, WorkloadKind, WorkloadObject,
+    Annotations, AuthorizationPolicy, DestinationRule, Job, Labels, Namespace, OwnerRef, Pod,
+    ReplicaSet, Service, ServiceEntry, ServiceEntryPort, ServicePort, SidecarObject,
+    VirtualService, WorkloadId, WorkloadKind, WorkloadObject,
 };
 
 /// The parsed file.
@@ -76,7 +84,9 @@ pub struct IndexObjects {
     pub services: Vec<Service>,
     pub service_entries: Vec<ServiceEntry>,
     pub virtual_services: Vec<VirtualService>,
+    pub destination_rules: Vec<DestinationRule>,
     pub sidecars: Vec<SidecarObject>,
+    pub authorization_policies: Vec<AuthorizationPolicy>,
 }
 
 impl IndexObjects {
@@ -97,9 +107,33 @@ impl IndexObjects {
         index.reset((), self.services);
         index.reset((), self.service_entries);
         index.reset((), self.virtual_services);
+        index.reset((), self.destination_rules);
+        index.reset((), self.authorization_policies);
         // Sidecars (ours restore deps) and pods last, like a controller start-up.
         index.reset((), self.sidecars);
         index.reset((), self.pods);
+    }
+}
+
+/// How many of the workloads there are now (`before`) a new topology would remove at once.
+/// An empty or truncated file would remove them all, and their Sidecars with them: a
+/// change that removes more than a set share is refused (the last good state kept).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Removal {
+    pub before: usize,
+    pub removed: usize,
+}
+
+impl Removal {
+    /// More than `max_percent` of the workloads at once (100: never).
+    pub fn exceeds(&self, max_percent: u8) -> bool {
+        self.removed.saturating_mul(100) > self.before.saturating_mul(usize::from(max_percent))
+    }
+}
+
+impl fmt::Display for Removal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} of {} workloads", self.removed, self.before)
     }
 }
 
@@ -145,6 +179,22 @@ impl Topology {
         self.objects.clone().apply_to(index);
     }
 
+    /// The workloads this topology has (as the index derives them from its objects).
+    pub fn workloads(&self, config: &crate::IndexConfig) -> BTreeSet<WorkloadId> {
+        let mut index = Index::new(config.clone());
+        self.apply_to(&mut index);
+        index.workload_views().into_keys().collect()
+    }
+
+    /// What replacing the index's workloads (`before`) by this topology's would take away.
+    pub fn removal(&self, before: &BTreeSet<WorkloadId>, config: &crate::IndexConfig) -> Removal {
+        let after = self.workloads(config);
+        Removal {
+            before: before.len(),
+            removed: before.difference(&after).count(),
+        }
+    }
+
     /// `base` with the file's `mesh` and `gateway` settings applied.
     pub fn render_config(&self, base: RenderConfig) -> RenderConfig {
         let mut config = base;
@@ -183,7 +233,11 @@ struct Document {
     #[serde(default)]
     virtual_services: Vec<Value>,
     #[serde(default)]
+    destination_rules: Vec<Value>,
+    #[serde(default)]
     sidecars: Vec<Value>,
+    #[serde(default)]
+    authorization_policies: Vec<Value>,
 }
 
 #[derive(Deserialize)]
@@ -254,6 +308,9 @@ struct ServiceDoc {
     ports: Vec<ServicePort>,
     #[serde(default)]
     export_to: Vec<String>,
+    /// `clusterIP: None`.
+    #[serde(default)]
+    headless: bool,
 }
 
 #[derive(Deserialize)]
@@ -266,6 +323,9 @@ struct ServiceEntryDoc {
     ports: Vec<ServiceEntryPort>,
     #[serde(default)]
     export_to: Vec<String>,
+    /// `workloadSelector.labels`.
+    #[serde(default)]
+    workload_selector: Option<Labels>,
 }
 
 #[derive(Deserialize)]
@@ -284,6 +344,18 @@ struct VirtualServiceDoc {
     /// `spec.http` as Istio has it (matches, weights, subsets, rewrites, timeouts, ...).
     #[serde(default)]
     http: Vec<serde_json::Value>,
+    /// Creation time, unix seconds.
+    #[serde(default)]
+    created: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DestinationRuleDoc {
+    namespace: String,
+    name: String,
+    /// Istio's `spec`: `host`, `exportTo`, `workloadSelector`, `trafficPolicy`.
+    spec: serde_json::Value,
 }
 
 #[derive(Deserialize)]
@@ -412,6 +484,7 @@ impl Parser<'_> {
                 selector: d.selector,
                 ports: d.ports,
                 export_to: d.export_to,
+                headless: d.headless,
             });
         }
         for (i, item) in doc.service_entries.into_iter().enumerate() {
@@ -427,6 +500,7 @@ impl Parser<'_> {
                 hosts: d.hosts,
                 ports: d.ports,
                 export_to: d.export_to,
+                workload_selector: d.workload_selector,
             });
         }
         for (i, item) in doc.virtual_services.into_iter().enumerate() {
@@ -455,7 +529,19 @@ impl Parser<'_> {
                 destinations,
                 export_to: d.export_to,
                 http: d.http,
+                created_unix_s: d.created,
             });
+        }
+        for (i, item) in doc.destination_rules.into_iter().enumerate() {
+            let loc = object_location("destinationRules", i, &item);
+            let d: DestinationRuleDoc = self.typed(&loc, item)?;
+            unique(&self, "destinationRule", &d.namespace, &d.name, &loc)?;
+            if !d.spec.get("host").is_some_and(|h| h.is_string()) {
+                return Err(self.error(format!("{loc}: spec.host"), "needs a host"));
+            }
+            self.objects
+                .destination_rules
+                .push(DestinationRule::from_spec(&d.namespace, &d.name, &d.spec));
         }
         for (i, item) in doc.sidecars.into_iter().enumerate() {
             let loc = object_location("sidecars", i, &item);
@@ -476,6 +562,20 @@ impl Parser<'_> {
                         other => other,
                     })?;
             self.objects.sidecars.push(sidecar);
+        }
+        for (i, item) in doc.authorization_policies.into_iter().enumerate() {
+            let loc = object_location("authorizationPolicies", i, &item);
+            let mut policy: AuthorizationPolicy = self.typed(&loc, item)?;
+            unique(
+                &self,
+                "authorizationPolicy",
+                &policy.namespace,
+                &policy.name,
+                &loc,
+            )?;
+            // `selector: {}` selects every workload, as no selector does.
+            policy.selector = policy.selector.filter(|s| !s.is_empty());
+            self.objects.authorization_policies.push(policy);
         }
 
         let gateway = doc.gateway;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde_json::{Map, Value};
 
-use super::config::{self, FailurePolicy, InstallConfig, Module};
+use super::config::{self, FailurePolicy, InstallConfig, IstioVersion, Module};
 use super::{read_module, InstallError, UninstallConfig};
 
 /// The built module, relative to the workspace (what `make wasm` writes).
@@ -101,7 +101,7 @@ pub struct Settings {
     #[arg(long, default_value = config::DEFAULT_GATEWAY_NAME)]
     pub gateway_name: String,
 
-    /// The gateway's egressProxy port (Service and listener).
+    /// The gateway's port, where scoped workloads send unknown HTTP (Service and listener).
     #[arg(long, default_value_t = 8080)]
     pub egress_proxy_port: u16,
 
@@ -135,9 +135,21 @@ pub struct Settings {
     #[arg(long, default_value_t = lazyxds_filter_core::Config::default().refresh_interval_s)]
     pub refresh_interval_s: u64,
 
-    /// What happens to requests when the filter's VM fails.
-    #[arg(long, value_enum, default_value_t = FailurePolicy::FailReload)]
-    pub failure_policy: FailurePolicy,
+    /// What happens to requests when the filter's VM fails (default FAIL_RELOAD; in a
+    /// WasmPlugin FAIL_OPEN unless --istio-version is 1.27 or newer: older CRDs refuse
+    /// FAIL_RELOAD).
+    #[arg(long, value_enum)]
+    pub failure_policy: Option<FailurePolicy>,
+
+    /// Leave out the ValidatingAdmissionPolicy that lets the controller write only objects
+    /// labelled ours (for Kubernetes older than 1.30, which does not serve it: then only
+    /// the controller's own code keeps it off users' Sidecars).
+    #[arg(long)]
+    pub no_admission_policy: bool,
+
+    /// The mesh's Istio release (MAJOR.MINOR): what the WasmPlugin may say depends on it.
+    #[arg(long, value_name = "MAJOR.MINOR", value_parser = IstioVersion::parse)]
+    pub istio_version: Option<IstioVersion>,
 
     /// More plugin configuration keys, as a JSON object (checked by the filter's parser),
     /// e.g. '{"max_edges":50000}'.
@@ -224,6 +236,8 @@ impl Settings {
                 extra,
             },
             module,
+            istio_version: self.istio_version,
+            admission_policy: !self.no_admission_policy,
         })
     }
 }

@@ -37,7 +37,7 @@ pub const DEFAULT_GATEWAY_NAME: &str = "lazyxds-gateway";
 pub const GRPC_PORT_NAME: &str = "grpc-edges";
 /// Name of the controller's HTTP port (health, metrics, debug).
 pub const HTTP_PORT_NAME: &str = "http-monitor";
-/// Name of the gateway Service's egressProxy port. `http2`: lazy sidecars speak HTTP/2 to
+/// Name of the gateway Service's port. `http2`: lazy sidecars speak HTTP/2 to
 /// the gateway (wrapped in mTLS by the DestinationRule; HTTP/1.1 calls are carried over it
 /// too), so first gRPC calls reach it as gRPC; the gateway terminates it.
 pub const EGRESS_PORT_NAME: &str = "http2-egress";
@@ -110,6 +110,58 @@ impl FailurePolicy {
     }
 }
 
+/// An Istio release, `MAJOR.MINOR` (a patch given is ignored: no rule here depends on it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct IstioVersion {
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl IstioVersion {
+    pub const fn new(major: u32, minor: u32) -> Self {
+        IstioVersion { major, minor }
+    }
+
+    /// `1.27`, `1.27.3`, `v1.27`; anything else is an error saying what is wanted.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let bad = || format!("{text:?}: want an Istio release as MAJOR.MINOR, e.g. 1.27");
+        let t = text.strip_prefix('v').unwrap_or(text);
+        let mut parts = t.split('.');
+        let mut number = || -> Result<u32, String> {
+            let p = parts.next().ok_or_else(bad)?;
+            if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad());
+            }
+            p.parse().map_err(|_| bad())
+        };
+        let (major, minor) = (number()?, number()?);
+        match parts.next() {
+            None => {}
+            Some(patch) if !patch.is_empty() && patch.bytes().all(|b| b.is_ascii_digit()) => {}
+            Some(_) => return Err(bad()),
+        }
+        if parts.next().is_some() {
+            return Err(bad());
+        }
+        Ok(IstioVersion { major, minor })
+    }
+}
+
+impl std::fmt::Display for IstioVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}
+
+/// The oldest Istio whose CRDs the install, the Sidecars and the gateway's objects are
+/// applied against (`tests/cluster/versions`, `istio.io/api` lines): `--istio-version`
+/// refuses older ones.
+pub const OLDEST_ISTIO: IstioVersion = IstioVersion::new(1, 24);
+
+/// The first Istio whose WasmPlugin CRD accepts `failStrategy: FAIL_RELOAD` (1.24's and
+/// 1.26's enum is `FAIL_CLOSE`, `FAIL_OPEN`: the API server refuses the object).
+pub const WASM_PLUGIN_FAIL_RELOAD_SINCE: IstioVersion = IstioVersion::new(1, 27);
+
 /// The controller Deployment's settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ControllerSettings {
@@ -130,7 +182,7 @@ pub struct ControllerSettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewaySettings {
     pub name: String,
-    /// The Sidecars' egressProxy port: the gateway Service's port and its listener's.
+    /// Where scoped workloads send unknown HTTP: the gateway Service's port and its listener's.
     pub egress_proxy_port: u16,
     pub min_replicas: i32,
     pub max_replicas: i32,
@@ -148,7 +200,8 @@ pub struct GatewaySettings {
 pub struct FilterSettings {
     pub flush_interval_ms: u64,
     pub refresh_interval_s: u64,
-    pub failure_policy: FailurePolicy,
+    /// None: chosen by [`InstallConfig::failure_policy`].
+    pub failure_policy: Option<FailurePolicy>,
     /// More plugin keys, merged last (checked by the filter's own parser).
     pub extra: Map<String, Value>,
 }
@@ -164,6 +217,11 @@ pub struct InstallConfig {
     pub gateway: GatewaySettings,
     pub filter: FilterSettings,
     pub module: Module,
+    /// The mesh's Istio release, when known: what the WasmPlugin may say depends on it.
+    pub istio_version: Option<IstioVersion>,
+    /// Render the ValidatingAdmissionPolicy keeping the controller's writes to objects
+    /// labelled ours (Kubernetes ≥ 1.30 serves it).
+    pub admission_policy: bool,
 }
 
 impl Default for InstallConfig {
@@ -195,10 +253,12 @@ impl Default for InstallConfig {
             filter: FilterSettings {
                 flush_interval_ms: 20,
                 refresh_interval_s: lazyxds_filter_core::Config::default().refresh_interval_s,
-                failure_policy: FailurePolicy::FailReload,
+                failure_policy: None,
                 extra: Map::new(),
             },
             module: Module::ConfigMap(None),
+            istio_version: None,
+            admission_policy: true,
         }
     }
 }
@@ -209,7 +269,7 @@ impl InstallConfig {
         format!("{name}.{}.svc.{}", self.namespace, self.cluster_domain)
     }
 
-    /// The Sidecars' egressProxy host.
+    /// Where scoped workloads send unknown HTTP: the gateway Service's host.
     pub fn gateway_host(&self) -> String {
         self.service_fqdn(&self.gateway.name)
     }
@@ -235,6 +295,31 @@ impl InstallConfig {
             "app.kubernetes.io/name".to_string(),
             CONTROLLER_NAME.to_string(),
         )])
+    }
+
+    /// What happens to requests when the filter fails: the one set, else `FAIL_RELOAD`
+    /// (a crashed VM is replaced), except in a WasmPlugin for an Istio older than
+    /// [`WASM_PLUGIN_FAIL_RELOAD_SINCE`] or not named, whose CRD refuses it: `FAIL_OPEN`
+    /// there. The EnvoyFilter's `failure_policy` is Envoy's own field (Envoy ≥ 1.31, every
+    /// istio-proxy of Istio ≥ 1.23), which no CRD checks.
+    pub fn failure_policy(&self) -> FailurePolicy {
+        match (self.filter.failure_policy, &self.module) {
+            (Some(p), _) => p,
+            (None, Module::ConfigMap(_)) => FailurePolicy::FailReload,
+            (None, Module::WasmPlugin { .. }) => {
+                if self.wasm_plugin_has_fail_reload() {
+                    FailurePolicy::FailReload
+                } else {
+                    FailurePolicy::FailOpen
+                }
+            }
+        }
+    }
+
+    /// Does the mesh's WasmPlugin CRD know `FAIL_RELOAD`? Unknown release: no.
+    pub fn wasm_plugin_has_fail_reload(&self) -> bool {
+        self.istio_version
+            .is_some_and(|v| v >= WASM_PLUGIN_FAIL_RELOAD_SINCE)
     }
 
     /// Where the gateway finds the module (ConfigMap delivery).

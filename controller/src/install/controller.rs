@@ -1,5 +1,5 @@
-//! The controller: ServiceAccount, kill-switch ConfigMap, RBAC, Deployment, Services,
-//! PodDisruptionBudget.
+//! The controller: ServiceAccount, kill-switch ConfigMap, RBAC and the admission policy
+//! narrowing it ([`super::admission`]), Deployment, Services, PodDisruptionBudget.
 
 use std::collections::BTreeMap;
 
@@ -146,7 +146,7 @@ pub(super) fn objects(config: &InstallConfig) -> Result<Vec<Value>, InstallError
         )])),
         ..ConfigMap::default()
     };
-    Ok(vec![
+    let mut out = vec![
         to_value("ServiceAccount", &sa)?,
         to_value("ConfigMap", &kill_switch)?,
         to_value("ClusterRole", &cluster_role)?,
@@ -155,11 +155,18 @@ pub(super) fn objects(config: &InstallConfig) -> Result<Vec<Value>, InstallError
         to_value("RoleBinding", &role_binding)?,
         to_value("Role", &mesh_role)?,
         to_value("RoleBinding", &mesh_binding)?,
+    ];
+    // Before the Deployment: the controller never writes without it.
+    if config.admission_policy {
+        out.extend(super::admission::objects(config)?);
+    }
+    out.extend([
         to_value("Service", &grpc_service)?,
         to_value("Service", &monitor_service)?,
         to_value("Deployment", &deployment(config))?,
         to_value("PodDisruptionBudget", &pdb)?,
-    ])
+    ]);
+    Ok(out)
 }
 
 fn policy_rules(rules: &[Rule]) -> Vec<PolicyRule> {

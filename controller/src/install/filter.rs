@@ -9,14 +9,16 @@ use super::istio::{
     TrafficSelector, WasmPlugin, WasmPluginSpec, WorkloadSelector, ENVOY_FILTER_API,
     WASM_PLUGIN_API,
 };
-use super::{istio_metadata, to_value, InstallError};
+use super::{envoy_filter_annotations, istio, istio_metadata, to_value, InstallError};
 
 /// Name of the EnvoyFilter / WasmPlugin.
 pub const FILTER_OBJECT: &str = "lazyxds-filter";
 
-/// Applied before the routing's catch-all EnvoyFilter (priority 0), so our filter ends up
-/// ahead of the dynamic forward proxy filter: both insert themselves before the router,
-/// and the filter must rewrite `:authority` before the forward proxy resolves it.
+/// Applied before the routing's catch-all EnvoyFilter
+/// (`lazyxds_index::gateway::CATCH_ALL_PRIORITY`, lower first), so our filter ends up ahead
+/// of the dynamic forward proxy filter: both insert themselves before the router, and the
+/// filter must rewrite `:authority` before the forward proxy resolves it. Not 0: `istioctl
+/// analyze` flags a relative patch (`INSERT_BEFORE`) at priority 0 (IST0151).
 pub const ENVOY_FILTER_PRIORITY: i32 = -10;
 
 /// The plugin configuration (a JSON object), as the filter gets it: the Istio cluster of
@@ -72,7 +74,7 @@ fn envoy_filter(config: &InstallConfig) -> Result<EnvoyFilter, InstallError> {
             "config": {
                 "name": PLUGIN_NAME,
                 "root_id": PLUGIN_NAME,
-                "failure_policy": config.filter.failure_policy.envoy(),
+                "failure_policy": config.failure_policy().envoy(),
                 "configuration": {
                     "@type": "type.googleapis.com/google.protobuf.StringValue",
                     "value": plugin,
@@ -88,7 +90,10 @@ fn envoy_filter(config: &InstallConfig) -> Result<EnvoyFilter, InstallError> {
     Ok(IstioObject {
         api_version: ENVOY_FILTER_API.into(),
         kind: "EnvoyFilter".into(),
-        metadata: istio_metadata(config, FILTER_OBJECT, "gateway"),
+        metadata: istio::Metadata {
+            annotations: envoy_filter_annotations(),
+            ..istio_metadata(config, FILTER_OBJECT, "gateway")
+        },
         spec: EnvoyFilterSpec {
             workload_selector: Some(WorkloadSelector {
                 labels: config.gateway_selector(),
@@ -123,7 +128,7 @@ fn wasm_plugin(config: &InstallConfig, url: &str, sha256: Option<&str>) -> WasmP
             // before the catch-all's forward proxy filter, inserted by an EnvoyFilter).
             phase: None,
             priority: None,
-            fail_strategy: config.filter.failure_policy.istio().into(),
+            fail_strategy: config.failure_policy().istio().into(),
             type_: "HTTP".into(),
             match_: vec![TrafficSelector {
                 mode: "CLIENT".into(),

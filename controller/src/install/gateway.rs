@@ -1,5 +1,6 @@
-//! The lazy egress gateway: Istio gateway injection, its Service, ServiceAccount,
-//! PodDisruptionBudget, HorizontalPodAutoscaler, and the module ConfigMap it mounts.
+//! The lazy egress gateway: who may use it (AuthorizationPolicy), Istio gateway injection,
+//! its Service, ServiceAccount, PodDisruptionBudget, HorizontalPodAutoscaler, and the module
+//! ConfigMap it mounts.
 
 use std::collections::BTreeMap;
 
@@ -26,7 +27,11 @@ use super::config::{
     MODULE_HASH_ANNOTATION, MODULE_KEY, MODULE_MOUNT_DIR, PART_OF, STATUS_PORT,
 };
 use super::controller::spread;
-use super::{metadata, sha256_hex, to_value, InstallError};
+use super::istio::{
+    AuthorizationPolicy, AuthorizationPolicySpec, AuthorizationRule, IstioObject, MatchLabels,
+    RuleFrom, RuleOperation, RuleSource, RuleTo, SECURITY_API,
+};
+use super::{istio_metadata, metadata, sha256_hex, to_value, InstallError};
 
 const COMPONENT: &str = "gateway";
 
@@ -46,7 +51,15 @@ pub(super) fn objects(config: &InstallConfig) -> Result<Vec<Value>, InstallError
         ..ServiceAccount::default()
     };
     let service = Service {
-        metadata: meta(&g.name),
+        // Every lazy Sidecar sends to it: exported everywhere, whatever the mesh's
+        // `defaultServiceExportTo` says.
+        metadata: ObjectMeta {
+            annotations: Some(BTreeMap::from([(
+                lazyxds_index::objects::ANNOTATION_EXPORT_TO.to_string(),
+                "*".to_string(),
+            )])),
+            ..meta(&g.name)
+        },
         spec: Some(ServiceSpec {
             type_: Some("ClusterIP".into()),
             selector: Some(config.gateway_selector()),
@@ -127,6 +140,8 @@ pub(super) fn objects(config: &InstallConfig) -> Result<Vec<Value>, InstallError
         ..HorizontalPodAutoscaler::default()
     };
     Ok(vec![
+        // Before the pods: the gateway never serves without it.
+        to_value("AuthorizationPolicy", &authorization_policy(config))?,
         to_value("ServiceAccount", &sa)?,
         to_value("Service", &service)?,
         to_value("Deployment", &deployment(config))?,
@@ -147,6 +162,55 @@ pub fn pod_labels(config: &InstallConfig) -> BTreeMap<String, String> {
     labels
 }
 
+/// The gateway's ProxyConfig (`proxy.istio.io/config`; Istio's injector and pilot-agent
+/// apply it over the mesh's `defaultConfig`):
+/// - `concurrency`: Envoy worker threads (unset, one per core of the node); each holds one
+///   stream to the controller, whose stream cap the install sizes from it;
+/// - `terminationDrainDuration`: see [`TERMINATION_DRAIN`];
+/// - `gatewayTopology.numTrustedProxies: 0`, whatever the mesh's default: the gateway's
+///   HTTP connection manager then trusts no `X-Forwarded-For` hop
+///   (`xff_num_trusted_hops`, istiod's `buildGatewayConnectionManager`), so the source
+///   address the filter reports, and the AuthorizationPolicy sees, is the caller's own
+///   connection, never a header a caller wrote.
+pub fn proxy_config(concurrency: u32) -> Value {
+    serde_json::json!({
+        "concurrency": concurrency,
+        "gatewayTopology": {"numTrustedProxies": 0},
+        "terminationDrainDuration": TERMINATION_DRAIN,
+    })
+}
+
+/// Who may use the gateway: an ALLOW policy on its pods for the egress port, with any
+/// authenticated mesh identity (`principals: ["*"]` needs a verified peer certificate).
+/// Every other request to that port is refused with 403 by the gateway's RBAC filter.
+/// The Gateway's `ISTIO_MUTUAL` server already demands a mesh certificate; this makes the
+/// rule explicit and keeps it if the server's TLS ever changes.
+fn authorization_policy(config: &InstallConfig) -> AuthorizationPolicy {
+    IstioObject {
+        api_version: SECURITY_API.into(),
+        kind: "AuthorizationPolicy".into(),
+        metadata: istio_metadata(config, &config.gateway.name, COMPONENT),
+        spec: AuthorizationPolicySpec {
+            selector: MatchLabels {
+                match_labels: config.gateway_selector(),
+            },
+            action: "ALLOW".into(),
+            rules: vec![AuthorizationRule {
+                from: vec![RuleFrom {
+                    source: RuleSource {
+                        principals: vec!["*".into()],
+                    },
+                }],
+                to: vec![RuleTo {
+                    operation: RuleOperation {
+                        ports: vec![config.gateway.egress_proxy_port.to_string()],
+                    },
+                }],
+            }],
+        },
+    }
+}
+
 fn deployment(config: &InstallConfig) -> Deployment {
     let g = &config.gateway;
     let mut annotations = BTreeMap::from([
@@ -157,10 +221,7 @@ fn deployment(config: &InstallConfig) -> Deployment {
         ),
         (
             "proxy.istio.io/config".to_string(),
-            format!(
-                r#"{{"concurrency":{},"terminationDrainDuration":"{TERMINATION_DRAIN}"}}"#,
-                g.concurrency
-            ),
+            proxy_config(g.concurrency).to_string(),
         ),
     ]);
     let mut volumes = None;

@@ -3,9 +3,10 @@
 //! Istio's, shared with the controller), pure: no I/O but reading nothing, writing nothing.
 //!
 //! - [`config`]: every setting, its default, and the names derived from them.
-//! - the controller: ServiceAccount, least-privilege RBAC ([`rbac`]), Deployment (2
-//!   replicas, probes, non-root), the gRPC Service selecting the leader, a monitoring
-//!   Service, a PodDisruptionBudget.
+//! - the controller: ServiceAccount, least-privilege RBAC ([`rbac`]) and the admission
+//!   policy keeping its writes to our own objects ([`admission`]), Deployment (2 replicas,
+//!   probes, non-root), the gRPC Service selecting the leader, a monitoring Service, a
+//!   PodDisruptionBudget.
 //! - the lazy egress gateway: Istio gateway injection (`image: auto`), its Service, HPA,
 //!   PodDisruptionBudget, a preStop that drains, the module.
 //! - the module: a ConfigMap mounted into the gateway plus the EnvoyFilter loading it, or a
@@ -16,6 +17,7 @@
 //! The YAML under `envoyfilter/install/` and `envoyfilter/wasmplugin/` is this output with
 //! the defaults (`make manifests`); a test fails when they differ.
 
+pub mod admission;
 pub mod cli;
 pub mod cluster;
 pub mod config;
@@ -37,7 +39,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Serialize;
 use serde_json::Value;
 
-pub use config::{FailurePolicy, InstallConfig, Module};
+pub use config::{FailurePolicy, InstallConfig, IstioVersion, Module};
 pub use filter::plugin_config;
 pub use lazyxds_index::istio;
 pub use uninstall::{uninstall, uninstall_yaml, ObjectRef, UninstallConfig};
@@ -105,7 +107,8 @@ impl Component {
             Component::Namespace => "the namespace of the controller and the gateway",
             Component::Controller => {
                 "the controller: ServiceAccount, RBAC (and a Role reading Istio's mesh config \
-                 in istio-system), Deployment, Services, PodDisruptionBudget"
+                 in istio-system), the ValidatingAdmissionPolicy keeping its writes to objects \
+                 labelled ours, Deployment, Services, PodDisruptionBudget"
             }
             Component::Module => {
                 "the filter module the gateway mounts (too big for client-side apply's \
@@ -117,8 +120,9 @@ impl Component {
                  (ISTIO_MUTUAL), catch-all EnvoyFilter, unknown-host answer"
             }
             Component::Gateway => {
-                "the lazy egress gateway: ServiceAccount, Service, Deployment (Istio gateway \
-                 injection), PodDisruptionBudget, HorizontalPodAutoscaler"
+                "the lazy egress gateway: AuthorizationPolicy (mesh identities only), \
+                 ServiceAccount, Service, Deployment (Istio gateway injection), \
+                 PodDisruptionBudget, HorizontalPodAutoscaler"
             }
         }
     }
@@ -263,6 +267,14 @@ fn istio_metadata(config: &InstallConfig, name: &str, component: &str) -> istio:
     }
 }
 
+/// Annotations of our EnvoyFilters ([`istio::ENVOY_FILTER_ANALYZE_SUPPRESS`]): ours are the
+/// parts no stable API offers (the module from a ConfigMap, the catch-all's dynamic forward
+/// proxy), checked instead by `envoy --mode validate` and by the real istiod in the tests.
+fn envoy_filter_annotations() -> BTreeMap<String, String> {
+    let (key, value) = istio::ENVOY_FILTER_ANALYZE_SUPPRESS;
+    BTreeMap::from([(key.to_string(), value.to_string())])
+}
+
 fn common_labels(component: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         (config::PART_OF.0.to_string(), config::PART_OF.1.to_string()),
@@ -292,10 +304,22 @@ pub fn render(config: &InstallConfig) -> Result<Install, InstallError> {
         let ns = Namespace {
             metadata: ObjectMeta {
                 name: Some(config.namespace.clone()),
-                labels: Some(BTreeMap::from([(
-                    config::PART_OF.0.to_string(),
-                    config::PART_OF.1.to_string(),
-                )])),
+                labels: Some(BTreeMap::from([
+                    (config::PART_OF.0.to_string(), config::PART_OF.1.to_string()),
+                    // Injection by the namespace (Istio's `rev.namespace` webhook) for the
+                    // revision the pods ask for; `istioctl analyze` reports a namespace
+                    // with neither this nor `istio-injection` (IST0102). A pod labelled
+                    // `sidecar.istio.io/inject: "false"` (`--controller-outside-mesh`)
+                    // stays out.
+                    (
+                        "istio.io/rev".to_string(),
+                        config
+                            .gateway
+                            .revision
+                            .clone()
+                            .unwrap_or_else(|| "default".into()),
+                    ),
+                ])),
                 ..ObjectMeta::default()
             },
             ..Namespace::default()
@@ -377,6 +401,30 @@ fn check(config: &InstallConfig) -> Result<(), InstallError> {
                 &format!("{key}: only LAZYXDS_* settings of `lazyxds run`"),
             );
         }
+    }
+    if let Some(v) = config.istio_version {
+        if v < config::OLDEST_ISTIO {
+            return bad(
+                "--istio-version",
+                &format!(
+                    "{v}: the oldest Istio lazyxds is checked against is {}",
+                    config::OLDEST_ISTIO
+                ),
+            );
+        }
+    }
+    if matches!(config.module, Module::WasmPlugin { .. })
+        && config.failure_policy() == FailurePolicy::FailReload
+        && !config.wasm_plugin_has_fail_reload()
+    {
+        return bad(
+            "--failure-policy",
+            &format!(
+                "FAIL_RELOAD is in the WasmPlugin CRD from Istio {} on (older ones refuse the \
+                 object): pass --istio-version with the mesh's release, or FAIL_OPEN / FAIL_CLOSED",
+                config::WASM_PLUGIN_FAIL_RELOAD_SINCE
+            ),
+        );
     }
     if let Module::WasmPlugin { url, sha256 } = &config.module {
         let scheme = url.split_once("://").map(|(s, _)| s);

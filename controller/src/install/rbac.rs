@@ -42,10 +42,20 @@ pub const CLUSTER_RULES: &[Rule] = &[
     },
     Rule {
         group: "networking.istio.io",
-        resources: &["serviceentries", "virtualservices"],
+        resources: &["destinationrules", "serviceentries", "virtualservices"],
         verbs: &["list", "watch"],
         names: &[],
-        why: "hosts outside Services, and VirtualService hosts to list instead of their targets",
+        why: "hosts outside Services, VirtualService hosts to list instead of their targets \
+              (and their routes, for the gateway), DestinationRules that would take the \
+              gateway's place for a caller",
+    },
+    Rule {
+        group: "security.istio.io",
+        resources: &["authorizationpolicies"],
+        verbs: &["list", "watch"],
+        names: &[],
+        why: "services an AuthorizationPolicy guards stay visible: a first call through the \
+              gateway would carry the gateway's identity",
     },
     Rule {
         group: "events.k8s.io",
@@ -62,6 +72,15 @@ pub const CLUSTER_RULES: &[Rule] = &[
         why: "user Sidecars (defaults to copy, collisions to avoid) and ours: server-side \
               apply (patch; `create` too when it creates, the API server checks both) and \
               delete",
+    },
+    Rule {
+        group: "networking.istio.io",
+        resources: &["envoyfilters"],
+        verbs: &["create", "delete", "list", "patch", "watch"],
+        names: &[],
+        why: "each scoped workload's catch-all EnvoyFilter (its unknown HTTP to the \
+              gateway), written and deleted with its Sidecar; all are watched so a name \
+              taken by someone else's is never written",
     },
 ];
 

@@ -10,8 +10,17 @@
 use lazyxds_index::{gateway_objects, Index, IndexConfig};
 use serde_json::Value;
 
-use super::config::InstallConfig;
-use super::{common_labels, InstallError};
+use super::config::{InstallConfig, CONTROLLER_NAME};
+
+/// With `PILOT_FILTER_GATEWAY_CLUSTER_CONFIG=true` (off by default) istiod gives a gateway
+/// only the clusters its VirtualServices route to, plus the Services an EnvoyFilter
+/// selecting it names here (`pilot/pkg/model/envoyfilter.go`, `convertToEnvoyFilterWrapper`;
+/// `push_context.go`, `extraServicesForProxy`): without it the filter's controller cluster
+/// would be missing and no edge would reach the controller. It goes on the catch-all
+/// EnvoyFilter, the one the gateway has however the module is delivered (a WasmPlugin
+/// has no such annotation).
+pub const REFERENCED_SERVICES: &str = "envoyfilter.istio.io/referenced-services";
+use super::{common_labels, envoy_filter_annotations, InstallError};
 
 pub(super) fn objects(config: &InstallConfig) -> Result<Vec<Value>, InstallError> {
     let empty = Index::new(IndexConfig {
@@ -31,7 +40,29 @@ pub(super) fn objects(config: &InstallConfig) -> Result<Vec<Value>, InstallError
                 lazyxds_index::gateway::UNKNOWN_MESH_HOSTS
             ),
         })?;
-    let mut out = vec![gw.gateway, gw.destination_rule, gw.envoy_filter, unknown];
+    let mut envoy_filter = gw.envoy_filter;
+    if let Some(meta) = envoy_filter
+        .pointer_mut("/metadata")
+        .and_then(Value::as_object_mut)
+    {
+        let annotations = meta
+            .entry("annotations")
+            .or_insert_with(|| Value::Object(serde_json::Map::new()));
+        if let Some(a) = annotations.as_object_mut() {
+            for (k, v) in envoy_filter_annotations() {
+                a.insert(k, Value::String(v));
+            }
+            a.insert(
+                REFERENCED_SERVICES.into(),
+                Value::String(format!(
+                    "{}/{}",
+                    config.namespace,
+                    config.service_fqdn(CONTROLLER_NAME)
+                )),
+            );
+        }
+    }
+    let mut out = vec![gw.gateway, gw.destination_rule, envoy_filter, unknown];
     for object in &mut out {
         if let Some(labels) = object
             .pointer_mut("/metadata/labels")

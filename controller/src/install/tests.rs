@@ -135,3 +135,211 @@ fn uninstall_never_deletes_the_namespace_unless_asked() {
         .unwrap();
     assert!(sidecar < gateway);
 }
+
+fn wasm_plugin_config(
+    policy: Option<FailurePolicy>,
+    version: Option<IstioVersion>,
+) -> InstallConfig {
+    let mut c = mk_config(Module::WasmPlugin {
+        url: "oci://r/f:1".into(),
+        sha256: None,
+    });
+    c.filter.failure_policy = policy;
+    c.istio_version = version;
+    c
+}
+
+fn fail_strategy(config: &InstallConfig) -> String {
+    let install = render(config).unwrap();
+    let wp = install.of_kind("WasmPlugin").next().unwrap();
+    wp.object["spec"]["failStrategy"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn the_wasm_plugins_fail_strategy_is_one_the_meshs_crd_accepts() {
+    let v = |minor| Some(IstioVersion::new(1, minor));
+    // Unknown release, or one whose CRD has no FAIL_RELOAD: FAIL_OPEN.
+    for version in [None, v(24), v(26)] {
+        assert_eq!(
+            fail_strategy(&wasm_plugin_config(None, version)),
+            "FAIL_OPEN",
+            "{version:?}"
+        );
+    }
+    for version in [v(27), v(32)] {
+        assert_eq!(
+            fail_strategy(&wasm_plugin_config(None, version)),
+            "FAIL_RELOAD",
+            "{version:?}"
+        );
+    }
+    // Asked for where the CRD would refuse it: an error naming the flags.
+    for version in [None, v(26)] {
+        let err = render(&wasm_plugin_config(
+            Some(FailurePolicy::FailReload),
+            version,
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("--failure-policy") && err.contains("--istio-version"),
+            "{err}"
+        );
+    }
+    assert_eq!(
+        fail_strategy(&wasm_plugin_config(Some(FailurePolicy::FailClosed), None)),
+        "FAIL_CLOSE"
+    );
+    // The EnvoyFilter's is Envoy's field, no CRD's: FAIL_RELOAD whatever the release.
+    let mut ef = mk_config(Module::ConfigMap(None));
+    ef.istio_version = v(24);
+    let install = render(&ef).unwrap();
+    let filter = install
+        .objects
+        .iter()
+        .find(|m| m.kind() == "EnvoyFilter" && m.name() == filter::FILTER_OBJECT)
+        .unwrap();
+    assert_eq!(
+        filter.object["spec"]["configPatches"][0]["patch"]["value"]["typed_config"]["config"]
+            ["failure_policy"],
+        "FAIL_RELOAD"
+    );
+}
+
+#[test]
+fn istio_versions_parse_and_old_ones_are_refused() {
+    for (text, want) in [
+        ("1.27", Some((1, 27))),
+        ("1.27.3", Some((1, 27))),
+        ("v1.24", Some((1, 24))),
+        ("1", None),
+        ("1.x", None),
+        ("1.27.", None),
+        ("1.27.3.4", None),
+        ("", None),
+        ("1.-2", None),
+    ] {
+        let got = IstioVersion::parse(text).ok().map(|v| (v.major, v.minor));
+        assert_eq!(got, want, "{text:?}");
+    }
+    assert!(IstioVersion::parse("1.x")
+        .unwrap_err()
+        .contains("MAJOR.MINOR"));
+    let old = InstallConfig {
+        istio_version: Some(IstioVersion::new(1, 23)),
+        ..InstallConfig::default()
+    };
+    let err = render(&old).unwrap_err().to_string();
+    assert!(
+        err.contains("--istio-version") && err.contains("1.24"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_admission_policy_guards_every_write_rbac_cannot_narrow() {
+    use super::admission::{GUARDED, NOT_GUARDED};
+    let writes = ["create", "update", "patch", "delete", "deletecollection"];
+    for rules in [
+        rbac::CLUSTER_RULES,
+        rbac::NAMESPACE_RULES,
+        rbac::MESH_CONFIG_RULES,
+    ] {
+        for r in rules {
+            if !r.verbs.iter().any(|v| writes.contains(v)) {
+                continue;
+            }
+            for res in r.resources {
+                let guarded = GUARDED.contains(&(r.group, *res));
+                let exempt = NOT_GUARDED
+                    .iter()
+                    .any(|(g, x, _)| *g == r.group && x == res);
+                assert!(
+                    guarded || exempt,
+                    "RBAC lets the controller write {}/{res}: guard it in the admission \
+                     policy or say in NOT_GUARDED why not",
+                    r.group
+                );
+            }
+        }
+    }
+    // The policy names the controller's own ServiceAccount and guards those kinds.
+    let install = render(&InstallConfig::default()).unwrap();
+    let policy = &install
+        .of_kind("ValidatingAdmissionPolicy")
+        .next()
+        .unwrap()
+        .object;
+    assert_eq!(
+        policy["spec"]["matchConditions"][0]["expression"],
+        "request.userInfo.username == 'system:serviceaccount:lazyxds-system:lazyxds'"
+    );
+    let mut covered: Vec<(String, String)> = Vec::new();
+    for rule in policy["spec"]["matchConstraints"]["resourceRules"]
+        .as_array()
+        .unwrap()
+    {
+        assert_eq!(rule["operations"], json!(["CREATE", "UPDATE", "DELETE"]));
+        for g in rule["apiGroups"].as_array().unwrap() {
+            for r in rule["resources"].as_array().unwrap() {
+                covered.push((
+                    g.as_str().unwrap().to_string(),
+                    r.as_str().unwrap().to_string(),
+                ));
+            }
+        }
+    }
+    covered.sort();
+    let mut want: Vec<(String, String)> = GUARDED
+        .iter()
+        .map(|(g, r)| (g.to_string(), r.to_string()))
+        .collect();
+    want.sort();
+    assert_eq!(covered, want);
+    let binding = &install
+        .of_kind("ValidatingAdmissionPolicyBinding")
+        .next()
+        .unwrap()
+        .object;
+    assert_eq!(binding["spec"]["policyName"], policy["metadata"]["name"]);
+    assert_eq!(binding["spec"]["validationActions"], json!(["Deny"]));
+    // In apply order before the controller's Deployment.
+    let pos = |k: &str| install.objects.iter().position(|m| m.kind() == k).unwrap();
+    assert!(pos("ValidatingAdmissionPolicyBinding") < pos("Deployment"));
+    // Left out on request (Kubernetes < 1.30), and nothing else.
+    let without = render(&InstallConfig {
+        admission_policy: false,
+        ..InstallConfig::default()
+    })
+    .unwrap();
+    let kinds = |i: &Install| {
+        i.objects
+            .iter()
+            .map(|m| m.kind().to_string())
+            .collect::<Vec<_>>()
+    };
+    let mut want = kinds(&install);
+    want.retain(|k| !k.starts_with("ValidatingAdmissionPolicy"));
+    assert_eq!(kinds(&without), want);
+}
+
+#[test]
+fn envoy_filters_have_priorities_analyze_accepts_in_the_order_they_need() {
+    let install = render(&InstallConfig::default()).unwrap();
+    let priority = |name: &str| {
+        install
+            .of_kind("EnvoyFilter")
+            .find(|m| m.name() == name)
+            .and_then(|m| m.object["spec"]["priority"].as_i64())
+    };
+    let filter = priority(filter::FILTER_OBJECT).unwrap();
+    let catch_all = priority(lazyxds_index::gateway::EXTERNAL_ROUTE).unwrap();
+    // IST0151: a relative patch (INSERT_BEFORE) at priority 0.
+    assert!(filter != 0 && catch_all != 0);
+    // Lower first: the filter is inserted before the router first, so it stays ahead of the
+    // forward proxy the catch-all inserts there after it.
+    assert!(filter < catch_all);
+}

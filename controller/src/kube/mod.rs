@@ -31,12 +31,36 @@ pub fn istio_resource(kind: &str, plural: &str) -> ApiResource {
     }
 }
 
+/// EnvoyFilters: served as `networking.istio.io/v1alpha3` only.
+pub fn envoy_filter_resource() -> ApiResource {
+    ApiResource {
+        group: "networking.istio.io".into(),
+        version: "v1alpha3".into(),
+        api_version: lazyxds_index::istio::ENVOY_FILTER_API.into(),
+        kind: lazyxds_index::istio::ENVOY_FILTER.into(),
+        plural: "envoyfilters".into(),
+    }
+}
+
+/// Where the API serves Istio's AuthorizationPolicies (`security.istio.io/v1`, Istio ≥ 1.22).
+pub fn authorization_policy_resource() -> ApiResource {
+    ApiResource {
+        group: "security.istio.io".into(),
+        version: "v1".into(),
+        api_version: "security.istio.io/v1".into(),
+        kind: "AuthorizationPolicy".into(),
+        plural: "authorizationpolicies".into(),
+    }
+}
+
 /// What `/debug/plan` shows in Kubernetes mode.
 #[derive(Debug, Clone)]
 pub struct KubeStatus {
     pub writer: Arc<writer::WriterStats>,
     pub watched: Arc<watch::Watched>,
     pub learner: SharedLearner,
+    /// What the writer renders with (the gateway's namespace decides what it can see).
+    pub render: lazyxds_index::RenderConfig,
 }
 
 /// The writer's and the watches' counters, as `/debug/plan` and `/metrics` show them.
@@ -46,6 +70,7 @@ struct Counts {
     applies: u64,
     deletes: u64,
     blocked: u64,
+    capped: u64,
     last_pass_ms: u64,
 }
 
@@ -66,6 +91,7 @@ impl KubeStatus {
             applies: w.applies.load(Relaxed),
             deletes: w.deletes.load(Relaxed),
             blocked: w.blocked.load(Relaxed),
+            capped: w.capped.load(Relaxed),
             last_pass_ms: w.last_pass_ms.load(Relaxed),
         };
         let watch = WatchCounts {
@@ -96,11 +122,14 @@ impl PlanView for KubeStatus {
         let (writer, watch) = self.counts();
         let mut writer = json!(writer);
         writer["errors"] = json!(self.writer.errors());
+        let index = self.learner.index();
         json!({
             "plan": &*self.writer.plan(),
             "writer": writer,
             "watch": watch,
-            "kill_switch": self.learner.index().kill_switch(),
+            "kill_switch": index.kill_switch(),
+            // Hosts every scoped Sidecar keeps, learned or not, and why.
+            "always_visible": lazyxds_index::report::always_visible_hosts(&index, &self.render),
         })
     }
 }
@@ -111,7 +140,13 @@ impl crate::metrics::MetricsSource for KubeStatus {
         let (writer, mut watch) = self.counts();
         watch.kill_switch = Some(u64::from(self.learner.index().kill_switch()));
         let help = "the Sidecar writer";
-        register_fields(registry, "writer", &writer, &["last_pass_ms"], help);
+        register_fields(
+            registry,
+            "writer",
+            &writer,
+            &["last_pass_ms", "capped"],
+            help,
+        );
         register_counters(
             registry,
             "writer_errors",

@@ -219,6 +219,7 @@ pub fn service_entry(svc: &Service) -> index::Service {
             })
             .unwrap_or_default(),
         export_to,
+        headless: spec.and_then(|s| s.cluster_ip.as_deref()) == Some("None"),
     }
 }
 
@@ -255,7 +256,43 @@ pub fn istio_service_entry(obj: &DynamicObject) -> index::ServiceEntry {
             })
             .unwrap_or_default(),
         export_to: strings(&spec["exportTo"]),
+        workload_selector: labels_at(&spec["workloadSelector"]["labels"]),
     }
+}
+
+/// The string entries of a labels object; `None` when absent or empty.
+fn labels_at(v: &Value) -> Option<index::Labels> {
+    Some(index::objects::string_map(v)).filter(|l| !l.is_empty())
+}
+
+/// `security.istio.io` AuthorizationPolicy: its action, selector and whether it has a
+/// targetRef. An action Istio does not know is an error naming the policy (istiod ignores
+/// such a policy; the CRD's schema refuses it before that).
+pub fn istio_authorization_policy(
+    obj: &DynamicObject,
+) -> Result<index::AuthorizationPolicy, String> {
+    let spec = &obj.data["spec"];
+    let action = match spec["action"].as_str() {
+        None => index::AuthorizationAction::Allow,
+        Some(a) => index::AuthorizationAction::parse(a).ok_or_else(|| {
+            format!(
+                "{}: action {a:?} is not ALLOW, DENY, AUDIT or CUSTOM",
+                describe("AuthorizationPolicy", &obj.metadata)
+            )
+        })?,
+    };
+    let has_refs = |v: &Value| match v {
+        Value::Null => false,
+        Value::Array(refs) => !refs.is_empty(),
+        _ => true,
+    };
+    Ok(index::AuthorizationPolicy {
+        namespace: namespace(&obj.metadata),
+        name: name(&obj.metadata),
+        action,
+        selector: labels_at(&spec["selector"]["matchLabels"]),
+        targeted: has_refs(&spec["targetRef"]) || has_refs(&spec["targetRefs"]),
+    })
 }
 
 /// `networking.istio.io` VirtualService: hosts, gateways, every destination host, and the
@@ -282,6 +319,11 @@ pub fn istio_virtual_service(obj: &DynamicObject) -> index::VirtualService {
         destinations,
         export_to: strings(&spec["exportTo"]),
         http: Vec::new(),
+        created_unix_s: obj
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .and_then(|t| u64::try_from(t.0.as_second()).ok()),
     };
     // Only mesh VirtualServices have their routes reproduced on the gateway; ours (one per
     // mesh host, bound to the gateway) would otherwise keep every route twice.
@@ -289,6 +331,16 @@ pub fn istio_virtual_service(obj: &DynamicObject) -> index::VirtualService {
         vs.http = spec["http"].as_array().cloned().unwrap_or_default();
     }
     vs
+}
+
+/// `networking.istio.io` DestinationRule: its host, exportTo, workloadSelector and what of
+/// its traffic policy changes the connection (`DestinationRule::from_spec`).
+pub fn istio_destination_rule(obj: &DynamicObject) -> index::DestinationRule {
+    index::DestinationRule::from_spec(
+        obj.metadata.namespace.as_deref().unwrap_or_default(),
+        obj.metadata.name.as_deref().unwrap_or_default(),
+        &obj.data["spec"],
+    )
 }
 
 /// `networking.istio.io` Sidecar (ours carry learned deps). An invalid annotation on one
@@ -401,6 +453,47 @@ mod tests {
         let got = istio_virtual_service(&vs);
         assert_eq!(got.hosts, vec!["reviews"]);
         assert_eq!(got.destinations, vec!["reviews-v2", "reviews-v3"]);
+        assert_eq!(got.created_unix_s, None);
+        let mut vs = vs;
+        vs.metadata.creation_timestamp = Some(from(json!("2026-11-26T10:00:00Z")));
+        assert_eq!(
+            istio_virtual_service(&vs).created_unix_s,
+            Some(1_795_687_200)
+        );
+        let dr: DynamicObject = from(
+            json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+            "metadata": {"name": "mtls", "namespace": "shop"},
+            "spec": {"host": "*.local", "workloadSelector": {"matchLabels": {"app": "web"}},
+                "trafficPolicy": {"tls": {"mode": "DISABLE"}, "proxyProtocol": {},
+                    "portLevelSettings": [{"port": {"number": 8080}, "tls": {"mode": "ISTIO_MUTUAL", "subjectAltNames": ["a"]}}]}}}),
+        );
+        let got = istio_destination_rule(&dr);
+        assert_eq!(got.host, "*.local");
+        assert_eq!(
+            got.workload_selector,
+            Some([("app".to_string(), "web".to_string())].into())
+        );
+        assert_eq!(
+            got.traffic_policy,
+            index::ConnectionPolicy {
+                tls: Some(index::UpstreamTls {
+                    mode: "DISABLE".into(),
+                    subject_alt_names: vec![],
+                }),
+                proxy_protocol: true,
+                port_tls: [(
+                    8080,
+                    Some(index::UpstreamTls {
+                        mode: "ISTIO_MUTUAL".into(),
+                        subject_alt_names: vec!["a".into()],
+                    })
+                )]
+                .into(),
+            }
+        );
+        let headless: Service = from(json!({"metadata": {"name": "db", "namespace": "shop"},
+            "spec": {"clusterIP": "None", "ports": [{"port": 9200, "name": "http"}]}}));
+        assert!(service_entry(&headless).headless);
         let se: DynamicObject = from(
             json!({"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
             "metadata": {"name": "stripe", "namespace": "pay"},
@@ -409,5 +502,75 @@ mod tests {
         let got = istio_service_entry(&se);
         assert_eq!(got.hosts, vec!["api.stripe.com"]);
         assert_eq!(got.ports[0].number, 443);
+        assert_eq!(got.workload_selector, None);
+        let se: DynamicObject = from(
+            json!({"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+            "metadata": {"name": "vm", "namespace": "pay"},
+            "spec": {"hosts": ["vm.pay.internal"], "workloadSelector": {"labels": {"app": "vm"}}}}),
+        );
+        assert_eq!(
+            istio_service_entry(&se).workload_selector,
+            Some([("app".to_string(), "vm".to_string())].into())
+        );
+    }
+
+    #[test]
+    fn authorization_policies_keep_what_selects_their_workloads() {
+        let policy = |spec: Value| -> DynamicObject {
+            from(
+                json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                "metadata": {"name": "p", "namespace": "pay"}, "spec": spec}),
+            )
+        };
+        let vault = Some([("app".to_string(), "vault".to_string())].into());
+        let cases = [
+            // An empty spec is an ALLOW that matches nothing: deny-all for the namespace.
+            (json!({}), index::AuthorizationAction::Allow, None, false),
+            (
+                json!({"action": "DENY", "selector": {"matchLabels": {"app": "vault"}},
+                    "rules": [{"from": [{"source": {"namespaces": ["x"]}}]}]}),
+                index::AuthorizationAction::Deny,
+                vault.clone(),
+                false,
+            ),
+            (
+                json!({"action": "CUSTOM", "provider": {"name": "ext"}, "selector": {}}),
+                index::AuthorizationAction::Custom,
+                None,
+                false,
+            ),
+            (
+                json!({"action": "AUDIT", "targetRef": {"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "gw"}}),
+                index::AuthorizationAction::Audit,
+                None,
+                true,
+            ),
+            (
+                json!({"targetRefs": [{"kind": "Service", "group": "", "name": "vault"}]}),
+                index::AuthorizationAction::Allow,
+                None,
+                true,
+            ),
+            (
+                json!({"targetRefs": []}),
+                index::AuthorizationAction::Allow,
+                None,
+                false,
+            ),
+        ];
+        for (spec, action, selector, targeted) in cases {
+            let got = istio_authorization_policy(&policy(spec.clone())).unwrap();
+            assert_eq!(
+                (got.action, got.selector, got.targeted),
+                (action, selector, targeted),
+                "{spec}"
+            );
+            assert_eq!((&*got.namespace, &*got.name), ("pay", "p"));
+        }
+        let err = istio_authorization_policy(&policy(json!({"action": "MAYBE"}))).unwrap_err();
+        assert!(
+            err.contains("AuthorizationPolicy pay/p") && err.contains("MAYBE"),
+            "{err}"
+        );
     }
 }

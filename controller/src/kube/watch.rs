@@ -21,19 +21,23 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::sync::watch as signal;
 
-use super::istio_resource;
 use super::project::{self, Projected};
+use super::{authorization_policy_resource, envoy_filter_resource, istio_resource};
 use crate::learn::SharedLearner;
 use crate::ready::WatchHealth;
 
 pub use lazyxds_index::objects::{KILL_SWITCH_CONFIGMAP, MESH_CONFIGMAP, MESH_CONFIG_NAMESPACE};
 
-/// A Sidecar as seen in the cluster, for the writer's diff. Compact: the spec is kept as
-/// its JSON text (a parsed `Value` costs several times more, for every Sidecar of the
-/// mesh), and a Sidecar that is not ours keeps nothing but that fact.
+/// Whether an object with these labels is ours to write (`is_ours`, `is_our_catch_all`).
+pub type IsOurs = fn(&BTreeMap<String, String>) -> bool;
+
+/// A Sidecar or EnvoyFilter as seen in the cluster, for the writer's diff. Compact: the
+/// spec is kept as its JSON text (a parsed `Value` costs several times more, for every
+/// Sidecar of the mesh), and an object that is not ours keeps nothing but that fact.
 #[derive(Debug, Clone, PartialEq)]
-pub struct LiveSidecar {
-    /// Carries `app.kubernetes.io/managed-by: lazyxds`.
+pub struct LiveObject {
+    /// Ours to write: a Sidecar carrying `app.kubernetes.io/managed-by: lazyxds`, an
+    /// EnvoyFilter that is also a per-workload catch-all (`is_our_catch_all`).
     pub ours: bool,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
@@ -42,23 +46,25 @@ pub struct LiveSidecar {
     pub spec: String,
 }
 
-impl LiveSidecar {
-    /// Ours (by its labels): keeps what the writer compares; else only that it is not ours.
+impl LiveObject {
+    /// Ours (by its labels, `is_ours` for the kind): keeps what the writer compares; else
+    /// only that it is not ours.
     pub fn new(
         labels: BTreeMap<String, String>,
         annotations: BTreeMap<String, String>,
         spec: &Value,
+        is_ours: IsOurs,
     ) -> Self {
-        let ours = lazyxds_index::objects::is_ours(&labels);
+        let ours = is_ours(&labels);
         if !ours {
-            return LiveSidecar {
+            return LiveObject {
                 ours,
                 labels: BTreeMap::new(),
                 annotations: BTreeMap::new(),
                 spec: String::new(),
             };
         }
-        LiveSidecar {
+        LiveObject {
             ours,
             labels,
             annotations,
@@ -72,7 +78,7 @@ impl LiveSidecar {
     }
 }
 
-/// A spec's text as [`LiveSidecar::spec`] keeps it.
+/// A spec's text as [`LiveObject::spec`] keeps it.
 pub fn spec_text(spec: &Value) -> String {
     if spec.is_null() {
         return String::new();
@@ -86,7 +92,10 @@ pub fn spec_text(spec: &Value) -> String {
 #[derive(Debug, Default)]
 pub struct Watched {
     /// Every Sidecar in the cluster by (namespace, name).
-    pub sidecars: Mutex<BTreeMap<(String, String), LiveSidecar>>,
+    pub sidecars: Mutex<BTreeMap<(String, String), LiveObject>>,
+    /// Every EnvoyFilter in the cluster by (namespace, name); ours are the per-workload
+    /// catch-alls (a name taken by any other is never written).
+    pub catch_alls: Mutex<BTreeMap<(String, String), LiveObject>>,
     pub invalid_annotations: AtomicU64,
     pub watch_errors: AtomicU64,
     pub events: AtomicU64,
@@ -95,8 +104,14 @@ pub struct Watched {
 }
 
 impl Watched {
-    pub fn sidecars(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, String), LiveSidecar>> {
+    pub fn sidecars(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, String), LiveObject>> {
         self.sidecars.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn catch_alls(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, String), LiveObject>> {
+        self.catch_alls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -210,13 +225,18 @@ where
     }
 }
 
-fn track_sidecar(ctx: &Ctx, obj: &DynamicObject) {
-    let (ns, name) = ns_name(&obj.metadata);
-    let live = LiveSidecar::new(
+fn live_object(obj: &DynamicObject, is_ours: IsOurs) -> LiveObject {
+    LiveObject::new(
         obj.metadata.labels.clone().unwrap_or_default(),
         obj.metadata.annotations.clone().unwrap_or_default(),
         obj.data.get("spec").unwrap_or(&Value::Null),
-    );
+        is_ours,
+    )
+}
+
+fn track_sidecar(ctx: &Ctx, obj: &DynamicObject) {
+    let (ns, name) = ns_name(&obj.metadata);
+    let live = live_object(obj, lazyxds_index::objects::is_ours);
     ctx.watched
         .sidecars()
         .insert((ns.to_string(), name.to_string()), live);
@@ -231,6 +251,74 @@ fn sidecar(ctx: &Ctx, obj: &DynamicObject) -> Option<lazyxds_index::SidecarObjec
         Err(error) => {
             ctx.watched.invalid_annotations.fetch_add(1, Relaxed);
             tracing::warn!(%error, "Sidecar skipped");
+            None
+        }
+    }
+}
+
+/// Watches every EnvoyFilter into [`Watched::catch_alls`] (nothing goes to the index: the
+/// writer plans our per-workload catch-alls against them). A change is a change for the
+/// writer, so a catch-all deleted or edited by hand is put back.
+async fn run_catch_alls(api: Api<DynamicObject>, ctx: Arc<Ctx>) {
+    const NAME: &str = "envoyfilters";
+    let stream = kube::runtime::watcher(api, watcher::Config::default()).default_backoff();
+    futures::pin_mut!(stream);
+    let mut initial: Option<BTreeMap<(String, String), LiveObject>> = None;
+    let mut synced_once = false;
+    let key = |obj: &DynamicObject| {
+        let (ns, name) = ns_name(&obj.metadata);
+        (ns.to_string(), name.to_string())
+    };
+    let ours = lazyxds_index::objects::is_our_catch_all;
+    while let Some(event) = stream.next().await {
+        let event = match event {
+            Ok(event) => event,
+            Err(error) => {
+                ctx.watched.watch_errors.fetch_add(1, Relaxed);
+                tracing::warn!(kind = NAME, %error, "watch failed; retrying with backoff");
+                continue;
+            }
+        };
+        ctx.watched.events.fetch_add(1, Relaxed);
+        match event {
+            Event::Init => initial = Some(BTreeMap::new()),
+            Event::InitApply(obj) => {
+                if let Some(buf) = initial.as_mut() {
+                    buf.insert(key(&obj), live_object(&obj, ours));
+                }
+            }
+            Event::InitDone => {
+                *ctx.watched.catch_alls() = initial.take().unwrap_or_default();
+                ctx.learner.mark_changed();
+                if !synced_once {
+                    synced_once = true;
+                    ctx.synced.send_modify(|s| s.push(NAME));
+                }
+            }
+            Event::Apply(obj) => {
+                ctx.watched
+                    .catch_alls()
+                    .insert(key(&obj), live_object(&obj, ours));
+                ctx.learner.mark_changed();
+            }
+            Event::Delete(obj) => {
+                ctx.watched.catch_alls().remove(&key(&obj));
+                ctx.learner.mark_changed();
+            }
+        }
+    }
+}
+
+/// An AuthorizationPolicy; one Istio would ignore (an unknown action) is skipped.
+fn authorization_policy(
+    ctx: &Ctx,
+    obj: &DynamicObject,
+) -> Option<lazyxds_index::AuthorizationPolicy> {
+    match project::istio_authorization_policy(obj) {
+        Ok(p) => Some(p),
+        Err(error) => {
+            ctx.watched.invalid_annotations.fetch_add(1, Relaxed);
+            tracing::warn!(%error, "AuthorizationPolicy skipped");
             None
         }
     }
@@ -426,11 +514,27 @@ pub fn spawn_all(
             c.clone(),
         )),
         run(run_kind(
+            istio("DestinationRule", "destinationrules"),
+            kind("destinationrules", (), |_, o| {
+                Some(istio_destination_rule(o))
+            }),
+            c.clone(),
+        )),
+        run(run_kind(
+            Api::<DynamicObject>::all_with(client.clone(), &authorization_policy_resource()),
+            kind("authorizationpolicies", (), authorization_policy),
+            c.clone(),
+        )),
+        run(run_kind(
             istio("Sidecar", "sidecars"),
             Kind {
                 live_sidecars: true,
                 ..kind("sidecars", (), sidecar)
             },
+            c.clone(),
+        )),
+        run(run_catch_alls(
+            Api::all_with(client.clone(), &envoy_filter_resource()),
             c.clone(),
         )),
     ]);

@@ -1,9 +1,11 @@
 //! The Sidecar writer: the only code that changes the cluster.
 //!
-//! Compute, then act: [`plan`] (pure) compares the desired Sidecars with the live ones
-//! the watcher saw; [`KubeTarget`] applies the plan with server-side apply under one field
-//! manager, deletes what we own and no longer need, and never touches a Sidecar without
-//! our label. Debounced (a burst of changes is one pass), rate-limited, every call under
+//! Compute, then act: [`plan`] (pure) compares the desired Sidecars and their catch-all
+//! EnvoyFilters with the live ones the watchers saw; [`KubeTarget`] applies the plan with
+//! server-side apply under one field manager, deletes what we own and no longer need, and
+//! never touches an object without our label. A workload's EnvoyFilter is written before
+//! its Sidecar and deleted after it, and a Sidecar is not written while its EnvoyFilter is
+//! missing: a scoped workload's unknown HTTP always has the gateway to go to. Debounced (a burst of changes is one pass), rate-limited, every call under
 //! a timeout, failed objects retried with backoff — never a hot loop.
 
 use std::collections::BTreeMap;
@@ -15,22 +17,39 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::{Api, Client};
-use lazyxds_index::objects::{string_map, ANNOTATION_WORKLOAD};
+use lazyxds_index::objects::{is_our_catch_all, is_ours, string_map, ANNOTATION_WORKLOAD};
 use lazyxds_index::{Desired, Pass, RenderConfig, WorkloadId, WorkloadKind};
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::watch as signal;
 
-use super::watch::{spawn_all, spec_text, LiveSidecar, Watched};
+use super::watch::{spawn_all, spec_text, IsOurs, LiveObject, Watched};
 use super::KubeStatus;
-use super::{istio_resource, FIELD_MANAGER};
+use super::{envoy_filter_resource, istio_resource, FIELD_MANAGER};
 use crate::learn::SharedLearner;
 use crate::ready::WritePath;
 use crate::target::Target;
 
+/// What the writer writes: a workload's Sidecar and its catch-all EnvoyFilter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Kind {
+    Sidecar,
+    EnvoyFilter,
+}
+
+impl Kind {
+    fn resource(self) -> kube::api::ApiResource {
+        match self {
+            Kind::Sidecar => istio_resource("Sidecar", "sidecars"),
+            Kind::EnvoyFilter => envoy_filter_resource(),
+        }
+    }
+}
+
 /// One change the writer would make.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Change {
+    pub kind: Kind,
     pub namespace: String,
     pub name: String,
     pub action: Action,
@@ -53,8 +72,11 @@ pub enum Action {
 /// What one pass would do, and what it refuses.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Plan {
+    /// In order: EnvoyFilters created or updated, then Sidecars created or updated, then
+    /// Sidecars deleted, then EnvoyFilters deleted.
     pub changes: Vec<Change>,
-    /// Desired Sidecars whose name is taken by a Sidecar we do not own.
+    /// `ns/name` of workloads left as they are: the Sidecar's or the EnvoyFilter's name
+    /// is taken by an object we do not own.
     pub blocked: Vec<String>,
 }
 
@@ -86,7 +108,7 @@ fn diff(old: &Value, new: &Value) -> Vec<String> {
 }
 
 /// Whether the live Sidecar's labels and annotations we set, and its spec, are as desired.
-fn up_to_date(live: &LiveSidecar, desired: &Value) -> bool {
+fn up_to_date(live: &LiveObject, desired: &Value) -> bool {
     let subset = |live: &BTreeMap<String, String>, want: &Value| -> bool {
         want.as_object().is_none_or(|m| {
             m.iter()
@@ -99,7 +121,7 @@ fn up_to_date(live: &LiveSidecar, desired: &Value) -> bool {
 }
 
 /// The parts of a live Sidecar we manage, shaped like the desired object, for the diff.
-fn managed_view(live: &LiveSidecar, desired: &Value) -> Value {
+fn managed_view(live: &LiveObject, desired: &Value) -> Value {
     let pick = |live: &BTreeMap<String, String>, want: &Value| -> Value {
         let keys = want
             .as_object()
@@ -118,46 +140,80 @@ fn managed_view(live: &LiveSidecar, desired: &Value) -> Value {
     view
 }
 
-/// The changes that make the live Sidecars equal the desired ones.
-pub fn plan(desired: &Desired, live: &BTreeMap<(String, String), LiveSidecar>) -> Plan {
+/// The live objects of the kinds the writer writes, by (namespace, name).
+#[derive(Debug, Clone, Copy)]
+pub struct Live<'a> {
+    pub sidecars: &'a BTreeMap<(String, String), LiveObject>,
+    pub catch_alls: &'a BTreeMap<(String, String), LiveObject>,
+}
+
+/// The change that makes `live` equal `body`, if any; Err when the name is taken by an
+/// object we do not own.
+fn change_to(
+    kind: Kind,
+    key: &(String, String),
+    body: &Value,
+    live: Option<&LiveObject>,
+) -> Result<Option<Change>, ()> {
+    let (action, old) = match live {
+        None => (Action::Create, Value::Null),
+        Some(l) if !l.ours => return Err(()),
+        Some(l) if up_to_date(l, body) => return Ok(None),
+        Some(l) => (Action::Update, managed_view(l, body)),
+    };
+    Ok(Some(Change {
+        kind,
+        namespace: key.0.clone(),
+        name: key.1.clone(),
+        action,
+        diff: diff(&old, body),
+        body: Some(body.to_string()),
+    }))
+}
+
+fn delete(kind: Kind, (namespace, name): &(String, String)) -> Change {
+    Change {
+        kind,
+        namespace: namespace.clone(),
+        name: name.clone(),
+        action: Action::Delete,
+        diff: Vec::new(),
+        body: None,
+    }
+}
+
+/// The changes that make the live Sidecars and catch-all EnvoyFilters equal the desired
+/// ones. A workload whose EnvoyFilter or Sidecar name is taken by an object we do not own
+/// is blocked: neither of its objects is written.
+pub fn plan(desired: &Desired, live: Live<'_>) -> Plan {
     let mut plan = Plan::default();
-    for sidecar in desired.sidecars.values() {
-        let meta = &sidecar.metadata;
-        let key = (meta.namespace.clone(), meta.name.clone());
-        let Ok(body) = sidecar.to_json() else {
+    let (mut filters, mut sidecars) = (Vec::new(), Vec::new());
+    for (key, sidecar) in &desired.sidecars {
+        let filter = desired.catch_alls.get(key).map(|f| f.to_json());
+        let (Ok(sidecar), Some(Ok(filter))) = (sidecar.to_json(), filter) else {
             continue;
         };
-        match live.get(&key) {
-            None => plan.changes.push(Change {
-                namespace: key.0,
-                name: key.1,
-                action: Action::Create,
-                diff: diff(&Value::Null, &body),
-                body: Some(body.to_string()),
-            }),
-            Some(l) if !l.ours => plan.blocked.push(format!("{}/{}", key.0, key.1)),
-            Some(l) if up_to_date(l, &body) => {}
-            Some(l) => plan.changes.push(Change {
-                namespace: key.0,
-                name: key.1,
-                action: Action::Update,
-                diff: diff(&managed_view(l, &body), &body),
-                body: Some(body.to_string()),
-            }),
+        let filter = change_to(Kind::EnvoyFilter, key, &filter, live.catch_alls.get(key));
+        let sidecar = change_to(Kind::Sidecar, key, &sidecar, live.sidecars.get(key));
+        match (filter, sidecar) {
+            (Ok(filter), Ok(sidecar)) => {
+                filters.extend(filter);
+                sidecars.extend(sidecar);
+            }
+            _ => plan.blocked.push(format!("{}/{}", key.0, key.1)),
         }
     }
-    for (key, l) in live {
-        let (ns, name) = key;
-        if l.ours && !desired.sidecars.contains_key(key) {
-            plan.changes.push(Change {
-                namespace: ns.clone(),
-                name: name.clone(),
-                action: Action::Delete,
-                diff: Vec::new(),
-                body: None,
-            });
-        }
-    }
+    plan.changes = filters;
+    plan.changes.append(&mut sidecars);
+    let stale = |kind: Kind, map: &BTreeMap<(String, String), LiveObject>| -> Vec<Change> {
+        map.iter()
+            .filter(|(key, l)| l.ours && !desired.sidecars.contains_key(*key))
+            .map(|(key, _)| delete(kind, key))
+            .collect()
+    };
+    plan.changes.extend(stale(Kind::Sidecar, live.sidecars));
+    plan.changes
+        .extend(stale(Kind::EnvoyFilter, live.catch_alls));
     plan
 }
 
@@ -180,6 +236,8 @@ pub struct WriterStats {
     pub applies: AtomicU64,
     pub deletes: AtomicU64,
     pub blocked: AtomicU64,
+    /// Scoped workloads at the host cap after the last pass (a gauge).
+    pub capped: AtomicU64,
     pub last_pass_ms: AtomicU64,
     /// Every watch has listed once (the writer may start).
     pub synced: std::sync::atomic::AtomicBool,
@@ -283,6 +341,7 @@ pub fn start(
         writer: stats.clone(),
         watched: watched.clone(),
         learner: learner.clone(),
+        render: config.render.clone(),
     };
     let reporter = Reporter {
         controller: "lazyxds".into(),
@@ -330,11 +389,23 @@ impl Target for KubeTarget {
     async fn apply(&mut self, pass: &Pass) -> bool {
         let started = Instant::now();
         let (watched, leader, stats) = (&self.watched, &self.leader, &self.stats);
-        let mut plan = plan(&pass.desired, &watched.sidecars());
+        let mut plan = {
+            let (sidecars, catch_alls) = (watched.sidecars(), watched.catch_alls());
+            plan(
+                &pass.desired,
+                Live {
+                    sidecars: &sidecars,
+                    catch_alls: &catch_alls,
+                },
+            )
+        };
         stats.passes.fetch_add(1, Relaxed);
+        stats
+            .capped
+            .store(pass.desired.capped.len() as u64, Relaxed);
         if !plan.blocked.is_empty() && plan.blocked != self.last_plan.blocked {
             stats.blocked.fetch_add(plan.blocked.len() as u64, Relaxed);
-            tracing::warn!(sidecars = ?plan.blocked, "a Sidecar we would write exists and is not ours: left alone");
+            tracing::warn!(workloads = ?plan.blocked, "the name of a Sidecar or EnvoyFilter we would write is taken by an object that is not ours: workload left alone");
         }
         let mut ok = true;
         if self.config.dry_run {
@@ -345,8 +416,8 @@ impl Target for KubeTarget {
             }
             if plan != *self.last_plan {
                 for c in &plan.changes {
-                    tracing::info!(namespace = %c.namespace, name = %c.name, action = ?c.action,
-                        diff = %c.diff.join("\n"), "dry-run: would change Sidecar");
+                    tracing::info!(kind = ?c.kind, namespace = %c.namespace, name = %c.name, action = ?c.action,
+                        diff = %c.diff.join("\n"), "dry-run: would change");
                 }
             }
         } else {
@@ -358,7 +429,6 @@ impl Target for KubeTarget {
             };
             let cluster = Cluster {
                 client: &self.client,
-                ar: &istio_resource("Sidecar", "sidecars"),
                 leader,
                 timeout: self.config.timeout,
             };
@@ -414,7 +484,8 @@ fn workload_ref(id: &WorkloadId) -> ObjectReference {
 }
 
 /// Events on workloads: `Scoped` when their Sidecar is first created, `NotScoped` when a
-/// refusal appears or its reason changes. Failures are logged, never retried.
+/// refusal appears or its reason changes, `HostCapReached` when a scoped workload stops
+/// learning at the cap. Failures are logged, never retried.
 async fn publish_events(
     recorder: &Recorder,
     desired: &Desired,
@@ -429,25 +500,44 @@ async fn publish_events(
         events.push((id.clone(), KubeEvent {
             type_: EventType::Normal,
             reason: "Scoped".into(),
-            note: Some(format!("lazyxds created a Sidecar listing the {hosts} hosts this workload uses; other traffic goes through the lazy gateway")),
+            note: Some(format!("lazyxds created a Sidecar listing the {hosts} hosts this workload uses; HTTP to other hosts goes through the lazy gateway")),
             action: "CreateSidecar".into(),
             secondary: None,
         }));
     }
+    // What each workload was last told, so a Warning is published once per change.
     let now: BTreeMap<WorkloadId, String> = desired
         .refusals
         .iter()
-        .map(|r| (r.workload.clone(), r.reason.to_string()))
+        .map(|r| {
+            (
+                r.workload.clone(),
+                format!("lazyxds does not scope this workload: {}", r.reason),
+            )
+        })
+        .chain(
+            desired
+                .capped
+                .iter()
+                .map(|c| (c.workload.clone(), format!("lazyxds: {c}"))),
+        )
         .collect();
-    for (id, reason) in &now {
-        if evented.get(id) != Some(reason) {
+    let capped: std::collections::BTreeSet<&WorkloadId> =
+        desired.capped.iter().map(|c| &c.workload).collect();
+    for (id, note) in &now {
+        if evented.get(id) != Some(note) {
+            let (reason, action) = if capped.contains(id) {
+                ("HostCapReached", "KeepSidecar")
+            } else {
+                ("NotScoped", "RefuseSidecar")
+            };
             events.push((
                 id.clone(),
                 KubeEvent {
                     type_: EventType::Warning,
-                    reason: "NotScoped".into(),
-                    note: Some(format!("lazyxds does not scope this workload: {reason}")),
-                    action: "RefuseSidecar".into(),
+                    reason: reason.into(),
+                    note: Some(note.clone()),
+                    action: action.into(),
                     secondary: None,
                 },
             ));
@@ -464,7 +554,6 @@ async fn publish_events(
 /// Where writes go.
 struct Cluster<'a> {
     client: &'a Client,
-    ar: &'a kube::api::ApiResource,
     leader: &'a signal::Receiver<bool>,
     timeout: Duration,
 }
@@ -475,20 +564,20 @@ struct Outcome {
     failed: bool,
     /// Workloads whose Sidecar was created in this pass.
     created: Vec<WorkloadId>,
-    /// Sidecar writes tried, and how many of them failed (the last reason).
+    /// Writes tried (Sidecars and EnvoyFilters), how many failed, the last reason.
     tried: usize,
     failures: usize,
     last_failure: Option<String>,
 }
 
 impl Outcome {
-    /// Not ready when every Sidecar write of the pass failed (or, with none to make, the
+    /// Not ready when every write of the pass failed (or, with none to make, the
     /// gateway's routes could not be written): one object the API refuses must not take
     /// the leader out of service.
     fn health(&self, routes_failed: bool) -> Result<(), String> {
         if self.tried > 0 && self.failures == self.tried {
             return Err(format!(
-                "every Sidecar write of the last pass failed ({} of {}; last: {})",
+                "every write of the last pass failed ({} of {}; last: {})",
                 self.failures,
                 self.tried,
                 self.last_failure.as_deref().unwrap_or("?")
@@ -501,7 +590,8 @@ impl Outcome {
     }
 }
 
-/// Carries out `plan`, checking leadership before every write.
+/// Carries out `plan`, checking leadership before every write. A Sidecar is not created
+/// or updated when its EnvoyFilter failed in this pass.
 async fn apply(
     target: &Cluster<'_>,
     plan: &Plan,
@@ -510,13 +600,24 @@ async fn apply(
     min_gap: Duration,
 ) -> Outcome {
     let mut outcome = Outcome::default();
+    let mut filter_failed = std::collections::BTreeSet::new();
     for change in &plan.changes {
         if !*target.leader.borrow() {
             tracing::info!("lost leadership: stopping writes");
             return outcome;
         }
-        let api: Api<DynamicObject> =
-            Api::namespaced_with(target.client.clone(), &change.namespace, target.ar);
+        let key = (change.namespace.clone(), change.name.clone());
+        if change.kind == Kind::Sidecar
+            && change.action != Action::Delete
+            && filter_failed.contains(&key)
+        {
+            continue;
+        }
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            target.client.clone(),
+            &change.namespace,
+            &change.kind.resource(),
+        );
         let timeout = target.timeout;
         let started = Instant::now();
         // Parsed one change at a time (the plan keeps text).
@@ -553,37 +654,42 @@ async fn apply(
             }
             (_, None) => Ok(()),
         };
-        let key = (change.namespace.clone(), change.name.clone());
         outcome.tried = outcome.tried.saturating_add(1);
         match result {
             Ok(()) => {
                 // Record what we wrote now, so the next pass does not write it again
                 // before the watch echoes it back.
-                let mut live = watched.sidecars();
+                let (mut live, is_ours): (_, IsOurs) = match change.kind {
+                    Kind::Sidecar => (watched.sidecars(), is_ours),
+                    Kind::EnvoyFilter => (watched.catch_alls(), is_our_catch_all),
+                };
                 match (&change.action, &body) {
                     (Action::Delete, _) => {
                         live.remove(&key);
                         stats.deletes.fetch_add(1, Relaxed);
                     }
                     (action, Some(body)) => {
-                        live.insert(key, live_from_body(body));
+                        live.insert(key, live_from_body(body, is_ours));
                         stats.applies.fetch_add(1, Relaxed);
-                        if *action == Action::Create {
+                        if *action == Action::Create && change.kind == Kind::Sidecar {
                             outcome.created.extend(workload_of(&change.namespace, body));
                         }
                     }
                     _ => {}
                 }
-                tracing::info!(namespace = %change.namespace, name = %change.name,
-                    action = ?change.action, ms = started.elapsed().as_millis() as u64, "Sidecar written");
+                tracing::info!(kind = ?change.kind, namespace = %change.namespace, name = %change.name,
+                    action = ?change.action, ms = started.elapsed().as_millis() as u64, "written");
             }
             Err(reason) => {
                 outcome.failed = true;
                 outcome.failures = outcome.failures.saturating_add(1);
                 outcome.last_failure = Some(reason.clone());
+                if change.kind == Kind::EnvoyFilter {
+                    filter_failed.insert(key);
+                }
                 stats.error(&reason);
-                tracing::warn!(namespace = %change.namespace, name = %change.name,
-                    action = ?change.action, %reason, "Sidecar write failed; will retry");
+                tracing::warn!(kind = ?change.kind, namespace = %change.namespace, name = %change.name,
+                    action = ?change.action, %reason, "write failed; will retry");
             }
         }
         let spent = started.elapsed();
@@ -600,12 +706,13 @@ fn workload_of(namespace: &str, body: &Value) -> Option<WorkloadId> {
     WorkloadId::from_annotation(namespace, value).ok()
 }
 
-fn live_from_body(body: &Value) -> LiveSidecar {
+fn live_from_body(body: &Value, is_ours: IsOurs) -> LiveObject {
     let meta = &body["metadata"];
-    LiveSidecar::new(
+    LiveObject::new(
         string_map(&meta["labels"]),
         string_map(&meta["annotations"]),
         &body["spec"],
+        is_ours,
     )
 }
 
@@ -629,110 +736,183 @@ services:
         desired(&index, &RenderConfig::default())
     }
 
-    fn mk_live(desired: &Desired, ours: bool) -> BTreeMap<(String, String), LiveSidecar> {
-        desired
+    type LiveMap = BTreeMap<(String, String), LiveObject>;
+
+    /// What the watches would hold once `desired` is applied (`ours`), or when every name
+    /// is taken by someone else's objects.
+    fn mk_live(desired: &Desired, ours: bool) -> (LiveMap, LiveMap) {
+        let live = |body: Value, is_ours: IsOurs| {
+            if ours {
+                live_from_body(&body, is_ours)
+            } else {
+                LiveObject::new(BTreeMap::new(), BTreeMap::new(), &Value::Null, is_ours)
+            }
+        };
+        let sidecars = desired
             .sidecars
-            .values()
-            .map(|s| {
-                let mut live = live_from_body(&s.to_json().unwrap());
-                if !ours {
-                    live = LiveSidecar {
-                        ours: false,
-                        ..LiveSidecar::new(BTreeMap::new(), BTreeMap::new(), &Value::Null)
-                    };
-                }
-                (
-                    (s.metadata.namespace.clone(), s.metadata.name.clone()),
-                    live,
-                )
-            })
-            .collect()
+            .iter()
+            .map(|(k, s)| (k.clone(), live(s.to_json().unwrap(), is_ours)))
+            .collect();
+        let filters = desired
+            .catch_alls
+            .iter()
+            .map(|(k, f)| (k.clone(), live(f.to_json().unwrap(), is_our_catch_all)))
+            .collect();
+        (sidecars, filters)
     }
 
-    fn actions(plan: &Plan) -> Vec<(Action, String)> {
+    fn live<'a>(maps: &'a (LiveMap, LiveMap)) -> Live<'a> {
+        Live {
+            sidecars: &maps.0,
+            catch_alls: &maps.1,
+        }
+    }
+
+    fn actions(plan: &Plan) -> Vec<(Kind, Action, String)> {
         plan.changes
             .iter()
-            .map(|c| (c.action, format!("{}/{}", c.namespace, c.name)))
+            .map(|c| (c.kind, c.action, format!("{}/{}", c.namespace, c.name)))
             .collect()
     }
 
     const WEB: &str = "shop/lazyxds-deployment-web";
 
     #[test]
-    fn creates_what_is_missing_and_nothing_when_equal() {
+    fn creates_the_envoy_filter_then_the_sidecar_and_nothing_when_equal() {
         let desired = mk_desired();
-        let plan = plan(&desired, &BTreeMap::new());
-        assert_eq!(actions(&plan), vec![(Action::Create, WEB.to_string())]);
+        let empty = (BTreeMap::new(), BTreeMap::new());
+        let plan = plan(&desired, live(&empty));
+        assert_eq!(
+            actions(&plan),
+            vec![
+                (Kind::EnvoyFilter, Action::Create, WEB.to_string()),
+                (Kind::Sidecar, Action::Create, WEB.to_string()),
+            ]
+        );
         assert!(
-            plan.changes[0]
+            plan.changes[1]
                 .diff
                 .iter()
                 .any(|l| l == "+    - istio-system/*"),
             "{:?}",
-            plan.changes[0].diff
+            plan.changes[1].diff
         );
         assert_eq!(
-            super::plan(&desired, &mk_live(&desired, true)),
+            super::plan(&desired, live(&mk_live(&desired, true))),
             Plan::default()
+        );
+        // The filter alone is missing (deleted by hand): only it is written.
+        let mut maps = mk_live(&desired, true);
+        maps.1.clear();
+        assert_eq!(
+            actions(&super::plan(&desired, live(&maps))),
+            vec![(Kind::EnvoyFilter, Action::Create, WEB.to_string())]
         );
     }
 
     #[test]
     fn updates_drift_ignoring_foreign_labels_and_annotations() {
         let desired = mk_desired();
-        let mut live = mk_live(&desired, true);
-        let key = live.keys().next().unwrap().clone();
-        let web = live.get_mut(&key).unwrap();
+        let mut maps = mk_live(&desired, true);
+        let key = maps.0.keys().next().unwrap().clone();
+        let web = maps.0.get_mut(&key).unwrap();
         web.annotations.insert(
             "kubectl.kubernetes.io/last-applied-configuration".into(),
             "{}".into(),
         );
         web.labels.insert("team".into(), "a".into());
         assert_eq!(
-            plan(&desired, &live),
+            plan(&desired, live(&maps)),
             Plan::default(),
             "foreign metadata is not ours to manage"
         );
-        let web = live.get_mut(&key).unwrap();
+        let web = maps.0.get_mut(&key).unwrap();
         let mut spec = web.spec();
         spec["egress"][0]["hosts"] = serde_json::json!(["*/*"]);
         web.spec = spec_text(&spec);
-        let plan = plan(&desired, &live);
-        assert_eq!(actions(&plan), vec![(Action::Update, WEB.to_string())]);
+        // A drifted EnvoyFilter is put back, before its Sidecar.
+        let filter = maps.1.get_mut(&key).unwrap();
+        let mut spec = filter.spec();
+        spec["configPatches"] = serde_json::json!([]);
+        filter.spec = spec_text(&spec);
+        let plan = plan(&desired, live(&maps));
+        assert_eq!(
+            actions(&plan),
+            vec![
+                (Kind::EnvoyFilter, Action::Update, WEB.to_string()),
+                (Kind::Sidecar, Action::Update, WEB.to_string()),
+            ]
+        );
         assert!(
-            plan.changes[0].diff.contains(&"-    - '*/*'".to_string()),
+            plan.changes[1].diff.contains(&"-    - '*/*'".to_string()),
             "{:?}",
-            plan.changes[0].diff
+            plan.changes[1].diff
         );
     }
 
     #[test]
-    fn deletes_only_our_sidecars_that_are_no_longer_desired() {
+    fn deletes_the_sidecar_then_the_envoy_filter_of_ours_no_longer_desired() {
         let desired = mk_desired();
-        let mut live = mk_live(&desired, true);
-        let stale = live.values().next().unwrap().clone();
-        live.insert(
-            ("shop".into(), "lazyxds-deployment-gone".into()),
-            stale.clone(),
-        );
-        live.insert(
+        let mut maps = mk_live(&desired, true);
+        let gone = ("shop".to_string(), "lazyxds-deployment-gone".to_string());
+        let stale_sidecar = maps.0.values().next().unwrap().clone();
+        let stale_filter = maps.1.values().next().unwrap().clone();
+        maps.0.insert(gone.clone(), stale_sidecar.clone());
+        maps.1.insert(gone.clone(), stale_filter.clone());
+        // Not ours: a user's Sidecar, and the install's own EnvoyFilter (ours, but not a
+        // per-workload catch-all).
+        maps.0.insert(
             ("shop".into(), "users-own".into()),
-            LiveSidecar {
+            LiveObject {
                 ours: false,
-                ..stale
+                ..stale_sidecar
             },
         );
+        let install_filter = live_from_body(
+            &serde_json::json!({"metadata": {"labels": {"app.kubernetes.io/managed-by": "lazyxds",
+                "app.kubernetes.io/component": "routing"}}, "spec": {}}),
+            is_our_catch_all,
+        );
+        assert!(!install_filter.ours);
+        maps.1.insert(
+            ("lazyxds-system".into(), "lazyxds-external".into()),
+            install_filter,
+        );
         assert_eq!(
-            actions(&plan(&desired, &live)),
-            vec![(Action::Delete, "shop/lazyxds-deployment-gone".to_string())]
+            actions(&plan(&desired, live(&maps))),
+            vec![
+                (
+                    Kind::Sidecar,
+                    Action::Delete,
+                    "shop/lazyxds-deployment-gone".to_string()
+                ),
+                (
+                    Kind::EnvoyFilter,
+                    Action::Delete,
+                    "shop/lazyxds-deployment-gone".to_string()
+                ),
+            ]
         );
     }
 
     #[test]
-    fn never_takes_over_a_sidecar_it_does_not_own() {
+    fn never_takes_over_a_sidecar_or_envoy_filter_it_does_not_own() {
         let desired = mk_desired();
-        let plan = plan(&desired, &mk_live(&desired, false));
+        let theirs = mk_live(&desired, false);
+        let plan = plan(&desired, live(&theirs));
         assert_eq!(plan.changes, vec![]);
         assert_eq!(plan.blocked, vec![WEB.to_string()]);
+        // Only the EnvoyFilter's name is taken: the Sidecar is not written either (it
+        // would hide hosts with nowhere for their first calls to go).
+        let ours = mk_live(&desired, true);
+        let maps = (BTreeMap::new(), theirs.1.clone());
+        let plan = super::plan(&desired, live(&maps));
+        assert_eq!(plan.changes, vec![]);
+        assert_eq!(plan.blocked, vec![WEB.to_string()]);
+        let maps = (theirs.0, ours.1);
+        assert_eq!(
+            super::plan(&desired, live(&maps)).blocked,
+            vec![WEB.to_string()]
+        );
     }
 }

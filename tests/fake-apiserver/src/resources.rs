@@ -204,6 +204,13 @@ const BUILTIN: &[(&str, &[&str], &str, &str, bool)] = &[
         "envoyfilters",
         true,
     ),
+    (
+        "security.istio.io",
+        &["v1", "v1beta1"],
+        "AuthorizationPolicy",
+        "authorizationpolicies",
+        true,
+    ),
 ];
 
 #[derive(Clone, Debug)]

@@ -95,6 +95,12 @@ pub(super) fn start(cluster: &Cluster) -> Result<(IstiodAddrs, Proc)> {
         .env("CLUSTER_ID", CLUSTER_ID)
         .env("PILOT_ENABLE_METADATA_EXCHANGE", "false")
         .env("PILOT_ENABLE_ALPN_FILTER", "false")
+        // Off by default in Istio; on here, the stricter mode: a gateway gets only the
+        // clusters its VirtualServices route to and those an EnvoyFilter selecting it names
+        // (`envoyfilter.istio.io/referenced-services`), so the tier shows that the lazy
+        // gateway still gets every cluster it needs, the controller's included. Sidecars
+        // are not affected (routers only: pilot/pkg/networking/core/cluster.go).
+        .env("PILOT_FILTER_GATEWAY_CLUSTER_CONFIG", "true")
         .env_remove("PEER_METADATA_DISCOVERY")
         .env("KUBECONFIG", cluster.admin_kubeconfig());
     let proc = Proc::spawn("istiod", &mut cmd, &cluster.dir().join("istiod.log"))?;

@@ -65,16 +65,54 @@ pub fn bin(name: &str) -> Result<PathBuf> {
     )
 }
 
-/// Where the cluster listens.
+/// The Istio releases the install is checked against: the `istio.io/api` pins of
+/// `tests/cluster/versions`, each with its CRDs (`make setup-cluster` fetches them to
+/// `<bin>/istio-api-crds/<version>.yaml` through the Go module proxy).
+pub fn istio_releases() -> Result<Vec<(String, PathBuf)>> {
+    let pins = crate::paths::workspace_root().join("tests/cluster/versions");
+    let text =
+        std::fs::read_to_string(&pins).with_context(|| format!("reading {}", pins.display()))?;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        if let (Some("istio.io/api"), Some(version)) = (words.next(), words.next()) {
+            let crds = bin_dir()
+                .join("istio-api-crds")
+                .join(format!("{version}.yaml"));
+            if !crds.is_file() {
+                bail!(
+                    "{} not found: run `make setup-cluster` (tests/cluster/go/fetch-crds.sh \
+                     fetches the CRDs of every pinned Istio release)",
+                    crds.display()
+                );
+            }
+            out.push((version.to_string(), crds));
+        }
+    }
+    if out.is_empty() {
+        bail!("{} pins no istio.io/api release", pins.display());
+    }
+    Ok(out)
+}
+
+/// Where the cluster listens, and what of it runs.
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
     pub listen: Ipv4Addr,
+    /// Only etcd and kube-apiserver: no controllers, no scheduler, no Istio CRDs, no
+    /// istiod (for checks of what the API server alone accepts).
+    pub api_server_only: bool,
+    /// Its own run directory, `target/cluster-runs/<test binary>-<name>`, so it can run
+    /// beside the binary's shared cluster.
+    pub name: Option<&'static str>,
 }
 
 impl Default for ClusterOptions {
     fn default() -> Self {
         ClusterOptions {
             listen: Ipv4Addr::LOCALHOST,
+            api_server_only: false,
+            name: None,
         }
     }
 }
@@ -130,7 +168,7 @@ impl Cluster {
     /// Starts everything and waits until istiod is ready.
     pub fn start(options: &ClusterOptions) -> Result<Cluster> {
         let started = Instant::now();
-        let dir = run_dir()?;
+        let dir = run_dir(options.name)?;
         let listen = options.listen;
         let ips = [IpAddr::V4(listen), IpAddr::V4(Ipv4Addr::LOCALHOST)];
         let pki = KubePki::create(&dir.join("pki"), &ips, CLUSTER_DOMAIN)?;
@@ -226,14 +264,37 @@ impl Cluster {
         )?;
         timings.push(("kube-apiserver", t.elapsed()));
 
+        let mut cluster = Cluster {
+            dir,
+            listen,
+            api_url,
+            pki,
+            admin_kubeconfig,
+            istiod: IstiodAddrs::default(),
+            timings,
+            procs: Mutex::new(procs),
+            next_namespace: AtomicU32::new(0),
+        };
+        if options.api_server_only {
+            cluster.timings.push(("total", started.elapsed()));
+            crate::note(format_args!(
+                "API server up in {:?} ({})",
+                started.elapsed(),
+                cluster.dir.display()
+            ));
+            return Ok(cluster);
+        }
+
         // kube-controller-manager and kube-scheduler, with their own identities (the
         // bootstrap RBAC roles of a real cluster apply to them).
+        let (dir, pki, api_url) = (&cluster.dir, &cluster.pki, &cluster.api_url);
+        let mut started_procs = Vec::new();
         for (name, cert) in [
             ("kube-controller-manager", &pki.controller_manager),
             ("kube-scheduler", &pki.scheduler),
         ] {
             let kc = dir.join(format!("{name}.kubeconfig"));
-            kubeconfig::write(&kc, &api_url, &pki.ca, &Credential::Cert(cert))?;
+            kubeconfig::write(&kc, api_url, &pki.ca, &Credential::Cert(cert))?;
             let mut cmd = Command::new(bin(name)?);
             cmd.arg(format!("--kubeconfig={}", kc.display()))
                 .arg(format!("--bind-address={listen}"))
@@ -258,24 +319,13 @@ impl Cluster {
                 .arg("--use-service-account-credentials=true")
                 .arg("--concurrent-gc-syncs=5");
             }
-            procs.push(Proc::spawn(
+            started_procs.push(Proc::spawn(
                 name,
                 &mut cmd,
                 &dir.join(format!("{name}.log")),
             )?);
         }
-
-        let mut cluster = Cluster {
-            dir,
-            listen,
-            api_url,
-            pki,
-            admin_kubeconfig,
-            istiod: IstiodAddrs::default(),
-            timings,
-            procs: Mutex::new(procs),
-            next_namespace: AtomicU32::new(0),
-        };
+        cluster.procs_mut().extend(started_procs);
 
         // Istio's CRDs, from the module istiod was built from.
         let t = Instant::now();
@@ -567,8 +617,8 @@ impl Cluster {
     }
 }
 
-/// `target/cluster-runs/<test binary name>`, emptied.
-fn run_dir() -> Result<PathBuf> {
+/// `target/cluster-runs/<test binary name>[-<name>]`, emptied.
+fn run_dir(name: Option<&str>) -> Result<PathBuf> {
     let exe = std::env::current_exe().ok();
     let stem = exe
         .as_deref()
@@ -577,10 +627,13 @@ fn run_dir() -> Result<PathBuf> {
         .unwrap_or_else(|| format!("pid-{}", std::process::id()));
     // Cargo names test binaries `<name>-<hash>`: keep the name, so runs of the same test
     // replace each other.
-    let name = stem.rsplit_once('-').map_or(stem.as_str(), |(n, _)| n);
+    let binary = stem.rsplit_once('-').map_or(stem.as_str(), |(n, _)| n);
     let dir = crate::paths::workspace_root()
         .join("target/cluster-runs")
-        .join(name);
+        .join(match name {
+            Some(n) => format!("{binary}-{n}"),
+            None => binary.to_string(),
+        });
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
     }

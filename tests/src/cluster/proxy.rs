@@ -99,7 +99,12 @@ impl IstioProxy {
             .map(|(k, v)| format!("{k}=\"{v}\"\n"))
             .collect();
         put("etc/istio/pod/labels", &labels)?;
-        put("etc/istio/pod/annotations", "")?;
+        // The pod's annotations, as the downward-API volume has them: pilot-agent applies
+        // `proxy.istio.io/config` from there over PROXY_CONFIG (as injection would have).
+        put(
+            "etc/istio/pod/annotations",
+            &pod_annotations(cluster, &pod.namespace, &pod.name)?,
+        )?;
         let template = std::fs::read_to_string(bin("envoy_bootstrap.json")?)?;
         put("var/lib/istio/envoy/envoy_bootstrap_tmpl.json", &template)?;
         let overlays = overlay_mounts(&dir, &pod.mounts)?;
@@ -253,6 +258,34 @@ impl IstioProxy {
 
 /// Copies each mounted file into an overlay upper directory under `dir` and returns the
 /// shell commands that mount those overlays (one per top-level directory, e.g. `/etc`).
+/// A pod's annotations in the downward API's file format, `key="value"` per line (Go's
+/// `%q`, which pilot-agent's `ParseDownwardAPI` undoes with `strconv.Unquote`).
+fn pod_annotations(cluster: &Cluster, namespace: &str, name: &str) -> Result<String> {
+    let pod = cluster
+        .get("pod", Some(namespace), name)?
+        .with_context(|| format!("pod {namespace}/{name} does not exist"))?;
+    let mut out = String::new();
+    if let Some(annotations) = pod["metadata"]["annotations"].as_object() {
+        for (k, v) in annotations {
+            let v = v.as_str().unwrap_or_default();
+            let mut quoted = String::from('"');
+            for c in v.chars() {
+                match c {
+                    '"' => quoted.push_str("\\\""),
+                    '\\' => quoted.push_str("\\\\"),
+                    '\n' => quoted.push_str("\\n"),
+                    c if c.is_ascii() && !c.is_ascii_control() => quoted.push(c),
+                    // Anything else as a Go `\U` escape of its code point.
+                    c => quoted.push_str(&format!("\\U{:08x}", u32::from(c))),
+                }
+            }
+            quoted.push('"');
+            out.push_str(&format!("{k}={quoted}\n"));
+        }
+    }
+    Ok(out)
+}
+
 fn overlay_mounts(dir: &Path, mounts: &[(PathBuf, PathBuf)]) -> Result<String> {
     let mut tops: BTreeMap<PathBuf, PathBuf> = BTreeMap::new();
     for (i, (src, dst)) in mounts.iter().enumerate() {

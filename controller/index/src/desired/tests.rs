@@ -48,10 +48,6 @@ fn renders_the_whole_sidecar() {
             )]),
             annotations: BTreeMap::from([
                 (
-                    "galley.istio.io/analyze-suppress".to_string(),
-                    "IST0002".to_string(),
-                ),
-                (
                     "lazyxds.io/deps".to_string(),
                     r#"{"reviews.shop.svc.cluster.local":1700000000}"#.to_string(),
                 ),
@@ -82,10 +78,6 @@ fn renders_the_whole_sidecar() {
             }],
             outbound_traffic_policy: Some(OutboundTrafficPolicy {
                 mode: OutboundPolicy::AllowAny,
-                egress_proxy: Some(EgressProxy {
-                    host: GATEWAY.to_string(),
-                    port: PortSelector { number: 8080 },
-                }),
             }),
         },
     };
@@ -118,7 +110,6 @@ metadata:
   labels:
     app.kubernetes.io/managed-by: lazyxds
   annotations:
-    galley.istio.io/analyze-suppress: IST0002
     lazyxds.io/deps: '{"reviews.shop.svc.cluster.local":1700000000}'
     lazyxds.io/outbound-policy: ALLOW_ANY
     lazyxds.io/workload: Deployment/productpage
@@ -135,18 +126,130 @@ spec:
     - shop/reviews.shop.svc.cluster.local
   outboundTrafficPolicy:
     mode: ALLOW_ANY
-    egressProxy:
-      host: lazyxds-gateway.lazyxds-system.svc.cluster.local
-      port:
-        number: 8080
 "#;
     assert_eq!(want.to_yaml().as_deref(), Ok(yaml));
     let back: Sidecar = serde_norway::from_str(yaml).expect("round trip");
     assert_eq!(back, want);
+    // No egressProxy: istiod would send unknown TCP and TLS there too.
     assert_eq!(
         want.to_json().expect("json")["spec"]["outboundTrafficPolicy"],
-        json!({"mode": "ALLOW_ANY", "egressProxy": {"host": GATEWAY, "port": {"number": 8080}}})
+        json!({"mode": "ALLOW_ANY"})
     );
+}
+
+#[test]
+fn every_sidecar_comes_with_a_catch_all_filter_that_sends_only_unknown_http_to_the_gateway() {
+    let index = Index::test();
+    let desired = desired(&index, &RenderConfig::test());
+    assert_eq!(
+        desired.catch_alls.keys().collect::<Vec<_>>(),
+        desired.sidecars.keys().collect::<Vec<_>>()
+    );
+    let key = (
+        "shop".to_string(),
+        "lazyxds-deployment-productpage".to_string(),
+    );
+    let filter = desired.catch_alls[&key].to_json().expect("json");
+    let patch = |vhost: &str| {
+        json!({
+            "applyTo": "HTTP_ROUTE",
+            "match": {"context": "SIDECAR_OUTBOUND", "routeConfiguration": {
+                "vhost": {"name": vhost, "route": {"name": vhost}}}},
+            "patch": {"operation": "MERGE", "value": {"route": {
+                "cluster": format!("outbound|8080||{GATEWAY}"),
+                "timeout": "0s", "max_grpc_timeout": "0s"}}},
+        })
+    };
+    assert_eq!(
+        filter,
+        json!({
+            "apiVersion": "networking.istio.io/v1alpha3",
+            "kind": "EnvoyFilter",
+            "metadata": {
+                "name": "lazyxds-deployment-productpage",
+                "namespace": "shop",
+                "labels": {
+                    "app.kubernetes.io/managed-by": "lazyxds",
+                    "app.kubernetes.io/component": "catch-all",
+                },
+                "annotations": {
+                    "galley.istio.io/analyze-suppress": "IST0133",
+                    "lazyxds.io/workload": "Deployment/productpage",
+                },
+            },
+            "spec": {
+                // The Sidecar's selector: the same pods, no others.
+                "workloadSelector": {"labels": {"app": "productpage"}},
+                "configPatches": [patch("allow_any"), patch("block_all")],
+            },
+        })
+    );
+    assert!(crate::objects::is_our_catch_all(
+        &crate::objects::string_map(&filter["metadata"]["labels"])
+    ));
+    // Constant size: a workload with many deps gets the same filter.
+    let mut busy = Index::test();
+    let edges: Vec<_> = (0..50)
+        .map(|i| {
+            mk_edge(
+                "10.0.0.10",
+                None,
+                &mk_outbound(80, &format!("s{i}.example.com")),
+                1,
+            )
+        })
+        .collect();
+    busy.record_edges(edges, 1);
+    let busy = super::desired(&busy, &RenderConfig::test());
+    assert!(egress_of(&busy, &productpage()).len() > 50);
+    assert_eq!(busy.catch_alls[&key], desired.catch_alls[&key]);
+    // Written before its Sidecar.
+    let yaml = desired.workload_yaml(&key).expect("yaml");
+    let filter_at = yaml.find("kind: EnvoyFilter").expect("filter");
+    let sidecar_at = yaml.find("kind: Sidecar").expect("sidecar");
+    assert!(filter_at < sidecar_at, "{yaml}");
+}
+
+#[test]
+fn the_sidecar_keeps_the_workloads_own_outbound_policy_for_unknown_tcp() {
+    for (mesh, default, want) in [
+        (OutboundPolicy::AllowAny, None, OutboundPolicy::AllowAny),
+        (
+            OutboundPolicy::RegistryOnly,
+            None,
+            OutboundPolicy::RegistryOnly,
+        ),
+        (
+            OutboundPolicy::AllowAny,
+            Some("REGISTRY_ONLY"),
+            OutboundPolicy::RegistryOnly,
+        ),
+        (
+            OutboundPolicy::RegistryOnly,
+            Some("ALLOW_ANY"),
+            OutboundPolicy::AllowAny,
+        ),
+    ] {
+        let mut index = Index::test();
+        if let Some(mode) = default {
+            index.apply(mk_user_sidecar(
+                "shop",
+                "default",
+                json!({"outboundTrafficPolicy": {"mode": mode}}),
+            ));
+        }
+        let config = RenderConfig {
+            mesh_outbound_policy: mesh,
+            ..RenderConfig::test()
+        };
+        let desired = desired(&index, &config);
+        let sidecar = desired.sidecar_of(&productpage()).expect("scoped");
+        assert_eq!(
+            sidecar.spec.outbound_traffic_policy,
+            Some(OutboundTrafficPolicy { mode: want }),
+            "mesh {mesh:?}, namespace default {default:?}"
+        );
+    }
 }
 
 #[test]
@@ -302,6 +405,14 @@ fn overlapping_selectors_are_refused() {
         "b",
         &[("app", "x"), ("tier", "y")],
     ));
+    index.apply(mk_replica_set("shop", "b-rs", Some(("Deployment", "b"))));
+    index.apply(mk_pod(
+        "shop",
+        "b-rs-0",
+        "10.0.8.2",
+        Some(("ReplicaSet", "b-rs")),
+        &[("app", "x"), ("tier", "y")],
+    ));
     // c's selector selects a pod that is not c's, even though its template is distinct.
     index.apply(mk_workload(StatefulSet, "shop", "c", &[("app", "c")]));
     let mut stray = mk_pod(
@@ -436,14 +547,14 @@ fn namespace_defaults_are_copied() {
             sidecar.metadata.annotations["lazyxds.io/outbound-policy"],
             policy
         );
-        // The Sidecar itself is always ALLOW_ANY: egressProxy requires it.
+        // The Sidecar keeps the policy the workload had: unknown TCP goes where it went.
         assert_eq!(
             sidecar
                 .spec
                 .outbound_traffic_policy
                 .as_ref()
-                .map(|p| p.mode),
-            Some(OutboundPolicy::AllowAny)
+                .map(|p| p.mode.as_str()),
+            Some(policy)
         );
     }
 
@@ -526,6 +637,202 @@ fn opaque_services_are_always_visible() {
     );
 }
 
+/// The hosts every scoped Sidecar of shop lists whatever it learned.
+const BASE: [&str; 4] = [
+    "istio-system/*",
+    "lazyxds-system/lazyxds-gateway.lazyxds-system.svc.cluster.local",
+    "lazyxds-system/lazyxds-http-ports.lazyxds-system.svc.cluster.local",
+    "shop/postgres.shop.svc.cluster.local",
+];
+
+fn base_and(extra: &[&str]) -> Vec<String> {
+    let mut hosts: Vec<String> = strings(&BASE);
+    hosts.extend(strings(extra));
+    hosts.sort();
+    hosts
+}
+
+/// A headless Service's pods are called by their own names, which only the caller's
+/// sidecar routes (the gateway would answer them with its `*.svc` 404): always visible.
+#[test]
+fn headless_services_are_always_visible() {
+    let mut index = Index::test();
+    let mut db = mk_service("payments", "db", &[("app", "db")], &[(9200, "http")]);
+    db.headless = true;
+    index.apply(db);
+    let desired = desired(&index, &RenderConfig::test());
+    assert_eq!(
+        egress_of(&desired, &productpage()),
+        base_and(&["payments/db.payments.svc.cluster.local"])
+    );
+    let why: Vec<String> = always_visible(&index, &RenderConfig::test())
+        .iter()
+        .filter(|a| a.host == "db.payments.svc.cluster.local")
+        .flat_map(|a| a.why.iter().map(ToString::to_string))
+        .collect();
+    assert_eq!(
+        why,
+        ["headless: its pods' own names route only through the caller's sidecar"]
+    );
+}
+
+/// A VirtualService some namespaces see ahead of the public ones (exportTo `.` or a list)
+/// is what their sidecars route by; the gateway routes every caller alike, so its host
+/// stays visible to those namespaces (with its Service's namespace: the clusters), and
+/// to no other.
+#[test]
+fn a_virtual_service_only_some_namespaces_see_keeps_its_host_visible_to_them() {
+    let payments = "payments.payments.svc.cluster.local";
+    let vs = |ns: &str, name: &str, hosts: &[&str], export_to: &[&str]| {
+        let mut vs = mk_virtual_service(ns, name, hosts, &["payments-v2.payments"]);
+        vs.export_to = strings(export_to);
+        vs
+    };
+    let kept = [
+        "shop/payments.payments.svc.cluster.local",
+        "payments/payments.payments.svc.cluster.local",
+    ];
+    let cases = [
+        (
+            "private to shop",
+            vec![vs("shop", "p", &[payments], &["."])],
+            &kept[..],
+        ),
+        (
+            "exported to shop by name from elsewhere",
+            vec![vs("ops", "p", &[payments], &["shop", "ops"])],
+            &["ops/payments.payments.svc.cluster.local", kept[1]][..],
+        ),
+        (
+            "exported to another namespace only",
+            vec![vs("shop", "p", &[payments], &["ops"])],
+            &[][..],
+        ),
+        ("public", vec![vs("shop", "p", &[payments], &[])], &[][..]),
+        (
+            "`*` and `.`",
+            vec![vs("shop", "p", &[payments], &["*", "."])],
+            &[][..],
+        ),
+        (
+            "hidden",
+            vec![vs("shop", "p", &[payments], &["~"])],
+            &[][..],
+        ),
+        (
+            "a wildcard host: itself and every host it covers",
+            vec![vs("shop", "p", &["*.payments.svc.cluster.local"], &["."])],
+            &["shop/*.payments.svc.cluster.local", kept[0], kept[1]][..],
+        ),
+    ];
+    for (what, virtual_services, want) in cases {
+        let mut index = Index::test();
+        for v in virtual_services {
+            index.apply(v);
+        }
+        let desired = desired(&index, &RenderConfig::test());
+        assert_eq!(
+            egress_of(&desired, &productpage()),
+            base_and(want),
+            "{what}"
+        );
+    }
+
+    let mut index = Index::test();
+    index.apply(vs("shop", "p", &[payments], &["."]));
+    let why: Vec<String> = always_visible(&index, &RenderConfig::test())
+        .iter()
+        .filter(|a| a.host == payments)
+        .flat_map(|a| a.why.iter().map(ToString::to_string))
+        .collect();
+    assert_eq!(
+        why,
+        [
+            // Both hold: the gateway cannot see it, and it routes only for shop.
+            "VirtualService shop/p's exportTo [\".\"] leaves out the gateway's namespace \
+             lazyxds-system",
+            "VirtualService shop/p routes it only for the namespaces of its exportTo [\".\"], \
+          ahead of public ones: the gateway routes every caller alike"
+        ]
+    );
+}
+
+/// A DestinationRule of the caller's namespace for the gateway's host (a wildcard such as
+/// `*.local` is enough) is used instead of ours; unless it keeps Istio mTLS on the gateway
+/// port, first calls would fail, so the workloads it applies to are refused.
+#[test]
+fn a_caller_namespace_destination_rule_breaking_mtls_to_the_gateway_refuses() {
+    use crate::destination_rule::{Effect, Shadow};
+    let rule = |name: &str, spec: serde_json::Value| {
+        crate::objects::DestinationRule::from_spec("shop", name, &spec)
+    };
+    let shop = [
+        productpage(),
+        mk_id(Deployment, "shop", "reviews-v1"),
+        mk_id(Deployment, "shop", "reviews-v2"),
+    ];
+    let shadow = |name: &str, effect: Effect| {
+        RefusalReason::GatewayDestinationRule(Shadow {
+            rule: format!("shop/{name}"),
+            host: "*.local".to_string(),
+            effect,
+        })
+    };
+
+    let mut index = Index::test();
+    index.apply(rule(
+        "plain",
+        json!({"host": "*.local", "trafficPolicy": {"tls": {"mode": "DISABLE"}}}),
+    ));
+    let out = desired(&index, &RenderConfig::test());
+    let disable = Effect::Mode {
+        mode: "DISABLE".to_string(),
+        port_level: false,
+    };
+    assert_eq!(
+        out.refusals,
+        shop.iter()
+            .map(|id| refusal(id.clone(), shadow("plain", disable.clone())))
+            .collect::<Vec<_>>()
+    );
+    assert!(out.sidecars.is_empty());
+
+    // ISTIO_MUTUAL for it: what ours does.
+    index.apply(rule(
+        "plain",
+        json!({"host": "*.local", "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}}}),
+    ));
+    let out = desired(&index, &RenderConfig::test());
+    assert_eq!(out.refusals, vec![]);
+    assert_eq!(out.sidecars.len(), 3);
+
+    // A rule selecting productpage only: productpage gets it, the others none at all.
+    index.delete::<crate::objects::DestinationRule>((), "shop", "plain");
+    index.apply(rule(
+        "pp",
+        json!({"host": "*.local", "workloadSelector": {"matchLabels": {"app": "productpage"}},
+            "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}}}),
+    ));
+    let out = desired(&index, &RenderConfig::test());
+    assert_eq!(
+        out.refusals,
+        shop[1..]
+            .iter()
+            .map(|id| refusal(id.clone(), shadow("pp", Effect::SelectsOthers)))
+            .collect::<Vec<_>>()
+    );
+    assert!(out.sidecar_of(&productpage()).is_some());
+
+    // In another namespace: never looked at before ours.
+    let mut index = Index::test();
+    index.apply(crate::objects::DestinationRule::from_spec(
+        "payments",
+        "plain",
+        &json!({"host": "*.local", "trafficPolicy": {"tls": {"mode": "DISABLE"}}}),
+    ));
+    assert_eq!(desired(&index, &RenderConfig::test()).refusals, vec![]);
+}
+
 #[test]
 fn pins_are_always_included() {
     let mut index = Index::test();
@@ -557,51 +864,79 @@ fn pins_are_always_included() {
 }
 
 #[test]
-fn the_host_cap_refuses() {
-    let config = RenderConfig {
-        max_hosts_per_sidecar: 5,
-        ..RenderConfig::test()
-    };
-    let mut index = Index::test();
-    let edges = ["a.example.com", "b.example.com"]
-        .map(|h| mk_edge("10.0.0.10", None, &mk_outbound(80, h), 1));
-    index.record_edges(edges, 1);
-    let out = desired(&index, &config);
-    let want = refusal(
-        productpage(),
-        RefusalReason::HostCap {
-            cap: 5,
-            hosts: 6,
-            truncated: false,
-        },
-    );
-    assert_eq!(out.refusals, vec![want.clone()]);
-    assert_eq!(want.reason.to_string(), "host cap 5 reached (6 hosts)");
-    assert_eq!(out.sidecar_of(&productpage()), None);
-
-    // Deps dropped at the index's cap refuse even below the render cap.
+fn over_the_host_cap_a_sidecar_keeps_every_host_it_has_and_new_ones_stay_lazy() {
+    // The runtime caps both at `--max-hosts`; here the index stops at 2 learned hosts,
+    // the Sidecar's required hosts (3) stay under 5.
     let mut index = Index::new(crate::IndexConfig {
-        max_deps_per_workload: 1,
+        max_deps_per_workload: 2,
         ..Default::default()
     });
     index.apply(mk_namespace("shop", Some(true)));
     mk_deployment(&mut index, "shop", "productpage", "10.0.0.10");
-    index.record_edges(
-        ["a.example.com", "b.example.com"]
-            .map(|h| mk_edge("10.0.0.10", None, &mk_outbound(80, h), 1)),
-        1,
-    );
-    let desired = desired(&index, &RenderConfig::test());
-    let reason = RefusalReason::HostCap {
-        cap: 1000,
-        hosts: 4,
-        truncated: true,
+    let learn = |index: &mut Index, hosts: &[&str], at: u64| {
+        let edges: Vec<_> = hosts
+            .iter()
+            .map(|h| mk_edge("10.0.0.10", None, &mk_outbound(80, h), at))
+            .collect();
+        index.record_edges(edges, at);
     };
-    assert_eq!(
-        desired.refusals,
-        vec![refusal(productpage(), reason.clone())]
+    let config = RenderConfig {
+        max_hosts_per_sidecar: 5,
+        ..RenderConfig::test()
+    };
+    learn(&mut index, &["a.example.com", "b.example.com"], 1);
+    let before = desired(&index, &config);
+    assert_eq!(before.capped, vec![]);
+    let listed = egress_of(&before, &productpage());
+    assert!(
+        listed.contains(&"*/a.example.com".to_string()),
+        "{listed:?}"
     );
-    assert_eq!(reason.to_string(), "host cap 1000 reached (4+ hosts)");
+    assert!(
+        listed.contains(&"*/b.example.com".to_string()),
+        "{listed:?}"
+    );
+    // A third host: not added, nothing removed, no refusal; reported as capped.
+    learn(&mut index, &["c.example.com"], 2);
+    let after = desired(&index, &config);
+    assert_eq!(egress_of(&after, &productpage()), listed);
+    assert_eq!(
+        after
+            .sidecar_of(&productpage())
+            .unwrap()
+            .metadata
+            .annotations["lazyxds.io/deps"],
+        r#"{"a.example.com":1,"b.example.com":1}"#
+    );
+    assert_eq!(after.refusals, vec![]);
+    let capped = Capped {
+        workload: productpage(),
+        cap: 2,
+    };
+    assert_eq!(after.capped, vec![capped.clone()]);
+    assert_eq!(
+        capped.to_string(),
+        "host cap 2 reached: its Sidecar keeps every host it has; calls to further hosts keep going through the lazy gateway"
+    );
+}
+
+#[test]
+fn more_required_hosts_than_the_cap_refuse_before_anything_is_learned() {
+    // istio-system/*, the gateway, the placeholder, postgres (a tcp port): 4 > 3.
+    let config = RenderConfig {
+        max_hosts_per_sidecar: 3,
+        ..RenderConfig::test()
+    };
+    let index = Index::test();
+    let out = desired(&index, &config);
+    let want = refusal(productpage(), RefusalReason::HostCap { cap: 3, hosts: 4 });
+    assert!(out.refusals.contains(&want), "{:?}", out.refusals);
+    assert_eq!(
+        want.reason.to_string(),
+        "host cap 3 reached by 4 hosts it must see before any learned one"
+    );
+    assert_eq!(out.sidecar_of(&productpage()), None);
+    assert!(out.catch_alls.is_empty());
 }
 
 #[test]
@@ -654,4 +989,39 @@ fn sidecar_names() {
         assert_eq!(sidecar_name(&id), want);
         assert!(want.len() <= 253);
     }
+}
+
+#[test]
+fn a_workload_without_pods_gets_no_sidecar_until_one_starts() {
+    // A Sidecar selecting no pod is what `istioctl analyze` reports (IST0101).
+    let mut index = Index::default();
+    index.apply(mk_namespace("shop", Some(true)));
+    index.apply(mk_workload(Deployment, "shop", "idle", &[("app", "idle")]));
+    let none = desired(&index, &RenderConfig::test());
+    assert!(none.sidecars.is_empty(), "{:?}", none.sidecars.keys());
+    assert!(
+        none.refusals.is_empty(),
+        "not a refusal: {:?}",
+        none.refusals
+    );
+    index.apply(mk_replica_set(
+        "shop",
+        "idle-rs",
+        Some(("Deployment", "idle")),
+    ));
+    index.apply(mk_pod(
+        "shop",
+        "idle-rs-0",
+        "10.0.9.1",
+        Some(("ReplicaSet", "idle-rs")),
+        &[("app", "idle")],
+    ));
+    let one = desired(&index, &RenderConfig::test());
+    assert_eq!(
+        one.sidecars
+            .keys()
+            .map(|(_, n)| n.as_str())
+            .collect::<Vec<_>>(),
+        ["lazyxds-deployment-idle"]
+    );
 }

@@ -157,12 +157,15 @@ fn renders_every_object() {
         })
     );
     // 7000 and 5432 are opaque; 443 is TLS; every other port can carry HTTP.
+    // Exported everywhere: every lazy Sidecar imports it, whatever the mesh's default.
+    let mut placeholder_meta = meta("lazyxds-http-ports");
+    placeholder_meta["annotations"] = json!({"networking.istio.io/exportTo": "*"});
     assert_eq!(
         objects.placeholder_service,
         json!({
             "apiVersion": "v1",
             "kind": "Service",
-            "metadata": meta("lazyxds-http-ports"),
+            "metadata": placeholder_meta,
             "spec": {"ports": [
                 {"name": "http-80", "port": 80, "protocol": "TCP", "targetPort": 80},
                 {"name": "http-9080", "port": 9080, "protocol": "TCP", "targetPort": 9080},
@@ -382,8 +385,127 @@ fn virtual_service_only_hosts_and_the_destinations_shorthand() {
     );
 }
 
+/// Of several VirtualServices for one host, a caller's sidecar takes its namespace's private
+/// ones and those exported to it first, then public ones, each oldest first; the gateway
+/// reproduces the choice every caller without such a VirtualService makes: the oldest
+/// public one. Namespace-only ones are not the gateway's (their host stays visible to
+/// their namespaces: `desired::always_visible`), nor are hidden ones.
+#[test]
+fn of_several_virtual_services_for_one_host_the_oldest_public_one_is_reproduced() {
+    let payments = "payments.payments.svc.cluster.local";
+    let to = |dest: &str, name: &str| {
+        json!([{"name": name,
+            "match": [{"authority": {"exact": format!("{payments}:9080")}}],
+            "route": [{"destination": {"host": dest, "port": {"number": 9080}}}]}])
+    };
+    let vs = |ns: &str, name: &str, dest: &str, created: Option<u64>, export_to: &[&str]| {
+        let mut vs = mk_virtual_service(ns, name, &[payments], &[dest]);
+        vs.created_unix_s = created;
+        vs.export_to = export_to.iter().map(|e| e.to_string()).collect();
+        vs
+    };
+    let old_dest = "old.payments.svc.cluster.local";
+    let new_dest = "new.payments.svc.cluster.local";
+    let cases = [
+        (
+            "the older wins over a name that sorts first",
+            vec![
+                vs("payments", "a-new", new_dest, Some(200), &[]),
+                vs("payments", "b-old", old_dest, Some(100), &[]),
+            ],
+            Some(old_dest),
+        ),
+        (
+            "across namespaces, by creation time too",
+            vec![
+                vs("a-team", "new", new_dest, Some(200), &["*"]),
+                vs("z-team", "old", old_dest, Some(100), &[]),
+            ],
+            Some(old_dest),
+        ),
+        (
+            "same second: by name, then namespace",
+            vec![
+                vs("payments", "b", new_dest, Some(100), &[]),
+                vs("payments", "a", old_dest, Some(100), &[]),
+            ],
+            Some(old_dest),
+        ),
+        (
+            "an older namespace-only one is not the gateway's",
+            vec![
+                vs("shop", "private", new_dest, Some(1), &["."]),
+                vs("payments", "public", old_dest, Some(100), &[]),
+            ],
+            Some(old_dest),
+        ),
+        (
+            "exported to some namespaces only, or to none",
+            vec![
+                vs("shop", "exported", new_dest, Some(1), &["payments", "shop"]),
+                vs("shop", "hidden", new_dest, Some(2), &["~"]),
+            ],
+            None,
+        ),
+        (
+            "`*` among others makes it public",
+            vec![vs("shop", "both", old_dest, Some(1), &[".", "*"])],
+            Some(old_dest),
+        ),
+    ];
+    for (what, virtual_services, want) in cases {
+        let mut index = mk_index();
+        for v in virtual_services {
+            index.apply(v);
+        }
+        let objects = gateway_objects(&index, &RenderConfig::test());
+        let got = objects
+            .virtual_service_for(payments)
+            .map(|v| v["spec"]["http"].clone());
+        let want = match want {
+            Some(dest) => to(dest, "route-0:9080"),
+            // The Service's own route.
+            None => to(payments, &format!("{payments}:9080")),
+        };
+        assert_eq!(got, Some(want), "{what}");
+    }
+}
+
 /// The placeholder's ports are the mesh's HTTP ports by the one rule, minus any port some
 /// other service uses for anything else; only HTTP ports get gateway routes.
+#[test]
+fn a_host_the_gateway_cannot_see_gets_no_route() {
+    for (export_to, routed) in [
+        (vec!["."], false),
+        (vec!["shop"], false),
+        (vec!["~"], false),
+        (vec!["*"], true),
+        (vec![".", "lazyxds-system"], true),
+        (vec![], true),
+    ] {
+        let mut index = Index::default();
+        index.apply(mk_namespace("shop", Some(true)));
+        let mut svc = mk_service("shop", "private", &[("app", "p")], &[(80, "http")]);
+        svc.export_to = svc_export(&export_to);
+        index.apply(svc);
+        let mut se = mk_service_entry("shop", "ext", &["ext.example.com"], &[(80, "HTTP")]);
+        se.export_to = svc_export(&export_to);
+        index.apply(se);
+        let objects = gateway_objects(&index, &RenderConfig::test());
+        for host in ["private.shop.svc.cluster.local", "ext.example.com"] {
+            assert_eq!(
+                objects.virtual_service_for(host).is_some(),
+                routed,
+                "{host} exportTo {export_to:?}"
+            );
+        }
+    }
+}
+
+fn svc_export(export_to: &[&str]) -> Vec<String> {
+    export_to.iter().map(|e| e.to_string()).collect()
+}
+
 #[test]
 fn the_placeholder_carries_only_ports_istio_calls_http() {
     let mut index = Index::default();
@@ -450,6 +572,7 @@ fn the_envoy_filter_adds_the_forward_proxy_catch_all() {
             "metadata": meta("lazyxds-external"),
             "spec": {
                 "workloadSelector": {"labels": {"app": "egress"}},
+                "priority": 10,
                 "configPatches": [
                     {
                         "applyTo": "CLUSTER",

@@ -21,8 +21,8 @@ use serde::Serialize;
 use crate::host::{self, DEFAULT_CLUSTER_DOMAIN};
 use crate::istio::OutboundPolicy;
 use crate::objects::{
-    Job, Labels, Namespace, Pod, ReplicaSet, Service, ServiceEntry, SidecarObject, VirtualService,
-    WorkloadId, WorkloadKind, WorkloadObject,
+    AuthorizationPolicy, DestinationRule, Job, Labels, Namespace, Pod, ReplicaSet, Service,
+    ServiceEntry, SidecarObject, VirtualService, WorkloadId, WorkloadKind, WorkloadObject,
 };
 
 pub use edges::ObservedEdge;
@@ -130,6 +130,8 @@ pub(crate) struct NsState {
     pub service_entries: BTreeMap<Arc<str>, ServiceEntry>,
     pub virtual_services: BTreeMap<Arc<str>, VirtualService>,
     pub sidecars: BTreeMap<Arc<str>, SidecarObject>,
+    pub destination_rules: BTreeMap<Arc<str>, DestinationRule>,
+    pub authorization_policies: BTreeMap<Arc<str>, AuthorizationPolicy>,
 }
 
 #[derive(Debug)]
@@ -152,6 +154,11 @@ pub struct Index {
     discovery: Vec<crate::discovery::LabelSelector>,
     /// The mesh config's `outboundTrafficPolicy.mode`, when it sets one.
     mesh_policy: Option<OutboundPolicy>,
+    /// The mesh config's `defaultServiceExportTo` and `defaultVirtualServiceExportTo`
+    /// (empty: not set) and `rootNamespace`.
+    default_service_export_to: Vec<String>,
+    default_virtual_service_export_to: Vec<String>,
+    root_namespace: Option<String>,
     /// The kill switch: no Sidecar is desired while it is on.
     kill_switch: bool,
     /// One copy of each pod label set in use; unused ones are dropped with the IP history.
@@ -180,6 +187,9 @@ impl Index {
             next_prune: 0,
             discovery: Vec::new(),
             mesh_policy: None,
+            default_service_export_to: Vec::new(),
+            default_virtual_service_export_to: Vec::new(),
+            root_namespace: None,
             kill_switch: false,
             pod_labels: hashbrown::HashSet::new(),
         }
@@ -190,16 +200,46 @@ impl Index {
         self.discovery = selectors;
     }
 
-    /// What lazyxds takes from Istio's mesh config: `discoverySelectors` and the mesh's
-    /// outbound policy (which, when set, wins over `RenderConfig::mesh_outbound_policy`).
+    /// What lazyxds takes from Istio's mesh config: `discoverySelectors`, the mesh's
+    /// outbound policy (which, when set, wins over `RenderConfig::mesh_outbound_policy`),
+    /// the default exportTo of services and VirtualServices, the root namespace.
     pub fn set_mesh_config(&mut self, mesh: crate::discovery::MeshConfig) {
         self.discovery = mesh.discovery_selectors;
         self.mesh_policy = mesh.outbound_policy;
+        self.default_service_export_to = mesh.default_service_export_to;
+        self.default_virtual_service_export_to = mesh.default_virtual_service_export_to;
+        self.root_namespace = mesh.root_namespace;
     }
 
     /// The mesh config's outbound policy, if it sets one.
     pub fn mesh_policy(&self) -> Option<OutboundPolicy> {
         self.mesh_policy
+    }
+
+    /// The mesh config's `rootNamespace`, if it sets one.
+    pub fn mesh_root_namespace(&self) -> Option<&str> {
+        self.root_namespace.as_deref()
+    }
+
+    /// A Service's or ServiceEntry's exportTo as istiod applies it: its own, else the
+    /// mesh's `defaultServiceExportTo` (`pilot/pkg/model/push_context.go`,
+    /// `serviceExportTo`, `initDefaultExportMaps`). Empty: everywhere.
+    pub fn service_export_to<'a>(&'a self, declared: &'a [String]) -> &'a [String] {
+        if declared.is_empty() {
+            &self.default_service_export_to
+        } else {
+            declared
+        }
+    }
+
+    /// A VirtualService's exportTo as istiod applies it: its own, else the mesh's
+    /// `defaultVirtualServiceExportTo` (`push_context.go`, `initVirtualServices`).
+    pub fn virtual_service_export_to<'a>(&'a self, declared: &'a [String]) -> &'a [String] {
+        if declared.is_empty() {
+            &self.default_virtual_service_export_to
+        } else {
+            declared
+        }
     }
 
     /// Turns the kill switch on or off; returns whether it changed.
@@ -220,6 +260,11 @@ impl Index {
         self.ns(namespace)
             .and_then(|s| s.object.as_ref())
             .is_some_and(|n| crate::discovery::discovered(&self.discovery, &n.labels))
+    }
+
+    /// Every workload the index knows (with pods, or as an object).
+    pub fn workload_ids(&self) -> BTreeSet<WorkloadId> {
+        self.workload_views().into_keys().collect()
     }
 
     pub fn config(&self) -> &IndexConfig {

@@ -1,5 +1,6 @@
 use super::*;
 use crate::fixtures::*;
+use crate::objects::AuthorizationAction::{Allow, Custom, Deny};
 use crate::{report, Counters, Desired, ObservedEdge};
 
 const DEMO: &str = include_str!("../../testdata/demo-topology.yaml");
@@ -45,8 +46,12 @@ fn demo_edges() -> Vec<ObservedEdge> {
     ]
 }
 
+fn demo_topology() -> Topology {
+    Topology::from_yaml(DEMO, "demo-topology.yaml").expect("demo parses")
+}
+
 fn demo() -> (Index, Desired) {
-    let topo = Topology::from_yaml(DEMO, "demo-topology.yaml").expect("demo parses");
+    let topo = demo_topology();
     let config = topo.render_config(RenderConfig::default());
     let mut index = Index::default();
     topo.apply_to(&mut index);
@@ -58,7 +63,15 @@ fn demo() -> (Index, Desired) {
 #[test]
 fn golden_demo_sidecars() {
     let (index, desired) = demo();
-    assert_eq!(desired.to_yaml().as_deref(), Ok(DEMO_SIDECARS));
+    let yaml = desired.to_yaml().expect("renders");
+    if std::env::var_os("LAZYXDS_BLESS").is_some() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/demo-sidecars.yaml");
+        std::fs::write(path, &yaml).expect("bless");
+    }
+    assert_eq!(
+        yaml, DEMO_SIDECARS,
+        "LAZYXDS_BLESS=1 rewrites the golden file"
+    );
     assert_eq!(desired.refusals, vec![]);
     assert_eq!(
         index.counters().clone(),
@@ -72,13 +85,17 @@ fn golden_demo_sidecars() {
             ..Counters::default()
         }
     );
-    // Every rendered document parses back to the same value.
-    for (doc, sidecar) in DEMO_SIDECARS
+    // Every rendered document parses back to the same value: each workload's catch-all
+    // EnvoyFilter, then its Sidecar.
+    let docs: Vec<&str> = DEMO_SIDECARS
         .split("---\n")
         .filter(|d| !d.is_empty())
-        .zip(desired.sidecars.values())
-    {
-        let back: crate::Sidecar = serde_norway::from_str(doc).expect("parses");
+        .collect();
+    assert_eq!(docs.len(), 2 * desired.sidecars.len());
+    for (pair, (key, sidecar)) in docs.chunks(2).zip(&desired.sidecars) {
+        let filter: crate::istio::EnvoyFilter = serde_norway::from_str(pair[0]).expect("parses");
+        assert_eq!(&filter, &desired.catch_alls[key]);
+        let back: crate::Sidecar = serde_norway::from_str(pair[1]).expect("parses");
         assert_eq!(&back, sidecar);
     }
 }
@@ -86,7 +103,8 @@ fn golden_demo_sidecars() {
 #[test]
 fn golden_demo_report() {
     let (index, desired) = demo();
-    let report = report(&index, &desired);
+    let config = demo_topology().render_config(RenderConfig::default());
+    let report = report(&index, &desired, &config);
     assert_eq!(report.to_table(), DEMO_REPORT);
     assert_eq!(
         report.totals,
@@ -105,6 +123,12 @@ fn golden_demo_report() {
     assert_eq!(
         json["workloads"][6],
         serde_json::json!({
+            "always_visible": [
+                {"host": "payments/api.stripe.com",
+                 "reason": "port 443 (protocol \"HTTPS\") is HTTPS, not HTTP"},
+                {"host": "shop/postgres.shop.svc.cluster.local",
+                 "reason": "port 5432 (name \"tcp-postgres\") is TCP, not HTTP"},
+            ],
             "workload": {"namespace": "shop", "kind": "Deployment", "name": "productpage"},
             "status": "scoped",
             "hosts_without": 13,
@@ -140,13 +164,21 @@ workloads:
   - {kind: Job, namespace: shop, name: migrate, labels: {app: migrate}, annotations: {lazyxds.io/enabled: "true"}, pods: [{ip: 10.0.0.3}]}
   - {kind: Pod, namespace: shop, name: debug, labels: {app: debug}, pods: [{ip: 10.0.0.4}]}
 services:
-  - {namespace: shop, name: web, selector: {app: web}, ports: [{port: 80, name: http, appProtocol: http}], exportTo: ["."]}
+  - {namespace: shop, name: web, selector: {app: web}, ports: [{port: 80, name: http, appProtocol: http}], exportTo: ["."], headless: true}
 serviceEntries:
   - {namespace: shop, name: ext, hosts: [a.example.com], ports: [{number: 443, name: tls, protocol: TLS}]}
+  - {namespace: shop, name: vm, hosts: [vm.shop.internal], ports: [{number: 80, name: http, protocol: HTTP}], workloadSelector: {app: vm}}
 virtualServices:
-  - {namespace: shop, name: web, hosts: [web], gateways: [mesh], destinations: [web]}
+  - {namespace: shop, name: web, hosts: [web], gateways: [mesh], destinations: [web], created: 1700000000}
+destinationRules:
+  - {namespace: shop, name: mtls, spec: {host: "*.local", exportTo: ["."], trafficPolicy: {tls: {mode: ISTIO_MUTUAL}, portLevelSettings: [{port: {number: 8080}}]}}}
 sidecars:
   - {namespace: shop, name: default, spec: {egress: [{hosts: ["./*"]}]}}
+authorizationPolicies:
+  - {namespace: shop, name: deny-all}
+  - {namespace: shop, name: db-callers, action: DENY, selector: {app: db}}
+  - {namespace: shop, name: everyone, selector: {}}
+  - {namespace: shop, name: at-gateway, action: CUSTOM, targeted: true}
 "#;
     let topo = Topology::from_yaml(text, "t.yaml").expect("valid");
     let hash = format!("{:08x}", crate::host::fnv1a64(b"web") as u32);
@@ -244,23 +276,51 @@ sidecars:
                 protocol: "TCP".to_string(),
                 app_protocol: Some("http".to_string()),
             }],
+            headless: true,
             ..mk_service("shop", "web", &[("app", "web")], &[])
         }],
-        service_entries: vec![mk_service_entry(
-            "shop",
-            "ext",
-            &["a.example.com"],
-            &[(443, "TLS")],
-        )],
+        service_entries: vec![
+            mk_service_entry("shop", "ext", &["a.example.com"], &[(443, "TLS")]),
+            crate::ServiceEntry {
+                workload_selector: Some(mk_labels(&[("app", "vm")])),
+                ..mk_service_entry("shop", "vm", &["vm.shop.internal"], &[(80, "HTTP")])
+            },
+        ],
         virtual_services: vec![VirtualService {
             gateways: vec!["mesh".to_string()],
+            created_unix_s: Some(1_700_000_000),
             ..mk_virtual_service("shop", "web", &["web"], &["web"])
+        }],
+        destination_rules: vec![crate::objects::DestinationRule {
+            namespace: "shop".into(),
+            name: "mtls".into(),
+            host: "*.local".to_string(),
+            export_to: vec![".".to_string()],
+            workload_selector: None,
+            traffic_policy: crate::objects::ConnectionPolicy {
+                tls: Some(crate::objects::UpstreamTls {
+                    mode: "ISTIO_MUTUAL".to_string(),
+                    subject_alt_names: Vec::new(),
+                }),
+                proxy_protocol: false,
+                port_tls: [(8080, None)].into(),
+            },
         }],
         sidecars: vec![mk_user_sidecar(
             "shop",
             "default",
             serde_json::json!({"egress": [{"hosts": ["./*"]}]}),
         )],
+        authorization_policies: vec![
+            mk_policy("shop", "deny-all", Allow, None),
+            mk_policy("shop", "db-callers", Deny, Some(&[("app", "db")])),
+            // `selector: {}` selects every workload: kept as no selector.
+            mk_policy("shop", "everyone", Allow, None),
+            crate::AuthorizationPolicy {
+                targeted: true,
+                ..mk_policy("shop", "at-gateway", Custom, None)
+            },
+        ],
     };
     assert_eq!(topo.mesh_outbound_policy, None);
     assert_eq!(topo.gateway, None);
@@ -320,7 +380,7 @@ fn errors_name_file_object_and_field() {
         ),
         (
             "namespace: []".to_string(),
-            topology_error("namespace", "unknown field `namespace`, expected one of `mesh`, `gateway`, `namespaces`, `workloads`, `services`, `serviceEntries`, `virtualServices`, `sidecars`"),
+            topology_error("namespace", "unknown field `namespace`, expected one of `mesh`, `gateway`, `namespaces`, `workloads`, `services`, `serviceEntries`, `virtualServices`, `destinationRules`, `sidecars`, `authorizationPolicies`"),
         ),
         (
             "mesh: {outboundTrafficPolicy: {mode: DENY}}".to_string(),
@@ -381,6 +441,10 @@ fn errors_name_file_object_and_field() {
         (
             "serviceEntries:\n- {namespace: shop, name: a, hosts: []}".to_string(),
             topology_error("serviceEntries[0] (shop/a): hosts", "needs at least one host"),
+        ),
+        (
+            "destinationRules:\n- {namespace: shop, name: a, spec: {trafficPolicy: {}}}".to_string(),
+            topology_error("destinationRules[0] (shop/a): spec.host", "needs a host"),
         ),
         (
             "virtualServices:\n- {namespace: shop, name: a, hosts: [a], http: [[]]}".to_string(),
@@ -444,4 +508,37 @@ fn duplicate_ips_across_kinds_and_namespaces() {
         err.to_string(),
         "topo.yaml: workloads[1] (b/s): pods[0].ip: pod a/p and pod b/s-0 both have IP 10.0.0.7"
     );
+}
+
+#[test]
+fn a_topology_that_removes_too_many_workloads_at_once_is_told_apart() {
+    let config = crate::IndexConfig::default();
+    let full = Topology::from_yaml(DEMO, "demo-topology.yaml").expect("demo parses");
+    let before = full.workloads(&config);
+    assert_eq!(before.len(), 12);
+    let empty = Topology::from_yaml("", "empty.yaml").expect("empty parses");
+    let all = empty.removal(&before, &config);
+    assert_eq!(
+        all,
+        Removal {
+            before: 12,
+            removed: 12
+        }
+    );
+    assert_eq!(all.to_string(), "12 of 12 workloads");
+    assert_eq!(full.removal(&before, &config).removed, 0);
+    for (removed, max_percent, refused) in [
+        (12, 50, true),
+        (6, 50, false),
+        (7, 50, true),
+        (12, 100, false),
+        (1, 0, true),
+        (0, 0, false),
+    ] {
+        let r = Removal {
+            before: 12,
+            removed,
+        };
+        assert_eq!(r.exceeds(max_percent), refused, "{r} at {max_percent}%");
+    }
 }
