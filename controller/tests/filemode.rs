@@ -108,15 +108,7 @@ async fn a_bad_topology_edit_is_reported_and_the_last_good_state_kept() {
     // mtime granularity: make sure the edit is seen as a change.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     std::fs::write(dir.path().join("topology.yaml"), bad).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !controller.log().contains("topology not reloaded") {
-        assert!(
-            Instant::now() < deadline,
-            "no reload error:\n{}",
-            controller.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_log(&controller, "topology not reloaded").await;
     let log = controller.log();
     assert!(
         log.contains("topology.yaml") && log.contains("10.0.0.1"),
@@ -132,20 +124,7 @@ fn a_bad_topology_at_start_is_a_clear_error() {
     let dir = setup();
     let bad = TOPOLOGY.replace("{app: web}", "{app: web}, replicas: 3");
     std::fs::write(dir.path().join("topology.yaml"), bad).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_lazyxds"))
-        .args([
-            "run",
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--file",
-        ])
-        .arg(dir.path().join("topology.yaml"))
-        .arg("--out")
-        .arg(dir.path().join("sidecars"))
-        .output()
-        .unwrap();
+    let out = run_once(dir.path());
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -18,7 +18,6 @@ use lazyxds_proto::v1::{
 };
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 use tonic::{Code, Streaming};
 
 const REVIEWS: &str = "outbound|9080||reviews.default.svc.cluster.local";
@@ -55,14 +54,6 @@ fn mk_config(max_batch_edges: usize, max_message_bytes: usize) -> GrpcConfig {
     }
 }
 
-async fn mk_channel(addr: SocketAddr) -> Channel {
-    Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
-}
-
 /// An open stream: messages go in through `tx`, replies come out of `rx`.
 struct Stream {
     tx: mpsc::Sender<GatewayMessage>,
@@ -70,7 +61,7 @@ struct Stream {
 }
 
 async fn mk_stream(addr: SocketAddr) -> Stream {
-    let mut client = EdgeSinkClient::new(mk_channel(addr).await);
+    let mut client = EdgeSinkClient::new(support::channel(addr).await);
     let (tx, rx) = mpsc::channel(16);
     let rx = client
         .stream(ReceiverStream::new(rx))
@@ -381,7 +372,7 @@ struct Bogus {
 #[tokio::test]
 async fn undecodable_message_ends_the_stream() {
     let server = mk_server(GrpcConfig::default()).await;
-    let mut grpc = tonic::client::Grpc::new(mk_channel(server.addr).await);
+    let mut grpc = tonic::client::Grpc::new(support::channel(server.addr).await);
     grpc.ready().await.unwrap();
     let Some(gateway_message::Kind::Hello(hello)) = mk_hello(false).kind else {
         unreachable!()

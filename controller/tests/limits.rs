@@ -69,14 +69,6 @@ fn memory_sink() -> Arc<MemoryEdgeSink> {
     Arc::new(MemoryEdgeSink::new(100, Arc::new(Counters::default())))
 }
 
-async fn channel(addr: SocketAddr) -> Channel {
-    Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
-}
-
 struct Stream {
     tx: mpsc::Sender<GatewayMessage>,
     rx: Streaming<ControllerMessage>,
@@ -163,7 +155,7 @@ async fn a_stream_task_that_panics_ends_its_stream_with_internal() {
         ..ConnLimits::default()
     };
     let server = serve(Arc::new(PanickingSink), conn, None).await;
-    let channel = channel(server.addr).await;
+    let channel = support::channel(server.addr).await;
     for _ in 0..2 {
         // The second stream is accepted: the first one's slot (max_streams 1) is free.
         let mut stream = open(&channel).await.unwrap();
@@ -187,7 +179,7 @@ async fn streams_beyond_the_cap_are_refused() {
         ..ConnLimits::default()
     };
     let server = serve(memory_sink(), conn, None).await;
-    let channel = channel(server.addr).await;
+    let channel = support::channel(server.addr).await;
     let mut held = Vec::new();
     for _ in 0..3 {
         let mut stream = open(&channel).await.unwrap();
@@ -224,7 +216,7 @@ async fn a_stream_without_hello_ends_after_the_handshake_timeout() {
         ..ConnLimits::default()
     };
     let server = serve(memory_sink(), conn, None).await;
-    let mut stream = open(&channel(server.addr).await).await.unwrap();
+    let mut stream = open(&support::channel(server.addr).await).await.unwrap();
     let started = Instant::now();
     let (code, message) = stream.next().await.unwrap_err();
     assert_eq!(code, Code::DeadlineExceeded, "{message}");
@@ -269,7 +261,7 @@ async fn silent_and_idle_connections_are_closed() {
         1
     );
 
-    let channel = channel(server.addr).await;
+    let channel = support::channel(server.addr).await;
     let mut stream = open(&channel).await.unwrap();
     stream.hello_and_batch(1).await.unwrap();
     // Past the handshake timeout with a stream open: kept.
@@ -317,7 +309,7 @@ async fn connections_beyond_the_cap_are_closed_at_once() {
     })
     .await;
     // And a real client gets in.
-    let mut stream = open(&channel(server.addr).await).await.unwrap();
+    let mut stream = open(&support::channel(server.addr).await).await.unwrap();
     stream.hello_and_batch(1).await.unwrap();
 }
 
@@ -331,7 +323,7 @@ async fn streams_per_connection_are_capped() {
         ..ConnLimits::default()
     };
     let server = serve(memory_sink(), conn, None).await;
-    let channel = channel(server.addr).await;
+    let channel = support::channel(server.addr).await;
     let mut first = open(&channel).await.unwrap();
     first.hello_and_batch(1).await.unwrap();
     let mut second = open(&channel).await.unwrap();
@@ -360,7 +352,7 @@ async fn streams_per_connection_are_capped() {
 async fn a_standby_says_it_is_not_the_leader() {
     let (leader, leading) = watch::channel(false);
     let server = serve(memory_sink(), ConnLimits::default(), Some(leading)).await;
-    let channel = channel(server.addr).await;
+    let channel = support::channel(server.addr).await;
     let want = |status: (Code, String)| {
         assert_eq!(status.0, Code::Unavailable, "{}", status.1);
         assert!(status.1.starts_with("not the leader"), "{}", status.1);

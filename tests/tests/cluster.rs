@@ -638,6 +638,16 @@ impl Dump {
     }
 }
 
+/// Envoy ACKed every listener, route and cluster istiod sent it (no `update_rejected`).
+async fn assert_all_accepted(proxy: &IstioProxy) {
+    assert_eq!(
+        proxy.rejected_updates().await.unwrap(),
+        BTreeMap::new(),
+        "{}",
+        proxy.log()
+    );
+}
+
 /// Waits until `proxy`'s config satisfies `check` (istiod pushes asynchronously).
 async fn wait_config(proxy: &IstioProxy, what: &str, check: impl Fn(&Dump) -> Result<()>) -> Dump {
     let t = Instant::now();
@@ -822,12 +832,7 @@ async fn istiod_turns_our_objects_into_config_the_gateway_and_a_scoped_sidecar_a
         .expect("a listener on 8080");
     let text = listener.to_string();
     assert!(text.contains("lazyxds_filter.wasm"), "{listener:#}");
-    assert_eq!(
-        gateway.rejected_updates().await.unwrap(),
-        BTreeMap::new(),
-        "{}",
-        gateway.log()
-    );
+    assert_all_accepted(&gateway).await;
 
     // The scoped client sidecar: web's pod under `pilot-agent proxy sidecar`.
     let web = shop.start_web_sidecar().await;
@@ -893,12 +898,7 @@ async fn istiod_turns_our_objects_into_config_the_gateway_and_a_scoped_sidecar_a
         sidecar["spec"]["outboundTrafficPolicy"],
         json!({"mode": "ALLOW_ANY"})
     );
-    assert_eq!(
-        web.rejected_updates().await.unwrap(),
-        BTreeMap::new(),
-        "{}",
-        web.log()
-    );
+    assert_all_accepted(&web).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -956,12 +956,7 @@ async fn services_that_may_not_be_http_stay_in_a_scoped_sidecar() {
     for opaque in [7000, 5432] {
         assert!(!ports.contains(&&json!(opaque)), "{opaque} in {ports:?}");
     }
-    assert_eq!(
-        web.rejected_updates().await.unwrap(),
-        BTreeMap::new(),
-        "{}",
-        web.log()
-    );
+    assert_all_accepted(&web).await;
 }
 
 /// The egress hosts of web's Sidecar (empty: no Sidecar).
@@ -1068,12 +1063,7 @@ async fn a_service_the_gateway_cannot_see_stays_visible_to_its_namespace() {
     .await;
     assert!(!dump.cluster_names().contains(&db), "{db} is visible");
     for proxy in [&gateway, &web] {
-        assert_eq!(
-            proxy.rejected_updates().await.unwrap(),
-            BTreeMap::new(),
-            "{}",
-            proxy.log()
-        );
+        assert_all_accepted(proxy).await;
     }
 }
 
@@ -1127,12 +1117,7 @@ async fn the_mesh_default_export_to_keeps_its_services_visible_and_ours_exported
     })
     .await;
     for proxy in [&gateway, &web] {
-        assert_eq!(
-            proxy.rejected_updates().await.unwrap(),
-            BTreeMap::new(),
-            "{}",
-            proxy.log()
-        );
+        assert_all_accepted(proxy).await;
     }
 }
 
@@ -1210,12 +1195,7 @@ async fn a_service_an_authorization_policy_guards_stays_visible() {
         }
     })
     .await;
-    assert_eq!(
-        vault_proxy.rejected_updates().await.unwrap(),
-        BTreeMap::new(),
-        "{}",
-        vault_proxy.log()
-    );
+    assert_all_accepted(&vault_proxy).await;
 }
 
 /// The exact `:authority` a route matches, if it matches one.
@@ -1510,12 +1490,7 @@ async fn the_mesh_configs_outbound_policy_and_discovery_selectors_are_honoured()
         shop.sidecar("lazyxds-deployment-web").unwrap()["spec"]["outboundTrafficPolicy"],
         json!({"mode": "REGISTRY_ONLY"})
     );
-    assert_eq!(
-        web.rejected_updates().await.unwrap(),
-        BTreeMap::new(),
-        "{}",
-        web.log()
-    );
+    assert_all_accepted(&web).await;
     drop(web);
     // istiod only watches labelled namespaces now: shop is not one, so no Sidecar there.
     c.set_mesh_config("discoverySelectors: [{matchLabels: {istio-discovery: enabled}}]\n")
@@ -1810,12 +1785,7 @@ async fn the_gateway_admits_only_mesh_identities_trusts_no_forwarded_for_and_rea
         hcm["xff_num_trusted_hops"]
     );
     assert_eq!(hcm["use_remote_address"], true);
-    assert_eq!(
-        gateway.rejected_updates().await.unwrap(),
-        BTreeMap::new(),
-        "{}",
-        gateway.log()
-    );
+    assert_all_accepted(&gateway).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -2166,12 +2136,7 @@ async fn a_caller_namespace_rule_that_would_send_first_calls_in_plaintext_refuse
         }
     })
     .await;
-    assert_eq!(
-        web.rejected_updates().await.unwrap(),
-        BTreeMap::new(),
-        "{}",
-        web.log()
-    );
+    assert_all_accepted(&web).await;
 }
 
 /// Issue 14 item 7. Of several VirtualServices for one host a sidecar takes its namespace's
@@ -2251,12 +2216,7 @@ async fn the_gateway_routes_a_host_with_several_virtual_services_as_the_callers_
     })
     .await;
     for proxy in [&unscoped, &gateway, &web] {
-        assert_eq!(
-            proxy.rejected_updates().await.unwrap(),
-            BTreeMap::new(),
-            "{}",
-            proxy.log()
-        );
+        assert_all_accepted(proxy).await;
     }
 }
 
@@ -2306,11 +2266,6 @@ async fn a_headless_service_stays_visible_as_only_the_callers_sidecar_routes_its
     })
     .await;
     for proxy in [&gateway, &web] {
-        assert_eq!(
-            proxy.rejected_updates().await.unwrap(),
-            BTreeMap::new(),
-            "{}",
-            proxy.log()
-        );
+        assert_all_accepted(proxy).await;
     }
 }

@@ -234,3 +234,12 @@ pub async fn serve_in_process<S: lazyxds::sink::EdgeSink>(
     );
     (addr, stop)
 }
+
+/// A plaintext gRPC channel to the controller at `addr`.
+pub async fn channel(addr: SocketAddr) -> tonic::transport::Channel {
+    tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
