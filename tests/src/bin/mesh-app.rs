@@ -1,0 +1,130 @@
+//! The mini-mesh's application: what a pod's app container runs (the node maps the image
+//! `lazyxds-test/mesh-app` to this binary, `args` from the pod spec).
+//!
+//! - `mesh-app echo --name NAME --port PORT`: HTTP/1.1 on 0.0.0.0:PORT; every request gets
+//!   200, `x-backend: NAME`, and the Host and `x-forwarded-client-cert` it arrived with
+//!   (the test backend of `lazyxds_e2e::Backend`).
+//! - `mesh-app client --out FILE --interval-ms N --url URL [--url URL]…`: sends GETs to the
+//!   URLs in turn, one fresh connection each, resolving names the way any program in the
+//!   pod does (getaddrinfo: the pod's resolv.conf, whose nameserver the sidecar's agent
+//!   answers), and appends one JSON line per request to FILE.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context, Result};
+use lazyxds_e2e::client::{request_to, BACKEND_HEADER, REQUEST_XFCC_HEADER};
+
+fn usage() -> anyhow::Error {
+    anyhow!(
+        "usage: mesh-app echo --name NAME --port PORT | \
+         mesh-app client --out FILE --interval-ms N --url URL [--url URL]..."
+    )
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (mode, rest) = args.split_first().ok_or_else(usage)?;
+    let mut flags: Vec<(String, String)> = Vec::new();
+    let mut it = rest.iter();
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or_else(|| anyhow!("{flag}: no value"))?;
+        flags.push((flag.trim_start_matches('-').to_string(), value.clone()));
+    }
+    let one = |name: &str| -> Result<&str> {
+        flags
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .ok_or_else(|| anyhow!("--{name} is required"))
+    };
+    match mode.as_str() {
+        "echo" => {
+            let port: u16 = one("port")?.parse().context("--port")?;
+            let _backend = lazyxds_e2e::Backend::start_on(
+                one("name")?,
+                SocketAddr::from(([0, 0, 0, 0], port)),
+            )
+            .await?;
+            std::future::pending::<()>().await;
+            Ok(())
+        }
+        "client" => {
+            let urls: Vec<&str> = flags
+                .iter()
+                .filter(|(k, _)| k == "url")
+                .map(|(_, v)| v.as_str())
+                .collect();
+            if urls.is_empty() {
+                bail!("client: no --url");
+            }
+            let interval = Duration::from_millis(one("interval-ms")?.parse()?);
+            client(one("out")?, &urls, interval).await
+        }
+        _ => Err(usage()),
+    }
+}
+
+/// `http://host:port/path` → (host, port, path).
+fn split_url(url: &str) -> Result<(String, u16, String)> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| anyhow!("{url}: only http:// URLs"))?;
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse().with_context(|| format!("{url}: port"))?),
+        None => (authority, 80),
+    };
+    let path = if path.is_empty() { "/" } else { path };
+    Ok((host.to_string(), port, path.to_string()))
+}
+
+async fn client(out: &str, urls: &[&str], interval: Duration) -> Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(out)
+        .with_context(|| format!("opening {out}"))?;
+    let targets: Vec<(String, u16, String)> =
+        urls.iter().map(|u| split_url(u)).collect::<Result<_>>()?;
+    let mut next = tokio::time::Instant::now();
+    for seq in 0u64.. {
+        let i = (seq % targets.len() as u64) as usize;
+        let (host, port, path) = &targets[i];
+        let started = Instant::now();
+        let result = async {
+            let addr = tokio::net::lookup_host((host.as_str(), *port))
+                .await
+                .with_context(|| format!("resolving {host}"))?
+                .find(SocketAddr::is_ipv4)
+                .ok_or_else(|| anyhow!("{host}: no IPv4 address"))?;
+            let authority = format!("{host}:{port}");
+            request_to(addr, &authority, path).await
+        }
+        .await;
+        let at_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let line = match result {
+            Ok(r) => serde_json::json!({
+                "seq": seq, "url": urls[i], "at_ms": at_ms,
+                "latency_ms": started.elapsed().as_millis() as u64,
+                "status": r.status,
+                "backend": r.header(BACKEND_HEADER),
+                "xfcc": r.header(REQUEST_XFCC_HEADER),
+            }),
+            Err(e) => serde_json::json!({
+                "seq": seq, "url": urls[i], "at_ms": at_ms,
+                "latency_ms": started.elapsed().as_millis() as u64,
+                "error": format!("{e:#}"),
+            }),
+        };
+        // One small append per request: whole lines for the test reading along.
+        file.write_all(format!("{line}\n").as_bytes())?;
+        next += interval;
+        tokio::time::sleep_until(next).await;
+    }
+    Ok(())
+}
