@@ -1,0 +1,454 @@
+//! The mini-mesh (issue 16): the real control plane, a process node running pods in network
+//! namespaces of their own with Istio's sidecar (injected by `istioctl kube-inject`, traffic
+//! captured by `pilot-agent istio-iptables`, DNS answered by the agent, certificates from
+//! istiod), the lazy gateway from `lazyxds install` on the same node, and test apps sending
+//! real requests. Runs in a network namespace of its own (`tests/cluster/netns-run`).
+//!
+//! What it shows: an opted-in workload's requests never fail through learning (first calls
+//! via the gateway, the controller writes its Sidecar, istiod pushes, the next calls go
+//! direct), converged traffic goes direct (counted from Envoy's own counters), and a user's
+//! weighted VirtualService holds through the gateway and direct.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use lazyxds_e2e::cluster::inject::Injector;
+use lazyxds_e2e::cluster::lazyxds::{self, parse_yaml_stream, ControllerPod, Installed, NAMESPACE};
+use lazyxds_e2e::cluster::node::{self, ClusterDns, Node, PodInfo};
+use lazyxds_e2e::cluster::{Cluster, ClusterOptions};
+use serde_json::{json, Value};
+
+const APP_IMAGE: &str = "lazyxds-test/mesh-app";
+const SIDECARS: &str = "sidecars.networking.istio.io";
+/// Each client sends one request per interval.
+const CLIENT_INTERVAL_MS: u64 = 50;
+/// The weights of the user's VirtualService: v1 80, v2 20.
+const V2_WEIGHT: f64 = 0.2;
+
+fn to_yaml(objects: &[Value]) -> String {
+    objects
+        .iter()
+        .map(|o| serde_norway::to_string(o).expect("yaml"))
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+/// Applies `objects`, workloads injected as the webhook would.
+fn apply_injected(c: &Cluster, injector: &Injector, objects: &[Value]) {
+    let injected = injector.inject(&to_yaml(objects)).unwrap();
+    c.apply(&injected).unwrap();
+}
+
+fn deployment(
+    ns: &str,
+    name: &str,
+    labels: Value,
+    annotations: Value,
+    args: &[&str],
+    port: Option<u16>,
+) -> Value {
+    let mut container = json!({"name": "app", "image": APP_IMAGE, "args": args});
+    if let Some(p) = port {
+        container["ports"] = json!([{"containerPort": p, "name": "http"}]);
+        container["readinessProbe"] =
+            json!({"httpGet": {"path": "/", "port": p}, "periodSeconds": 1});
+    }
+    json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"replicas": 1, "selector": {"matchLabels": labels},
+            "template": {"metadata": {"labels": labels, "annotations": annotations},
+                "spec": {"containers": [container]}}}})
+}
+
+fn client(ns: &str, name: &str, annotations: Value, urls: &[&str]) -> Value {
+    let interval = CLIENT_INTERVAL_MS.to_string();
+    let mut args = vec![
+        "client",
+        "--out",
+        "results.jsonl",
+        "--interval-ms",
+        &interval,
+    ];
+    for u in urls {
+        args.extend(["--url", u]);
+    }
+    deployment(ns, name, json!({"app": name}), annotations, &args, None)
+}
+
+/// One request a client made, from its results file.
+#[derive(Debug)]
+struct Sent {
+    client: String,
+    at_ms: u64,
+    ok: bool,
+    backend: Option<String>,
+    /// The caller identity the backend's sidecar saw (the gateway's, or the client's own).
+    via_gateway: bool,
+    line: String,
+}
+
+fn results(pod: &PodInfo) -> Vec<Sent> {
+    let path = pod.dir.join("root/results.jsonl");
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let v: Value = serde_json::from_str(l).ok()?;
+            let backend = v["backend"].as_str().map(str::to_string);
+            let xfcc = v["xfcc"].as_str().unwrap_or_default();
+            Some(Sent {
+                client: format!("{}/{}", pod.namespace, pod.name),
+                at_ms: v["at_ms"].as_u64().unwrap_or(0),
+                ok: v["status"] == 200 && matches!(backend.as_deref(), Some("v1" | "v2")),
+                backend,
+                via_gateway: xfcc.contains(&format!(
+                    "URI=spiffe://cluster.local/ns/{NAMESPACE}/sa/lazyxds-gateway"
+                )),
+                line: l.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// (requests via the gateway, requests direct to reviews) by the client's sidecar, from
+/// its Envoy's `upstream_rq_total` counters.
+fn upstream_counts(pod: &PodInfo, reviews_host: &str) -> (u64, u64) {
+    let stats = node::proxy_stats(pod, "upstream_rq_total").unwrap_or_default();
+    let mut gateway = 0;
+    let mut direct = 0;
+    for (k, v) in stats {
+        if !k.ends_with(".upstream_rq_total") || !k.starts_with("cluster.outbound|") {
+            continue;
+        }
+        if k.contains(&format!("lazyxds-gateway.{NAMESPACE}.svc")) {
+            gateway += v;
+        } else if k.contains(reviews_host) {
+            direct += v;
+        }
+    }
+    (gateway, direct)
+}
+
+fn deps(c: &Cluster, ns: &str, workload: &str) -> Option<Vec<String>> {
+    let sc = c
+        .get(
+            SIDECARS,
+            Some(ns),
+            &format!("lazyxds-deployment-{workload}"),
+        )
+        .ok()??;
+    let deps: serde_json::Map<String, Value> =
+        serde_json::from_str(sc["metadata"]["annotations"]["lazyxds.io/deps"].as_str()?).ok()?;
+    Some(deps.keys().cloned().collect())
+}
+
+fn split_within_4_sigma(what: &str, sent: &[&Sent]) -> String {
+    let n = sent.len() as f64;
+    let v2 = sent
+        .iter()
+        .filter(|s| s.backend.as_deref() == Some("v2"))
+        .count() as f64;
+    let p = v2 / n;
+    let sigma = (V2_WEIGHT * (1.0 - V2_WEIGHT) / n).sqrt();
+    let line = format!(
+        "{what}: {v2}/{n} to v2 = {:.1} % (want 20 % ± 4σ = ± {:.1} %)",
+        100.0 * p,
+        400.0 * sigma
+    );
+    assert!((p - V2_WEIGHT).abs() <= 4.0 * sigma, "{line}");
+    line
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opted_in_workloads_requests_never_fail_through_learning_and_go_direct_once_converged() {
+    let t0 = Instant::now();
+    let bridge = node::make_bridge().unwrap();
+    let c: &'static Cluster = tokio::task::spawn_blocking(move || {
+        Cluster::shared_with(ClusterOptions {
+            listen: bridge,
+            ..ClusterOptions::default()
+        })
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    // The pods' nameserver (their resolv.conf), standing in for kube-dns.
+    let _dns = ClusterDns::start(c).await.unwrap();
+    let injector: &'static Injector = Box::leak(Box::new(Injector::new(c).unwrap()));
+    let images = BTreeMap::from([(
+        APP_IMAGE.to_string(),
+        PathBuf::from(env!("CARGO_BIN_EXE_mesh-app")),
+    )]);
+    let mut node = tokio::task::spawn_blocking(move || Node::start(c, images))
+        .await
+        .unwrap()
+        .unwrap();
+
+    // The install, its gateway injected with Istio's gateway template and run on the node.
+    // The controller runs beside the node as the cluster tier runs it (its pods are left
+    // to the test: the node has no controller image).
+    let inst = tokio::task::spawn_blocking(move || {
+        Installed::shared_with(c, |manifest| {
+            let mut objects = parse_yaml_stream(manifest)?;
+            for o in objects.iter_mut() {
+                if o["kind"] == "Deployment" && o["metadata"]["name"] == "lazyxds-gateway" {
+                    let injected = injector.inject(&serde_norway::to_string(o)?)?;
+                    *o = parse_yaml_stream(&injected)?.remove(0);
+                }
+            }
+            Ok(json!({"apiVersion": "v1", "kind": "List", "items": objects}).to_string())
+        })
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let ctl_pods = lazyxds::scheduled_pods(c, NAMESPACE, "lazyxds", 2)
+        .await
+        .unwrap();
+    let ctl_pod = ctl_pods[0]["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ctl_ip = c.pod_ip();
+    c.set_pod_running(NAMESPACE, &ctl_pod, ctl_ip).unwrap();
+    let ctl = ControllerPod::start(
+        c,
+        inst,
+        &ctl_pod,
+        ctl_ip,
+        &[("LAZYXDS_WRITE_DEBOUNCE_MS", "20")],
+    )
+    .await
+    .unwrap();
+    ctl.wait_leading(c).await.unwrap();
+    node.wait_ready(NAMESPACE, "lazyxds-gateway", 1, Duration::from_secs(120))
+        .await
+        .unwrap();
+    eprintln!(
+        "mesh: control plane, controller and gateway up at {:?}",
+        t0.elapsed()
+    );
+
+    // The application: reviews v1/v2 behind a user VirtualService 80/20 in `shop`; callers
+    // by short name (shop) and FQDN (front), both opted in; one caller not opted in.
+    let shop = c
+        .namespace("shop", json!({}), json!({"lazyxds.io/enabled": "true"}))
+        .unwrap();
+    let front = c
+        .namespace("front", json!({}), json!({"lazyxds.io/enabled": "true"}))
+        .unwrap();
+    let reviews = format!("reviews.{shop}.svc.cluster.local");
+    let short_url = "http://reviews:9080/".to_string();
+    let fqdn_url = format!("http://{reviews}:9080/");
+    c.apply_json(&[
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "reviews", "namespace": shop},
+            "spec": {"selector": {"app": "reviews"}, "ports": [{"name": "http", "port": 9080, "targetPort": 9080}]}}),
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+            "metadata": {"name": "reviews", "namespace": shop},
+            "spec": {"host": "reviews", "subsets": [
+                {"name": "v1", "labels": {"version": "v1"}}, {"name": "v2", "labels": {"version": "v2"}}]}}),
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": "reviews", "namespace": shop},
+            "spec": {"hosts": ["reviews"], "http": [{"route": [
+                {"destination": {"host": "reviews", "subset": "v1"}, "weight": 80},
+                {"destination": {"host": "reviews", "subset": "v2"}, "weight": 20}]}]}}),
+    ])
+    .unwrap();
+    apply_injected(
+        c,
+        injector,
+        &[
+            deployment(
+                &shop,
+                "reviews-v1",
+                json!({"app": "reviews", "version": "v1"}),
+                json!({}),
+                &["echo", "--name", "v1", "--port", "9080"],
+                Some(9080),
+            ),
+            deployment(
+                &shop,
+                "reviews-v2",
+                json!({"app": "reviews", "version": "v2"}),
+                json!({}),
+                &["echo", "--name", "v2", "--port", "9080"],
+                Some(9080),
+            ),
+        ],
+    );
+    node.wait_ready(&shop, "reviews-v", 2, Duration::from_secs(180))
+        .await
+        .unwrap();
+    apply_injected(
+        c,
+        injector,
+        &[
+            client(&shop, "caller", json!({}), &[&short_url]),
+            client(&front, "caller", json!({}), &[&fqdn_url]),
+            client(
+                &front,
+                "plain-caller",
+                json!({"lazyxds.io/enabled": "false"}),
+                &[&fqdn_url],
+            ),
+        ],
+    );
+    let short = node
+        .wait_ready(&shop, "caller-", 1, Duration::from_secs(180))
+        .await
+        .unwrap()
+        .remove(0);
+    let fqdn = node
+        .wait_ready(&front, "caller-", 1, Duration::from_secs(180))
+        .await
+        .unwrap()
+        .remove(0);
+    let plain = node
+        .wait_ready(&front, "plain-caller-", 1, Duration::from_secs(180))
+        .await
+        .unwrap()
+        .remove(0);
+    let apps_up = Instant::now();
+    eprintln!("mesh: apps up at {:?}", t0.elapsed());
+
+    // Learning: each opted-in caller's Sidecar gets reviews, then its sidecar stops using
+    // the gateway (no gateway request for 3 s while direct requests flow).
+    let opted_in = [(&shop, &short), (&front, &fqdn)];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for (ns, pod) in opted_in {
+        loop {
+            let learned = deps(c, ns, "caller").is_some_and(|d| d.iter().any(|h| h == &reviews));
+            if learned {
+                let (g0, d0) = upstream_counts(pod, &reviews);
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                let (g1, d1) = upstream_counts(pod, &reviews);
+                if g1 == g0 && d1 > d0 {
+                    break;
+                }
+            } else {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            if Instant::now() >= deadline {
+                for p in node.pods() {
+                    if let Ok(dump) = node::proxy_admin(&p, "/config_dump?include_eds") {
+                        let _ = std::fs::write(p.dir.join("config_dump.json"), dump);
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{ns}/caller not converged: deps {:?}, counts {:?}; node errors {:?}\ncontroller:\n{}",
+                deps(c, ns, "caller"),
+                upstream_counts(pod, &reviews),
+                node.errors(),
+                lazyxds_e2e::process::tail(&ctl.log(), 30)
+            );
+        }
+    }
+    let converged_after = apps_up.elapsed();
+    eprintln!("mesh: converged {converged_after:?} after the apps were up");
+
+    // Converged means direct: a measured window, counted by the callers' own sidecars.
+    let before: Vec<(u64, u64)> = opted_in
+        .iter()
+        .map(|(_, p)| upstream_counts(p, &reviews))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let after: Vec<(u64, u64)> = opted_in
+        .iter()
+        .map(|(_, p)| upstream_counts(p, &reviews))
+        .collect();
+    let mut window = Vec::new();
+    for (((ns, _), b), a) in opted_in.iter().zip(&before).zip(&after) {
+        let (gw, direct) = (a.0 - b.0, a.1 - b.1);
+        let share = direct as f64 / (gw + direct).max(1) as f64;
+        window.push(format!(
+            "{ns}/caller: {direct} direct, {gw} via the gateway ({:.1} % direct)",
+            100.0 * share
+        ));
+        assert!(direct >= 100 && share >= 0.99, "{}", window.join("; "));
+    }
+    let (plain_gw, plain_direct) = upstream_counts(&plain, &reviews);
+    assert_eq!(
+        plain_gw, 0,
+        "the caller that is not opted in used the gateway"
+    );
+    assert!(
+        deps(c, &front, "plain-caller").is_none(),
+        "a Sidecar for the caller not opted in"
+    );
+    assert!(node.errors().is_empty(), "node: {:?}", node.errors());
+
+    node.shutdown();
+    drop(ctl);
+
+    // No request failed, from the first through learning; the split held.
+    let mut all = Vec::new();
+    for pod in [&short, &fqdn, &plain] {
+        all.extend(results(pod));
+    }
+    let failed: Vec<&Sent> = all.iter().filter(|s| !s.ok).collect();
+    let per_client: BTreeMap<String, (usize, usize, Option<u64>)> =
+        all.iter().fold(BTreeMap::new(), |mut m, s| {
+            let e = m.entry(s.client.clone()).or_insert((0, 0, None));
+            e.0 += 1;
+            if s.via_gateway {
+                e.1 += 1;
+                e.2 = Some(e.2.map_or(s.at_ms, |t: u64| t.max(s.at_ms)));
+            }
+            m
+        });
+    eprintln!(
+        "mesh: per client (requests, via the gateway, last via the gateway at ms): {per_client:?}"
+    );
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed, first: {:?}",
+        failed.len(),
+        all.len(),
+        failed.iter().take(5).map(|s| &s.line).collect::<Vec<_>>()
+    );
+    for (ns, pod) in opted_in {
+        let via_gateway = all
+            .iter()
+            .filter(|s| s.client == format!("{ns}/{}", pod.name) && s.via_gateway)
+            .count();
+        assert!(
+            via_gateway > 0,
+            "{ns}/caller never went through the gateway: learning was not exercised"
+        );
+    }
+    assert!(
+        all.iter()
+            .filter(|s| s.client.contains("plain-caller"))
+            .all(|s| !s.via_gateway),
+        "the caller not opted in went through the gateway"
+    );
+    let direct: Vec<&Sent> = all.iter().filter(|s| !s.via_gateway).collect();
+    let via_gw: Vec<&Sent> = all.iter().filter(|s| s.via_gateway).collect();
+    let all_refs: Vec<&Sent> = all.iter().collect();
+    let mut split = vec![
+        split_within_4_sigma("all", &all_refs),
+        split_within_4_sigma("direct", &direct),
+    ];
+    if via_gw.len() >= 30 {
+        split.push(split_within_4_sigma("via the gateway", &via_gw));
+    } else {
+        let v2 = via_gw
+            .iter()
+            .filter(|s| s.backend.as_deref() == Some("v2"))
+            .count();
+        split.push(format!(
+            "via the gateway: {v2}/{} to v2 (too few for a 4σ check)",
+            via_gw.len()
+        ));
+    }
+    eprintln!(
+        "mesh: {} requests, 100 % succeeded; {} via the gateway; converged {converged_after:?} after the apps were up; window: {}; split: {}; plain caller: {plain_direct} direct; total {:?}",
+        all.len(),
+        via_gw.len(),
+        window.join("; "),
+        split.join("; "),
+        t0.elapsed()
+    );
+}
