@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use lazyxds_e2e::cluster::inject::Injector;
-use lazyxds_e2e::cluster::lazyxds::{self, parse_yaml_stream, ControllerPod, Installed, NAMESPACE};
+use lazyxds_e2e::cluster::lazyxds::{self, parse_yaml_stream, Installed, NAMESPACE};
 use lazyxds_e2e::cluster::node::{self, ClusterDns, Node, PodInfo};
 use lazyxds_e2e::cluster::{Cluster, ClusterOptions};
 use serde_json::{json, Value};
@@ -142,6 +142,46 @@ fn deps(c: &Cluster, ns: &str, workload: &str) -> Option<Vec<String>> {
     Some(deps.keys().cloned().collect())
 }
 
+/// The controller pod that leads (it labels itself `lazyxds.io/leader=true`).
+async fn wait_leader(c: &Cluster) -> String {
+    let t = Instant::now();
+    loop {
+        let out = c
+            .kubectl(
+                &[
+                    "get",
+                    "pods",
+                    "-n",
+                    NAMESPACE,
+                    "-l",
+                    "lazyxds.io/leader=true",
+                    "-o",
+                    "name",
+                ],
+                None,
+            )
+            .unwrap();
+        if let Some(name) = out.lines().next() {
+            return name.trim_start_matches("pod/").to_string();
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "no controller leads after 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The last lines of a controller pod's log (its container `lazyxds`, on the node).
+fn controller_log(node: &Node, pod: &str) -> String {
+    node.pods()
+        .iter()
+        .find(|p| p.name == pod)
+        .and_then(|p| std::fs::read_to_string(p.dir.join("lazyxds.log")).ok())
+        .map(|l| lazyxds_e2e::process::tail(&l, 30))
+        .unwrap_or_default()
+}
+
 fn split_within_4_sigma(what: &str, sent: &[&Sent]) -> String {
     let n = sent.len() as f64;
     let v2 = sent
@@ -175,23 +215,35 @@ async fn an_opted_in_workloads_requests_never_fail_through_learning_and_go_direc
     // The pods' nameserver (their resolv.conf), standing in for kube-dns.
     let _dns = ClusterDns::start(c).await.unwrap();
     let injector: &'static Injector = Box::leak(Box::new(Injector::new(c).unwrap()));
-    let images = BTreeMap::from([(
-        APP_IMAGE.to_string(),
-        PathBuf::from(env!("CARGO_BIN_EXE_mesh-app")),
-    )]);
+    // The node's images: our app, and the controller image the install names (the debug
+    // build of the lazyxds binary).
+    let (_, rendered) = lazyxds::render(&[]).unwrap();
+    let controller_image = rendered
+        .iter()
+        .find(|o| o["kind"] == "Deployment" && o["metadata"]["name"] == "lazyxds")
+        .and_then(|d| d["spec"]["template"]["spec"]["containers"][0]["image"].as_str())
+        .expect("the install's controller image")
+        .to_string();
+    let images = BTreeMap::from([
+        (
+            APP_IMAGE.to_string(),
+            PathBuf::from(env!("CARGO_BIN_EXE_mesh-app")),
+        ),
+        (controller_image, lazyxds_e2e::paths::lazyxds_bin().unwrap()),
+    ]);
     let mut node = tokio::task::spawn_blocking(move || Node::start(c, images))
         .await
         .unwrap()
         .unwrap();
 
-    // The install, its gateway injected with Istio's gateway template and run on the node.
-    // The controller runs beside the node as the cluster tier runs it (its pods are left
-    // to the test: the node has no controller image).
-    let inst = tokio::task::spawn_blocking(move || {
+    // The install, its Deployments injected (the gateway with Istio's gateway template, the
+    // controller with the sidecar one), all run on the node: the gateway reaches the
+    // leader through the `lazyxds` Service, over mTLS, into the controller's sidecar.
+    tokio::task::spawn_blocking(move || {
         Installed::shared_with(c, |manifest| {
             let mut objects = parse_yaml_stream(manifest)?;
             for o in objects.iter_mut() {
-                if o["kind"] == "Deployment" && o["metadata"]["name"] == "lazyxds-gateway" {
+                if o["kind"] == "Deployment" {
                     let injected = injector.inject(&serde_norway::to_string(o)?)?;
                     *o = parse_yaml_stream(&injected)?.remove(0);
                 }
@@ -202,28 +254,11 @@ async fn an_opted_in_workloads_requests_never_fail_through_learning_and_go_direc
     .await
     .unwrap()
     .unwrap();
-    let ctl_pods = lazyxds::scheduled_pods(c, NAMESPACE, "lazyxds", 2)
+    // Two controller replicas and the gateway.
+    node.wait_ready(NAMESPACE, "lazyxds-", 3, Duration::from_secs(180))
         .await
         .unwrap();
-    let ctl_pod = ctl_pods[0]["metadata"]["name"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let ctl_ip = c.pod_ip();
-    c.set_pod_running(NAMESPACE, &ctl_pod, ctl_ip).unwrap();
-    let ctl = ControllerPod::start(
-        c,
-        inst,
-        &ctl_pod,
-        ctl_ip,
-        &[("LAZYXDS_WRITE_DEBOUNCE_MS", "20")],
-    )
-    .await
-    .unwrap();
-    ctl.wait_leading(c).await.unwrap();
-    node.wait_ready(NAMESPACE, "lazyxds-gateway", 1, Duration::from_secs(120))
-        .await
-        .unwrap();
+    let leader = wait_leader(c).await;
     eprintln!(
         "mesh: control plane, controller and gateway up at {:?}",
         t0.elapsed()
@@ -337,11 +372,11 @@ async fn an_opted_in_workloads_requests_never_fail_through_learning_and_go_direc
             }
             assert!(
                 Instant::now() < deadline,
-                "{ns}/caller not converged: deps {:?}, counts {:?}; node errors {:?}\ncontroller:\n{}",
+                "{ns}/caller not converged: deps {:?}, counts {:?}; node errors {:?}\ncontroller {leader}:\n{}",
                 deps(c, ns, "caller"),
                 upstream_counts(pod, &reviews),
                 node.errors(),
-                lazyxds_e2e::process::tail(&ctl.log(), 30)
+                controller_log(&node, &leader)
             );
         }
     }
@@ -380,7 +415,6 @@ async fn an_opted_in_workloads_requests_never_fail_through_learning_and_go_direc
     assert!(node.errors().is_empty(), "node: {:?}", node.errors());
 
     node.shutdown();
-    drop(ctl);
 
     // No request failed, from the first through learning; the split held.
     let mut all = Vec::new();

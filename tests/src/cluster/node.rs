@@ -510,7 +510,10 @@ impl Kubelet {
         }
         let root = dir.join("root");
         let etc_upper = dir.join("etc/upper");
+        let run_upper = dir.join("run/upper");
         std::fs::create_dir_all(&root)?;
+        std::fs::create_dir_all(&run_upper)?;
+        std::fs::create_dir_all(dir.join("run/work"))?;
         // The containers' shared working directory: every container user may write there
         // (the client app writes its results file).
         set_mode(&root, 0o777)?;
@@ -528,16 +531,29 @@ impl Kubelet {
         std::fs::create_dir_all(tmpl.parent().context("path")?)?;
         std::fs::copy(bin("envoy_bootstrap.json")?, &tmpl)?;
 
-        self.volumes(pod, &dir, &root, &etc_upper)?;
+        self.volumes(pod, &dir, &root, &etc_upper, &run_upper)?;
 
-        // The holder: the pod's network and mount namespaces, /etc overlaid.
+        // The holder: the pod's network and mount namespaces, /etc and /run (/var/run)
+        // overlaid.
         let mut cmd = Command::new("unshare");
-        cmd.args(["--net", "--mount", "--propagation", "private", "--", "bash", "-c"])
-            .arg(format!(
-                "mount -t overlay overlay -o lowerdir=/etc,upperdir={u},workdir={w} /etc && exec sleep infinity",
-                u = etc_upper.display(),
-                w = dir.join("etc/work").display()
-            ));
+        cmd.args([
+            "--net",
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "bash",
+            "-c",
+        ])
+        .arg(format!(
+            "mount -t overlay overlay -o lowerdir=/etc,upperdir={u},workdir={w} /etc && \
+                 mount -t overlay overlay -o lowerdir=/run,upperdir={ru},workdir={rw} /run && \
+                 exec sleep infinity",
+            u = etc_upper.display(),
+            w = dir.join("etc/work").display(),
+            ru = run_upper.display(),
+            rw = dir.join("run/work").display()
+        ));
         let holder = Proc::spawn("pod", &mut cmd, &dir.join("holder.log"))?;
         let holder_pid = holder.pid();
         let t = Instant::now();
@@ -654,9 +670,17 @@ impl Kubelet {
     }
 
     /// Writes each volume under `dir/vol/<name>` and links it at each container's
-    /// mountPath, relative to `root` (the containers' working directory) and, under /etc,
-    /// in the pod's /etc overlay.
-    fn volumes(&self, pod: &Value, dir: &Path, root: &Path, etc_upper: &Path) -> Result<()> {
+    /// mountPath, relative to `root` (the containers' working directory) and, under /etc
+    /// and /run (/var/run), in the pod's overlays of those (absolute paths: the
+    /// service-account token a Kubernetes client reads, the gateway's module).
+    fn volumes(
+        &self,
+        pod: &Value,
+        dir: &Path,
+        root: &Path,
+        etc_upper: &Path,
+        run_upper: &Path,
+    ) -> Result<()> {
         let (ns, name) = ns_name(pod);
         let spec = &pod["spec"];
         let sa = spec["serviceAccountName"].as_str().unwrap_or("default");
@@ -715,6 +739,12 @@ impl Kubelet {
                 link(&vdir, &root.join(rel))?;
                 if let Some(under_etc) = rel.strip_prefix("etc/") {
                     link(&vdir, &etc_upper.join(under_etc))?;
+                }
+                if let Some(under_run) = rel
+                    .strip_prefix("var/run/")
+                    .or_else(|| rel.strip_prefix("run/"))
+                {
+                    link(&vdir, &run_upper.join(under_run))?;
                 }
             }
         }
@@ -840,6 +870,20 @@ impl Kubelet {
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()
         });
         env.insert("HOSTNAME".into(), info.name.clone());
+        // As the kubelet sets them, but to the API server's own address: the `kubernetes`
+        // Service has no endpoints here (the API server runs with
+        // --endpoint-reconciler-type=none).
+        if let Some((host, port)) = self
+            .cluster
+            .api_url()
+            .strip_prefix("https://")
+            .and_then(|hp| hp.rsplit_once(':'))
+        {
+            env.entry("KUBERNETES_SERVICE_HOST".into())
+                .or_insert_with(|| host.to_string());
+            env.entry("KUBERNETES_SERVICE_PORT".into())
+                .or_insert_with(|| port.to_string());
+        }
         let mut cmd = Command::new("nsenter");
         cmd.arg("-t")
             .arg(info.holder_pid.to_string())
