@@ -80,6 +80,8 @@ fn client(ns: &str, name: &str, annotations: Value, urls: &[&str]) -> Value {
 #[derive(Debug)]
 struct Sent {
     client: String,
+    /// A `tcp://` request (to the TCP-only `db`), not an HTTP one to reviews.
+    tcp: bool,
     at_ms: u64,
     ok: bool,
     backend: Option<String>,
@@ -96,10 +98,13 @@ fn results(pod: &PodInfo) -> Vec<Sent> {
             let v: Value = serde_json::from_str(l).ok()?;
             let backend = v["backend"].as_str().map(str::to_string);
             let xfcc = v["xfcc"].as_str().unwrap_or_default();
+            let tcp = v["url"].as_str().is_some_and(|u| u.starts_with("tcp://"));
+            let want: &[&str] = if tcp { &["db"] } else { &["v1", "v2"] };
             Some(Sent {
                 client: format!("{}/{}", pod.namespace, pod.name),
+                tcp,
                 at_ms: v["at_ms"].as_u64().unwrap_or(0),
-                ok: v["status"] == 200 && matches!(backend.as_deref(), Some("v1" | "v2")),
+                ok: v["status"] == 200 && backend.as_deref().is_some_and(|b| want.contains(&b)),
                 backend,
                 via_gateway: xfcc.contains(&format!(
                     "URI=spiffe://cluster.local/ns/{NAMESPACE}/sa/lazyxds-gateway"
@@ -275,9 +280,14 @@ async fn an_opted_in_workloads_requests_never_fail_through_learning_and_go_direc
     let reviews = format!("reviews.{shop}.svc.cluster.local");
     let short_url = "http://reviews:9080/".to_string();
     let fqdn_url = format!("http://{reviews}:9080/");
+    // A TCP-only Service (a database stand-in), by short name and FQDN.
+    let db_short = "tcp://db:5432".to_string();
+    let db_fqdn = format!("tcp://db.{shop}.svc.cluster.local:5432");
     c.apply_json(&[
         json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "reviews", "namespace": shop},
             "spec": {"selector": {"app": "reviews"}, "ports": [{"name": "http", "port": 9080, "targetPort": 9080}]}}),
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "db", "namespace": shop},
+            "spec": {"selector": {"app": "db"}, "ports": [{"name": "tcp", "port": 5432, "targetPort": 5432}]}}),
         json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
             "metadata": {"name": "reviews", "namespace": shop},
             "spec": {"host": "reviews", "subsets": [
@@ -309,8 +319,19 @@ async fn an_opted_in_workloads_requests_never_fail_through_learning_and_go_direc
                 &["echo", "--name", "v2", "--port", "9080"],
                 Some(9080),
             ),
+            deployment(
+                &shop,
+                "db",
+                json!({"app": "db"}),
+                json!({}),
+                &["tcp-echo", "--name", "db", "--port", "5432"],
+                None,
+            ),
         ],
     );
+    node.wait_ready(&shop, "db-", 1, Duration::from_secs(180))
+        .await
+        .unwrap();
     node.wait_ready(&shop, "reviews-v", 2, Duration::from_secs(180))
         .await
         .unwrap();
@@ -318,8 +339,8 @@ async fn an_opted_in_workloads_requests_never_fail_through_learning_and_go_direc
         c,
         injector,
         &[
-            client(&shop, "caller", json!({}), &[&short_url]),
-            client(&front, "caller", json!({}), &[&fqdn_url]),
+            client(&shop, "caller", json!({}), &[&short_url, &db_short]),
+            client(&front, "caller", json!({}), &[&fqdn_url, &db_fqdn]),
             client(
                 &front,
                 "plain-caller",
@@ -401,7 +422,7 @@ async fn an_opted_in_workloads_requests_never_fail_through_learning_and_go_direc
             "{ns}/caller: {direct} direct, {gw} via the gateway ({:.1} % direct)",
             100.0 * share
         ));
-        assert!(direct >= 100 && share >= 0.99, "{}", window.join("; "));
+        assert!(direct >= 50 && share >= 0.99, "{}", window.join("; "));
     }
     let (plain_gw, plain_direct) = upstream_counts(&plain, &reviews);
     assert_eq!(
@@ -458,9 +479,11 @@ async fn an_opted_in_workloads_requests_never_fail_through_learning_and_go_direc
             .all(|s| !s.via_gateway),
         "the caller not opted in went through the gateway"
     );
-    let direct: Vec<&Sent> = all.iter().filter(|s| !s.via_gateway).collect();
-    let via_gw: Vec<&Sent> = all.iter().filter(|s| s.via_gateway).collect();
-    let all_refs: Vec<&Sent> = all.iter().collect();
+    let http: Vec<&Sent> = all.iter().filter(|s| !s.tcp).collect();
+    let tcp = all.len() - http.len();
+    let direct: Vec<&Sent> = http.iter().copied().filter(|s| !s.via_gateway).collect();
+    let via_gw: Vec<&Sent> = http.iter().copied().filter(|s| s.via_gateway).collect();
+    let all_refs = http.clone();
     let mut split = vec![
         split_within_4_sigma("all", &all_refs),
         split_within_4_sigma("direct", &direct),
@@ -478,7 +501,7 @@ async fn an_opted_in_workloads_requests_never_fail_through_learning_and_go_direc
         ));
     }
     eprintln!(
-        "mesh: {} requests, 100 % succeeded; {} via the gateway; converged {converged_after:?} after the apps were up; window: {}; split: {}; plain caller: {plain_direct} direct; total {:?}",
+        "mesh: {} requests ({tcp} TCP to db), 100 % succeeded; {} via the gateway; converged {converged_after:?} after the apps were up; window: {}; split: {}; plain caller: {plain_direct} direct; total {:?}",
         all.len(),
         via_gw.len(),
         window.join("; "),
