@@ -23,6 +23,11 @@ const APP_IMAGE: &str = "lazyxds-test/mesh-app";
 const SIDECARS: &str = "sidecars.networking.istio.io";
 /// Each client sends one request per interval.
 const CLIENT_INTERVAL_MS: u64 = 50;
+/// The external HTTPS destination: a name only the cluster's DNS knows, an address no
+/// Service has, a certificate of its own (trusted by the caller through a ConfigMap).
+const EXTERNAL_HOST: &str = "shop.example.test";
+const EXTERNAL_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(198, 18, 0, 50);
+const EXTERNAL_CA: &str = "external-ca";
 /// The weights of the user's VirtualService: v1 80, v2 20.
 const V2_WEIGHT: f64 = 0.2;
 
@@ -70,17 +75,29 @@ fn client(ns: &str, name: &str, annotations: Value, urls: &[&str]) -> Value {
         "--interval-ms",
         &interval,
     ];
+    let https = urls.iter().any(|u| u.starts_with("https://"));
+    if https {
+        args.extend(["--ca", "/etc/external-ca/ca.pem"]);
+    }
     for u in urls {
         args.extend(["--url", u]);
     }
-    deployment(ns, name, json!({"app": name}), annotations, &args, None)
+    let mut d = deployment(ns, name, json!({"app": name}), annotations, &args, None);
+    if https {
+        // The external server's certificate, from a ConfigMap, as a volume.
+        let spec = &mut d["spec"]["template"]["spec"];
+        spec["volumes"] = json!([{"name": "external-ca", "configMap": {"name": EXTERNAL_CA}}]);
+        spec["containers"][0]["volumeMounts"] =
+            json!([{"name": "external-ca", "mountPath": "/etc/external-ca"}]);
+    }
+    d
 }
 
 /// One request a client made, from its results file.
 #[derive(Debug)]
 struct Sent {
     client: String,
-    /// A `tcp://` request (to the TCP-only `db`), not an HTTP one to reviews.
+    /// Not an HTTP request to reviews: `tcp://` to the TCP-only `db`, `https://` outside.
     tcp: bool,
     at_ms: u64,
     ok: bool,
@@ -98,8 +115,18 @@ fn results(pod: &PodInfo) -> Vec<Sent> {
             let v: Value = serde_json::from_str(l).ok()?;
             let backend = v["backend"].as_str().map(str::to_string);
             let xfcc = v["xfcc"].as_str().unwrap_or_default();
-            let tcp = v["url"].as_str().is_some_and(|u| u.starts_with("tcp://"));
-            let want: &[&str] = if tcp { &["db"] } else { &["v1", "v2"] };
+            // Not an HTTP request to reviews (TCP to db, HTTPS to the external server).
+            let tcp = v["url"]
+                .as_str()
+                .is_some_and(|u| u.starts_with("tcp://") || u.starts_with("https://"));
+            let url = v["url"].as_str().unwrap_or_default();
+            let want: &[&str] = if url.starts_with("https://") {
+                &["external"]
+            } else if url.starts_with("tcp://") {
+                &["db"]
+            } else {
+                &["v1", "v2"]
+            };
             Some(Sent {
                 client: format!("{}/{}", pod.namespace, pod.name),
                 tcp,
@@ -218,7 +245,18 @@ async fn an_opted_in_workloads_requests_never_fail_through_learning_and_go_direc
     .unwrap()
     .unwrap();
     // The pods' nameserver (their resolv.conf), standing in for kube-dns.
-    let _dns = ClusterDns::start(c).await.unwrap();
+    let _dns = ClusterDns::start(
+        c,
+        BTreeMap::from([(EXTERNAL_HOST.to_string(), EXTERNAL_IP)]),
+    )
+    .await
+    .unwrap();
+    // The external HTTPS server, in the test's namespace (the "Internet" of the pods).
+    lazyxds::add_pod_address(EXTERNAL_IP).unwrap();
+    let external =
+        lazyxds_e2e::tls::HttpsServer::start("external", EXTERNAL_HOST, (EXTERNAL_IP, 443).into())
+            .await
+            .unwrap();
     let injector: &'static Injector = Box::leak(Box::new(Injector::new(c).unwrap()));
     // The node's images: our app, and the controller image the install names (the debug
     // build of the lazyxds binary).
@@ -283,6 +321,12 @@ async fn an_opted_in_workloads_requests_never_fail_through_learning_and_go_direc
     // A TCP-only Service (a database stand-in), by short name and FQDN.
     let db_short = "tcp://db:5432".to_string();
     let db_fqdn = format!("tcp://db.{shop}.svc.cluster.local:5432");
+    // HTTPS outside the mesh under ALLOW_ANY (the mesh's default), from an opted-in caller.
+    let external_url = format!("https://{EXTERNAL_HOST}/");
+    c.apply_json(&[json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": EXTERNAL_CA, "namespace": front},
+        "data": {"ca.pem": external.cert_pem}})])
+        .unwrap();
     c.apply_json(&[
         json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "reviews", "namespace": shop},
             "spec": {"selector": {"app": "reviews"}, "ports": [{"name": "http", "port": 9080, "targetPort": 9080}]}}),
@@ -340,7 +384,12 @@ async fn an_opted_in_workloads_requests_never_fail_through_learning_and_go_direc
         injector,
         &[
             client(&shop, "caller", json!({}), &[&short_url, &db_short]),
-            client(&front, "caller", json!({}), &[&fqdn_url, &db_fqdn]),
+            client(
+                &front,
+                "caller",
+                json!({}),
+                &[&fqdn_url, &db_fqdn, &external_url],
+            ),
             client(
                 &front,
                 "plain-caller",
@@ -501,7 +550,7 @@ async fn an_opted_in_workloads_requests_never_fail_through_learning_and_go_direc
         ));
     }
     eprintln!(
-        "mesh: {} requests ({tcp} TCP to db), 100 % succeeded; {} via the gateway; converged {converged_after:?} after the apps were up; window: {}; split: {}; plain caller: {plain_direct} direct; total {:?}",
+        "mesh: {} requests ({tcp} TCP to db or HTTPS outside the mesh), 100 % succeeded; {} via the gateway; converged {converged_after:?} after the apps were up; window: {}; split: {}; plain caller: {plain_direct} direct; total {:?}",
         all.len(),
         via_gw.len(),
         window.join("; "),

@@ -6,9 +6,10 @@
 //!   (the test backend of `lazyxds_e2e::Backend`).
 //! - `mesh-app tcp-echo --name NAME --port PORT`: TCP on 0.0.0.0:PORT; answers each line
 //!   with `NAME LINE` (a database stand-in: no HTTP).
-//! - `mesh-app client --out FILE --interval-ms N --url URL [--url URL]…`: sends requests to
-//!   the URLs in turn, one fresh connection each (`http://…`: a GET; `tcp://host:port`: one
-//!   line, its echo read back), resolving names the way any program in the pod does
+//! - `mesh-app client --out FILE --interval-ms N [--ca FILE] --url URL [--url URL]…`: sends
+//!   requests to the URLs in turn, one fresh connection each (`http://…`: a GET;
+//!   `https://…`: a GET over TLS, the server verified against `--ca` only;
+//!   `tcp://host:port`: one line, its echo read back), resolving names the way any program in the pod does
 //!   (getaddrinfo: the pod's resolv.conf, whose nameserver the sidecar's agent answers), and
 //!   appends one JSON line per request to FILE.
 
@@ -67,7 +68,8 @@ async fn main() -> Result<()> {
                 bail!("client: no --url");
             }
             let interval = Duration::from_millis(one("interval-ms")?.parse()?);
-            client(one("out")?, &urls, interval).await
+            let ca = one("ca").ok().map(std::path::PathBuf::from);
+            client(one("out")?, &urls, interval, ca.as_deref()).await
         }
         _ => Err(usage()),
     }
@@ -97,8 +99,8 @@ async fn tcp_echo(name: &str, port: u16) -> Result<()> {
 
 /// One line over a fresh TCP connection; the server's name (the first word of its answer)
 /// if it echoed the line.
-async fn tcp_request(addr: SocketAddr, line: &str) -> Result<String> {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+/// Loopback and 198.18.0.0/15 only: nothing leaves the test's namespace.
+fn check_allowed(addr: SocketAddr) -> Result<()> {
     let allowed = match addr.ip() {
         std::net::IpAddr::V4(v4) => v4.is_loopback() || lazyxds_e2e::client::is_test_range(v4),
         std::net::IpAddr::V6(_) => false,
@@ -106,6 +108,12 @@ async fn tcp_request(addr: SocketAddr, line: &str) -> Result<String> {
     if !allowed {
         bail!("refusing traffic to {addr}: outside the tests' ranges");
     }
+    Ok(())
+}
+
+async fn tcp_request(addr: SocketAddr, line: &str) -> Result<String> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    check_allowed(addr)?;
     tokio::time::timeout(lazyxds_e2e::client::REQUEST_TIMEOUT, async {
         let mut stream = tokio::net::TcpStream::connect(addr).await?;
         stream.write_all(format!("{line}\n").as_bytes()).await?;
@@ -124,18 +132,24 @@ async fn tcp_request(addr: SocketAddr, line: &str) -> Result<String> {
 fn split_url(url: &str) -> Result<(String, String, u16, String)> {
     let (scheme, rest) = url
         .split_once("://")
-        .filter(|(s, _)| matches!(*s, "http" | "tcp"))
-        .ok_or_else(|| anyhow!("{url}: only http:// and tcp:// URLs"))?;
+        .filter(|(s, _)| matches!(*s, "http" | "https" | "tcp"))
+        .ok_or_else(|| anyhow!("{url}: only http://, https:// and tcp:// URLs"))?;
     let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let (host, port) = match authority.rsplit_once(':') {
         Some((h, p)) => (h, p.parse().with_context(|| format!("{url}: port"))?),
+        None if scheme == "https" => (authority, 443),
         None => (authority, 80),
     };
     let path = if path.is_empty() { "/" } else { path };
     Ok((scheme.to_string(), host.to_string(), port, path.to_string()))
 }
 
-async fn client(out: &str, urls: &[&str], interval: Duration) -> Result<()> {
+async fn client(
+    out: &str,
+    urls: &[&str],
+    interval: Duration,
+    ca: Option<&std::path::Path>,
+) -> Result<()> {
     use std::io::Write;
     let mut file = std::fs::OpenOptions::new()
         .create(true)
@@ -159,8 +173,13 @@ async fn client(out: &str, urls: &[&str], interval: Duration) -> Result<()> {
                 let backend = tcp_request(addr, &format!("ping {seq}")).await?;
                 return Ok((200, Some(backend), None));
             }
-            let authority = format!("{host}:{port}");
-            let r = request_to(addr, &authority, path).await?;
+            let r = if scheme == "https" {
+                check_allowed(addr)?;
+                let ca = ca.ok_or_else(|| anyhow!("https:// needs --ca"))?;
+                lazyxds_e2e::tls::https_get(addr, host, path, ca).await?
+            } else {
+                request_to(addr, &format!("{host}:{port}"), path).await?
+            };
             Ok::<_, anyhow::Error>((
                 r.status,
                 r.header(BACKEND_HEADER).map(str::to_string),

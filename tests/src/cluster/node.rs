@@ -85,7 +85,8 @@ fn run(argv: &[&str]) -> Result<String> {
 
 /// The cluster's DNS (kube-dns's part the pods need): a nameserver on the bridge, port 53,
 /// answering `<service>.<namespace>.svc.cluster.local` with the Service's ClusterIP, as the
-/// API server assigned it (refreshed every 500 ms); every other name NXDOMAIN. The pods'
+/// API server assigned it (refreshed every 500 ms), and the `extra` names it is given (the
+/// tests' "Internet"); every other name NXDOMAIN. The pods'
 /// agents forward what their own name table lacks to it, as to kube-dns in a cluster: names
 /// of Services a scoped Sidecar hides are not in that table (istiod builds it from the
 /// Sidecar's egress services: pkg/dns/server/name_table.go:46).
@@ -95,7 +96,10 @@ pub struct ClusterDns {
 }
 
 impl ClusterDns {
-    pub async fn start(cluster: &'static Cluster) -> Result<ClusterDns> {
+    pub async fn start(
+        cluster: &'static Cluster,
+        extra: BTreeMap<String, Ipv4Addr>,
+    ) -> Result<ClusterDns> {
         let dns = crate::dns::FakeDns::start_on((BRIDGE_IP, 53).into(), BTreeMap::new()).await?;
         let task = tokio::spawn(async move {
             loop {
@@ -105,7 +109,7 @@ impl ClusterDns {
                 .await;
                 if let Ok(Ok(out)) = listed {
                     if let Ok(list) = serde_json::from_str::<Value>(&out) {
-                        let names = list["items"]
+                        let mut names: BTreeMap<String, Ipv4Addr> = list["items"]
                             .as_array()
                             .into_iter()
                             .flatten()
@@ -115,6 +119,7 @@ impl ClusterDns {
                                 Some((format!("{name}.{ns}.svc.{CLUSTER_DOMAIN}"), ip))
                             })
                             .collect();
+                        names.extend(extra.clone());
                         dns.set_names(names);
                     }
                 }
