@@ -323,10 +323,23 @@ async fn an_opted_in_workloads_requests_never_fail_through_learning_and_go_direc
     let db_fqdn = format!("tcp://db.{shop}.svc.cluster.local:5432");
     // HTTPS outside the mesh under ALLOW_ANY (the mesh's default), from an opted-in caller.
     let external_url = format!("https://{EXTERNAL_HOST}/");
-    c.apply_json(&[json!({"apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": EXTERNAL_CA, "namespace": front},
-        "data": {"ca.pem": external.cert_pem}})])
+    // `locked` (opted in) is REGISTRY_ONLY by its namespace's own Sidecar: the external host
+    // must stay unreachable for its callers, opted in or not.
+    let locked = c
+        .namespace("locked", json!({}), json!({"lazyxds.io/enabled": "true"}))
         .unwrap();
+    let mut objects = vec![
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "Sidecar",
+        "metadata": {"name": "default", "namespace": locked},
+        "spec": {"egress": [{"hosts": ["*/*"]}],
+            "outboundTrafficPolicy": {"mode": "REGISTRY_ONLY"}}}),
+    ];
+    for ns in [&front, &locked] {
+        objects.push(json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": EXTERNAL_CA, "namespace": ns},
+            "data": {"ca.pem": external.cert_pem}}));
+    }
+    c.apply_json(&objects).unwrap();
     c.apply_json(&[
         json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "reviews", "namespace": shop},
             "spec": {"selector": {"app": "reviews"}, "ports": [{"name": "http", "port": 9080, "targetPort": 9080}]}}),
@@ -396,6 +409,13 @@ async fn an_opted_in_workloads_requests_never_fail_through_learning_and_go_direc
                 json!({"lazyxds.io/enabled": "false"}),
                 &[&fqdn_url],
             ),
+            client(&locked, "caller", json!({}), &[&fqdn_url, &external_url]),
+            client(
+                &locked,
+                "plain-caller",
+                json!({"lazyxds.io/enabled": "false"}),
+                &[&fqdn_url, &external_url],
+            ),
         ],
     );
     let short = node
@@ -413,6 +433,16 @@ async fn an_opted_in_workloads_requests_never_fail_through_learning_and_go_direc
         .await
         .unwrap()
         .remove(0);
+    let locked_pods = [
+        node.wait_ready(&locked, "caller-", 1, Duration::from_secs(180))
+            .await
+            .unwrap()
+            .remove(0),
+        node.wait_ready(&locked, "plain-caller-", 1, Duration::from_secs(180))
+            .await
+            .unwrap()
+            .remove(0),
+    ];
     let apps_up = Instant::now();
     eprintln!("mesh: apps up at {:?}", t0.elapsed());
 
@@ -491,6 +521,41 @@ async fn an_opted_in_workloads_requests_never_fail_through_learning_and_go_direc
     for pod in [&short, &fqdn, &plain] {
         all.extend(results(pod));
     }
+    // REGISTRY_ONLY not loosened: in `locked`, reviews answers every call, the external
+    // host none, whether the caller is scoped by lazyxds or not.
+    let mut locked_figures = Vec::new();
+    for pod in &locked_pods {
+        let sent = results(pod);
+        let (external, internal): (Vec<&Sent>, Vec<&Sent>) = sent.iter().partition(|s| s.tcp);
+        let reached: Vec<&&Sent> = external.iter().filter(|s| s.ok).collect();
+        let failed: Vec<&&Sent> = internal.iter().filter(|s| !s.ok).collect();
+        locked_figures.push(format!(
+            "{}/{}: {} to reviews ok, {} to the external host all refused",
+            pod.namespace,
+            pod.name,
+            internal.len(),
+            external.len()
+        ));
+        assert!(
+            reached.is_empty() && !external.is_empty(),
+            "{}/{}: REGISTRY_ONLY loosened: {} of {} external requests answered, first {:?}",
+            pod.namespace,
+            pod.name,
+            reached.len(),
+            external.len(),
+            reached.first().map(|s| &s.line)
+        );
+        assert!(
+            failed.is_empty() && !internal.is_empty(),
+            "{}/{}: {} of {} requests to reviews failed, first {:?}",
+            pod.namespace,
+            pod.name,
+            failed.len(),
+            internal.len(),
+            failed.first().map(|s| &s.line)
+        );
+    }
+    eprintln!("mesh: REGISTRY_ONLY: {}", locked_figures.join("; "));
     let failed: Vec<&Sent> = all.iter().filter(|s| !s.ok).collect();
     let per_client: BTreeMap<String, (usize, usize, Option<u64>)> =
         all.iter().fold(BTreeMap::new(), |mut m, s| {
