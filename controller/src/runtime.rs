@@ -252,10 +252,20 @@ pub struct RunArgs {
     /// File mode: a topology (at start, against the Sidecar files there; on reload,
     /// against the last good one) that would remove more than this share of the
     /// workloads at once is refused — an empty or truncated file would take their
-    /// Sidecars with them. 100 turns the check off.
+    /// Sidecars with them. Kubernetes mode: a pass that would delete more than this share
+    /// of our Sidecars (and more than 5) is held for --removal-confirm-secs first (a
+    /// truncated list looks like that; the kill switch is never held). 100 turns the
+    /// check off.
     #[arg(long, env = "LAZYXDS_MAX_REMOVAL_PERCENT", default_value_t = 50,
           value_parser = clap::value_parser!(u8).range(0..=100))]
     pub max_removal_percent: u8,
+
+    /// Kubernetes mode: how long a mass removal (see --max-removal-percent) must stand
+    /// before its Sidecars are deleted.
+    #[arg(long, env = "LAZYXDS_REMOVAL_CONFIRM_SECS",
+          default_value_t = crate::kube::writer::DEFAULT_REMOVAL_CONFIRM.as_secs(),
+          value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub removal_confirm_secs: u64,
 
     /// Kubernetes mode: watch the cluster (in-cluster credentials, else KUBECONFIG /
     /// ~/.kube/config) and keep opted-in workloads' Sidecars with server-side apply.
@@ -408,6 +418,8 @@ impl RunArgs {
             max_writes_per_sec: self.max_writes_per_sec,
             timeout: Duration::from_secs(10),
             dry_run: self.dry_run,
+            max_removal_percent: self.max_removal_percent,
+            removal_confirm: Duration::from_secs(self.removal_confirm_secs),
         };
         let me = (self.namespace.as_str(), self.pod_name.as_str());
         let (status, target) = writer::start(client, me, learner.clone(), leader.clone(), config);

@@ -456,3 +456,86 @@ async fn the_gateway_routes_follow_the_mesh() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_relist_deletes_nothing_and_a_real_mass_removal_waits_for_fresh_lists() {
+    // A truncated list is what the real API server cannot be made to return: the fake's.
+    let c = Cluster::start().await;
+    let workloads: Vec<String> = (0..7).map(|i| format!("w{i}")).collect();
+    for (i, name) in workloads.iter().enumerate() {
+        c.deployment(name, None);
+        c.apply(json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
+            "metadata": {"name": format!("{name}-5d9"), "namespace": "shop",
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": name, "uid": format!("u-{name}"), "controller": true}]},
+            "spec": {"selector": {"matchLabels": {"app": name}}}}));
+        c.pod(
+            &format!("{name}-5d9-a"),
+            &format!("{name}-5d9"),
+            &format!("10.0.0.{}", 10 + i),
+            name,
+        );
+    }
+    let ctl = c.controller(&["--removal-confirm-secs", "2"]);
+    let sidecars = || c.api.list_objects(SIDECARS, "Sidecar", Some("shop")).len();
+    eventually(
+        Duration::from_secs(15),
+        || format!("{} Sidecars\n{}", sidecars(), ctl.log()),
+        || (sidecars() == 8).then_some(()),
+    )
+    .await;
+    let deletes = RequestMatch::any().verb(Verb::Delete).resource("sidecars");
+
+    // The namespaces' relist comes back empty: every workload looks opted out at once.
+    let namespaces = RequestMatch::any().resource("namespaces");
+    c.api
+        .fail_next(1, namespaces.clone().verb(Verb::List), Failure::EmptyList);
+    c.api.expire_watch_window();
+    c.api.drop_watches(&namespaces);
+    eventually(
+        Duration::from_secs(15),
+        || ctl.log(),
+        || ctl.log().contains("deletes held").then_some(()),
+    )
+    .await;
+    // The guard asked for fresh lists, which show the namespace: nothing was deleted,
+    // past the confirm window.
+    eventually(
+        Duration::from_secs(15),
+        || ctl.log(),
+        || {
+            ctl.log()
+                .contains("held Sidecar deletes no longer wanted")
+                .then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(c.api.count_requests(&deletes), 0, "{}", ctl.log());
+    assert_eq!(sidecars(), 8);
+
+    // A real mass removal (the namespace opted out) waits for the window, then goes.
+    c.namespace("shop", Some("false"));
+    eventually(
+        Duration::from_secs(15),
+        || ctl.log(),
+        || {
+            let metrics = futures_lite_block(ctl.http_get("/metrics"));
+            metrics
+                .contains("lazyxds_writer_removals_held 8")
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(c.api.count_requests(&deletes), 0);
+    eventually(
+        Duration::from_secs(15),
+        || format!("{} Sidecars\n{}", sidecars(), ctl.log()),
+        || (sidecars() == 0).then_some(()),
+    )
+    .await;
+    assert!(
+        ctl.log().contains("fresh lists agree: deleting"),
+        "{}",
+        ctl.log()
+    );
+}

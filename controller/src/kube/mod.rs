@@ -71,6 +71,7 @@ struct Counts {
     deletes: u64,
     blocked: u64,
     capped: u64,
+    removals_held: u64,
     last_pass_ms: u64,
 }
 
@@ -92,6 +93,7 @@ impl KubeStatus {
             deletes: w.deletes.load(Relaxed),
             blocked: w.blocked.load(Relaxed),
             capped: w.capped.load(Relaxed),
+            removals_held: w.removals_held.load(Relaxed),
             last_pass_ms: w.last_pass_ms.load(Relaxed),
         };
         let watch = WatchCounts {
@@ -144,7 +146,7 @@ impl crate::metrics::MetricsSource for KubeStatus {
             registry,
             "writer",
             &writer,
-            &["last_pass_ms", "capped"],
+            &["last_pass_ms", "capped", "removals_held"],
             help,
         );
         register_counters(

@@ -101,9 +101,37 @@ pub struct Watched {
     pub events: AtomicU64,
     /// Whether the watches reach the API server (for `/readyz`).
     pub health: WatchHealth,
+    /// Fresh lists asked of every index watch (a generation): the removal guard believes
+    /// a mass removal only once lists made after it was first seen agree.
+    pub relist: tokio::sync::watch::Sender<u64>,
+    /// The relist generation of each index watch's last complete list.
+    listed: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl Watched {
+    /// Asks every index watch for a fresh list; the generation to wait for.
+    pub fn ask_relist(&self) -> u64 {
+        let mut next = 0;
+        self.relist.send_modify(|g| {
+            *g = g.saturating_add(1);
+            next = *g;
+        });
+        next
+    }
+
+    /// The oldest relist generation among the index watches' last complete lists.
+    pub fn listed_generation(&self) -> u64 {
+        let listed = self.listed.lock().unwrap_or_else(PoisonError::into_inner);
+        listed.values().copied().min().unwrap_or(0)
+    }
+
+    fn record_list(&self, kind: &'static str, generation: u64) {
+        self.listed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(kind, generation);
+    }
+
     pub fn sidecars(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, String), LiveObject>> {
         self.sidecars.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -169,16 +197,49 @@ where
 {
     let mut initial: Option<Vec<P>> = None;
     let mut synced_once = false;
-    let stream = kube::runtime::watcher(api, watcher::Config::default()).default_backoff();
-    futures::pin_mut!(stream);
-    while let Some(event) = stream.next().await {
+    let mut relist = ctx.watched.relist.subscribe();
+    // A new watcher stream lists afresh: how a relist asked by the writer happens.
+    loop {
+        let generation = *relist.borrow_and_update();
+        let stream =
+            kube::runtime::watcher(api.clone(), watcher::Config::default()).default_backoff();
+        futures::pin_mut!(stream);
+        loop {
+            let event = tokio::select! {
+                event = stream.next() => match event {
+                    Some(event) => event,
+                    None => return,
+                },
+                Ok(()) = relist.changed() => break,
+            };
+            if handle_event(&kind, &ctx, event, &mut initial, &mut synced_once) {
+                ctx.watched.record_list(kind.name, generation);
+            }
+        }
+    }
+}
+
+/// One watch event of an index kind into the index; true when a complete list was just
+/// applied.
+fn handle_event<K, P>(
+    kind: &Kind<K, P>,
+    ctx: &Ctx,
+    event: Result<Event<K>, watcher::Error>,
+    initial: &mut Option<Vec<P>>,
+    synced_once: &mut bool,
+) -> bool
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+    P: Projection,
+{
+    {
         let event = match event {
             Ok(event) => event,
             Err(error) => {
                 ctx.watched.watch_errors.fetch_add(1, Relaxed);
                 ctx.watched.health.error(kind.name, &error);
                 tracing::warn!(kind = kind.name, %error, "watch failed; retrying with backoff");
-                continue;
+                return false;
             }
         };
         ctx.watched.events.fetch_add(1, Relaxed);
@@ -188,10 +249,10 @@ where
                 if kind.live_sidecars {
                     ctx.watched.sidecars().clear();
                 }
-                initial = Some(Vec::new());
+                *initial = Some(Vec::new());
             }
             Event::InitApply(obj) => {
-                if let (Some(buf), Some(p)) = (initial.as_mut(), (kind.project)(&ctx, &obj)) {
+                if let (Some(buf), Some(p)) = (initial.as_mut(), (kind.project)(ctx, &obj)) {
                     buf.push(p);
                 }
             }
@@ -199,14 +260,15 @@ where
                 let all = initial.take().unwrap_or_default();
                 ctx.learner.index().reset(kind.scope, all);
                 ctx.learner.mark_changed();
-                if !synced_once {
-                    synced_once = true;
+                if !*synced_once {
+                    *synced_once = true;
                     ctx.synced.send_modify(|s| s.push(kind.name));
                     tracing::debug!(kind = kind.name, "synced");
                 }
+                return true;
             }
             Event::Apply(obj) => {
-                if let Some(p) = (kind.project)(&ctx, &obj) {
+                if let Some(p) = (kind.project)(ctx, &obj) {
                     ctx.learner.index().apply(p);
                     ctx.learner.mark_changed();
                 }
@@ -223,6 +285,7 @@ where
             }
         }
     }
+    false
 }
 
 fn live_object(obj: &DynamicObject, is_ours: IsOurs) -> LiveObject {

@@ -18,6 +18,7 @@ use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::{Api, Client};
 use lazyxds_index::objects::{is_our_catch_all, is_ours, string_map, ANNOTATION_WORKLOAD};
+use lazyxds_index::topology::Removal;
 use lazyxds_index::{Desired, Pass, RenderConfig, WorkloadId, WorkloadKind};
 use serde::Serialize;
 use serde_json::Value;
@@ -78,6 +79,103 @@ pub struct Plan {
     /// `ns/name` of workloads left as they are: the Sidecar's or the EnvoyFilter's name
     /// is taken by an object we do not own.
     pub blocked: Vec<String>,
+    /// `ns/name` of Sidecars whose delete is held: the pass would remove too many at once
+    /// ([`RemovalGuard`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub removals_held: Vec<String>,
+}
+
+/// Up to this many Sidecar deletes in one pass are never held: an opt-out, a small mesh.
+pub const REMOVALS_NEVER_HELD: usize = 5;
+/// How long a mass removal is held before it is believed (`--removal-confirm-secs`).
+pub const DEFAULT_REMOVAL_CONFIRM: Duration = Duration::from_secs(120);
+
+/// Holds a pass that would delete more than a share of our Sidecars at once — what a
+/// truncated relist or a glitch in a watched setting (namespaces, the mesh config) looks
+/// like — until it has stood for the confirm window. A deleted Sidecar takes its learned
+/// deps with it across a restart; a held delete only keeps a workload scoped a little
+/// longer. The kill switch is never held.
+#[derive(Debug, Clone)]
+pub struct RemovalGuard {
+    /// More than this share of our live Sidecars (100: never held).
+    pub max_percent: u8,
+    pub confirm: Duration,
+    /// Since when every pass has wanted a mass removal, and the relist generation asked
+    /// then: only lists made after it may confirm it.
+    since: Option<(Instant, u64)>,
+}
+
+/// What the guard did with a pass's deletes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guarded {
+    /// Not a mass removal (or the kill switch): deletes go ahead.
+    Pass,
+    /// A mass removal, held (its deletes taken out of the plan) for `left` more and
+    /// until fresh lists agree; `relist`: the generation to ask the watches for (once).
+    Held {
+        removal: Removal,
+        left: Duration,
+        relist: Option<u64>,
+    },
+    /// A mass removal that stood for the whole window, through fresh lists: deletes go
+    /// ahead.
+    Confirmed(Removal),
+}
+
+impl RemovalGuard {
+    pub fn new(max_percent: u8, confirm: Duration) -> Self {
+        RemovalGuard {
+            max_percent,
+            confirm,
+            since: None,
+        }
+    }
+
+    /// Takes the deletes out of `plan` (Sidecars into `removals_held`, their
+    /// EnvoyFilters with them) while they are a mass removal of the `live_ours` Sidecars
+    /// we have that is younger than the window or not yet seen by lists of a relist
+    /// generation after `requested` (`listed`: the oldest the watches have completed).
+    pub fn check(
+        &mut self,
+        plan: &mut Plan,
+        (live_ours, killed): (usize, bool),
+        (requested, listed): (u64, u64),
+        now: Instant,
+    ) -> Guarded {
+        let removed = plan
+            .changes
+            .iter()
+            .filter(|c| c.kind == Kind::Sidecar && c.action == Action::Delete)
+            .count();
+        let removal = Removal {
+            before: live_ours,
+            removed,
+        };
+        if killed || removed <= REMOVALS_NEVER_HELD || !removal.exceeds(self.max_percent) {
+            self.since = None;
+            return Guarded::Pass;
+        }
+        let first = self.since.is_none();
+        let (since, generation) = *self.since.get_or_insert((now, requested.saturating_add(1)));
+        let held_for = now.saturating_duration_since(since);
+        if held_for >= self.confirm && listed >= generation {
+            return Guarded::Confirmed(removal);
+        }
+        let (deletes, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut plan.changes)
+            .into_iter()
+            .partition(|c| c.action == Action::Delete);
+        plan.changes = keep;
+        plan.removals_held = deletes
+            .iter()
+            .filter(|c| c.kind == Kind::Sidecar)
+            .map(|c| format!("{}/{}", c.namespace, c.name))
+            .collect();
+        Guarded::Held {
+            removal,
+            left: self.confirm.saturating_sub(held_for),
+            relist: first.then_some(generation),
+        }
+    }
 }
 
 fn yaml_lines(v: &Value) -> Vec<String> {
@@ -227,6 +325,10 @@ pub struct WriterConfig {
     pub timeout: Duration,
     /// Compute and publish the plan; write nothing.
     pub dry_run: bool,
+    /// Mass removals held ([`RemovalGuard`]): above this share of our Sidecars...
+    pub max_removal_percent: u8,
+    /// ...for this long.
+    pub removal_confirm: Duration,
 }
 
 /// Writer metrics.
@@ -238,6 +340,8 @@ pub struct WriterStats {
     pub blocked: AtomicU64,
     /// Scoped workloads at the host cap after the last pass (a gauge).
     pub capped: AtomicU64,
+    /// Sidecar deletes held by the removal guard after the last pass (a gauge).
+    pub removals_held: AtomicU64,
     pub last_pass_ms: AtomicU64,
     /// Every watch has listed once (the writer may start).
     pub synced: std::sync::atomic::AtomicBool,
@@ -303,6 +407,9 @@ pub struct KubeTarget {
     /// The watch tasks feeding the index: they end with the target.
     watches: Vec<tokio::task::JoinHandle<()>>,
     min_gap: Duration,
+    removal_guard: RemovalGuard,
+    /// When a held mass removal is looked at again (nothing else may wake the loop).
+    recheck_at: Option<Instant>,
     last_plan: Arc<Plan>,
     evented: BTreeMap<WorkloadId, String>,
     routing: super::routing::RoutingState,
@@ -350,6 +457,8 @@ pub fn start(
     let target = KubeTarget {
         recorder: (!config.dry_run).then(|| Recorder::new(client.clone(), reporter)),
         min_gap: Duration::from_secs(1) / config.max_writes_per_sec.max(1),
+        removal_guard: RemovalGuard::new(config.max_removal_percent, config.removal_confirm),
+        recheck_at: None,
         client,
         config,
         learner,
@@ -366,6 +475,17 @@ pub fn start(
 }
 
 impl Target for KubeTarget {
+    /// A held mass removal's window ending is a change.
+    async fn changed(&mut self) {
+        match self.recheck_at {
+            Some(at) => {
+                tokio::time::sleep_until(at.into()).await;
+                self.recheck_at = None;
+            }
+            None => std::future::pending().await,
+        }
+    }
+
     /// Waits for every watcher's initial list, so our existing Sidecars (and their
     /// learned deps) are known before any write: a restart never shrinks a Sidecar.
     async fn ready(&mut self) {
@@ -389,16 +509,49 @@ impl Target for KubeTarget {
     async fn apply(&mut self, pass: &Pass) -> bool {
         let started = Instant::now();
         let (watched, leader, stats) = (&self.watched, &self.leader, &self.stats);
-        let mut plan = {
+        let (mut plan, live_ours) = {
             let (sidecars, catch_alls) = (watched.sidecars(), watched.catch_alls());
-            plan(
+            let plan = plan(
                 &pass.desired,
                 Live {
                     sidecars: &sidecars,
                     catch_alls: &catch_alls,
                 },
-            )
+            );
+            (plan, sidecars.values().filter(|l| l.ours).count())
         };
+        let lists = (*watched.relist.borrow(), watched.listed_generation());
+        let guarded =
+            self.removal_guard
+                .check(&mut plan, (live_ours, pass.killed), lists, Instant::now());
+        self.recheck_at = None;
+        if let Guarded::Held { relist, left, .. } = guarded {
+            if let Some(generation) = relist {
+                watched.relist.send_replace(generation);
+            }
+            // Past the window, fresh lists still running: look again soon.
+            self.recheck_at = Some(Instant::now() + left.max(Duration::from_secs(1)));
+        }
+        match guarded {
+            Guarded::Held { removal, left, .. } if self.last_plan.removals_held.is_empty() => {
+                tracing::warn!(%removal, max_removal_percent = self.removal_guard.max_percent,
+                    confirm_secs = self.removal_guard.confirm.as_secs(),
+                    "this pass would delete the Sidecars of {removal} at once: deletes held (a \
+                     truncated list or a passing glitch looks like this), fresh lists asked; they \
+                     go ahead in {} s if fresh lists agree",
+                    left.as_secs());
+            }
+            Guarded::Confirmed(removal) if !self.last_plan.removals_held.is_empty() => {
+                tracing::warn!(%removal, "the mass removal stood for the confirm window and fresh lists agree: deleting");
+            }
+            Guarded::Pass if !self.last_plan.removals_held.is_empty() => {
+                tracing::info!("held Sidecar deletes no longer wanted: nothing deleted");
+            }
+            _ => {}
+        }
+        stats
+            .removals_held
+            .store(plan.removals_held.len() as u64, Relaxed);
         stats.passes.fetch_add(1, Relaxed);
         stats
             .capped
@@ -776,6 +929,98 @@ services:
     }
 
     const WEB: &str = "shop/lazyxds-deployment-web";
+
+    fn deletes(n: usize) -> Plan {
+        let mut plan = Plan::default();
+        for i in 0..n {
+            let key = ("shop".to_string(), format!("lazyxds-deployment-w{i}"));
+            plan.changes.push(delete(Kind::Sidecar, &key));
+            plan.changes.push(delete(Kind::EnvoyFilter, &key));
+        }
+        plan
+    }
+
+    #[test]
+    fn a_mass_removal_is_held_until_it_stands_for_the_confirm_window() {
+        let t0 = Instant::now();
+        let confirm = Duration::from_secs(120);
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        // (deletes, live Sidecars of ours, kill switch, seconds since the first pass, what).
+        let held = |removed, before, left, relist| Guarded::Held {
+            removal: Removal { before, removed },
+            left: Duration::from_secs(left),
+            relist,
+        };
+        let confirmed = Guarded::Confirmed(Removal {
+            before: 20,
+            removed: 18,
+        });
+        // Per pass: deletes, our live Sidecars, kill switch, (relist generation asked,
+        // oldest generation listed), seconds since the first pass; what the guard does.
+        type Pass = (usize, usize, bool, (u64, u64), u64, Guarded);
+        let cases: Vec<(&str, Vec<Pass>)> = vec![
+            ("one opt-out", vec![(1, 2, false, (0, 0), 0, Guarded::Pass)]),
+            (
+                "a small mesh emptied",
+                vec![(5, 5, false, (0, 0), 0, Guarded::Pass)],
+            ),
+            (
+                "half exactly",
+                vec![(10, 20, false, (0, 0), 0, Guarded::Pass)],
+            ),
+            (
+                "a truncated list that corrects itself",
+                vec![
+                    (18, 20, false, (0, 0), 0, held(18, 20, 120, Some(1))),
+                    (18, 20, false, (1, 0), 30, held(18, 20, 90, None)),
+                    (0, 20, false, (1, 1), 40, Guarded::Pass),
+                    // A new window, new lists.
+                    (18, 20, false, (1, 1), 50, held(18, 20, 120, Some(2))),
+                ],
+            ),
+            (
+                "a removal that stands",
+                vec![
+                    (18, 20, false, (3, 3), 0, held(18, 20, 120, Some(4))),
+                    (18, 20, false, (4, 4), 119, held(18, 20, 1, None)),
+                    (18, 20, false, (4, 4), 120, confirmed),
+                ],
+            ),
+            (
+                "the window is over but the fresh lists are not done",
+                vec![
+                    (18, 20, false, (0, 0), 0, held(18, 20, 120, Some(1))),
+                    (18, 20, false, (1, 0), 300, held(18, 20, 0, None)),
+                    (18, 20, false, (1, 1), 301, confirmed),
+                ],
+            ),
+            (
+                "the kill switch",
+                vec![(20, 20, true, (0, 0), 0, Guarded::Pass)],
+            ),
+        ];
+        for (what, passes) in cases {
+            let mut guard = RemovalGuard::new(50, confirm);
+            for (removed, before, killed, lists, secs, want) in passes {
+                let mut plan = deletes(removed);
+                let got = guard.check(&mut plan, (before, killed), lists, at(secs));
+                assert_eq!(got, want, "{what} at {secs} s");
+                if matches!(want, Guarded::Held { .. }) {
+                    assert_eq!(plan.changes, vec![], "{what}: nothing deleted");
+                    assert_eq!(plan.removals_held.len(), removed, "{what}");
+                } else {
+                    assert_eq!(plan.changes.len(), 2 * removed, "{what}: every delete kept");
+                    assert!(plan.removals_held.is_empty(), "{what}");
+                }
+            }
+        }
+        // 100 turns it off.
+        let mut plan = deletes(20);
+        assert_eq!(
+            RemovalGuard::new(100, confirm).check(&mut plan, (20, false), (0, 0), t0),
+            Guarded::Pass
+        );
+    }
 
     #[test]
     fn creates_the_envoy_filter_then_the_sidecar_and_nothing_when_equal() {

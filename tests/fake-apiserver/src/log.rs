@@ -202,6 +202,9 @@ pub enum Failure {
     },
     /// Close the connection without answering.
     CloseConnection,
+    /// A LIST answered 200 with no items: a truncated list, as a misbehaving server or
+    /// proxy might return, which a real API server cannot be made to do.
+    EmptyList,
 }
 
 #[derive(Debug)]

@@ -109,7 +109,7 @@ fn failure_response(f: &Failure) -> Response<Body> {
             reason,
             message,
         } => ApiError::new(*code, reason, message.clone()),
-        Failure::CloseConnection => unreachable!("handled by the caller"),
+        Failure::CloseConnection | Failure::EmptyList => unreachable!("handled by the caller"),
     };
     error_response(&err)
 }
@@ -276,7 +276,12 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
-    let fault = lock(&shared.faults).take(&record);
+    let mut fault = lock(&shared.faults).take(&record);
+    let empty_list = fault == Some(Failure::EmptyList);
+    if empty_list {
+        record.injected = true;
+        fault = None;
+    }
     if let Some(f) = fault {
         record.injected = true;
         if f == Failure::CloseConnection {
@@ -392,6 +397,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
                 raw_body_empty: body.is_empty(),
                 manager: &manager,
                 dry_run,
+                empty_list,
             };
             match resource_request(&shared, ctx, &mut record) {
                 Ok(r) => r,
@@ -437,6 +443,8 @@ struct ResourceRequest<'a> {
     raw_body_empty: bool,
     manager: &'a str,
     dry_run: bool,
+    /// Answer a LIST with no items ([`Failure::EmptyList`]).
+    empty_list: bool,
 }
 
 impl ResourceRequest<'_> {
@@ -495,7 +503,13 @@ fn resource_request(
         Verb::List => {
             let sel = req.selectors()?;
             let limit = req.param("limit").and_then(|l| l.parse().ok());
-            let list = lock(&shared.store).list(t, &sel, limit, req.param("continue"))?;
+            let mut list = lock(&shared.store).list(t, &sel, limit, req.param("continue"))?;
+            if req.empty_list {
+                list["items"] = json!([]);
+                list["metadata"]
+                    .as_object_mut()
+                    .map(|m| m.remove("continue"));
+            }
             Ok(json_response(200, &list))
         }
         Verb::Watch => start_watch(shared, &req, record),
