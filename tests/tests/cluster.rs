@@ -2269,3 +2269,142 @@ async fn a_headless_service_stays_visible_as_only_the_callers_sidecar_routes_its
         assert_all_accepted(proxy).await;
     }
 }
+
+/// The HTTP connection managers of a sidecar's `virtualInbound` filter chains for
+/// destination port `port` (one per transport: mTLS and, under PERMISSIVE, plaintext).
+fn inbound_hcms(dump: &Dump, port: u16) -> Vec<Value> {
+    dump.listeners()
+        .into_iter()
+        .filter(|l| l["name"] == "virtualInbound")
+        .flat_map(|l| l["filter_chains"].as_array().into_iter().flatten())
+        .filter(|fc| fc["filter_chain_match"]["destination_port"] == json!(port))
+        .flat_map(|fc| fc["filters"].as_array().into_iter().flatten())
+        .filter(|f| f["name"] == "envoy.filters.network.http_connection_manager")
+        .map(|f| f["typed_config"].clone())
+        .collect()
+}
+
+/// Issue 15 item 1: what istiod gives the controller's own sidecar (the install's pod, its
+/// `proxy.istio.io/config`, the install's AuthorizationPolicy) on the gRPC edge port: an
+/// RBAC filter allowing only the gateway's principal, and an HTTP connection manager that
+/// replaces `x-forwarded-client-cert` with the verified peer's (`SANITIZE_SET`, URI
+/// included), so what `--edge-auth xfcc` reads is never a caller's own header. Then the
+/// controller, run as the Deployment says, takes a stream carrying what that sidecar writes
+/// for the gateway and refuses the rest (learning nothing from them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_sidecar_forwards_only_the_gateways_verified_identity() {
+    let _serial = SERIAL.lock().await;
+    let c = cluster().await;
+    let inst = installed(c).await;
+    let ctl = controller(c, inst).await.unwrap();
+    let pods = controller_pods(c).await.unwrap();
+    let (pod, ip) = pods[0].clone();
+    let pod_object = c.get("pod", Some(NAMESPACE), &pod).unwrap().unwrap();
+    let grpc_port: u16 = 18000;
+    let proxy = IstioProxy::start(
+        c,
+        ProxyPod {
+            namespace: NAMESPACE.into(),
+            name: pod.clone(),
+            service_account: "lazyxds".into(),
+            ip,
+            labels: labels_of(&pod_object),
+            mode: ProxyMode::Sidecar,
+            concurrency: 1,
+            proxy_config: json!({}),
+            mounts: vec![],
+        },
+    )
+    .await
+    .unwrap();
+    let gateway_principal = format!("spiffe://cluster.local/ns/{NAMESPACE}/sa/lazyxds-gateway");
+    let dump = wait_config(&proxy, "the controller's inbound gRPC chains", |d| {
+        let hcms = inbound_hcms(d, grpc_port);
+        if hcms.is_empty() {
+            bail!("no inbound HTTP chain for port {grpc_port}");
+        }
+        if !hcms
+            .iter()
+            .all(|h| h.to_string().contains("envoy.filters.http.rbac"))
+        {
+            bail!("an inbound chain for {grpc_port} without the RBAC filter");
+        }
+        Ok(())
+    })
+    .await;
+    let hcms = inbound_hcms(&dump, grpc_port);
+    for hcm in &hcms {
+        assert_eq!(
+            hcm["forward_client_cert_details"], "SANITIZE_SET",
+            "{hcm:#}"
+        );
+        let details = &hcm["set_current_client_cert_details"];
+        assert_eq!(details["uri"], true, "{details}");
+        let rbac = hcm["http_filters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == "envoy.filters.http.rbac")
+            .unwrap();
+        let text = rbac.to_string();
+        assert!(text.contains(&gateway_principal), "{rbac:#}");
+        // No other principal is allowed on this port.
+        assert!(
+            !text.contains("\"principals\":[{\"any\":true}]"),
+            "{rbac:#}"
+        );
+        lazyxds_e2e::note(format_args!(
+            "controller sidecar inbound :{grpc_port}: forward_client_cert_details={} \
+             set_current_client_cert_details={} rbac allows {gateway_principal}",
+            hcm["forward_client_cert_details"], details
+        ));
+    }
+    lazyxds_e2e::note(format_args!(
+        "controller sidecar: {} inbound HTTP chain(s) for :{grpc_port}",
+        hcms.len()
+    ));
+    assert_all_accepted(&proxy).await;
+
+    // The controller (`--edge-auth xfcc`, as rendered) against what reaches it.
+    let web = c.pod_ip();
+    let api = "api.lazyxds-system.svc.cluster.local";
+    let own = format!("spiffe://cluster.local/ns/{NAMESPACE}/sa/lazyxds");
+    let cases = [
+        (None, "missing"),
+        (
+            Some(format!(
+                "By=spiffe://cluster.local/ns/shop/sa/x;URI={gateway_principal}"
+            )),
+            "not_our_sidecar",
+        ),
+        (
+            Some(format!(
+                "By={own};URI={gateway_principal},By={own};Hash=0;Subject=\"\";\
+                 URI=spiffe://cluster.local/ns/shop/sa/cart"
+            )),
+            "wrong_identity",
+        ),
+    ];
+    for (xfcc, reason) in &cases {
+        let err = lazyxds::send_edges_as(
+            &ctl.grpc_addr(),
+            xfcc.as_deref(),
+            &[(web, &outbound(api, 80))],
+        )
+        .await
+        .unwrap_err();
+        let status = err
+            .downcast_ref::<tonic::Status>()
+            .map(|s| (s.code(), s.message().to_string()));
+        lazyxds_e2e::note(format_args!("refused ({reason}): {status:?}"));
+        assert!(status.is_some(), "{err:#}");
+    }
+    let metrics = ctl.http_get("/metrics").unwrap();
+    for (_, reason) in &cases {
+        let line = format!("lazyxds_grpc_streams_refused_by_auth_total{{reason=\"{reason}\"}} 1");
+        assert!(metrics.contains(&line), "{line} not in /metrics");
+    }
+    send_edges(&ctl.grpc_addr(), &[(web, &outbound(api, 80))])
+        .await
+        .unwrap();
+}
