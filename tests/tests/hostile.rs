@@ -772,7 +772,8 @@ async fn a_client_that_is_not_the_gateway_is_refused_and_nothing_is_learned() ->
     let channel = channel(lazyxds.grpc).await?;
     let ours = |uri: &str| format!("By={OWN_ID};Hash=0;Subject=\"\";URI={uri};DNS=x");
     let xfcc = |v: String| vec![("x-forwarded-client-cert", v)];
-    let cases: Vec<(&str, Vec<(&'static str, String)>, tonic::Code, &str)> = vec![
+    type Metadata = Vec<(&'static str, String)>;
+    let cases: Vec<(&str, Metadata, tonic::Code, &str)> = vec![
         ("no header", vec![], tonic::Code::Unauthenticated, "missing"),
         (
             "another proxy's element",
@@ -867,10 +868,10 @@ async fn a_wrong_token_is_refused_without_showing_it() -> Result<()> {
     .await?;
     let channel = channel(lazyxds.grpc).await?;
     let bearer = |t: &str| vec![("authorization", format!("Bearer {t}"))];
-    for (what, metadata, reason) in [
-        ("no token", vec![], "missing"),
-        ("a prefix of it", bearer(&token[..12]), "wrong_token"),
-        ("it and more", bearer(&format!("{token}0")), "wrong_token"),
+    for (what, metadata) in [
+        ("no token", vec![]),
+        ("a prefix of it", bearer(&token[..12])),
+        ("it and more", bearer(&format!("{token}0"))),
     ] {
         let status = try_report(&channel, &metadata).await.expect_err(what);
         figure(format_args!(
@@ -880,7 +881,6 @@ async fn a_wrong_token_is_refused_without_showing_it() -> Result<()> {
         ));
         assert_eq!(status.code(), tonic::Code::Unauthenticated, "{what}");
         assert!(!status.message().contains(&token[..8]), "{status:?}");
-        let _ = reason;
     }
     assert_eq!(
         refused_by_reason(&lazyxds).await?,
