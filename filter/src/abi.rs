@@ -234,9 +234,19 @@ pub fn increment_metric(id: u32, offset: i64) -> Result<(), Status> {
     status(unsafe { proxy_increment_metric(id, offset) })
 }
 
-/// Opens a gRPC stream on the Envoy cluster `cluster`; returns its token.
-pub fn open_grpc_stream(cluster: &str, service: &str, method: &str) -> Result<u32, Status> {
-    let metadata = serialize_pairs(&[]);
+/// Opens a gRPC stream on the Envoy cluster `cluster`, with an `authorization` header
+/// when given; returns its token.
+pub fn open_grpc_stream(
+    cluster: &str,
+    service: &str,
+    method: &str,
+    authorization: Option<&str>,
+) -> Result<u32, Status> {
+    let pairs: Vec<(&str, &[u8])> = authorization
+        .map(|value| ("authorization", value.as_bytes()))
+        .into_iter()
+        .collect();
+    let metadata = serialize_pairs(&pairs);
     let mut token = 0u32;
     status(unsafe {
         proxy_grpc_stream(

@@ -589,7 +589,13 @@ impl Root {
     fn pump(&mut self, reporter: &mut Reporter, now: u64) {
         if self.stream.is_none() && reporter.wants_stream(now) {
             let cluster = reporter.config().controller_cluster.clone();
-            match abi::open_grpc_stream(&cluster, EDGE_SINK_SERVICE, EDGE_SINK_METHOD) {
+            let authorization = reporter.config().controller_token.bearer();
+            match abi::open_grpc_stream(
+                &cluster,
+                EDGE_SINK_SERVICE,
+                EDGE_SINK_METHOD,
+                authorization.as_deref(),
+            ) {
                 Ok(token) => {
                     let hello = reporter.stream_opened();
                     self.stream = Some(token);

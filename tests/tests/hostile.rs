@@ -1099,3 +1099,106 @@ async fn the_gateway_reports_over_mtls_and_no_one_else_does() -> Result<()> {
     }
     Ok(())
 }
+
+/// `--edge-auth token` end to end: the real gateway Envoy and filter, its streams carrying
+/// the plugin's `controller_token` as `authorization: Bearer`. A gateway configured with
+/// another token is refused (`wrong_token`) and reports nothing; the right one's edges
+/// arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_reports_with_its_token_and_a_wrong_one_is_refused() -> Result<()> {
+    use lazyxds_e2e::gateway::{self, hosts, GatewayConfig, TEST_CONCURRENCY};
+    let dir = tempfile::tempdir()?;
+    let token = "gw-token-5d41402abc4b2a76b9719d91";
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, token)?;
+    let token_path = token_file.display().to_string();
+    let controller = lazyxds_e2e::Controller::start_with_args(&[
+        "--edge-auth",
+        "token",
+        "--edge-token-file",
+        &token_path,
+    ])
+    .await?;
+    let backends = gateway::start_backends().await?;
+    let gateway_with = |token: &str| -> Result<(String, u16)> {
+        let config = GatewayConfig {
+            listen_port: free_port()?,
+            admin_port: free_port()?,
+            controller_port: controller.grpc_port(),
+            wasm_path: Some(paths::wasm_path()?),
+            plugin_config: gateway::plugin_config(serde_json::json!({"controller_token": token})),
+            backend_ports: backends
+                .iter()
+                .map(|b| (b.name().to_string(), b.port()))
+                .collect(),
+        };
+        Ok((config.render()?, config.listen_port))
+    };
+    let source = std::net::Ipv4Addr::new(127, 0, 0, 2);
+    {
+        let (config, port) = gateway_with("not-the-token-0123456789")?;
+        let envoy = lazyxds_e2e::Envoy::start(&config, TEST_CONCURRENCY).await?;
+        let t = Instant::now();
+        loop {
+            let _ = client::request(source, port, hosts::DETAILS, "/").await;
+            let metrics = client::get(controller.http_port(), "/metrics").await?.body;
+            if metrics
+                .contains("lazyxds_grpc_streams_refused_by_auth_total{reason=\"wrong_token\"} ")
+                && !metrics.contains(
+                    "lazyxds_grpc_streams_refused_by_auth_total{reason=\"wrong_token\"} 0",
+                )
+            {
+                figure(format_args!(
+                    "token, a wrong one: refused after {:?}",
+                    t.elapsed()
+                ));
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(20) {
+                bail!(
+                    "no wrong_token refusal:\n{}\n{}",
+                    controller.log(),
+                    envoy.log_tail(20)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(controller.counters().await?.get("edges_received"), Some(&0));
+        assert!(
+            !envoy.log().contains(token),
+            "the right token in the wrong gateway's log?"
+        );
+    }
+    let (config, port) = gateway_with(token)?;
+    let envoy = lazyxds_e2e::Envoy::start(&config, TEST_CONCURRENCY).await?;
+    let t = Instant::now();
+    loop {
+        let r = client::request(source, port, hosts::DETAILS, "/").await?;
+        assert_eq!(r.status, 200, "{}", r.body);
+        if controller
+            .edges()
+            .await?
+            .iter()
+            .any(|e| e.cluster.contains(hosts::DETAILS))
+        {
+            figure(format_args!(
+                "token, the gateway's: edge learned after {:?}",
+                t.elapsed()
+            ));
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(20) {
+            bail!(
+                "no edge with the token:\n{}\n{}",
+                controller.log(),
+                envoy.log_tail(30)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !controller.log().contains(token),
+        "the token is in the controller's log"
+    );
+    Ok(())
+}

@@ -35,8 +35,7 @@ use super::xfcc;
 /// The header Envoy writes the caller's certificate details into.
 pub const XFCC_HEADER: &str = "x-forwarded-client-cert";
 
-/// Tokens shorter than this are refused at start: they could be guessed.
-pub const MIN_TOKEN_BYTES: usize = 16;
+use lazyxds_proto::limits::{is_token, MAX_TOKEN_BYTES, MIN_TOKEN_BYTES};
 
 /// How edge streams are authenticated (`--edge-auth`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -201,10 +200,10 @@ impl EdgeAuth {
                 token.len()
             ));
         }
-        if token.iter().any(|b| !b.is_ascii_graphic()) {
+        if !is_token(token) {
             return Err(format!(
-                "--edge-token-file {}: the token must be printable ASCII without spaces \
-                 (it travels as a header value)",
+                "--edge-token-file {}: the token must be at most {MAX_TOKEN_BYTES} bytes of \
+                 printable ASCII without spaces (it travels as a header value)",
                 path.display()
             ));
         }
