@@ -453,7 +453,9 @@ async fn a_connection_flood_is_held_at_the_cap_then_timed_out() -> Result<()> {
 /// listener backs off (CPU stays low) and says so; once they are gone, gateways get in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_file_descriptors_backs_off_instead_of_spinning() -> Result<()> {
-    let lazyxds = Lazyxds::start(&[], Some(200)).await?;
+    // The HTTP server's own cap (64) would keep its connections from taking every
+    // descriptor: raised here, so the HTTP connections exhaust them.
+    let lazyxds = Lazyxds::start(&["--max-http-connections", "1000"], Some(200)).await?;
     let log = lazyxds.proc.log();
     assert!(
         log.contains("--max-connections 512 lowered to what the open-files limit leaves"),
@@ -1200,5 +1202,73 @@ async fn the_gateway_reports_with_its_token_and_a_wrong_one_is_refused() -> Resu
         !controller.log().contains(token),
         "the token is in the controller's log"
     );
+    Ok(())
+}
+
+/// The HTTP port is bounded like the gRPC one: past `--max-http-connections` a connection
+/// is closed at once (counted), `/healthz` answers once they go; a connection that sends
+/// no request head is closed by the header read timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_port_holds_at_most_its_cap() -> Result<()> {
+    use tokio::io::AsyncReadExt;
+    let lazyxds = Lazyxds::start(&["--max-http-connections", "8"], None).await?;
+    let http = SocketAddr::from(([127, 0, 0, 1], lazyxds.http));
+    // 12 silent connections: 8 held (7 if the readiness probe's is still open), the rest
+    // closed at once (EOF or reset, without a byte).
+    let mut conns = Vec::new();
+    for _ in 0..12 {
+        conns.push(TcpStream::connect(http).await?);
+    }
+    let mut open = 0;
+    let mut buf = [0u8; 16];
+    for conn in &mut conns {
+        match tokio::time::timeout(Duration::from_millis(500), conn.read(&mut buf)).await {
+            Err(_) => open += 1,
+            Ok(Ok(0)) | Ok(Err(_)) => {}
+            Ok(Ok(n)) => bail!("a silent connection got {n} bytes"),
+        }
+    }
+    assert!((7..=8).contains(&open), "{open} of 12 held with a cap of 8");
+    figure(format_args!(
+        "HTTP: {open} of 12 silent connections held at --max-http-connections 8"
+    ));
+    let held = conns;
+    let metrics_after = |lazyxds: &Lazyxds| {
+        let port = lazyxds.http;
+        async move { client::get(port, "/metrics").await.map(|r| r.body) }
+    };
+    drop(held);
+    let t = Instant::now();
+    let metrics = loop {
+        if let Ok(m) = metrics_after(&lazyxds).await {
+            break m;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "/metrics never answered again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Also /metrics requests made while the held ones were still closing.
+    let refused: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("lazyxds_http_connections_refused_at_cap_total "))
+        .and_then(|n| n.trim().parse().ok())
+        .context("no lazyxds_http_connections_refused_at_cap_total")?;
+    assert!(
+        refused >= 12 - open,
+        "{refused} refused, want at least {}",
+        12 - open
+    );
+    // A silent connection is closed after the header read timeout (10 s).
+    let mut silent = TcpStream::connect(http).await?;
+    let t = Instant::now();
+    let read = tokio::time::timeout(Duration::from_secs(20), silent.read(&mut buf)).await??;
+    assert_eq!(read, 0);
+    figure(format_args!(
+        "HTTP: a silent connection closed after {:?}",
+        t.elapsed()
+    ));
+    assert!(t.elapsed() >= Duration::from_secs(9), "{:?}", t.elapsed());
     Ok(())
 }
