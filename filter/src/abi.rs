@@ -234,10 +234,10 @@ pub fn increment_metric(id: u32, offset: i64) -> Result<(), Status> {
     status(unsafe { proxy_increment_metric(id, offset) })
 }
 
-/// Opens a gRPC stream on the Envoy cluster `cluster`, with an `authorization` header
-/// when given; returns its token.
+/// Opens a gRPC stream on `grpc_service` (a serialized `GrpcService`, or a cluster name),
+/// with an `authorization` header when given; returns its token.
 pub fn open_grpc_stream(
-    cluster: &str,
+    grpc_service: &[u8],
     service: &str,
     method: &str,
     authorization: Option<&str>,
@@ -250,8 +250,8 @@ pub fn open_grpc_stream(
     let mut token = 0u32;
     status(unsafe {
         proxy_grpc_stream(
-            cluster.as_ptr(),
-            cluster.len(),
+            grpc_service.as_ptr(),
+            grpc_service.len(),
             service.as_ptr(),
             service.len(),
             method.as_ptr(),

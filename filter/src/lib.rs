@@ -590,8 +590,9 @@ impl Root {
         if self.stream.is_none() && reporter.wants_stream(now) {
             let cluster = reporter.config().controller_cluster.clone();
             let authorization = reporter.config().controller_token.bearer();
+            let service = lazyxds_filter_core::grpc_service::grpc_service(&cluster);
             match abi::open_grpc_stream(
-                &cluster,
+                &service,
                 EDGE_SINK_SERVICE,
                 EDGE_SINK_METHOD,
                 authorization.as_deref(),

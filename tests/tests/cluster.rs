@@ -2284,6 +2284,14 @@ fn inbound_hcms(dump: &Dump, port: u16) -> Vec<Value> {
         .collect()
 }
 
+/// Whether an HTTP connection manager runs Envoy's RBAC filter (the name also appears in
+/// its tracing tags, so only `http_filters` counts).
+fn has_rbac_filter(hcm: &Value) -> bool {
+    hcm["http_filters"]
+        .as_array()
+        .is_some_and(|fs| fs.iter().any(|f| f["name"] == "envoy.filters.http.rbac"))
+}
+
 /// Issue 15 item 1: what istiod gives the controller's own sidecar (the install's pod, its
 /// `proxy.istio.io/config`, the install's AuthorizationPolicy) on the gRPC edge port: an
 /// RBAC filter allowing only the gateway's principal, and an HTTP connection manager that
@@ -2323,10 +2331,7 @@ async fn the_controller_sidecar_forwards_only_the_gateways_verified_identity() {
         if hcms.is_empty() {
             bail!("no inbound HTTP chain for port {grpc_port}");
         }
-        if !hcms
-            .iter()
-            .all(|h| h.to_string().contains("envoy.filters.http.rbac"))
-        {
+        if !hcms.iter().all(|h| has_rbac_filter(h)) {
             bail!("an inbound chain for {grpc_port} without the RBAC filter");
         }
         Ok(())
@@ -2407,4 +2412,340 @@ async fn the_controller_sidecar_forwards_only_the_gateways_verified_identity() {
     send_edges(&ctl.grpc_addr(), &[(web, &outbound(api, 80))])
         .await
         .unwrap();
+}
+
+/// A client certificate and key (PEM files) for `spiffe_id`, signed with istiod's CA
+/// (its self-signed `istio-ca-secret`), as a workload's sidecar would hold.
+fn mesh_client_cert(
+    c: &Cluster,
+    spiffe_id: &str,
+) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let secret = c
+        .get("secret", Some("istio-system"), "istio-ca-secret")?
+        .context("no istio-ca-secret")?;
+    let dir = c.dir().join("mesh-client");
+    std::fs::create_dir_all(&dir)?;
+    for (key, file) in [("ca-cert.pem", "ca.pem"), ("ca-key.pem", "ca-key.pem")] {
+        let b64 = secret["data"][key].as_str().context("CA secret field")?;
+        std::fs::write(dir.join(format!("{file}.b64")), b64)?;
+    }
+    std::fs::write(
+        dir.join("ext.cnf"),
+        format!(
+            "subjectAltName=URI:{spiffe_id}\nextendedKeyUsage=clientAuth,serverAuth\n\
+             keyUsage=digitalSignature,keyEncipherment\n"
+        ),
+    )?;
+    let run = |args: &[&str]| -> Result<()> {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(&dir)
+            .output()?;
+        if !out.status.success() {
+            bail!("openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    };
+    for file in ["ca.pem", "ca-key.pem"] {
+        run(&[
+            "base64",
+            "-d",
+            "-A",
+            "-in",
+            &format!("{file}.b64"),
+            "-out",
+            file,
+        ])?;
+    }
+    run(&[
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        "key.pem",
+        "-subj",
+        "/O=cluster.local",
+        "-out",
+        "req.csr",
+    ])?;
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "req.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca-key.pem",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "cert.pem",
+    ])?;
+    Ok((dir.join("cert.pem"), dir.join("key.pem")))
+}
+
+/// Traffic to `ip:port` (but the sidecar's own, from 127.0.0.6) redirected to the
+/// sidecar's inbound listener, as Istio's init container captures a pod's inbound traffic
+/// (`iptables -t nat … REDIRECT --to-ports 15006`); removed when dropped.
+struct InboundCapture(Vec<String>);
+
+impl InboundCapture {
+    fn new(ip: Ipv4Addr, port: u16) -> Result<InboundCapture> {
+        let rule: Vec<String> = [
+            "OUTPUT",
+            "-p",
+            "tcp",
+            "-d",
+            &ip.to_string(),
+            "--dport",
+            &port.to_string(),
+            "!",
+            "-s",
+            "127.0.0.6",
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            "15006",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let status = std::process::Command::new("iptables")
+            .args(["-t", "nat", "-A"])
+            .args(&rule)
+            .status()?;
+        if !status.success() {
+            bail!("iptables -t nat -A {rule:?}: {status}");
+        }
+        Ok(InboundCapture(rule))
+    }
+}
+
+impl Drop for InboundCapture {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("iptables")
+            .args(["-t", "nat", "-D"])
+            .args(&self.0)
+            .status();
+    }
+}
+
+/// Issue 15 item 1, the whole path: the real lazy gateway (Envoy under pilot-agent, the
+/// filter, istiod's cluster for the controller Service with auto mTLS) streams to the
+/// controller through the controller's real sidecar (inbound traffic captured as Istio's
+/// init container does): the sidecar's RBAC lets the gateway through, its
+/// `x-forwarded-client-cert` names it, and the controller takes the stream. A plaintext
+/// caller forging that header is stopped by the sidecar's RBAC; with the
+/// AuthorizationPolicy deleted, the sidecar strips the forged header (`SANITIZE_SET`) and
+/// the controller refuses it itself: a missing policy fails closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_gateway_streams_through_the_controller_sidecar_and_a_forger_does_not() {
+    let _serial = SERIAL.lock().await;
+    let c = cluster().await;
+    let inst = installed(c).await;
+    let ctl = controller(c, inst).await.unwrap();
+    let (pod, ip) = controller_pods(c).await.unwrap()[0].clone();
+    // What injection would label the pod with: the mesh then sends it mTLS (auto mTLS).
+    // Taken off again at the end: the pod is shared, and has no sidecar in other tests.
+    struct Unlabel<'a>(&'a Cluster, String);
+    impl Drop for Unlabel<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kubectl(
+                &[
+                    "-n",
+                    NAMESPACE,
+                    "label",
+                    "pod",
+                    &self.1,
+                    "security.istio.io/tlsMode-",
+                ],
+                None,
+            );
+        }
+    }
+    let _unlabel = Unlabel(c, pod.clone());
+    c.kubectl(
+        &[
+            "-n",
+            NAMESPACE,
+            "label",
+            "pod",
+            &pod,
+            "security.istio.io/tlsMode=istio",
+            "--overwrite",
+        ],
+        None,
+    )
+    .unwrap();
+    let pod_object = c.get("pod", Some(NAMESPACE), &pod).unwrap().unwrap();
+    let sidecar = IstioProxy::start(
+        c,
+        ProxyPod {
+            namespace: NAMESPACE.into(),
+            name: pod.clone(),
+            service_account: "lazyxds".into(),
+            ip,
+            labels: labels_of(&pod_object),
+            mode: ProxyMode::Sidecar,
+            concurrency: 1,
+            // Every stat, for the failure message (Istio keeps few by default).
+            proxy_config: json!({"proxyStatsMatcher": {"inclusionRegexps": [".*"]}}),
+            mounts: vec![],
+        },
+    )
+    .await
+    .unwrap();
+    let grpc_port = 18000;
+    wait_config(
+        &sidecar,
+        "the controller's inbound gRPC chains",
+        |d| match inbound_hcms(d, grpc_port).len() {
+            0 => bail!("no inbound HTTP chain for {grpc_port}"),
+            _ => Ok(()),
+        },
+    )
+    .await;
+    let _capture = InboundCapture::new(ip, grpc_port).unwrap();
+
+    // The gateway's filter opens its stream on its first request: one over mTLS with a
+    // mesh certificate (signed here with istiod's own CA, `istio-ca-secret`).
+    let gateway = lazy_gateway(
+        c,
+        json!({"proxyStatsMatcher": {"inclusionRegexps": [".*"]}}),
+    )
+    .await;
+    let (cert, key) = mesh_client_cert(c, "spiffe://cluster.local/ns/default/sa/client").unwrap();
+    let gateway_id = format!("spiffe://cluster.local/ns/{NAMESPACE}/sa/lazyxds-gateway");
+    let t = Instant::now();
+    let opened = loop {
+        let _ = std::process::Command::new("curl")
+            .args(["-sk", "--max-time", "2", "-o", "/dev/null", "--cert"])
+            .arg(&cert)
+            .arg("--key")
+            .arg(&key)
+            .args(["--resolve", "gw:8080:127.0.0.1", "https://gw:8080/"])
+            .args(["-H", "Host: api.lazyxds-system.svc.cluster.local"])
+            .status();
+        let log = ctl.log();
+        if let Some(line) = log
+            .lines()
+            .find(|l| l.contains("gateway stream opened") && l.contains(&gateway_id))
+        {
+            break line.to_string();
+        }
+        if t.elapsed() > Duration::from_secs(60) {
+            let admin = |port: u16, path: &'static str, grep: &'static str| async move {
+                match lazyxds_e2e::client::get(port, path).await {
+                    Ok(r) => r
+                        .body
+                        .lines()
+                        .filter(|l| l.contains(grep) && !l.ends_with(": 0"))
+                        .take(400)
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                    Err(e) => format!("{e:#}"),
+                }
+            };
+            let curl = std::process::Command::new("curl")
+                .args(["-skv", "--max-time", "2", "-o", "/dev/null", "--cert"])
+                .arg(&cert)
+                .arg("--key")
+                .arg(&key)
+                .args(["--resolve", "gw:8080:127.0.0.1", "https://gw:8080/"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stderr).into_owned());
+            panic!(
+                "no gateway stream through the sidecar:\n{}\ncurl: {curl:?}\ngateway stats:\n{}\ngateway clusters:\n{}\nsidecar stats:\n{}",
+                lazyxds_e2e::process::tail(&log, 10),
+                admin(gateway.admin_port(), "/stats", "lazyxds.lazyxds-system").await,
+                admin(gateway.admin_port(), "/clusters", "18000||lazyxds.").await,
+                admin(sidecar.admin_port(), "/stats", "").await,
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    lazyxds_e2e::note(format_args!(
+        "through the controller's sidecar in {:?}: {opened}",
+        t.elapsed()
+    ));
+    let rbac = sidecar.stats("rbac").await.unwrap();
+    lazyxds_e2e::note(format_args!("controller sidecar RBAC stats: {rbac:?}"));
+    assert!(
+        rbac.iter()
+            .any(|(k, v)| k.ends_with("rbac.allowed") && *v > 0),
+        "{rbac:?}"
+    );
+    let metrics = ctl.http_get("/metrics").unwrap();
+    assert!(
+        !metrics.lines().any(
+            |l| l.starts_with("lazyxds_grpc_streams_refused_by_auth_total{") && !l.ends_with(" 0")
+        ),
+        "a refusal while only the gateway called"
+    );
+
+    // A plaintext caller forging the header the sidecar would write: the sidecar's RBAC
+    // (a principal needs mTLS) stops it.
+    let web = c.pod_ip();
+    let edge = [(web, &*outbound("api.lazyxds-system.svc.cluster.local", 80))];
+    let forged = lazyxds::gateway_xfcc();
+    let err = lazyxds::send_edges_as(&ctl.grpc_addr(), Some(&forged), &edge)
+        .await
+        .unwrap_err();
+    lazyxds_e2e::note(format_args!("plaintext forger, policy in place: {err:#}"));
+    assert!(format!("{err:#}").contains("RBAC"), "{err:#}");
+
+    // The AuthorizationPolicy deleted: the forger reaches the controller, without its
+    // header (SANITIZE_SET on a plaintext connection), and is refused there.
+    let policy = inst
+        .object("AuthorizationPolicy", "lazyxds")
+        .unwrap()
+        .clone();
+    struct Restore<'a>(&'a Cluster, Value);
+    impl Drop for Restore<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.apply_json(std::slice::from_ref(&self.1));
+        }
+    }
+    let _restore = Restore(c, policy);
+    c.kubectl(
+        &["-n", NAMESPACE, "delete", "authorizationpolicy", "lazyxds"],
+        None,
+    )
+    .unwrap();
+    wait_config(
+        &sidecar,
+        "no RBAC on the controller's inbound chains",
+        |d| {
+            let hcms = inbound_hcms(d, grpc_port);
+            match hcms.iter().any(|h| has_rbac_filter(h)) {
+                true => bail!("the RBAC filter is still there"),
+                false => Ok(()),
+            }
+        },
+    )
+    .await;
+    let err = lazyxds::send_edges_as(&ctl.grpc_addr(), Some(&forged), &edge)
+        .await
+        .unwrap_err();
+    lazyxds_e2e::note(format_args!("plaintext forger, policy deleted: {err:#}"));
+    let status = err.downcast_ref::<tonic::Status>().cloned();
+    assert_eq!(
+        status.as_ref().map(tonic::Status::code),
+        Some(tonic::Code::Unauthenticated),
+        "{err:#}"
+    );
+    let metrics = ctl.http_get("/metrics").unwrap();
+    assert!(
+        metrics.contains("lazyxds_grpc_streams_refused_by_auth_total{reason=\"missing\"} 1"),
+        "{metrics}"
+    );
+    assert_all_accepted(&sidecar).await;
 }

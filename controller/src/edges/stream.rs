@@ -196,10 +196,10 @@ impl<S: EdgeSink + ?Sized> EdgeSinkService<S> {
         request: &Request<Streaming<GatewayMessage>>,
         conn: Option<&ConnInfo>,
         peer: Option<SocketAddr>,
-    ) -> Result<(), Status> {
+    ) -> Result<String, Status> {
         let uris = conn.and_then(|c| c.client_cert_uris.as_deref());
         match self.auth.check(request.metadata(), uris) {
-            Ok(_) => Ok(()),
+            Ok(caller) => Ok(caller),
             Err(refusal) => {
                 self.counters.auth_refused(refusal.reason_index());
                 if let Some(unlogged) = self.logs.auth.hit() {
@@ -276,7 +276,7 @@ impl<S: EdgeSink + ?Sized> EdgeSinkRpc for EdgeSinkService<S> {
             .map(|c| c.peer)
             .or_else(|| request.remote_addr());
         // Before anything else: a stranger gets no stream slot and no namespace table.
-        self.authenticate(&request, conn.as_ref(), peer)?;
+        let caller = self.authenticate(&request, conn.as_ref(), peer)?;
         let Ok(permit) = self.streams.clone().try_acquire_owned() else {
             self.counters.streams_refused_at_cap.fetch_add(1, Relaxed);
             let max = self.config.conn.max_streams;
@@ -314,6 +314,7 @@ impl<S: EdgeSink + ?Sized> EdgeSinkRpc for EdgeSinkService<S> {
             shutdown: self.shutdown.clone(),
             decoder: Decoder::new(self.config.limits),
             peer,
+            caller,
             conn,
             hello_timeout: self.config.conn.handshake_timeout,
             logs: self.logs.clone(),
@@ -385,6 +386,8 @@ struct StreamTask<S: ?Sized> {
     shutdown: Shutdown,
     decoder: Decoder,
     peer: Option<SocketAddr>,
+    /// Who `--edge-auth` found the caller to be.
+    caller: String,
     /// The connection it came on (absent when served without [`crate::edges::listen`]).
     conn: Option<ConnInfo>,
     hello_timeout: Duration,
@@ -553,7 +556,7 @@ impl<S: EdgeSink + ?Sized> StreamTask<S> {
         };
         tracing::info!(
             gateway = %gateway.gateway_id, worker = %gateway.worker, resync = gateway.resync,
-            peer = ?self.peer, "gateway stream opened"
+            peer = ?self.peer, caller = %self.caller, "gateway stream opened"
         );
         self.sink.hello(&gateway);
         self.gateway = Some(gateway);
