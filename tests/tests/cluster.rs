@@ -2331,7 +2331,7 @@ async fn the_controller_sidecar_forwards_only_the_gateways_verified_identity() {
         if hcms.is_empty() {
             bail!("no inbound HTTP chain for port {grpc_port}");
         }
-        if !hcms.iter().all(|h| has_rbac_filter(h)) {
+        if !hcms.iter().all(has_rbac_filter) {
             bail!("an inbound chain for {grpc_port} without the RBAC filter");
         }
         Ok(())
@@ -2725,7 +2725,7 @@ async fn the_real_gateway_streams_through_the_controller_sidecar_and_a_forger_do
         "no RBAC on the controller's inbound chains",
         |d| {
             let hcms = inbound_hcms(d, grpc_port);
-            match hcms.iter().any(|h| has_rbac_filter(h)) {
+            match hcms.iter().any(has_rbac_filter) {
                 true => bail!("the RBAC filter is still there"),
                 false => Ok(()),
             }
