@@ -156,7 +156,9 @@ impl ScopingArgs {
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// Address of the gRPC edge service (lazyxds.v1.EdgeSink) gateways stream edges to.
-    #[arg(long, env = "LAZYXDS_GRPC_ADDR", default_value = "0.0.0.0:18000")]
+    /// Loopback by default: any other address needs --edge-auth (the install sets
+    /// 0.0.0.0:18000 with xfcc).
+    #[arg(long, env = "LAZYXDS_GRPC_ADDR", default_value = "127.0.0.1:18000")]
     pub grpc_addr: SocketAddr,
 
     /// Address of the HTTP server: /healthz, /readyz, /metrics, /debug/*.
