@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use prometheus_client::registry::Registry;
 
+use crate::edges::auth::Refusal;
 use crate::error::BatchError;
 use crate::metrics::{register_counters, register_fields, MetricsSource};
 
@@ -48,6 +49,12 @@ pub struct Counters {
     pub hellos_timed_out: AtomicU64,
     /// Stream tasks that panicked (a bug): the gateway got INTERNAL.
     pub stream_panics: AtomicU64,
+    /// Streams (and TLS handshakes) refused by `--edge-auth`.
+    pub auth_refused: AtomicU64,
+    /// HTTP connections closed at once: `--max-http-connections` were open.
+    pub http_connections_refused_at_cap: AtomicU64,
+    /// By [`Refusal::reason_index`] (and [`Refusal::TLS_HANDSHAKE`]).
+    pub auth_refused_by_reason: [AtomicU64; Refusal::REASONS.len()],
 }
 
 /// A point-in-time copy of [`Counters`]; this is the `counters` object of
@@ -73,6 +80,7 @@ pub struct CountersSnapshot {
     pub streams_refused_at_cap: u64,
     pub hellos_timed_out: u64,
     pub stream_panics: u64,
+    pub auth_refused: u64,
 }
 
 impl Counters {
@@ -104,7 +112,25 @@ impl Counters {
             streams_refused_at_cap: self.streams_refused_at_cap.load(Relaxed),
             hellos_timed_out: self.hellos_timed_out.load(Relaxed),
             stream_panics: self.stream_panics.load(Relaxed),
+            auth_refused: self.auth_refused.load(Relaxed),
         }
+    }
+
+    /// A stream or TLS handshake refused by `--edge-auth`, by [`Refusal::REASONS`] index.
+    pub fn auth_refused(&self, reason_index: usize) {
+        self.auth_refused.fetch_add(1, Relaxed);
+        if let Some(n) = self.auth_refused_by_reason.get(reason_index) {
+            n.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Refused streams per reason label, in [`Refusal::REASONS`] order.
+    pub fn auth_refused_by_reason(&self) -> Vec<(&'static str, u64)> {
+        Refusal::REASONS
+            .iter()
+            .zip(&self.auth_refused_by_reason)
+            .map(|(reason, n)| (*reason, n.load(Relaxed)))
+            .collect()
     }
 
     /// Rejected batches per reason label, in [`BatchError::REASONS`] order.
@@ -131,6 +157,21 @@ impl MetricsSource for Counters {
             "grpc_batches_rejected_by_reason",
             "edge batches refused, by reason",
             self.rejected_by_reason()
+                .into_iter()
+                .map(|(reason, n)| (vec![("reason".to_string(), reason.to_string())], n)),
+        );
+        registry.register(
+            "http_connections_refused_at_cap",
+            "HTTP connections closed at once: --max-http-connections were open",
+            prometheus_client::metrics::counter::ConstCounter::new(
+                self.http_connections_refused_at_cap.load(Relaxed),
+            ),
+        );
+        register_counters(
+            registry,
+            "grpc_streams_refused_by_auth",
+            "edge streams (and TLS handshakes) refused by --edge-auth, by reason",
+            self.auth_refused_by_reason()
                 .into_iter()
                 .map(|(reason, n)| (vec![("reason".to_string(), reason.to_string())], n)),
         );

@@ -20,7 +20,7 @@
     )
 )]
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -32,11 +32,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::counters::Counters;
+use crate::edges::auth::{EdgeAuth, EdgeAuthMode};
 use crate::edges::listen::{self, ConnLimits};
 use crate::edges::stream::{EdgeSinkService, GrpcConfig, Shutdown};
+use crate::edges::tls::TlsFiles;
 use crate::edges::{Limits, DEFAULT_MAX_BATCH_EDGES, DEFAULT_MAX_STREAM_NAMES};
 use crate::filemode::{self, FileTarget};
-use crate::http::{DepsView, EdgeView, PlanView, Sources};
+use crate::http::{DebugAccess, DepsView, EdgeView, HttpLimits, PlanView, Sources};
 use crate::kube::leader;
 use crate::kube::writer::{self, WriterConfig};
 use crate::learn::Learner;
@@ -161,12 +163,68 @@ impl ScopingArgs {
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// Address of the gRPC edge service (lazyxds.v1.EdgeSink) gateways stream edges to.
-    #[arg(long, env = "LAZYXDS_GRPC_ADDR", default_value = "0.0.0.0:18000")]
+    /// Loopback by default: any other address needs --edge-auth (the install sets
+    /// 0.0.0.0:18000 with xfcc).
+    #[arg(long, env = "LAZYXDS_GRPC_ADDR", default_value = "127.0.0.1:18000")]
     pub grpc_addr: SocketAddr,
 
-    /// Address of the HTTP server: /healthz, /readyz, /debug/edges, /debug/rejections.
+    /// Address of the HTTP server: /healthz, /readyz, /metrics, /debug/*.
     #[arg(long, env = "LAZYXDS_HTTP_ADDR", default_value = "0.0.0.0:18080")]
     pub http_addr: SocketAddr,
+
+    /// Who may open edge streams (only the gateway): `xfcc` behind the controller's own
+    /// Istio sidecar (what the install runs: the x-forwarded-client-cert element the
+    /// sidecar appends must say By=--own-identity and URI=--gateway-identity); `mtls`
+    /// (TLS, a client certificate from --edge-client-ca with the URI SAN
+    /// --gateway-identity) or `token` (authorization: Bearer, --edge-token-file) outside a
+    /// mesh; `none` only with a loopback --grpc-addr.
+    #[arg(long, env = "LAZYXDS_EDGE_AUTH", value_enum, default_value = "none")]
+    pub edge_auth: EdgeAuthMode,
+
+    /// The gateway's SPIFFE id (`spiffe://<trust domain>/ns/<ns>/sa/<service account>`),
+    /// the only caller accepted with --edge-auth xfcc or mtls.
+    #[arg(long, env = "LAZYXDS_GATEWAY_IDENTITY", value_parser = parse_spiffe_id)]
+    pub gateway_identity: Option<String>,
+
+    /// --edge-auth xfcc: this controller's own SPIFFE id, which its sidecar writes as
+    /// By= (an element with any other By= did not come from our sidecar).
+    #[arg(long, env = "LAZYXDS_OWN_IDENTITY", value_parser = parse_spiffe_id)]
+    pub own_identity: Option<String>,
+
+    /// --edge-auth mtls: the server certificate chain (PEM).
+    #[arg(long, env = "LAZYXDS_EDGE_TLS_CERT")]
+    pub edge_tls_cert: Option<PathBuf>,
+
+    /// --edge-auth mtls: the server's private key (PEM).
+    #[arg(long, env = "LAZYXDS_EDGE_TLS_KEY")]
+    pub edge_tls_key: Option<PathBuf>,
+
+    /// --edge-auth mtls: the CA(s) client certificates must chain to (PEM).
+    #[arg(long, env = "LAZYXDS_EDGE_CLIENT_CA")]
+    pub edge_client_ca: Option<PathBuf>,
+
+    /// --edge-auth token: a file holding the token (at least 16 printable bytes; trailing
+    /// whitespace ignored). The gateway sends it as `authorization: Bearer <token>`.
+    #[arg(long, env = "LAZYXDS_EDGE_TOKEN_FILE")]
+    pub edge_token_file: Option<PathBuf>,
+
+    /// Who may read /debug/* (every pod IP, learned deps, the plan): `localhost` (peers
+    /// 127.0.0.1 and ::1 only, e.g. kubectl port-forward; not a sidecar's 127.0.0.6),
+    /// `open`, or `off`. /healthz, /readyz and /metrics always answer.
+    #[arg(
+        long,
+        env = "LAZYXDS_DEBUG_ENDPOINTS",
+        value_enum,
+        default_value = "localhost"
+    )]
+    pub debug_endpoints: DebugAccess,
+
+    /// Most HTTP connections open at once; more are closed as they arrive (counted in
+    /// lazyxds_http_connections_refused_at_cap, logged).
+    #[arg(long, env = "LAZYXDS_MAX_HTTP_CONNECTIONS",
+          default_value_t = crate::http::DEFAULT_MAX_HTTP_CONNECTIONS as u32,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_http_connections: u32,
 
     /// Most edges in one batch; a bigger batch is refused and its stream ended. Never
     /// below what the filter may send (10,000), so no valid gateway is refused.
@@ -344,7 +402,118 @@ pub struct Views {
     pub ready: Option<Arc<dyn ReadyView>>,
 }
 
+/// A SPIFFE id as Istio issues them: `spiffe://<trust domain>/ns/<ns>/sa/<sa>`.
+fn parse_spiffe_id(value: &str) -> Result<String, String> {
+    if lazyxds_proto::identity::parse_spiffe(value).is_some() {
+        Ok(value.to_string())
+    } else {
+        Err(format!(
+            "{value:?} is not an Istio SPIFFE id (spiffe://<trust domain>/ns/<namespace>/sa/<service account>)"
+        ))
+    }
+}
+
+/// The edge check and, for `mtls`, the listener's TLS configuration.
+pub type EdgeAuthSetup = (EdgeAuth, Option<Arc<tokio_rustls::rustls::ServerConfig>>);
+
 impl RunArgs {
+    /// `--edge-auth` and the flags it needs: each mode's own present, the others' absent,
+    /// `none` only on loopback. Reads the token and TLS files (so a bad file fails the
+    /// start, naming the flag).
+    pub fn edge_auth(&self) -> Result<EdgeAuthSetup> {
+        let mode = self.edge_auth;
+        let given: [(&str, bool, &[EdgeAuthMode]); 6] = [
+            (
+                "--gateway-identity",
+                self.gateway_identity.is_some(),
+                &[EdgeAuthMode::Xfcc, EdgeAuthMode::Mtls],
+            ),
+            (
+                "--own-identity",
+                self.own_identity.is_some(),
+                &[EdgeAuthMode::Xfcc],
+            ),
+            (
+                "--edge-tls-cert",
+                self.edge_tls_cert.is_some(),
+                &[EdgeAuthMode::Mtls],
+            ),
+            (
+                "--edge-tls-key",
+                self.edge_tls_key.is_some(),
+                &[EdgeAuthMode::Mtls],
+            ),
+            (
+                "--edge-client-ca",
+                self.edge_client_ca.is_some(),
+                &[EdgeAuthMode::Mtls],
+            ),
+            (
+                "--edge-token-file",
+                self.edge_token_file.is_some(),
+                &[EdgeAuthMode::Token],
+            ),
+        ];
+        for (flag, set, modes) in given {
+            if set && !modes.contains(&mode) {
+                anyhow::bail!(
+                    "{flag} does not apply to --edge-auth {} (only to {})",
+                    mode.name(),
+                    modes
+                        .iter()
+                        .map(|m| m.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            if !set && modes.contains(&mode) {
+                anyhow::bail!("--edge-auth {} needs {flag}", mode.name());
+            }
+        }
+        let gateway = self.gateway_identity.clone().unwrap_or_default();
+        Ok(match mode {
+            EdgeAuthMode::None => {
+                if !self.grpc_addr.ip().is_loopback() {
+                    anyhow::bail!(
+                        "--edge-auth none (the default) lets anyone who reaches --grpc-addr {} \
+                         rewrite every Sidecar: listen on a loopback address, or authenticate \
+                         the gateway with --edge-auth xfcc (behind the controller's Istio \
+                         sidecar), mtls or token",
+                        self.grpc_addr
+                    );
+                }
+                (EdgeAuth::None, None)
+            }
+            EdgeAuthMode::Xfcc => (
+                EdgeAuth::Xfcc {
+                    own: self.own_identity.clone().unwrap_or_default(),
+                    gateway,
+                },
+                None,
+            ),
+            EdgeAuthMode::Token => {
+                let path = self
+                    .edge_token_file
+                    .as_deref()
+                    .unwrap_or(std::path::Path::new(""));
+                (
+                    EdgeAuth::token_from_file(path).map_err(anyhow::Error::msg)?,
+                    None,
+                )
+            }
+            EdgeAuthMode::Mtls => {
+                let empty = std::path::Path::new("");
+                let files = TlsFiles {
+                    cert: self.edge_tls_cert.as_deref().unwrap_or(empty),
+                    key: self.edge_tls_key.as_deref().unwrap_or(empty),
+                    client_ca: self.edge_client_ca.as_deref().unwrap_or(empty),
+                };
+                let tls = crate::edges::tls::server_config(files).map_err(anyhow::Error::msg)?;
+                (EdgeAuth::Mtls { gateway }, Some(tls))
+            }
+        })
+    }
+
     /// Flags that only make sense together. (clap's `requires` cannot say it: a boolean
     /// flag's default counts as present.)
     pub fn validate(&self) -> Result<()> {
@@ -366,6 +535,8 @@ impl RunArgs {
     /// failure.
     pub async fn run(self) -> Result<()> {
         self.validate()?;
+        let edge_auth = self.edge_auth()?;
+        tracing::info!(edge_auth = self.edge_auth.name(), gateway = ?self.gateway_identity, debug = ?self.debug_endpoints, "who may report edges and read /debug");
         // Bind both before serving either, so a bad address fails the start.
         let grpc_listener = TcpListener::bind(self.grpc_addr)
             .await
@@ -395,7 +566,7 @@ impl RunArgs {
             },
         };
         let listeners = (grpc_listener, http_listener);
-        self.serve(listeners, runtime, counters, (stop_tx, stop_rx))
+        self.serve(listeners, runtime, edge_auth, counters, (stop_tx, stop_rx))
             .await
     }
 
@@ -537,6 +708,7 @@ impl RunArgs {
         &self,
         (grpc_listener, http_listener): (TcpListener, TcpListener),
         runtime: Runtime,
+        (auth, tls): EdgeAuthSetup,
         counters: Arc<Counters>,
         (stop_tx, stop_rx): (watch::Sender<bool>, watch::Receiver<bool>),
     ) -> Result<()> {
@@ -556,7 +728,8 @@ impl RunArgs {
             max_message_bytes: self.max_message_bytes as usize,
             conn: self.conn_limits(),
         };
-        let service = EdgeSinkService::new(sink.clone(), counters.clone(), config, streams_stop);
+        let service = EdgeSinkService::new(sink.clone(), counters.clone(), config, streams_stop)
+            .with_auth(auth, tls);
         let mut grpc_stop = Shutdown::new(stop_rx.clone());
         let grpc = service.serve(grpc_listener, async move { grpc_stop.wait().await });
         let mut http_stop = Shutdown::new(stop_rx);
@@ -570,11 +743,21 @@ impl RunArgs {
             metrics,
             ready: views.ready,
         };
-        let http = axum::serve(http_listener, crate::http::router(sources))
-            .with_graceful_shutdown(async move { http_stop.wait().await });
+        let http_limits = HttpLimits {
+            max_connections: self.max_http_connections as usize,
+            header_read_timeout: crate::http::HTTP_HEADER_READ_TIMEOUT,
+            debug: self.debug_endpoints,
+        };
+        let http = crate::http::serve(
+            http_listener,
+            crate::http::router(sources),
+            http_limits,
+            counters.clone(),
+            async move { http_stop.wait().await },
+        );
 
         let mut grpc = tokio::spawn(grpc);
-        let mut http = tokio::spawn(http.into_future());
+        let mut http = tokio::spawn(http);
         let target = tokio::spawn(target);
         tracing::info!(grpc = %grpc_addr, http = %http_addr, "lazyxds listening");
 

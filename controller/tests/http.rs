@@ -116,6 +116,7 @@ async fn debug_edges_json_shape() {
                 "streams_refused_at_cap": 0,
                 "hellos_timed_out": 0,
                 "stream_panics": 0,
+                "auth_refused": 0,
             },
         })
     );

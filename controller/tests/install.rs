@@ -603,6 +603,66 @@ fn assert_consistent(docs: &[Value], config: &InstallConfig) {
         ap.spec.rules[0].to[0].operation.ports,
         [egress_port.to_string()]
     );
+    // Only the gateway's service account may open edge streams, and the controller checks
+    // the same identity itself in what its sidecar forwards (SANITIZE_SET: never a
+    // caller's own header).
+    let sa_of = |d: &Deployment| {
+        d.spec
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .service_account_name
+            .clone()
+            .unwrap()
+    };
+    let gateway_principal = config.principal(&sa_of(gateway));
+    let ctl_ap: istio::AuthorizationPolicy =
+        serde_json::from_value(find(docs, "AuthorizationPolicy", icfg::CONTROLLER_NAME).clone())
+            .unwrap();
+    assert!(is_subset(
+        &ctl_ap.spec.selector.match_labels,
+        &pod_labels(controller)
+    ));
+    assert!(!is_subset(&ctl_ap.spec.selector.match_labels, &gw_labels));
+    assert_eq!(ctl_ap.spec.action, "ALLOW");
+    assert_eq!(ctl_ap.spec.rules.len(), 2);
+    assert_eq!(
+        ctl_ap.spec.rules[0].from[0].source.principals,
+        std::slice::from_ref(&gateway_principal)
+    );
+    assert_eq!(
+        ctl_ap.spec.rules[0].to[0].operation.ports,
+        [ctl_ports[icfg::GRPC_PORT_NAME].to_string()]
+    );
+    assert!(ctl_ap.spec.rules[1].from.is_empty());
+    assert_eq!(
+        ctl_ap.spec.rules[1].to[0].operation.ports,
+        [ctl_ports[icfg::HTTP_PORT_NAME].to_string()]
+    );
+    assert_eq!(env["LAZYXDS_EDGE_AUTH"], "xfcc");
+    assert_eq!(
+        env["LAZYXDS_GATEWAY_IDENTITY"],
+        format!("spiffe://{gateway_principal}")
+    );
+    assert_eq!(
+        env["LAZYXDS_OWN_IDENTITY"],
+        format!("spiffe://{}", config.principal(&sa_of(controller)))
+    );
+    let ctl_ann = controller
+        .spec
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .annotations
+        .clone()
+        .unwrap();
+    let ctl_proxy: Value = serde_json::from_str(&ctl_ann["proxy.istio.io/config"]).unwrap();
+    assert_eq!(
+        ctl_proxy["proxyHeaders"]["forwardedClientCert"],
+        "SANITIZE_SET"
+    );
     // `source.address` is the connection's, never a caller's X-Forwarded-For.
     let proxy_config: Value =
         serde_json::from_str(gw_ann["proxy.istio.io/config"].as_str()).unwrap();
@@ -770,6 +830,8 @@ fn flags_reach_every_object_that_depends_on_them() {
         "19080",
         "--cluster-domain",
         "corp.example",
+        "--trust-domain",
+        "corp.td",
         "--controller-replicas",
         "3",
         "--controller-image",
@@ -793,6 +855,7 @@ fn flags_reach_every_object_that_depends_on_them() {
     let config = InstallConfig {
         namespace: "mesh-lazy".into(),
         cluster_domain: "corp.example".into(),
+        trust_domain: "corp.td".into(),
         controller: icfg::ControllerSettings {
             grpc_port: 19000,
             http_port: 19080,
@@ -961,7 +1024,18 @@ async fn rbac_allows_exactly_the_calls_the_controller_makes() {
         .iter()
         .map(|(k, v)| (k.as_str(), OsStr::new(v.as_str())))
         .collect();
-    let ctl = Controller::start(dir.path(), &run_args, &env_os);
+    let mut ctl = Controller::start(dir.path(), &run_args, &env_os);
+    // The Deployment runs `--edge-auth xfcc`: the controller's sidecar would add this.
+    let var = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    assert_eq!(var("LAZYXDS_EDGE_AUTH").as_deref(), Some("xfcc"));
+    let (own, gateway) = (
+        var("LAZYXDS_OWN_IDENTITY").unwrap(),
+        var("LAZYXDS_GATEWAY_IDENTITY").unwrap(),
+    );
+    ctl.metadata = vec![(
+        "x-forwarded-client-cert",
+        format!("By={own};Hash=0;Subject=\"\";URI={gateway}"),
+    )];
 
     let sidecar = || {
         api.get_object(

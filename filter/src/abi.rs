@@ -234,16 +234,24 @@ pub fn increment_metric(id: u32, offset: i64) -> Result<(), Status> {
     status(unsafe { proxy_increment_metric(id, offset) })
 }
 
-/// Opens a gRPC stream on the Envoy cluster `cluster`; returns its token.
-/// `target`: a cluster name, or a serialized `GrpcService`
-/// (`lazyxds_filter_core::grpc_target`).
-pub fn open_grpc_stream(target: &[u8], service: &str, method: &str) -> Result<u32, Status> {
-    let metadata = serialize_pairs(&[]);
+/// Opens a gRPC stream on `grpc_service` (a serialized `GrpcService`, or a cluster name),
+/// with an `authorization` header when given; returns its token.
+pub fn open_grpc_stream(
+    grpc_service: &[u8],
+    service: &str,
+    method: &str,
+    authorization: Option<&str>,
+) -> Result<u32, Status> {
+    let pairs: Vec<(&str, &[u8])> = authorization
+        .map(|value| ("authorization", value.as_bytes()))
+        .into_iter()
+        .collect();
+    let metadata = serialize_pairs(&pairs);
     let mut token = 0u32;
     status(unsafe {
         proxy_grpc_stream(
-            target.as_ptr(),
-            target.len(),
+            grpc_service.as_ptr(),
+            grpc_service.len(),
             service.as_ptr(),
             service.len(),
             method.as_ptr(),

@@ -589,8 +589,14 @@ impl Root {
     fn pump(&mut self, reporter: &mut Reporter, now: u64) {
         if self.stream.is_none() && reporter.wants_stream(now) {
             let cluster = reporter.config().controller_cluster.clone();
-            let target = lazyxds_filter_core::grpc_target::grpc_service_target(&cluster);
-            match abi::open_grpc_stream(&target, EDGE_SINK_SERVICE, EDGE_SINK_METHOD) {
+            let authorization = reporter.config().controller_token.bearer();
+            let service = lazyxds_filter_core::grpc_service::grpc_service(&cluster);
+            match abi::open_grpc_stream(
+                &service,
+                EDGE_SINK_SERVICE,
+                EDGE_SINK_METHOD,
+                authorization.as_deref(),
+            ) {
                 Ok(token) => {
                     let hello = reporter.stream_opened();
                     self.stream = Some(token);

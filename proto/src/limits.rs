@@ -24,5 +24,18 @@ pub const MAX_BATCH_BYTES: usize = 4_000_000;
 /// the message envelope, rounded up to 4 MiB (tonic's own default).
 pub const MIN_CONTROLLER_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
+/// An edge token (the controller's `--edge-token-file`, the filter's `controller_token`):
+/// at least this long (shorter could be guessed) ...
+pub const MIN_TOKEN_BYTES: usize = 16;
+/// ... at most this long, printable ASCII without spaces: it travels as the value of an
+/// `authorization: Bearer` header.
+pub const MAX_TOKEN_BYTES: usize = 4096;
+
+/// Whether `token` may be an edge token (length and characters, as above).
+pub fn is_token(token: &[u8]) -> bool {
+    (MIN_TOKEN_BYTES..=MAX_TOKEN_BYTES).contains(&token.len())
+        && token.iter().all(u8::is_ascii_graphic)
+}
+
 // The controller's floor must hold the filter's largest batch.
 const _: () = assert!(MIN_CONTROLLER_MESSAGE_BYTES > MAX_BATCH_BYTES + 1024);

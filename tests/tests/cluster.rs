@@ -15,7 +15,9 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use lazyxds_e2e::cluster::lazyxds::{self, send_edges, ControllerPod, Installed, NAMESPACE};
+use lazyxds_e2e::cluster::lazyxds::{
+    self, send_edges, send_edges_from, ControllerPod, Installed, NAMESPACE,
+};
 use lazyxds_e2e::cluster::proxy::{IstioProxy, ProxyMode, ProxyPod};
 use lazyxds_e2e::cluster::{self, Cluster};
 use serde_json::{json, Value};
@@ -92,6 +94,11 @@ impl Shop {
             web_pod,
             web_ip,
         })
+    }
+
+    /// The identity the gateway sees on web's calls (mTLS from its sidecar).
+    fn web_principal(&self) -> String {
+        format!("spiffe://cluster.local/ns/{}/sa/default", self.ns)
     }
 
     fn host(&self, svc: &str) -> String {
@@ -319,9 +326,13 @@ async fn the_controller_under_its_installed_rbac_learns_opts_out_and_prunes() {
     assert_eq!(managers, ["lazyxds"], "{sc:#}");
 
     let api = shop.host("api");
-    send_edges(&ctl.grpc_addr(), &[(shop.web_ip, &outbound(&api, 80))])
-        .await
-        .unwrap();
+    send_edges_from(
+        &ctl.grpc_addr(),
+        &shop.web_principal(),
+        &[(shop.web_ip, &outbound(&api, 80))],
+    )
+    .await
+    .unwrap();
     shop.wait_web_deps(&[&api], &ctl).await;
     let hosts =
         shop.sidecar("lazyxds-deployment-web").unwrap()["spec"]["egress"][0]["hosts"].clone();
@@ -389,9 +400,13 @@ async fn a_users_sidecar_is_never_touched_and_the_kill_switch_removes_only_ours(
 
     let ctl = controller(c, inst).await.unwrap();
     let api = shop.host("api");
-    send_edges(&ctl.grpc_addr(), &[(shop.web_ip, &outbound(&api, 80))])
-        .await
-        .unwrap();
+    send_edges_from(
+        &ctl.grpc_addr(),
+        &shop.web_principal(),
+        &[(shop.web_ip, &outbound(&api, 80))],
+    )
+    .await
+    .unwrap();
     shop.wait_web_deps(&[&api], &ctl).await;
     // jobs has a user Sidecar: we never write it, nor one beside it.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -699,9 +714,13 @@ async fn istiod_turns_our_objects_into_config_the_gateway_and_a_scoped_sidecar_a
     let ctl = controller(c, inst).await.unwrap();
     let api = shop.host("api");
     let reviews = shop.host("reviews");
-    send_edges(&ctl.grpc_addr(), &[(shop.web_ip, &outbound(&api, 80))])
-        .await
-        .unwrap();
+    send_edges_from(
+        &ctl.grpc_addr(),
+        &shop.web_principal(),
+        &[(shop.web_ip, &outbound(&api, 80))],
+    )
+    .await
+    .unwrap();
     shop.wait_web_deps(&[&api], &ctl).await;
 
     let gateway = lazy_gateway(c, json!({})).await;
@@ -916,9 +935,13 @@ async fn services_that_may_not_be_http_stay_in_a_scoped_sidecar() {
     .unwrap();
     let ctl = controller(c, inst).await.unwrap();
     let api = shop.host("api");
-    send_edges(&ctl.grpc_addr(), &[(shop.web_ip, &outbound(&api, 80))])
-        .await
-        .unwrap();
+    send_edges_from(
+        &ctl.grpc_addr(),
+        &shop.web_principal(),
+        &[(shop.web_ip, &outbound(&api, 80))],
+    )
+    .await
+    .unwrap();
     shop.wait_web_deps(&[&api], &ctl).await;
 
     let web = shop.start_web_sidecar().await;
@@ -1019,9 +1042,13 @@ async fn a_service_the_gateway_cannot_see_stays_visible_to_its_namespace() {
     c.apply_json(&[private]).unwrap();
     let ctl = controller(c, inst).await.unwrap();
     let api = shop.host("api");
-    send_edges(&ctl.grpc_addr(), &[(shop.web_ip, &outbound(&api, 80))])
-        .await
-        .unwrap();
+    send_edges_from(
+        &ctl.grpc_addr(),
+        &shop.web_principal(),
+        &[(shop.web_ip, &outbound(&api, 80))],
+    )
+    .await
+    .unwrap();
     shop.wait_web_deps(&[&api], &ctl).await;
     let private = shop.host("private");
     let reason = wait_kept_visible(&shop, &ctl, &format!("{}/{private}", shop.ns)).await;
@@ -1348,9 +1375,13 @@ async fn a_reused_pod_ip_moves_new_edges_to_the_new_pod() {
         || jobs_deps().map(|_| ()),
     )
     .await;
-    send_edges(&ctl.grpc_addr(), &[(shop.web_ip, &outbound(&db, 80))])
-        .await
-        .unwrap();
+    send_edges_from(
+        &ctl.grpc_addr(),
+        &shop.web_principal(),
+        &[(shop.web_ip, &outbound(&db, 80))],
+    )
+    .await
+    .unwrap();
     eventually(
         Duration::from_secs(30),
         || format!("jobs deps {:?}\n{}", jobs_deps(), tail(&ctl.log())),
@@ -1382,8 +1413,9 @@ async fn two_replicas_elect_one_leader_and_failover_keeps_every_dependency() {
         .unwrap();
     // The follower refuses gateway streams, saying why (it said "shutting down"); the
     // leader takes them.
-    let refused = send_edges(
+    let refused = send_edges_from(
         &b.grpc_addr(),
+        &shop.web_principal(),
         &[(shop.web_ip, &outbound(&shop.host("api"), 80))],
     )
     .await
@@ -1394,9 +1426,13 @@ async fn two_replicas_elect_one_leader_and_failover_keeps_every_dependency() {
     );
     let api = shop.host("api");
     let db = shop.host("db");
-    send_edges(&a.grpc_addr(), &[(shop.web_ip, &outbound(&api, 80))])
-        .await
-        .unwrap();
+    send_edges_from(
+        &a.grpc_addr(),
+        &shop.web_principal(),
+        &[(shop.web_ip, &outbound(&api, 80))],
+    )
+    .await
+    .unwrap();
     shop.wait_web_deps(&[&api], &a).await;
     assert!(
         !b.log().contains("Sidecar written"),
@@ -1418,8 +1454,9 @@ async fn two_replicas_elect_one_leader_and_failover_keeps_every_dependency() {
         Duration::from_secs(30),
         || tail(&b.log()),
         || {
-            futures_block(send_edges(
+            futures_block(send_edges_from(
                 &b.grpc_addr(),
+                &shop.web_principal(),
                 &[(shop.web_ip, &outbound(&db, 80))],
             ))
             .ok()
@@ -1958,9 +1995,13 @@ async fn istioctl_analyze_reports_nothing_about_our_objects() {
     .unwrap();
     let ctl = controller(c, inst).await.unwrap();
     let api = shop.host("api");
-    send_edges(&ctl.grpc_addr(), &[(shop.web_ip, &outbound(&api, 80))])
-        .await
-        .unwrap();
+    send_edges_from(
+        &ctl.grpc_addr(),
+        &shop.web_principal(),
+        &[(shop.web_ip, &outbound(&api, 80))],
+    )
+    .await
+    .unwrap();
     shop.wait_web_deps(&[&api], &ctl).await;
     eventually(
         Duration::from_secs(30),
@@ -2056,9 +2097,13 @@ async fn a_caller_namespace_rule_that_would_send_first_calls_in_plaintext_refuse
     let shop = Shop::create(c, true).await.unwrap();
     let mut ctl = controller(c, inst).await.unwrap();
     let api = shop.host("api");
-    send_edges(&ctl.grpc_addr(), &[(shop.web_ip, &outbound(&api, 80))])
-        .await
-        .unwrap();
+    send_edges_from(
+        &ctl.grpc_addr(),
+        &shop.web_principal(),
+        &[(shop.web_ip, &outbound(&api, 80))],
+    )
+    .await
+    .unwrap();
     shop.wait_web_deps(&[&api], &ctl).await;
     let web = shop.start_web_sidecar().await;
     let gateway_cluster = format!("outbound|8080||lazyxds-gateway.{NAMESPACE}.svc.cluster.local");
@@ -2268,4 +2313,484 @@ async fn a_headless_service_stays_visible_as_only_the_callers_sidecar_routes_its
     for proxy in [&gateway, &web] {
         assert_all_accepted(proxy).await;
     }
+}
+
+/// The HTTP connection managers of a sidecar's `virtualInbound` filter chains for
+/// destination port `port` (one per transport: mTLS and, under PERMISSIVE, plaintext).
+fn inbound_hcms(dump: &Dump, port: u16) -> Vec<Value> {
+    dump.listeners()
+        .into_iter()
+        .filter(|l| l["name"] == "virtualInbound")
+        .flat_map(|l| l["filter_chains"].as_array().into_iter().flatten())
+        .filter(|fc| fc["filter_chain_match"]["destination_port"] == json!(port))
+        .flat_map(|fc| fc["filters"].as_array().into_iter().flatten())
+        .filter(|f| f["name"] == "envoy.filters.network.http_connection_manager")
+        .map(|f| f["typed_config"].clone())
+        .collect()
+}
+
+/// Whether an HTTP connection manager runs Envoy's RBAC filter (the name also appears in
+/// its tracing tags, so only `http_filters` counts).
+fn has_rbac_filter(hcm: &Value) -> bool {
+    hcm["http_filters"]
+        .as_array()
+        .is_some_and(|fs| fs.iter().any(|f| f["name"] == "envoy.filters.http.rbac"))
+}
+
+/// Issue 15 item 1: what istiod gives the controller's own sidecar (the install's pod, its
+/// `proxy.istio.io/config`, the install's AuthorizationPolicy) on the gRPC edge port: an
+/// RBAC filter allowing only the gateway's principal, and an HTTP connection manager that
+/// replaces `x-forwarded-client-cert` with the verified peer's (`SANITIZE_SET`, URI
+/// included), so what `--edge-auth xfcc` reads is never a caller's own header. Then the
+/// controller, run as the Deployment says, takes a stream carrying what that sidecar writes
+/// for the gateway and refuses the rest (learning nothing from them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_sidecar_forwards_only_the_gateways_verified_identity() {
+    let _serial = SERIAL.lock().await;
+    let c = cluster().await;
+    let inst = installed(c).await;
+    let ctl = controller(c, inst).await.unwrap();
+    let pods = controller_pods(c).await.unwrap();
+    let (pod, ip) = pods[0].clone();
+    let pod_object = c.get("pod", Some(NAMESPACE), &pod).unwrap().unwrap();
+    let grpc_port: u16 = 18000;
+    let proxy = IstioProxy::start(
+        c,
+        ProxyPod {
+            namespace: NAMESPACE.into(),
+            name: pod.clone(),
+            service_account: "lazyxds".into(),
+            ip,
+            labels: labels_of(&pod_object),
+            mode: ProxyMode::Sidecar,
+            concurrency: 1,
+            proxy_config: json!({}),
+            mounts: vec![],
+        },
+    )
+    .await
+    .unwrap();
+    let gateway_principal = format!("spiffe://cluster.local/ns/{NAMESPACE}/sa/lazyxds-gateway");
+    let dump = wait_config(&proxy, "the controller's inbound gRPC chains", |d| {
+        let hcms = inbound_hcms(d, grpc_port);
+        if hcms.is_empty() {
+            bail!("no inbound HTTP chain for port {grpc_port}");
+        }
+        if !hcms.iter().all(has_rbac_filter) {
+            bail!("an inbound chain for {grpc_port} without the RBAC filter");
+        }
+        Ok(())
+    })
+    .await;
+    let hcms = inbound_hcms(&dump, grpc_port);
+    for hcm in &hcms {
+        assert_eq!(
+            hcm["forward_client_cert_details"], "SANITIZE_SET",
+            "{hcm:#}"
+        );
+        let details = &hcm["set_current_client_cert_details"];
+        assert_eq!(details["uri"], true, "{details}");
+        let rbac = hcm["http_filters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == "envoy.filters.http.rbac")
+            .unwrap();
+        let text = rbac.to_string();
+        assert!(text.contains(&gateway_principal), "{rbac:#}");
+        // No other principal is allowed on this port.
+        assert!(
+            !text.contains("\"principals\":[{\"any\":true}]"),
+            "{rbac:#}"
+        );
+        lazyxds_e2e::note(format_args!(
+            "controller sidecar inbound :{grpc_port}: forward_client_cert_details={} \
+             set_current_client_cert_details={} rbac allows {gateway_principal}",
+            hcm["forward_client_cert_details"], details
+        ));
+    }
+    lazyxds_e2e::note(format_args!(
+        "controller sidecar: {} inbound HTTP chain(s) for :{grpc_port}",
+        hcms.len()
+    ));
+    assert_all_accepted(&proxy).await;
+
+    // The controller (`--edge-auth xfcc`, as rendered) against what reaches it.
+    let web = c.pod_ip();
+    let api = "api.lazyxds-system.svc.cluster.local";
+    let own = format!("spiffe://cluster.local/ns/{NAMESPACE}/sa/lazyxds");
+    let cases = [
+        (None, "missing"),
+        (
+            Some(format!(
+                "By=spiffe://cluster.local/ns/shop/sa/x;URI={gateway_principal}"
+            )),
+            "not_our_sidecar",
+        ),
+        (
+            Some(format!(
+                "By={own};URI={gateway_principal},By={own};Hash=0;Subject=\"\";\
+                 URI=spiffe://cluster.local/ns/shop/sa/cart"
+            )),
+            "wrong_identity",
+        ),
+    ];
+    for (xfcc, reason) in &cases {
+        let err = lazyxds::send_edges_as(
+            &ctl.grpc_addr(),
+            xfcc.as_deref(),
+            &[(web, &outbound(api, 80))],
+        )
+        .await
+        .unwrap_err();
+        let status = err
+            .downcast_ref::<tonic::Status>()
+            .map(|s| (s.code(), s.message().to_string()));
+        lazyxds_e2e::note(format_args!("refused ({reason}): {status:?}"));
+        assert!(status.is_some(), "{err:#}");
+    }
+    let metrics = ctl.http_get("/metrics").unwrap();
+    for (_, reason) in &cases {
+        let line = format!("lazyxds_grpc_streams_refused_by_auth_total{{reason=\"{reason}\"}} 1");
+        assert!(metrics.contains(&line), "{line} not in /metrics");
+    }
+    send_edges(&ctl.grpc_addr(), &[(web, &outbound(api, 80))])
+        .await
+        .unwrap();
+}
+
+/// A client certificate and key (PEM files) for `spiffe_id`, signed with istiod's CA
+/// (its self-signed `istio-ca-secret`), as a workload's sidecar would hold.
+fn mesh_client_cert(
+    c: &Cluster,
+    spiffe_id: &str,
+) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let secret = c
+        .get("secret", Some("istio-system"), "istio-ca-secret")?
+        .context("no istio-ca-secret")?;
+    let dir = c.dir().join("mesh-client");
+    std::fs::create_dir_all(&dir)?;
+    for (key, file) in [("ca-cert.pem", "ca.pem"), ("ca-key.pem", "ca-key.pem")] {
+        let b64 = secret["data"][key].as_str().context("CA secret field")?;
+        std::fs::write(dir.join(format!("{file}.b64")), b64)?;
+    }
+    std::fs::write(
+        dir.join("ext.cnf"),
+        format!(
+            "subjectAltName=URI:{spiffe_id}\nextendedKeyUsage=clientAuth,serverAuth\n\
+             keyUsage=digitalSignature,keyEncipherment\n"
+        ),
+    )?;
+    let run = |args: &[&str]| -> Result<()> {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(&dir)
+            .output()?;
+        if !out.status.success() {
+            bail!("openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    };
+    for file in ["ca.pem", "ca-key.pem"] {
+        run(&[
+            "base64",
+            "-d",
+            "-A",
+            "-in",
+            &format!("{file}.b64"),
+            "-out",
+            file,
+        ])?;
+    }
+    run(&[
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        "key.pem",
+        "-subj",
+        "/O=cluster.local",
+        "-out",
+        "req.csr",
+    ])?;
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "req.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca-key.pem",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "cert.pem",
+    ])?;
+    Ok((dir.join("cert.pem"), dir.join("key.pem")))
+}
+
+/// Traffic to `ip:port` (but the sidecar's own, from 127.0.0.6) redirected to the
+/// sidecar's inbound listener, as Istio's init container captures a pod's inbound traffic
+/// (`iptables -t nat … REDIRECT --to-ports 15006`); removed when dropped.
+struct InboundCapture(Vec<String>);
+
+impl InboundCapture {
+    fn new(ip: Ipv4Addr, port: u16) -> Result<InboundCapture> {
+        let rule: Vec<String> = [
+            "OUTPUT",
+            "-p",
+            "tcp",
+            "-d",
+            &ip.to_string(),
+            "--dport",
+            &port.to_string(),
+            "!",
+            "-s",
+            "127.0.0.6",
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            "15006",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let status = std::process::Command::new("iptables")
+            .args(["-t", "nat", "-A"])
+            .args(&rule)
+            .status()?;
+        if !status.success() {
+            bail!("iptables -t nat -A {rule:?}: {status}");
+        }
+        Ok(InboundCapture(rule))
+    }
+}
+
+impl Drop for InboundCapture {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("iptables")
+            .args(["-t", "nat", "-D"])
+            .args(&self.0)
+            .status();
+    }
+}
+
+/// Issue 15 item 1, the whole path: the real lazy gateway (Envoy under pilot-agent, the
+/// filter, istiod's cluster for the controller Service with auto mTLS) streams to the
+/// controller through the controller's real sidecar (inbound traffic captured as Istio's
+/// init container does): the sidecar's RBAC lets the gateway through, its
+/// `x-forwarded-client-cert` names it, and the controller takes the stream. A plaintext
+/// caller forging that header is stopped by the sidecar's RBAC; with the
+/// AuthorizationPolicy deleted, the sidecar strips the forged header (`SANITIZE_SET`) and
+/// the controller refuses it itself: a missing policy fails closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_gateway_streams_through_the_controller_sidecar_and_a_forger_does_not() {
+    let _serial = SERIAL.lock().await;
+    let c = cluster().await;
+    let inst = installed(c).await;
+    let ctl = controller(c, inst).await.unwrap();
+    let (pod, ip) = controller_pods(c).await.unwrap()[0].clone();
+    // What injection would label the pod with: the mesh then sends it mTLS (auto mTLS).
+    // Taken off again at the end: the pod is shared, and has no sidecar in other tests.
+    struct Unlabel<'a>(&'a Cluster, String);
+    impl Drop for Unlabel<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kubectl(
+                &[
+                    "-n",
+                    NAMESPACE,
+                    "label",
+                    "pod",
+                    &self.1,
+                    "security.istio.io/tlsMode-",
+                ],
+                None,
+            );
+        }
+    }
+    let _unlabel = Unlabel(c, pod.clone());
+    c.kubectl(
+        &[
+            "-n",
+            NAMESPACE,
+            "label",
+            "pod",
+            &pod,
+            "security.istio.io/tlsMode=istio",
+            "--overwrite",
+        ],
+        None,
+    )
+    .unwrap();
+    let pod_object = c.get("pod", Some(NAMESPACE), &pod).unwrap().unwrap();
+    let sidecar = IstioProxy::start(
+        c,
+        ProxyPod {
+            namespace: NAMESPACE.into(),
+            name: pod.clone(),
+            service_account: "lazyxds".into(),
+            ip,
+            labels: labels_of(&pod_object),
+            mode: ProxyMode::Sidecar,
+            concurrency: 1,
+            // Every stat, for the failure message (Istio keeps few by default).
+            proxy_config: json!({"proxyStatsMatcher": {"inclusionRegexps": [".*"]}}),
+            mounts: vec![],
+        },
+    )
+    .await
+    .unwrap();
+    let grpc_port = 18000;
+    wait_config(
+        &sidecar,
+        "the controller's inbound gRPC chains",
+        |d| match inbound_hcms(d, grpc_port).len() {
+            0 => bail!("no inbound HTTP chain for {grpc_port}"),
+            _ => Ok(()),
+        },
+    )
+    .await;
+    let _capture = InboundCapture::new(ip, grpc_port).unwrap();
+
+    // The gateway's filter opens its stream on its first request: one over mTLS with a
+    // mesh certificate (signed here with istiod's own CA, `istio-ca-secret`).
+    let gateway = lazy_gateway(
+        c,
+        json!({"proxyStatsMatcher": {"inclusionRegexps": [".*"]}}),
+    )
+    .await;
+    let (cert, key) = mesh_client_cert(c, "spiffe://cluster.local/ns/default/sa/client").unwrap();
+    let gateway_id = format!("spiffe://cluster.local/ns/{NAMESPACE}/sa/lazyxds-gateway");
+    let t = Instant::now();
+    let opened = loop {
+        let _ = std::process::Command::new("curl")
+            .args(["-sk", "--max-time", "2", "-o", "/dev/null", "--cert"])
+            .arg(&cert)
+            .arg("--key")
+            .arg(&key)
+            .args(["--resolve", "gw:8080:127.0.0.1", "https://gw:8080/"])
+            .args(["-H", "Host: api.lazyxds-system.svc.cluster.local"])
+            .status();
+        let log = ctl.log();
+        if let Some(line) = log
+            .lines()
+            .find(|l| l.contains("gateway stream opened") && l.contains(&gateway_id))
+        {
+            break line.to_string();
+        }
+        if t.elapsed() > Duration::from_secs(60) {
+            let admin = |port: u16, path: &'static str, grep: &'static str| async move {
+                match lazyxds_e2e::client::get(port, path).await {
+                    Ok(r) => r
+                        .body
+                        .lines()
+                        .filter(|l| l.contains(grep) && !l.ends_with(": 0"))
+                        .take(400)
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                    Err(e) => format!("{e:#}"),
+                }
+            };
+            let curl = std::process::Command::new("curl")
+                .args(["-skv", "--max-time", "2", "-o", "/dev/null", "--cert"])
+                .arg(&cert)
+                .arg("--key")
+                .arg(&key)
+                .args(["--resolve", "gw:8080:127.0.0.1", "https://gw:8080/"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stderr).into_owned());
+            panic!(
+                "no gateway stream through the sidecar:\n{}\ncurl: {curl:?}\ngateway stats:\n{}\ngateway clusters:\n{}\nsidecar stats:\n{}",
+                lazyxds_e2e::process::tail(&log, 10),
+                admin(gateway.admin_port(), "/stats", "lazyxds.lazyxds-system").await,
+                admin(gateway.admin_port(), "/clusters", "18000||lazyxds.").await,
+                admin(sidecar.admin_port(), "/stats", "").await,
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    lazyxds_e2e::note(format_args!(
+        "through the controller's sidecar in {:?}: {opened}",
+        t.elapsed()
+    ));
+    let rbac = sidecar.stats("rbac").await.unwrap();
+    lazyxds_e2e::note(format_args!("controller sidecar RBAC stats: {rbac:?}"));
+    assert!(
+        rbac.iter()
+            .any(|(k, v)| k.ends_with("rbac.allowed") && *v > 0),
+        "{rbac:?}"
+    );
+    let metrics = ctl.http_get("/metrics").unwrap();
+    assert!(
+        !metrics.lines().any(
+            |l| l.starts_with("lazyxds_grpc_streams_refused_by_auth_total{") && !l.ends_with(" 0")
+        ),
+        "a refusal while only the gateway called"
+    );
+
+    // A plaintext caller forging the header the sidecar would write: the sidecar's RBAC
+    // (a principal needs mTLS) stops it.
+    let web = c.pod_ip();
+    let edge = [(web, &*outbound("api.lazyxds-system.svc.cluster.local", 80))];
+    let forged = lazyxds::gateway_xfcc();
+    let err = lazyxds::send_edges_as(&ctl.grpc_addr(), Some(&forged), &edge)
+        .await
+        .unwrap_err();
+    lazyxds_e2e::note(format_args!("plaintext forger, policy in place: {err:#}"));
+    assert!(format!("{err:#}").contains("RBAC"), "{err:#}");
+
+    // The AuthorizationPolicy deleted: the forger reaches the controller, without its
+    // header (SANITIZE_SET on a plaintext connection), and is refused there.
+    let policy = inst
+        .object("AuthorizationPolicy", "lazyxds")
+        .unwrap()
+        .clone();
+    struct Restore<'a>(&'a Cluster, Value);
+    impl Drop for Restore<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.apply_json(std::slice::from_ref(&self.1));
+        }
+    }
+    let _restore = Restore(c, policy);
+    c.kubectl(
+        &["-n", NAMESPACE, "delete", "authorizationpolicy", "lazyxds"],
+        None,
+    )
+    .unwrap();
+    wait_config(
+        &sidecar,
+        "no RBAC on the controller's inbound chains",
+        |d| {
+            let hcms = inbound_hcms(d, grpc_port);
+            match hcms.iter().any(has_rbac_filter) {
+                true => bail!("the RBAC filter is still there"),
+                false => Ok(()),
+            }
+        },
+    )
+    .await;
+    let err = lazyxds::send_edges_as(&ctl.grpc_addr(), Some(&forged), &edge)
+        .await
+        .unwrap_err();
+    lazyxds_e2e::note(format_args!("plaintext forger, policy deleted: {err:#}"));
+    let status = err.downcast_ref::<tonic::Status>().cloned();
+    assert_eq!(
+        status.as_ref().map(tonic::Status::code),
+        Some(tonic::Code::Unauthenticated),
+        "{err:#}"
+    );
+    let metrics = ctl.http_get("/metrics").unwrap();
+    assert!(
+        metrics.contains("lazyxds_grpc_streams_refused_by_auth_total{reason=\"missing\"} 1"),
+        "{metrics}"
+    );
+    assert_all_accepted(&sidecar).await;
 }

@@ -453,7 +453,9 @@ async fn a_connection_flood_is_held_at_the_cap_then_timed_out() -> Result<()> {
 /// listener backs off (CPU stays low) and says so; once they are gone, gateways get in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_file_descriptors_backs_off_instead_of_spinning() -> Result<()> {
-    let lazyxds = Lazyxds::start(&[], Some(200)).await?;
+    // The HTTP server's own cap (64) would keep its connections from taking every
+    // descriptor: raised here, so the HTTP connections exhaust them.
+    let lazyxds = Lazyxds::start(&["--max-http-connections", "1000"], Some(200)).await?;
     let log = lazyxds.proc.log();
     assert!(
         log.contains("--max-connections 512 lowered to what the open-files limit leaves"),
@@ -699,5 +701,574 @@ async fn not_ready_while_the_output_directory_refuses_writes() -> Result<()> {
         assert!(Instant::now() < deadline, "not ready again");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    Ok(())
+}
+
+// ---- item 1 ------------------------------------------------------------------------------
+
+const OWN_ID: &str = "spiffe://cluster.local/ns/lazyxds-system/sa/lazyxds";
+const GATEWAY_ID: &str = "spiffe://cluster.local/ns/lazyxds-system/sa/lazyxds-gateway";
+const CART_ID: &str = "spiffe://cluster.local/ns/shop/sa/cart";
+
+/// A stream carrying this metadata, Hello and a batch sent: `Err` with the status when
+/// refused, else the first ack's seq.
+async fn try_report(
+    channel: &Channel,
+    metadata: &[(&'static str, String)],
+) -> Result<u64, tonic::Status> {
+    let (tx, rx) = mpsc::channel(4);
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    for (key, value) in metadata {
+        request.metadata_mut().insert(
+            *key,
+            value
+                .parse()
+                .map_err(|_| tonic::Status::internal("bad test metadata"))?,
+        );
+    }
+    let _ = tx.send(hello()).await;
+    let _ = tx.send(batch(1, 1)).await;
+    let rx = EdgeSinkClient::new(channel.clone())
+        .stream(request)
+        .await?
+        .into_inner();
+    let mut stream = Stream { tx, rx };
+    stream
+        .ack()
+        .await
+        .map_err(|e| tonic::Status::unknown(format!("{e:#}")))
+}
+
+/// `lazyxds_grpc_streams_refused_by_auth_total` by reason, from `/metrics`.
+async fn refused_by_reason(lazyxds: &Lazyxds) -> Result<BTreeMap<String, u64>> {
+    let metrics = client::get(lazyxds.http, "/metrics").await?.body;
+    let prefix = "lazyxds_grpc_streams_refused_by_auth_total{reason=\"";
+    Ok(metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix(prefix))
+        .filter_map(|l| {
+            let (reason, n) = l.split_once("\"} ")?;
+            Some((reason.to_string(), n.trim().parse().ok()?))
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect())
+}
+
+/// Issue 15 item 1: with `--edge-auth xfcc` (the install's mode) a client that is not the
+/// gateway — no header (it bypassed the controller's sidecar), an element some other proxy
+/// wrote, the gateway's identity forged in an earlier element, an open quote meant to hide
+/// the element the sidecar appended — is refused before it gets a stream: the status says
+/// what was wrong, `/metrics` counts it by reason, the log says it (rate-limited), and no
+/// dependency is learned. Then the gateway's stream is acked and its edge learned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_is_not_the_gateway_is_refused_and_nothing_is_learned() -> Result<()> {
+    let lazyxds = file_mode(&[
+        "--edge-auth",
+        "xfcc",
+        "--own-identity",
+        OWN_ID,
+        "--gateway-identity",
+        GATEWAY_ID,
+    ])
+    .await?;
+    let channel = channel(lazyxds.grpc).await?;
+    let ours = |uri: &str| format!("By={OWN_ID};Hash=0;Subject=\"\";URI={uri};DNS=x");
+    let xfcc = |v: String| vec![("x-forwarded-client-cert", v)];
+    type Metadata = Vec<(&'static str, String)>;
+    let cases: Vec<(&str, Metadata, tonic::Code, &str)> = vec![
+        ("no header", vec![], tonic::Code::Unauthenticated, "missing"),
+        (
+            "another proxy's element",
+            xfcc(format!(
+                "By=spiffe://cluster.local/ns/shop/sa/proxy;URI={GATEWAY_ID}"
+            )),
+            tonic::Code::Unauthenticated,
+            "not_our_sidecar",
+        ),
+        (
+            "the gateway forged in an earlier element",
+            xfcc(format!("By={OWN_ID};URI={GATEWAY_ID},{}", ours(CART_ID))),
+            tonic::Code::PermissionDenied,
+            "wrong_identity",
+        ),
+        (
+            "an open quote before the sidecar's element",
+            xfcc(format!(
+                "By={OWN_ID};URI={GATEWAY_ID};Subject=\",{}",
+                ours(CART_ID)
+            )),
+            tonic::Code::Unauthenticated,
+            "malformed",
+        ),
+        (
+            "a bearer token instead",
+            vec![("authorization", "Bearer 0123456789abcdef".into())],
+            tonic::Code::Unauthenticated,
+            "missing",
+        ),
+    ];
+    let t = Instant::now();
+    for (what, metadata, code, reason) in &cases {
+        let status = try_report(&channel, metadata).await.expect_err(what);
+        figure(format_args!(
+            "{what}: {:?} {:?}",
+            status.code(),
+            status.message()
+        ));
+        assert_eq!(status.code(), *code, "{what}: {status:?}");
+        assert!(!status.message().is_empty(), "{what}");
+        let _ = reason;
+    }
+    let per_refusal = t.elapsed() / cases.len() as u32;
+    let mut want: BTreeMap<String, u64> = BTreeMap::new();
+    for (_, _, _, reason) in &cases {
+        *want.entry(reason.to_string()).or_default() += 1;
+    }
+    assert_eq!(refused_by_reason(&lazyxds).await?, want);
+    figure(format_args!(
+        "xfcc refusals by reason {want:?}, {per_refusal:?} each"
+    ));
+    assert_eq!(lazyxds.counter("streams_opened").await, 0);
+    assert_eq!(lazyxds.counter("namespace_tables_sent").await, 0);
+    let deps = client::get(lazyxds.http, "/debug/deps").await?.body;
+    assert!(!deps.contains(API), "learned from a stranger: {deps}");
+    assert!(
+        lazyxds.proc.log().contains("edge stream refused"),
+        "{}",
+        lazyxds.proc.log_tail(20)
+    );
+
+    // The gateway, through the controller's sidecar: taken.
+    assert_eq!(try_report(&channel, &xfcc(ours(GATEWAY_ID))).await?, 1);
+    let deps = client::get(lazyxds.http, "/debug/deps").await?.body;
+    assert!(deps.contains(API), "{deps}");
+    Ok(())
+}
+
+/// `--edge-auth token`: a missing or wrong token is refused (the status never shows it),
+/// the right one taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_token_is_refused_without_showing_it() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("topology.yaml"), TOPOLOGY)?;
+    let token = "tok-9f8e7d6c5b4a39281706";
+    std::fs::write(dir.path().join("token"), format!("{token}\n"))?;
+    let lazyxds = Lazyxds::start_in(
+        dir,
+        &[
+            "--file",
+            "{dir}/topology.yaml",
+            "--out",
+            "{dir}/out",
+            "--edge-auth",
+            "token",
+            "--edge-token-file",
+            "{dir}/token",
+        ],
+        None,
+    )
+    .await?;
+    let channel = channel(lazyxds.grpc).await?;
+    let bearer = |t: &str| vec![("authorization", format!("Bearer {t}"))];
+    for (what, metadata) in [
+        ("no token", vec![]),
+        ("a prefix of it", bearer(&token[..12])),
+        ("it and more", bearer(&format!("{token}0"))),
+    ] {
+        let status = try_report(&channel, &metadata).await.expect_err(what);
+        figure(format_args!(
+            "token, {what}: {:?} {:?}",
+            status.code(),
+            status.message()
+        ));
+        assert_eq!(status.code(), tonic::Code::Unauthenticated, "{what}");
+        assert!(!status.message().contains(&token[..8]), "{status:?}");
+    }
+    assert_eq!(
+        refused_by_reason(&lazyxds).await?,
+        BTreeMap::from([("missing".into(), 1), ("wrong_token".into(), 2)])
+    );
+    assert!(
+        !lazyxds.proc.log().contains(&token[..8]),
+        "the token is in the log"
+    );
+    assert_eq!(try_report(&channel, &bearer(token)).await?, 1);
+    Ok(())
+}
+
+/// `--edge-auth none` (the default) is refused on an address others reach, naming the
+/// flag; a mode without its files is refused naming the missing one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_edges_are_refused_off_loopback() -> Result<()> {
+    for (args, want) in [
+        (vec!["--grpc-addr", "0.0.0.0:0"], "--edge-auth none"),
+        (
+            vec![
+                "--grpc-addr",
+                "127.0.0.1:0",
+                "--edge-auth",
+                "xfcc",
+                "--gateway-identity",
+                GATEWAY_ID,
+            ],
+            "--own-identity",
+        ),
+        (
+            vec![
+                "--grpc-addr",
+                "127.0.0.1:0",
+                "--edge-auth",
+                "mtls",
+                "--gateway-identity",
+                GATEWAY_ID,
+            ],
+            "--edge-tls-cert",
+        ),
+        (
+            vec!["--grpc-addr", "127.0.0.1:0", "--edge-token-file", "/x"],
+            "--edge-token-file",
+        ),
+    ] {
+        let out = Command::new(paths::lazyxds_bin()?)
+            .arg("run")
+            .args(&args)
+            .args(["--http-addr", "127.0.0.1:0"])
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} started");
+        assert!(stderr.contains(want), "{args:?}: {stderr}");
+        figure(format_args!(
+            "{args:?}: {}",
+            stderr.lines().last().unwrap_or_default()
+        ));
+    }
+    Ok(())
+}
+
+/// `/debug/*` answers only 127.0.0.1 by default; 127.0.0.6 (where an Istio sidecar
+/// forwards inbound traffic from) gets 403, while `/metrics` and `/healthz` answer it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debug_endpoints_answer_only_localhost() -> Result<()> {
+    let lazyxds = file_mode(&[]).await?;
+    let sidecar = std::net::Ipv4Addr::new(127, 0, 0, 6);
+    for (path, want) in [
+        ("/debug/deps", 403),
+        ("/debug/edges", 403),
+        ("/metrics", 200),
+        ("/healthz", 200),
+        ("/readyz", 200),
+    ] {
+        let r = client::request(sidecar, lazyxds.http, "lazyxds", path).await?;
+        assert_eq!(r.status, want, "{path} from {sidecar}: {}", r.body);
+    }
+    assert_eq!(client::get(lazyxds.http, "/debug/deps").await?.status, 200);
+    Ok(())
+}
+
+/// The gateway's template with TLS on its controller cluster: this client certificate,
+/// and the CA to check the controller's.
+fn gateway_over_mtls(
+    config: &lazyxds_e2e::GatewayConfig,
+    client: &lazyxds_e2e::pki::CertFiles,
+    ca: &Path,
+) -> Result<String> {
+    let text = config.render()?;
+    let anchor = "        explicit_http_config: { http2_protocol_options: {} }\n";
+    let first = text
+        .find(anchor)
+        .context("no controller cluster in the template")?;
+    let tls = format!(
+        "    transport_socket:\n      name: envoy.transport_sockets.tls\n      typed_config:\n        \
+         \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext\n        \
+         sni: lazyxds\n        common_tls_context:\n          alpn_protocols: [h2]\n          \
+         tls_certificates: [{{certificate_chain: {{filename: '{}'}}, private_key: {{filename: '{}'}}}}]\n          \
+         validation_context: {{trusted_ca: {{filename: '{}'}}}}\n",
+        client.cert.display(),
+        client.key.display(),
+        ca.display()
+    );
+    let at = first + anchor.len();
+    Ok(format!("{}{tls}{}", &text[..at], &text[at..]))
+}
+
+/// `--edge-auth mtls` end to end: the real gateway Envoy and filter, its controller cluster
+/// over TLS with a client certificate. The gateway's certificate: edges arrive. Another
+/// workload's certificate from the same CA: every stream refused (`wrong_identity`), no
+/// edge; a certificate from another CA fails the handshake (`tls_handshake`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_reports_over_mtls_and_no_one_else_does() -> Result<()> {
+    use lazyxds_e2e::gateway::{self, hosts, GatewayConfig, TEST_CONCURRENCY};
+    use lazyxds_e2e::pki::Ca;
+    let ca = Ca::new()?;
+    let server = ca.issue("lazyxds-system", "lazyxds", &["lazyxds"])?;
+    let gateway_cert = ca.issue("lazyxds-system", "lazyxds-gateway", &[])?;
+    let cart = ca.issue("shop", "cart", &[])?;
+    let other_ca = Ca::new()?;
+    let stranger = other_ca.issue("lazyxds-system", "lazyxds-gateway", &[])?;
+    let (cert, key, ca_file) = (
+        server.cert.display().to_string(),
+        server.key.display().to_string(),
+        ca.ca_file().display().to_string(),
+    );
+    let controller = lazyxds_e2e::Controller::start_with_args(&[
+        "--edge-auth",
+        "mtls",
+        "--edge-tls-cert",
+        &cert,
+        "--edge-tls-key",
+        &key,
+        "--edge-client-ca",
+        &ca_file,
+        "--gateway-identity",
+        &gateway_cert.spiffe,
+    ])
+    .await?;
+    let backends = gateway::start_backends().await?;
+    let gateway_as = |client: &lazyxds_e2e::pki::CertFiles| -> Result<(String, u16)> {
+        let config = GatewayConfig {
+            listen_port: free_port()?,
+            admin_port: free_port()?,
+            controller_port: controller.grpc_port(),
+            wasm_path: Some(paths::wasm_path()?),
+            plugin_config: gateway::plugin_config(serde_json::json!({})),
+            backend_ports: backends
+                .iter()
+                .map(|b| (b.name().to_string(), b.port()))
+                .collect(),
+        };
+        Ok((
+            gateway_over_mtls(&config, client, ca.ca_file())?,
+            config.listen_port,
+        ))
+    };
+    let metrics_reason = |metrics: &str, reason: &str| -> u64 {
+        let prefix = format!("lazyxds_grpc_streams_refused_by_auth_total{{reason=\"{reason}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str())?.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let source = std::net::Ipv4Addr::new(127, 0, 0, 2);
+    // Strangers first: nothing may arrive from them.
+    for (who, client, reason) in [
+        ("shop/cart", &cart, "wrong_identity"),
+        ("another CA", &stranger, "tls_handshake"),
+    ] {
+        let (config, port) = gateway_as(client)?;
+        let envoy = lazyxds_e2e::Envoy::start(&config, TEST_CONCURRENCY).await?;
+        let t = Instant::now();
+        loop {
+            let _ = client::request(source, port, hosts::DETAILS, "/").await;
+            let metrics = client::get(controller.http_port(), "/metrics").await?.body;
+            if metrics_reason(&metrics, reason) > 0 {
+                figure(format_args!(
+                    "mtls, {who}: refused ({reason}) after {:?}",
+                    t.elapsed()
+                ));
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(20) {
+                bail!("{who}: no {reason} refusal:\n{}", controller.log());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(controller.counters().await?.get("edges_received"), Some(&0));
+        drop(envoy);
+    }
+    // The gateway.
+    let (config, port) = gateway_as(&gateway_cert)?;
+    let envoy = lazyxds_e2e::Envoy::start(&config, TEST_CONCURRENCY).await?;
+    let t = Instant::now();
+    loop {
+        let r = client::request(source, port, hosts::DETAILS, "/").await?;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let edges = controller.edges().await?;
+        if edges.iter().any(|e| e.cluster.contains(hosts::DETAILS)) {
+            figure(format_args!(
+                "mtls, the gateway: edge learned after {:?}",
+                t.elapsed()
+            ));
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(20) {
+            bail!(
+                "no edge over mTLS:\n{}\n{}",
+                controller.log(),
+                envoy.log_tail(30)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// `--edge-auth token` end to end: the real gateway Envoy and filter, its streams carrying
+/// the plugin's `controller_token` as `authorization: Bearer`. A gateway configured with
+/// another token is refused (`wrong_token`) and reports nothing; the right one's edges
+/// arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_reports_with_its_token_and_a_wrong_one_is_refused() -> Result<()> {
+    use lazyxds_e2e::gateway::{self, hosts, GatewayConfig, TEST_CONCURRENCY};
+    let dir = tempfile::tempdir()?;
+    let token = "gw-token-5d41402abc4b2a76b9719d91";
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, token)?;
+    let token_path = token_file.display().to_string();
+    let controller = lazyxds_e2e::Controller::start_with_args(&[
+        "--edge-auth",
+        "token",
+        "--edge-token-file",
+        &token_path,
+    ])
+    .await?;
+    let backends = gateway::start_backends().await?;
+    let gateway_with = |token: &str| -> Result<(String, u16)> {
+        let config = GatewayConfig {
+            listen_port: free_port()?,
+            admin_port: free_port()?,
+            controller_port: controller.grpc_port(),
+            wasm_path: Some(paths::wasm_path()?),
+            plugin_config: gateway::plugin_config(serde_json::json!({"controller_token": token})),
+            backend_ports: backends
+                .iter()
+                .map(|b| (b.name().to_string(), b.port()))
+                .collect(),
+        };
+        Ok((config.render()?, config.listen_port))
+    };
+    let source = std::net::Ipv4Addr::new(127, 0, 0, 2);
+    {
+        let (config, port) = gateway_with("not-the-token-0123456789")?;
+        let envoy = lazyxds_e2e::Envoy::start(&config, TEST_CONCURRENCY).await?;
+        let t = Instant::now();
+        loop {
+            let _ = client::request(source, port, hosts::DETAILS, "/").await;
+            let metrics = client::get(controller.http_port(), "/metrics").await?.body;
+            if metrics
+                .contains("lazyxds_grpc_streams_refused_by_auth_total{reason=\"wrong_token\"} ")
+                && !metrics.contains(
+                    "lazyxds_grpc_streams_refused_by_auth_total{reason=\"wrong_token\"} 0",
+                )
+            {
+                figure(format_args!(
+                    "token, a wrong one: refused after {:?}",
+                    t.elapsed()
+                ));
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(20) {
+                bail!(
+                    "no wrong_token refusal:\n{}\n{}",
+                    controller.log(),
+                    envoy.log_tail(20)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(controller.counters().await?.get("edges_received"), Some(&0));
+        assert!(
+            !envoy.log().contains(token),
+            "the right token in the wrong gateway's log?"
+        );
+    }
+    let (config, port) = gateway_with(token)?;
+    let envoy = lazyxds_e2e::Envoy::start(&config, TEST_CONCURRENCY).await?;
+    let t = Instant::now();
+    loop {
+        let r = client::request(source, port, hosts::DETAILS, "/").await?;
+        assert_eq!(r.status, 200, "{}", r.body);
+        if controller
+            .edges()
+            .await?
+            .iter()
+            .any(|e| e.cluster.contains(hosts::DETAILS))
+        {
+            figure(format_args!(
+                "token, the gateway's: edge learned after {:?}",
+                t.elapsed()
+            ));
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(20) {
+            bail!(
+                "no edge with the token:\n{}\n{}",
+                controller.log(),
+                envoy.log_tail(30)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !controller.log().contains(token),
+        "the token is in the controller's log"
+    );
+    Ok(())
+}
+
+/// The HTTP port is bounded like the gRPC one: past `--max-http-connections` a connection
+/// is closed at once (counted), `/healthz` answers once they go; a connection that sends
+/// no request head is closed by the header read timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_port_holds_at_most_its_cap() -> Result<()> {
+    use tokio::io::AsyncReadExt;
+    let lazyxds = Lazyxds::start(&["--max-http-connections", "8"], None).await?;
+    let http = SocketAddr::from(([127, 0, 0, 1], lazyxds.http));
+    // 12 silent connections: 8 held (7 if the readiness probe's is still open), the rest
+    // closed at once (EOF or reset, without a byte).
+    let mut conns = Vec::new();
+    for _ in 0..12 {
+        conns.push(TcpStream::connect(http).await?);
+    }
+    let mut open = 0;
+    let mut buf = [0u8; 16];
+    for conn in &mut conns {
+        match tokio::time::timeout(Duration::from_millis(500), conn.read(&mut buf)).await {
+            Err(_) => open += 1,
+            Ok(Ok(0)) | Ok(Err(_)) => {}
+            Ok(Ok(n)) => bail!("a silent connection got {n} bytes"),
+        }
+    }
+    assert!((7..=8).contains(&open), "{open} of 12 held with a cap of 8");
+    figure(format_args!(
+        "HTTP: {open} of 12 silent connections held at --max-http-connections 8"
+    ));
+    let held = conns;
+    let metrics_after = |lazyxds: &Lazyxds| {
+        let port = lazyxds.http;
+        async move { client::get(port, "/metrics").await.map(|r| r.body) }
+    };
+    drop(held);
+    let t = Instant::now();
+    let metrics = loop {
+        if let Ok(m) = metrics_after(&lazyxds).await {
+            break m;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "/metrics never answered again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Also /metrics requests made while the held ones were still closing.
+    let refused: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("lazyxds_http_connections_refused_at_cap_total "))
+        .and_then(|n| n.trim().parse().ok())
+        .context("no lazyxds_http_connections_refused_at_cap_total")?;
+    assert!(
+        refused >= 12 - open,
+        "{refused} refused, want at least {}",
+        12 - open
+    );
+    // A silent connection is closed after the header read timeout (10 s).
+    let mut silent = TcpStream::connect(http).await?;
+    let t = Instant::now();
+    let read = tokio::time::timeout(Duration::from_secs(20), silent.read(&mut buf)).await??;
+    assert_eq!(read, 0);
+    figure(format_args!(
+        "HTTP: a silent connection closed after {:?}",
+        t.elapsed()
+    ));
+    assert!(t.elapsed() >= Duration::from_secs(9), "{:?}", t.elapsed());
     Ok(())
 }

@@ -177,8 +177,10 @@ const CONTROLLER_GRPC_PORT: u16 = 18000;
 /// compose's Envoy config: the local template with compose's ports and module path, then
 /// compose's addresses (listen everywhere; every cluster resolves its service by DNS).
 fn compose_envoy_config() -> String {
+    let token = std::fs::read_to_string(root().join(COMPOSE_DIR).join("edge-token")).unwrap();
     let plugin = json!({
         "controller_cluster": gateway::CONTROLLER_CLUSTER,
+        "controller_token": token.trim_end(),
         "gateway_id": "compose-gateway",
         "flush_interval_ms": 20,
         "refresh_interval_s": 5,
@@ -330,6 +332,19 @@ fn compose_files_agree() {
         .map(|m| m.as_str().unwrap())
         .collect();
     assert!(mounts.contains(&format!("./topology.yaml:{file}:ro").as_str()));
+    // The controller takes streams only with the token the gateway's plugin sends.
+    let env = &ctl["environment"];
+    assert_eq!(env["LAZYXDS_EDGE_AUTH"], "token");
+    let token_path = env["LAZYXDS_EDGE_TOKEN_FILE"].as_str().unwrap();
+    assert!(mounts.contains(&format!("./edge-token:{token_path}:ro").as_str()));
+    assert!(
+        serde_json::to_string(&envoy).unwrap().contains(
+            std::fs::read_to_string(dir.join("edge-token"))
+                .unwrap()
+                .trim_end()
+        ),
+        "envoy.yaml's plugin configuration does not carry the token"
+    );
     assert_eq!(
         ctl["image"],
         format!("ghcr.io/lazyxds/lazyxds:{}", env!("CARGO_PKG_VERSION"))

@@ -99,6 +99,10 @@ pub struct LimitLogs {
     pub stream_cap: LogEvery,
     pub connection_stream_cap: LogEvery,
     pub hello_timeout: LogEvery,
+    /// Streams refused by `--edge-auth` ([`super::auth`]).
+    pub auth: LogEvery,
+    /// TLS handshakes that failed (`--edge-auth mtls`).
+    pub tls_handshake: LogEvery,
 }
 
 /// What a stream knows of its connection (tonic puts it in the request's extensions).
@@ -106,6 +110,9 @@ pub struct LimitLogs {
 pub struct ConnInfo {
     pub peer: SocketAddr,
     state: Arc<ConnState>,
+    /// With TLS (`--edge-auth mtls`): the URI SANs of the client certificate the
+    /// handshake verified (empty: none was presented). `None`: plain TCP.
+    pub client_cert_uris: Option<Arc<[String]>>,
 }
 
 #[derive(Debug)]
@@ -144,6 +151,14 @@ impl ConnInfo {
     /// The stream said Hello: the connection is past its handshake.
     pub fn greeted(&self) {
         self.state.greeted.store(true, Relaxed);
+    }
+
+    /// The same connection, after a TLS handshake that verified these client URI SANs.
+    pub fn with_client_cert_uris(&self, uris: Vec<String>) -> ConnInfo {
+        ConnInfo {
+            client_cert_uris: Some(uris.into()),
+            ..self.clone()
+        }
     }
 }
 
@@ -198,7 +213,7 @@ impl ConnState {
 /// polls it; the timer wakes it).
 pub struct Conn {
     tcp: TcpStream,
-    info: ConnInfo,
+    pub(super) info: ConnInfo,
     limits: ConnLimits,
     timer: Pin<Box<Sleep>>,
     shared: Arc<Shared>,
@@ -402,6 +417,7 @@ impl Acceptor {
                         greeted: AtomicBool::new(false),
                         idle_since_ms: AtomicU64::new(0),
                     }),
+                    client_cert_uris: None,
                 },
                 limits: self.limits,
                 timer: Box::pin(tokio::time::sleep_until(

@@ -14,10 +14,13 @@
     )
 )]
 
+pub mod auth;
 pub mod decode;
 pub mod listen;
 pub mod store;
 pub mod stream;
+pub mod tls;
+pub mod xfcc;
 
 pub use decode::{
     Decoder, Limits, DEFAULT_MAX_BATCH_EDGES, DEFAULT_MAX_STREAM_NAMES, MAX_NAME_BYTES,

@@ -26,10 +26,12 @@ use lazyxds_proto::v1::{
     NamespaceTable,
 };
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::rustls::ServerConfig;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::counters::Counters;
+use crate::edges::auth::EdgeAuth;
 use crate::edges::listen::{self, ConnInfo, ConnLimits, ConnStream, LimitLogs};
 use crate::edges::{Decoder, Limits, MAX_NAME_BYTES};
 use crate::sink::{EdgeSink, GatewayInfo};
@@ -154,6 +156,10 @@ pub struct EdgeSinkService<S: ?Sized> {
     /// One permit per open stream (`max_streams`).
     streams: Arc<Semaphore>,
     logs: Arc<LimitLogs>,
+    /// Who may open a stream (`--edge-auth`).
+    auth: EdgeAuth,
+    /// `--edge-auth mtls`: the listener's TLS configuration.
+    tls: Option<Arc<ServerConfig>>,
 }
 
 impl<S: EdgeSink + ?Sized> EdgeSinkService<S> {
@@ -170,6 +176,43 @@ impl<S: EdgeSink + ?Sized> EdgeSinkService<S> {
             config,
             shutdown,
             logs: Arc::new(LimitLogs::default()),
+            auth: EdgeAuth::None,
+            tls: None,
+        }
+    }
+
+    /// Streams must pass `auth` ([`crate::edges::auth`]); with `tls`, connections are TLS
+    /// first (`--edge-auth mtls`).
+    pub fn with_auth(mut self, auth: EdgeAuth, tls: Option<Arc<ServerConfig>>) -> Self {
+        self.auth = auth;
+        self.tls = tls;
+        self
+    }
+
+    /// Refuses the stream unless its caller is the gateway: counted, logged
+    /// (rate-limited), and a status saying what was wrong.
+    fn authenticate(
+        &self,
+        request: &Request<Streaming<GatewayMessage>>,
+        conn: Option<&ConnInfo>,
+        peer: Option<SocketAddr>,
+    ) -> Result<String, Status> {
+        let uris = conn.and_then(|c| c.client_cert_uris.as_deref());
+        match self.auth.check(request.metadata(), uris) {
+            Ok(caller) => Ok(caller),
+            Err(refusal) => {
+                self.counters.auth_refused(refusal.reason_index());
+                if let Some(unlogged) = self.logs.auth.hit() {
+                    tracing::warn!(
+                        ?peer,
+                        reason = refusal.reason(),
+                        unlogged,
+                        "edge stream refused: {}",
+                        refusal.message()
+                    );
+                }
+                Err(refusal.status())
+            }
         }
     }
 
@@ -193,16 +236,29 @@ impl<S: EdgeSink + ?Sized> EdgeSinkService<S> {
         stop: impl Future<Output = ()>,
     ) -> Result<(), tonic::transport::Error> {
         let conn = self.config.conn;
-        let incoming = listen::incoming(listener, conn, self.counters.clone(), self.limit_logs());
-        tonic::transport::Server::builder()
+        let (counters, logs) = (self.counters.clone(), self.limit_logs());
+        let mut builder = tonic::transport::Server::builder()
             // Streams live for hours; find dead gateways so their streams are released.
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             // Advertised: Envoy opens another connection rather than exceed it.
-            .max_concurrent_streams(Some(conn.max_streams_per_connection))
-            .add_service(self.into_server())
-            .serve_with_incoming_shutdown(incoming, stop)
-            .await
+            .max_concurrent_streams(Some(conn.max_streams_per_connection));
+        match self.tls.clone() {
+            Some(tls) => {
+                let incoming = crate::edges::tls::incoming(listener, conn, counters, logs, tls);
+                builder
+                    .add_service(self.into_server())
+                    .serve_with_incoming_shutdown(incoming, stop)
+                    .await
+            }
+            None => {
+                let incoming = listen::incoming(listener, conn, counters, logs);
+                builder
+                    .add_service(self.into_server())
+                    .serve_with_incoming_shutdown(incoming, stop)
+                    .await
+            }
+        }
     }
 }
 
@@ -219,6 +275,8 @@ impl<S: EdgeSink + ?Sized> EdgeSinkRpc for EdgeSinkService<S> {
             .as_ref()
             .map(|c| c.peer)
             .or_else(|| request.remote_addr());
+        // Before anything else: a stranger gets no stream slot and no namespace table.
+        let caller = self.authenticate(&request, conn.as_ref(), peer)?;
         let Ok(permit) = self.streams.clone().try_acquire_owned() else {
             self.counters.streams_refused_at_cap.fetch_add(1, Relaxed);
             let max = self.config.conn.max_streams;
@@ -256,6 +314,7 @@ impl<S: EdgeSink + ?Sized> EdgeSinkRpc for EdgeSinkService<S> {
             shutdown: self.shutdown.clone(),
             decoder: Decoder::new(self.config.limits),
             peer,
+            caller,
             conn,
             hello_timeout: self.config.conn.handshake_timeout,
             logs: self.logs.clone(),
@@ -327,6 +386,8 @@ struct StreamTask<S: ?Sized> {
     shutdown: Shutdown,
     decoder: Decoder,
     peer: Option<SocketAddr>,
+    /// Who `--edge-auth` found the caller to be.
+    caller: String,
     /// The connection it came on (absent when served without [`crate::edges::listen`]).
     conn: Option<ConnInfo>,
     hello_timeout: Duration,
@@ -495,7 +556,7 @@ impl<S: EdgeSink + ?Sized> StreamTask<S> {
         };
         tracing::info!(
             gateway = %gateway.gateway_id, worker = %gateway.worker, resync = gateway.resync,
-            peer = ?self.peer, "gateway stream opened"
+            peer = ?self.peer, caller = %self.caller, "gateway stream opened"
         );
         self.sink.hello(&gateway);
         self.gateway = Some(gateway);

@@ -63,6 +63,11 @@ pub struct Settings {
     #[arg(long, default_value = "cluster.local")]
     pub cluster_domain: String,
 
+    /// The mesh's trust domain (its mesh config's `trustDomain`): the controller accepts
+    /// edge streams only from `spiffe://<trust domain>/ns/<namespace>/sa/<gateway>`.
+    #[arg(long, default_value = "cluster.local")]
+    pub trust_domain: String,
+
     /// The controller's image (default: this version's).
     #[arg(long, default_value_t = config::default_controller_image())]
     pub controller_image: String,
@@ -89,6 +94,8 @@ pub struct Settings {
     pub controller_dry_run: bool,
 
     /// No Istio sidecar for the controller (the gateway then reaches it in plaintext).
+    /// Needs --controller-env LAZYXDS_EDGE_AUTH=mtls|token and the files that mode reads,
+    /// mounted by you: the install's own check (x-forwarded-client-cert) needs the sidecar.
     #[arg(long)]
     pub controller_outside_mesh: bool,
 
@@ -206,6 +213,7 @@ impl Settings {
             namespace: self.namespace.clone(),
             create_namespace: !self.no_create_namespace,
             cluster_domain: self.cluster_domain.clone(),
+            trust_domain: self.trust_domain.clone(),
             controller: config::ControllerSettings {
                 image: self.controller_image.clone(),
                 replicas: self.controller_replicas,

@@ -213,6 +213,8 @@ pub struct InstallConfig {
     /// Render the Namespace object.
     pub create_namespace: bool,
     pub cluster_domain: String,
+    /// The mesh's trust domain: SPIFFE ids are `spiffe://<trust domain>/ns/<ns>/sa/<sa>`.
+    pub trust_domain: String,
     pub controller: ControllerSettings,
     pub gateway: GatewaySettings,
     pub filter: FilterSettings,
@@ -231,6 +233,7 @@ impl Default for InstallConfig {
             namespace: DEFAULT_NAMESPACE.into(),
             create_namespace: true,
             cluster_domain: "cluster.local".into(),
+            trust_domain: "cluster.local".into(),
             controller: ControllerSettings {
                 image: default_controller_image(),
                 replicas: 2,
@@ -287,6 +290,20 @@ impl InstallConfig {
     /// WasmPlugin): Istio's convention for gateways.
     pub fn gateway_selector(&self) -> BTreeMap<String, String> {
         BTreeMap::from([("istio".to_string(), self.gateway.name.clone())])
+    }
+
+    /// The Istio principal of a service account of the install's namespace, as an
+    /// AuthorizationPolicy names it: `<trust domain>/ns/<namespace>/sa/<sa>`.
+    pub fn principal(&self, service_account: &str) -> String {
+        format!(
+            "{}/ns/{}/sa/{service_account}",
+            self.trust_domain, self.namespace
+        )
+    }
+
+    /// The SPIFFE id a workload certificate carries for that service account.
+    pub fn spiffe_id(&self, service_account: &str) -> String {
+        format!("spiffe://{}", self.principal(service_account))
     }
 
     /// Labels selecting the controller's pods.

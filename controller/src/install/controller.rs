@@ -20,8 +20,12 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::Value;
 
 use super::config::{InstallConfig, CONTROLLER_NAME, GRPC_PORT_NAME, HTTP_PORT_NAME};
+use super::istio::{
+    AuthorizationPolicy, AuthorizationPolicySpec, AuthorizationRule, IstioObject, MatchLabels,
+    RuleFrom, RuleOperation, RuleSource, RuleTo, SECURITY_API,
+};
 use super::rbac::{Rule, CLUSTER_RULES, MESH_CONFIG_NAMESPACE, MESH_CONFIG_RULES, NAMESPACE_RULES};
-use super::{metadata, to_value, InstallError};
+use super::{istio_metadata, metadata, to_value, InstallError};
 use lazyxds_index::objects::{KILL_SWITCH_CONFIGMAP, LEADER_LABEL};
 
 /// The Service gateways stream edges to selects only the leader's pod.
@@ -160,6 +164,13 @@ pub(super) fn objects(config: &InstallConfig) -> Result<Vec<Value>, InstallError
     if config.admission_policy {
         out.extend(super::admission::objects(config)?);
     }
+    // Before the pods: their sidecar never takes edge streams from anyone else.
+    if config.controller.in_mesh {
+        out.push(to_value(
+            "AuthorizationPolicy",
+            &authorization_policy(config),
+        )?);
+    }
     out.extend([
         to_value("Service", &grpc_service)?,
         to_value("Service", &monitor_service)?,
@@ -167,6 +178,66 @@ pub(super) fn objects(config: &InstallConfig) -> Result<Vec<Value>, InstallError
         to_value("PodDisruptionBudget", &pdb)?,
     ]);
     Ok(out)
+}
+
+/// Who may reach the controller's pods through their sidecar: an ALLOW policy, so
+/// anything it does not match gets 403 from the sidecar's RBAC filter:
+/// - the gRPC edge port: only the gateway's service account (a principal needs a verified
+///   mTLS peer certificate, so plaintext callers are refused too);
+/// - the HTTP port: anyone (`/healthz`, `/readyz`, `/metrics` for Prometheus, which may
+///   scrape without mTLS; `/debug/*` answers only 127.0.0.1/::1 unless opened, and the
+///   sidecar forwards from 127.0.0.6). The kubelet's probes never reach the sidecar's
+///   inbound listener: injection rewrites them to pilot-agent's status port, which calls
+///   the container directly.
+///
+/// The controller checks the gateway's identity itself as well (`--edge-auth xfcc`), so a
+/// deleted or edited policy lets no one else in.
+fn authorization_policy(config: &InstallConfig) -> AuthorizationPolicy {
+    let port = |p: u16| RuleTo {
+        operation: RuleOperation {
+            ports: vec![p.to_string()],
+        },
+    };
+    IstioObject {
+        api_version: SECURITY_API.into(),
+        kind: "AuthorizationPolicy".into(),
+        metadata: istio_metadata(config, CONTROLLER_NAME, COMPONENT),
+        spec: AuthorizationPolicySpec {
+            selector: MatchLabels {
+                match_labels: config.controller_selector(),
+            },
+            action: "ALLOW".into(),
+            rules: vec![
+                AuthorizationRule {
+                    from: vec![RuleFrom {
+                        source: RuleSource {
+                            principals: vec![config.principal(&config.gateway.name)],
+                        },
+                    }],
+                    to: vec![port(config.controller.grpc_port)],
+                },
+                AuthorizationRule {
+                    from: vec![],
+                    to: vec![port(config.controller.http_port)],
+                },
+            ],
+        },
+    }
+}
+
+/// The controller pod's ProxyConfig (`proxy.istio.io/config`):
+/// - `holdApplicationUntilProxyStarts`: the controller talks to the API server at once;
+/// - `proxyHeaders.forwardedClientCert: SANITIZE_SET`: the sidecar's inbound listener
+///   replaces any `x-forwarded-client-cert` with the verified peer's on an mTLS connection
+///   and removes it on a plaintext one (istiod: `util.GetProxyHeadersFromProxyConfig`,
+///   `proxy_headers.go:72-74`, used by `buildSidecarInboundHTTPOpts`,
+///   `listener_inbound.go:824`; its default `APPEND_FORWARD` would forward a plaintext
+///   caller's header as sent).
+pub fn proxy_config() -> Value {
+    serde_json::json!({
+        "holdApplicationUntilProxyStarts": true,
+        "proxyHeaders": {"forwardedClientCert": "SANITIZE_SET"},
+    })
 }
 
 fn policy_rules(rules: &[Rule]) -> Vec<PolicyRule> {
@@ -232,6 +303,19 @@ pub fn controller_env(config: &InstallConfig) -> Vec<EnvVar> {
             config.cluster_domain.clone(),
         );
     }
+    // Only the gateway may report edges; the controller's sidecar says who called
+    // (see [`proxy_config`]). Outside a mesh the user chooses (`install::check`).
+    if c.in_mesh {
+        settings.insert("LAZYXDS_EDGE_AUTH".into(), "xfcc".into());
+        settings.insert(
+            "LAZYXDS_GATEWAY_IDENTITY".into(),
+            config.spiffe_id(&config.gateway.name),
+        );
+        settings.insert(
+            "LAZYXDS_OWN_IDENTITY".into(),
+            config.spiffe_id(CONTROLLER_NAME),
+        );
+    }
     // One writer, and gateways stream to it: the gRPC Service selects the leader's label,
     // so even a single replica must elect itself to get it.
     settings.insert("LAZYXDS_LEADER_ELECTION".into(), "true".into());
@@ -283,10 +367,9 @@ fn deployment(config: &InstallConfig) -> Deployment {
     }
     let mut annotations = BTreeMap::new();
     if c.in_mesh {
-        // The controller talks to the API server at once; its sidecar must be up first.
         annotations.insert(
             "proxy.istio.io/config".to_string(),
-            r#"{"holdApplicationUntilProxyStarts":true}"#.to_string(),
+            proxy_config().to_string(),
         );
     }
     let probe = |path: &str, period: i32, failures: i32| Probe {

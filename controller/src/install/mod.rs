@@ -108,7 +108,8 @@ impl Component {
             Component::Controller => {
                 "the controller: ServiceAccount, RBAC (and a Role reading Istio's mesh config \
                  in istio-system), the ValidatingAdmissionPolicy keeping its writes to objects \
-                 labelled ours, Deployment, Services, PodDisruptionBudget"
+                 labelled ours, the AuthorizationPolicy letting only the gateway stream edges \
+                 to it, Deployment, Services, PodDisruptionBudget"
             }
             Component::Module => {
                 "the filter module the gateway mounts (too big for client-side apply's \
@@ -359,6 +360,21 @@ fn check(config: &InstallConfig) -> Result<(), InstallError> {
     }
     if !is_dns_domain(&config.cluster_domain) {
         return bad("--cluster-domain", "must be a DNS name");
+    }
+    if !is_dns_domain(&config.trust_domain) {
+        return bad(
+            "--trust-domain",
+            "must be a DNS name (the mesh config's trustDomain)",
+        );
+    }
+    if !config.controller.in_mesh && !config.controller.env.contains_key("LAZYXDS_EDGE_AUTH") {
+        return bad(
+            "--controller-outside-mesh",
+            "without its sidecar the controller cannot check the gateway's mesh identity: \
+             give --controller-env LAZYXDS_EDGE_AUTH=mtls or token, with the files that \
+             mode reads (LAZYXDS_EDGE_TLS_CERT, … or LAZYXDS_EDGE_TOKEN_FILE) mounted into \
+             the controller pod, and the gateway's side (README, \"Who may report edges\")",
+        );
     }
     if config.controller.replicas < 1 {
         return bad("--controller-replicas", "must be at least 1");

@@ -22,6 +22,9 @@ pub struct Controller {
     pub grpc: SocketAddr,
     pub http: SocketAddr,
     log: PathBuf,
+    /// Metadata every stream of [`Controller::send`] carries (e.g. the
+    /// x-forwarded-client-cert the controller's sidecar would add).
+    pub metadata: Vec<(&'static str, String)>,
 }
 
 impl Controller {
@@ -60,6 +63,7 @@ impl Controller {
             grpc: unbound,
             http: unbound,
             log,
+            metadata: Vec::new(),
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -120,7 +124,13 @@ impl Controller {
             .await
             .unwrap();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let mut replies = client.stream(ReceiverStream::new(rx)).await?.into_inner();
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        for (key, value) in &self.metadata {
+            request
+                .metadata_mut()
+                .insert(*key, value.parse().expect("ASCII metadata"));
+        }
+        let mut replies = client.stream(request).await?.into_inner();
         let mut names: Vec<Name> = edges
             .iter()
             .enumerate()

@@ -10,6 +10,10 @@ pub struct Config {
     /// Envoy cluster (HTTP/2) of the controller's gRPC service. The default is the name
     /// istiod gives the controller Service, so a mesh needs no extra cluster.
     pub controller_cluster: String,
+    /// Sent as `authorization: Bearer <token>` on every edge stream, for a controller run
+    /// with `--edge-auth token` (outside a mesh; in one, the mesh's mTLS identifies the
+    /// gateway and this stays empty). Never shown by `Debug`.
+    pub controller_token: Token,
     /// Names this gateway in `Hello`; empty = Envoy's node id. At most
     /// [`MAX_NAME_BYTES`]: the controller refuses a longer `Hello`.
     pub gateway_id: String,
@@ -54,6 +58,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             controller_cluster: "outbound|18000||lazyxds.lazyxds-system.svc.cluster.local".into(),
+            controller_token: Token::default(),
             gateway_id: String::new(),
             flush_interval_ms: 20,
             refresh_interval_s: 300,
@@ -69,6 +74,28 @@ impl Default for Config {
             cluster_domain: "cluster.local".into(),
             routing_wait_ms: 200,
         }
+    }
+}
+
+/// The controller token: a secret, so `Debug` says only whether there is one.
+#[derive(Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(transparent)]
+pub struct Token(String);
+
+impl core::fmt::Debug for Token {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "Token(none)"
+        } else {
+            "Token(..)"
+        })
+    }
+}
+
+impl Token {
+    /// The `authorization` value to send, if there is a token.
+    pub fn bearer(&self) -> Option<String> {
+        (!self.0.is_empty()).then(|| format!("Bearer {}", self.0))
     }
 }
 
@@ -159,6 +186,18 @@ impl Config {
                 message: "must name the Envoy cluster of the controller".into(),
             });
         }
+        let token = self.controller_token.0.as_bytes();
+        if !token.is_empty() && !lazyxds_proto::limits::is_token(token) {
+            return Err(ConfigError {
+                field: "controller_token".into(),
+                message: format!(
+                    "must be {}..={} bytes of printable ASCII without spaces (the controller's \
+                     --edge-token-file; it is not shown here)",
+                    lazyxds_proto::limits::MIN_TOKEN_BYTES,
+                    lazyxds_proto::limits::MAX_TOKEN_BYTES
+                ),
+            });
+        }
         range("flush_interval_ms", self.flush_interval_ms, 1, 60_000)?;
         range("refresh_interval_s", self.refresh_interval_s, 1, 86_400)?;
         // What the controller refuses on the wire is refused here (lazyxds_proto::limits),
@@ -218,6 +257,25 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[test]
+    fn the_controller_token_is_checked_and_never_shown() {
+        let secret = "tok-0123456789abcdef";
+        let config =
+            Config::parse(format!(r#"{{"controller_token":"{secret}"}}"#).as_bytes()).unwrap();
+        assert_eq!(
+            config.controller_token.bearer(),
+            Some(format!("Bearer {secret}"))
+        );
+        assert!(!format!("{config:?}").contains(secret));
+        assert_eq!(Config::default().controller_token.bearer(), None);
+        for bad in ["short", "has a space in it ok", "ééééééééé"] {
+            let err =
+                Config::parse(format!(r#"{{"controller_token":"{bad}"}}"#).as_bytes()).unwrap_err();
+            assert_eq!(err.field, "controller_token", "{bad}");
+            assert!(!err.message.contains(bad), "{err}");
+        }
+    }
+
+    #[test]
     fn empty_configuration_means_defaults() {
         for input in ["", "  \n", "{}"] {
             assert_eq!(
@@ -230,13 +288,15 @@ mod tests {
 
     #[test]
     fn every_field_can_be_set() {
-        let json = r#"{"controller_cluster":"sink","gateway_id":"gw-1","flush_interval_ms":5,
+        let json = r#"{"controller_cluster":"sink","controller_token":"0123456789abcdef",
+            "gateway_id":"gw-1","flush_interval_ms":5,
             "refresh_interval_s":30,"max_edges":100,"max_batch_edges":10,"max_batch_bytes":2048,
             "max_inflight_batches":2,"max_names_per_stream":64,"ack_timeout_ms":500,
             "reconnect_max_backoff_ms":100,"report":false,"routing":false,
             "cluster_domain":"mesh.example","routing_wait_ms":0}"#;
         let want = Config {
             controller_cluster: "sink".into(),
+            controller_token: Token("0123456789abcdef".into()),
             gateway_id: "gw-1".into(),
             flush_interval_ms: 5,
             refresh_interval_s: 30,

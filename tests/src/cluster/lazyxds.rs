@@ -288,6 +288,9 @@ impl ControllerPod {
         }
         env.push(("KUBECONFIG".into(), kubeconfig.display().to_string()));
         env.push(("NO_COLOR".into(), "1".into()));
+        // The test reads /debug/* from outside the pod (from the pod IP, not 127.0.0.1
+        // where a kubectl port-forward would come from).
+        env.push(("LAZYXDS_DEBUG_ENDPOINTS".into(), "open".into()));
         for (k, v) in extra_env {
             env.retain(|(name, _)| name != k);
             env.push((k.to_string(), v.to_string()));
@@ -399,9 +402,49 @@ impl ControllerPod {
     }
 }
 
+/// The `x-forwarded-client-cert` the controller's sidecar hands it for a stream from the
+/// gateway (the default install's identities; SANITIZE_SET: this one element). The
+/// controller runs `--edge-auth xfcc` as its Deployment says; here no sidecar stands
+/// between the test and the controller, so the test writes what the sidecar would
+/// (`cluster.rs` checks istiod gives the sidecar exactly that behaviour).
+pub fn gateway_xfcc() -> String {
+    format!(
+        "By=spiffe://cluster.local/ns/{NAMESPACE}/sa/lazyxds;Hash=0;Subject=\"\";\
+         URI=spiffe://cluster.local/ns/{NAMESPACE}/sa/lazyxds-gateway"
+    )
+}
+
 /// Streams one batch of (source IP, upstream cluster) edges to a controller, as one gateway
 /// worker would (`Hello`, then one `EdgeBatch`), and waits for its ack.
 pub async fn send_edges(grpc_addr: &str, edges: &[(Ipv4Addr, &str)]) -> Result<()> {
+    send_edges_as(grpc_addr, Some(&gateway_xfcc()), edges).await
+}
+
+/// [`send_edges`] with the callers' verified identity on every edge, as the gateway
+/// reports a caller that came in over mTLS (the installed controller requires one).
+pub async fn send_edges_from(
+    grpc_addr: &str,
+    principal: &str,
+    edges: &[(Ipv4Addr, &str)],
+) -> Result<()> {
+    send_edges_with(grpc_addr, Some(&gateway_xfcc()), Some(principal), edges).await
+}
+
+/// [`send_edges`] with this `x-forwarded-client-cert` (none: no header).
+pub async fn send_edges_as(
+    grpc_addr: &str,
+    xfcc: Option<&str>,
+    edges: &[(Ipv4Addr, &str)],
+) -> Result<()> {
+    send_edges_with(grpc_addr, xfcc, None, edges).await
+}
+
+async fn send_edges_with(
+    grpc_addr: &str,
+    xfcc: Option<&str>,
+    principal: Option<&str>,
+    edges: &[(Ipv4Addr, &str)],
+) -> Result<()> {
     use lazyxds_proto::v1::edge_sink_client::EdgeSinkClient;
     use lazyxds_proto::v1::{
         controller_message, gateway_message, ControllerMessage, Edge, EdgeBatch, GatewayMessage,
@@ -411,11 +454,14 @@ pub async fn send_edges(grpc_addr: &str, edges: &[(Ipv4Addr, &str)]) -> Result<(
         .await
         .with_context(|| format!("connecting to the controller at {grpc_addr}"))?;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let mut replies = client
-        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await?
-        .into_inner();
-    let names = edges
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    if let Some(xfcc) = xfcc {
+        request
+            .metadata_mut()
+            .insert("x-forwarded-client-cert", xfcc.parse()?);
+    }
+    let mut replies = client.stream(request).await?.into_inner();
+    let mut names: Vec<Name> = edges
         .iter()
         .zip(1u32..)
         .map(|((_, cluster), id)| Name {
@@ -423,12 +469,21 @@ pub async fn send_edges(grpc_addr: &str, edges: &[(Ipv4Addr, &str)]) -> Result<(
             value: cluster.to_string(),
         })
         .collect();
+    let principal = principal.map(|value| {
+        let id = names.len() as u32 + 1;
+        names.push(Name {
+            id,
+            value: value.to_string(),
+        });
+        id
+    });
     let edges = edges
         .iter()
         .zip(1u32..)
         .map(|((ip, _), id)| Edge {
             source_ip: ip.octets().to_vec(),
             cluster: id,
+            principal: principal.unwrap_or(0),
             requests: 1,
             ..Edge::default()
         })
