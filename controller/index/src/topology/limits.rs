@@ -353,7 +353,11 @@ mod tests {
     #[test]
     fn values_deepened_by_aliases_are_measured() {
         let value = |depth: usize| -> Value {
-            let text = format!("a: &a {}x{}\nb: [*a]\n", "[".repeat(depth), "]".repeat(depth));
+            let text = format!(
+                "a: &a {}x{}\nb: [*a]\n",
+                "[".repeat(depth),
+                "]".repeat(depth)
+            );
             serde_norway::from_str(&text).unwrap()
         };
         // `b` is the mapping (1), its list (2) and the copy of `a`.
