@@ -5,10 +5,12 @@
 //! Properties: a refusal names the file; an accepted file nests no deeper than
 //! `limits::MAX_DEPTH` (the scan before parsing never lets a deeper one through), and
 //! the same document written back as YAML (what any YAML tool would save) parses to the
-//! same topology, which the index takes as a full resync.
+//! same topology, which the index takes as a full resync; a reconcile pass over it renders
+//! every workload's YAML, and its namespace table is one the gateway filter takes whole.
 
+use lazyxds_filter_core::{Config, Router};
 use lazyxds_index::topology::limits::MAX_DEPTH;
-use lazyxds_index::{Index, IndexConfig, Topology};
+use lazyxds_index::{reconcile, Index, IndexConfig, RenderConfig, Topology};
 use serde_norway::Value;
 
 /// The name errors must carry.
@@ -55,6 +57,21 @@ pub fn check(bytes: &[u8]) {
         Ok(again) => assert_eq!(again, topology, "written back as\n{written}"),
         Err(e) => panic!("written back, it is refused: {e}\n{written}"),
     }
+    // What file mode does with it: one reconcile pass, each workload's YAML written; the
+    // namespace table pushed to gateways is one the filter takes whole.
     let mut index = Index::new(IndexConfig::default());
     topology.apply_to(&mut index);
+    let pass = reconcile(&index, &topology.render_config(RenderConfig::default()));
+    for key in pass.desired.sidecars.keys() {
+        if let Err(e) = pass.desired.workload_yaml(key) {
+            panic!("{key:?}: its YAML does not render: {e}");
+        }
+    }
+    let mut router = Router::new(&Config::default());
+    router.apply_table(pass.namespace_table);
+    assert_eq!(
+        router.counters().bad_tables,
+        0,
+        "the filter refused the controller's table"
+    );
 }
