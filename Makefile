@@ -212,5 +212,6 @@ demo: setup-rust setup-envoy build ## gateway Envoy + filter + controller on loo
 	$(CARGO) run --quiet -p lazyxds-e2e --bin demo
 
 .PHONY: clean
-clean: ## remove build outputs (keeps $(VENV))
+clean: ## remove build outputs (keeps $(VENV)), make fuzz's too (its committed corpus stays)
 	$(CARGO) clean
+	rm -rf $(FUZZ_DIR)/target $(FUZZ_DIR)/work $(FUZZ_DIR)/artifacts
