@@ -119,15 +119,15 @@ FUZZ_CARGO          = $(CARGO) +$(FUZZ_TOOLCHAIN) fuzz
 # No sanitizer (the code is safe Rust: forbid(unsafe_code)); debug assertions and
 # overflow checks on (fuzz/targets/Cargo.toml), so an overflow is a crash.
 FUZZ_BUILD_FLAGS   := --fuzz-dir . --sanitizer none --debug-assertions
-# Executions per target, sized for ~30 s each on 2 cores (~3 min of runs; a cold build
-# adds ~5 min, installing cargo-fuzz ~3 min: ~10 min on a fresh machine). The cheap
-# parsers get many more than the topology parser.
+# Executions per target, sized for 20-50 s each on 2 cores (~2.5 min of runs; a cold
+# build adds ~4.5 min, installing cargo-fuzz ~3 min: ~10 min on a fresh machine). The
+# cheap parsers get many more than the topology parser.
 FUZZ_TARGETS       := edge_stream cluster_name authority plugin_config topology
-FUZZ_RUNS_edge_stream   := 2500000
-FUZZ_RUNS_cluster_name  := 12000000
+FUZZ_RUNS_edge_stream   := 2000000
+FUZZ_RUNS_cluster_name  := 10000000
 FUZZ_RUNS_authority     := 2000000
 FUZZ_RUNS_plugin_config := 2000000
-FUZZ_RUNS_topology      := 150000
+FUZZ_RUNS_topology      := 100000
 # Longest input per target: past every limit it checks (names of 1 KiB, frames of
 # several batches, a topology file the size of the demo's and more).
 FUZZ_MAX_LEN_edge_stream   := 16384
@@ -147,7 +147,7 @@ setup-fuzz: ## the nightly toolchain and cargo-fuzz $(CARGO_FUZZ_VERSION) (crate
 	  $(CARGO) install cargo-fuzz --locked --version $(CARGO_FUZZ_VERSION); \
 	else echo "cargo-fuzz $$have, $$(rustc +$(FUZZ_TOOLCHAIN) --version)"; fi
 
-fuzz: setup-fuzz ## fuzz the edge decoder, cluster names, authorities, plugin config, topology files: fixed -runs each (~3 min + build)
+fuzz: setup-fuzz ## fuzz the edge decoder, cluster names, authorities, plugin config, topology files: fixed -runs each (~2.5 min + build)
 	@echo "== building the fuzz targets (nightly, libFuzzer; cold ~5 min)"
 	cd $(FUZZ_DIR) && $(FUZZ_CARGO) build $(FUZZ_BUILD_FLAGS)
 	@set -u; cd $(FUZZ_DIR); i=0; \
