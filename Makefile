@@ -33,8 +33,8 @@ help: ## list targets
 
 # ---- setup: everything a fresh machine needs (idempotent) -------------------------
 
-.PHONY: setup setup-rust setup-envoy setup-wasm-test setup-cluster
-setup: setup-rust setup-envoy setup-wasm-test setup-cluster ## install wasm targets, Envoy, the wasm test runner, the control plane
+.PHONY: setup setup-rust setup-envoy setup-wasm-test setup-cluster setup-mesh
+setup: setup-rust setup-envoy setup-wasm-test setup-cluster setup-mesh ## install wasm targets, Envoy, the wasm test runner, the control plane, the mini-mesh's tools
 
 setup-rust: ## rustup targets for the filter and its wasm tests
 	rustup target add $(WASM_TARGET) wasm32-unknown-unknown
@@ -54,6 +54,10 @@ setup-wasm-test: ## wasm-bindgen-test-runner pinned to Cargo.lock's wasm-bindgen
 	  echo "installing wasm-bindgen-cli $$want (have '$$have'; takes ~2 min)"; \
 	  $(CARGO) install wasm-bindgen-cli --version "$$want"; \
 	else echo "wasm-bindgen-test-runner $$have"; fi
+
+setup-mesh: ## iptables (pilot-agent istio-iptables in the mini-mesh's pods, Debian's package), and the util-linux and curl tools its node uses
+	@command -v iptables >/dev/null || { echo "installing iptables"; apt-get update -q && apt-get install -y --no-install-recommends iptables; }
+	@for t in unshare nsenter setpriv curl ip; do command -v $$t >/dev/null || { echo "the mini-mesh (tests/tests/mesh.rs) needs $$t"; exit 1; }; done
 
 setup-cluster: $(LAZYXDS_CLUSTER_BIN)/.built ## etcd, kube-apiserver/-controller-manager/-scheduler, kubectl, istiod, pilot-agent, istioctl from pinned Go modules, the CRDs of each supported Istio (cold: ~20 min on 2 cores; cached after)
 
@@ -77,7 +81,7 @@ controller: ## build the lazyxds binary (debug)
 
 # ---- tests: `make test` runs every tier -------------------------------------------
 
-.PHONY: test test-unit test-wasm test-envoy test-cluster check-wasm-size lint soak
+.PHONY: test test-unit test-wasm test-envoy test-cluster test-mesh check-wasm-size lint soak
 test: test-unit test-wasm test-envoy check-wasm-size bench-quick ## all test tiers (+ the bench harness in quick mode); installs what they need
 
 test-unit: ## tier 1: native unit/table tests of every crate but the e2e one
@@ -87,11 +91,14 @@ test-wasm: setup-rust setup-wasm-test ## tier 2: the filter core compiled to was
 	$(CARGO) test -p lazyxds-filter-core --target wasm32-unknown-unknown
 	$(CARGO) test -p lazyxds-filter-core --target $(WASM_TARGET)
 
-test-envoy: setup-envoy setup-cluster build ## tiers 3-4: real Envoy + the filter + the controller; the real control plane (tests/tests/cluster.rs)
+test-envoy: setup-envoy setup-cluster setup-mesh build ## tiers 3-5: real Envoy + the filter + the controller; the real control plane (tests/tests/cluster.rs); the mini-mesh (tests/tests/mesh.rs)
 	$(E2E_RUNNER) $(CARGO) test -p lazyxds-e2e
 
 test-cluster: setup-envoy setup-cluster build ## tier 4 alone: real kube-apiserver, istiod, pilot-agent + Envoy, the install applied
 	$(E2E_RUNNER) $(CARGO) test -p lazyxds-e2e --test cluster
+
+test-mesh: setup-envoy setup-cluster setup-mesh build ## tier 5 alone: the mini-mesh, pods with real sidecars and traffic capture on a process node (~1 min)
+	$(E2E_RUNNER) $(CARGO) test -p lazyxds-e2e --test mesh -- --nocapture
 
 soak: setup-envoy build ## the hostile tier's longer floods (tests/tests/hostile.rs, LAZYXDS_SOAK=1; a few minutes)
 	LAZYXDS_SOAK=1 $(E2E_RUNNER) $(CARGO) test -p lazyxds-e2e --test hostile -- --nocapture --test-threads 1

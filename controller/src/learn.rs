@@ -13,10 +13,11 @@
     )
 )]
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use lazyxds_index::{namespace_table, Index, ObservedEdge, RenderConfig, WorkloadId};
+use lazyxds_index::{namespace_table, Index, ObservedEdge, RefusedEdge, RenderConfig, WorkloadId};
 use lazyxds_proto::v1::NamespaceTable;
 use tokio::sync::{watch, Notify};
 
@@ -41,7 +42,13 @@ pub struct Learner {
     edges: MemoryEdgeSink,
     changed: Notify,
     table: watch::Sender<Option<Arc<NamespaceTable>>>,
+    /// When refused edges were last logged (unix seconds): at most one sample a window.
+    refused_logged_at: AtomicU64,
 }
+
+/// Seconds between two logged samples of refused edges (a hostile or broken client
+/// would otherwise fill the log; the counters count every edge).
+const REFUSED_LOG_WINDOW_S: u64 = 10;
 
 impl Learner {
     pub fn new(index: Index, edges: MemoryEdgeSink) -> Self {
@@ -50,6 +57,7 @@ impl Learner {
             edges,
             changed: Notify::new(),
             table: watch::channel(None).0,
+            refused_logged_at: AtomicU64::new(0),
         }
     }
 
@@ -106,8 +114,42 @@ impl Learner {
 
     /// Held edges and TTL: call periodically.
     pub fn tick(&self) {
-        if !self.index().tick(unix_now()).is_empty() {
+        let (changed, refused) = {
+            let mut index = self.index();
+            (index.tick(unix_now()), index.take_refused())
+        };
+        self.log_refused("(held)", &refused);
+        if !changed.is_empty() {
             self.mark_changed();
+        }
+    }
+
+    /// Logs the sample of edges the index refused (a few per batch, one sample per
+    /// [`REFUSED_LOG_WINDOW_S`]; the `lazyxds_index_*` counters count every one), naming
+    /// what was wrong with each.
+    fn log_refused(&self, gateway: &str, refused: &[RefusedEdge]) {
+        let now = unix_now();
+        let last = self.refused_logged_at.load(Relaxed);
+        if refused.is_empty()
+            || now < last.saturating_add(REFUSED_LOG_WINDOW_S)
+            || self
+                .refused_logged_at
+                .compare_exchange(last, now, Relaxed, Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        for r in refused {
+            tracing::warn!(
+                gateway,
+                source_ip = %r.edge.source_ip,
+                host = r.edge.host.as_deref().unwrap_or("-"),
+                cluster = &*r.edge.cluster,
+                principal = r.edge.principal.as_deref().unwrap_or("-"),
+                reason = r.reason,
+                "edge refused, not a dependency (one sample per {REFUSED_LOG_WINDOW_S} s; \
+                 lazyxds_index_* counters count all)"
+            );
         }
     }
 
@@ -133,7 +175,12 @@ impl EdgeSink for Learner {
         if self.edges.keeps_edges() {
             self.edges.record(gateway, edges.clone());
         }
-        let changed = self.index().record_edges(edges, unix_now());
+        let (changed, refused) = {
+            let mut index = self.index();
+            let changed = index.record_edges(edges, unix_now());
+            (changed, index.take_refused())
+        };
+        self.log_refused(&gateway.gateway_id, &refused);
         if !changed.is_empty() {
             self.mark_changed();
         }

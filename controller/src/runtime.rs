@@ -87,6 +87,12 @@ pub struct ScopingArgs {
     #[arg(long, env = "LAZYXDS_CLUSTER_DOMAIN", default_value = lazyxds_index::host::DEFAULT_CLUSTER_DOMAIN,
           value_parser = parse_cluster_domain)]
     pub cluster_domain: String,
+    /// Refuse edges that carry no verified caller identity (the gateway saw no client
+    /// certificate). The installed gateway admits only mTLS callers, so every real edge
+    /// has one and the install sets this; without it, whoever can call the gateway in
+    /// plain text from a pod's IP could speak for that pod.
+    #[arg(long, env = "LAZYXDS_REQUIRE_PRINCIPAL")]
+    pub require_principal: bool,
 }
 
 /// A Service FQDN (`lazyxds-gateway.lazyxds-system.svc.cluster.local`): lower-case DNS
@@ -130,6 +136,7 @@ impl ScopingArgs {
             ttl: (self.ttl_secs > 0).then(|| Duration::from_secs(self.ttl_secs)),
             max_deps_per_workload: self.max_hosts as usize,
             cluster_domain: self.cluster_domain.clone(),
+            require_principal: self.require_principal,
             ..IndexConfig::default()
         }
     }

@@ -1012,8 +1012,19 @@ async fn rbac_allows_exactly_the_calls_the_controller_makes() {
     )
     .await;
     // Learn a dependency.
-    ctl.send(&[([10, 0, 0, 1], &outbound("api.shop.svc.cluster.local"))])
-        .await;
+    // The installed controller takes only edges with the caller's identity.
+    let api_cluster = outbound("api.shop.svc.cluster.local");
+    ctl.send(&[([10, 0, 0, 1], &api_cluster)]).await;
+    let metrics = ctl.http_get("/metrics").await;
+    assert!(
+        metrics.contains("lazyxds_index_principal_missing_total 1"),
+        "{metrics}"
+    );
+    ctl.send_from(
+        "spiffe://cluster.local/ns/shop/sa/web",
+        &[([10, 0, 0, 1], &api_cluster)],
+    )
+    .await;
     eventually(
         timeout,
         || format!("learned dependency\n{}", ctl.log()),

@@ -235,13 +235,15 @@ pub fn increment_metric(id: u32, offset: i64) -> Result<(), Status> {
 }
 
 /// Opens a gRPC stream on the Envoy cluster `cluster`; returns its token.
-pub fn open_grpc_stream(cluster: &str, service: &str, method: &str) -> Result<u32, Status> {
+/// `target`: a cluster name, or a serialized `GrpcService`
+/// (`lazyxds_filter_core::grpc_target`).
+pub fn open_grpc_stream(target: &[u8], service: &str, method: &str) -> Result<u32, Status> {
     let metadata = serialize_pairs(&[]);
     let mut token = 0u32;
     status(unsafe {
         proxy_grpc_stream(
-            cluster.as_ptr(),
-            cluster.len(),
+            target.as_ptr(),
+            target.len(),
             service.as_ptr(),
             service.len(),
             method.as_ptr(),

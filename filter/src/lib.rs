@@ -589,7 +589,8 @@ impl Root {
     fn pump(&mut self, reporter: &mut Reporter, now: u64) {
         if self.stream.is_none() && reporter.wants_stream(now) {
             let cluster = reporter.config().controller_cluster.clone();
-            match abi::open_grpc_stream(&cluster, EDGE_SINK_SERVICE, EDGE_SINK_METHOD) {
+            let target = lazyxds_filter_core::grpc_target::grpc_service_target(&cluster);
+            match abi::open_grpc_stream(&target, EDGE_SINK_SERVICE, EDGE_SINK_METHOD) {
                 Ok(token) => {
                     let hello = reporter.stream_opened();
                     self.stream = Some(token);

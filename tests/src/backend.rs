@@ -18,7 +18,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::client::{BACKEND_HEADER, REQUEST_HOST_HEADER};
+use crate::client::{BACKEND_HEADER, REQUEST_HOST_HEADER, REQUEST_XFCC_HEADER};
 
 /// A running backend; stops accepting when dropped.
 #[derive(Debug)]
@@ -32,9 +32,14 @@ pub struct Backend {
 impl Backend {
     /// Binds 127.0.0.1:0 and serves on the current tokio runtime.
     pub async fn start(name: &str) -> Result<Backend> {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        Self::start_on(name, SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await
+    }
+
+    /// Binds `addr` (a mini-mesh app listens on 0.0.0.0 in its pod's network namespace).
+    pub async fn start_on(name: &str, addr: SocketAddr) -> Result<Backend> {
+        let listener = TcpListener::bind(addr)
             .await
-            .with_context(|| format!("binding backend {name}"))?;
+            .with_context(|| format!("binding backend {name} on {addr}"))?;
         let addr = listener.local_addr()?;
         let served = Arc::new(AtomicU64::new(0));
         let task = tokio::spawn(serve(listener, name.to_string(), served.clone()));
@@ -86,9 +91,15 @@ async fn serve(listener: TcpListener, name: String, served: Arc<AtomicU64>) {
                 .get(hyper::header::HOST)
                 .cloned()
                 .unwrap_or(hyper::header::HeaderValue::from_static(""));
+            let xfcc = req
+                .headers()
+                .get("x-forwarded-client-cert")
+                .cloned()
+                .unwrap_or(hyper::header::HeaderValue::from_static(""));
             let resp = Response::builder()
                 .header(BACKEND_HEADER, &*name)
                 .header(REQUEST_HOST_HEADER, host)
+                .header(REQUEST_XFCC_HEADER, xfcc)
                 .header("content-type", "text/plain")
                 .body(Full::new(Bytes::from(name.to_string())))
                 .map_err(|e| e.to_string());

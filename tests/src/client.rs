@@ -22,6 +22,9 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub const BACKEND_HEADER: &str = "x-backend";
 /// The response header each test backend sets to the Host its request arrived with.
 pub const REQUEST_HOST_HEADER: &str = "x-request-host";
+/// The response header each test backend sets to the `x-forwarded-client-cert` its request
+/// arrived with (in the mini-mesh: the caller's identity, as its sidecar's inbound saw it).
+pub const REQUEST_XFCC_HEADER: &str = "x-request-xfcc";
 
 #[derive(Debug, Clone)]
 pub struct Response {
@@ -80,6 +83,53 @@ async fn local(method: Method, port: u16, path: &str) -> Result<Response> {
     )
     .await
     .with_context(|| format!("{method} http://{host}{path}"))
+}
+
+/// 198.18.0.0/15 (RFC 2544 benchmarking): the mini-mesh's pod, Service and bridge addresses.
+pub fn is_test_range(ip: Ipv4Addr) -> bool {
+    let [a, b, ..] = ip.octets();
+    a == 198 && (b & 0xfe) == 18
+}
+
+/// One request on a fresh connection to `dest` with `Host: host`, from whatever address the
+/// kernel picks: what a workload in a mini-mesh pod sends (its sidecar captures it).
+/// Refuses any destination outside loopback and 198.18.0.0/15.
+pub async fn request_to(dest: SocketAddr, host: &str, path: &str) -> Result<Response> {
+    let allowed = match dest.ip() {
+        IpAddr::V4(v4) => v4.is_loopback() || is_test_range(v4),
+        IpAddr::V6(_) => false,
+    };
+    if !allowed {
+        return Err(anyhow!(
+            "refusing traffic to {dest}: outside the tests' ranges"
+        ));
+    }
+    let req = Request::builder()
+        .method(Method::GET)
+        .uri(path)
+        .header(HOST, HeaderValue::from_bytes(host.as_bytes())?)
+        .body(Empty::<Bytes>::new())?;
+    tokio::time::timeout(REQUEST_TIMEOUT, async move {
+        let stream = tokio::net::TcpStream::connect(dest).await?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let exchange = async move {
+            let resp = sender.send_request(req).await?;
+            let (parts, body) = resp.into_parts();
+            let body = body.collect().await?.to_bytes();
+            drop(sender);
+            Ok::<_, anyhow::Error>(Response {
+                status: parts.status.as_u16(),
+                headers: parts.headers,
+                body: String::from_utf8_lossy(&body).into_owned(),
+            })
+        };
+        let (resp, _conn) = tokio::join!(exchange, conn);
+        resp
+    })
+    .await
+    .map_err(|_| anyhow!("timed out after {REQUEST_TIMEOUT:?}"))?
+    .with_context(|| format!("GET http://{host}{path} via {dest}"))
 }
 
 async fn send(

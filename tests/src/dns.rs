@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 #[derive(Debug)]
 pub struct FakeDns {
     addr: SocketAddr,
+    names: Arc<Mutex<BTreeMap<String, Ipv4Addr>>>,
     queries: Arc<Mutex<Vec<String>>>,
     task: JoinHandle<()>,
 }
@@ -25,14 +26,28 @@ impl FakeDns {
             names.values().all(|ip| ip.is_loopback()),
             "the fake DNS only answers loopback addresses"
         );
-        let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+        Self::start_on(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), names).await
+    }
+
+    /// Serves on `addr` (the mini-mesh's nameserver on its bridge, port 53), answering
+    /// only addresses of the tests' own ranges (loopback, 198.18.0.0/15).
+    pub async fn start_on(addr: SocketAddr, names: BTreeMap<String, Ipv4Addr>) -> Result<FakeDns> {
+        anyhow::ensure!(
+            names
+                .values()
+                .all(|ip| ip.is_loopback() || crate::client::is_test_range(*ip)),
+            "the fake DNS only answers loopback and 198.18.0.0/15 addresses"
+        );
+        let socket = UdpSocket::bind(addr)
             .await
-            .context("binding the fake DNS server")?;
+            .with_context(|| format!("binding the fake DNS server on {addr}"))?;
         let addr = socket.local_addr()?;
         let queries = Arc::new(Mutex::new(Vec::new()));
-        let task = tokio::spawn(serve(socket, names, queries.clone()));
+        let names = Arc::new(Mutex::new(names));
+        let task = tokio::spawn(serve(socket, names.clone(), queries.clone()));
         Ok(FakeDns {
             addr,
+            names,
             queries,
             task,
         })
@@ -40,6 +55,15 @@ impl FakeDns {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Replaces the names it answers (the same rule as at start: test ranges only).
+    pub fn set_names(&self, names: BTreeMap<String, Ipv4Addr>) {
+        let names = names
+            .into_iter()
+            .filter(|(_, ip)| ip.is_loopback() || crate::client::is_test_range(*ip))
+            .collect();
+        *self.names.lock().unwrap_or_else(|e| e.into_inner()) = names;
     }
 
     /// Every name asked so far (`name/type`).
@@ -59,7 +83,7 @@ impl Drop for FakeDns {
 
 async fn serve(
     socket: UdpSocket,
-    names: BTreeMap<String, Ipv4Addr>,
+    names: Arc<Mutex<BTreeMap<String, Ipv4Addr>>>,
     queries: Arc<Mutex<Vec<String>>>,
 ) {
     let mut buf = [0u8; 1500];
@@ -74,7 +98,12 @@ async fn serve(
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(format!("{name}/{qtype}"));
-        let reply = answer(&buf[..question_end], names.get(&name), qtype);
+        let ip = names
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&name)
+            .copied();
+        let reply = answer(&buf[..question_end], ip.as_ref(), qtype);
         let _ = socket.send_to(&reply, peer).await;
     }
 }

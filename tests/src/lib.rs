@@ -23,6 +23,7 @@ pub mod paths;
 pub mod pki;
 pub mod ports;
 pub mod process;
+pub mod tls;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

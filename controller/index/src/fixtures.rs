@@ -258,7 +258,12 @@ impl Index {
     /// ratings (HTTP 9080), postgres (TCP only); VirtualService reviews → reviews-v2.
     /// `payments` (not opted in): Service payments (HTTP 9080).
     pub fn test() -> Self {
-        let mut index = Index::new(IndexConfig::default());
+        Index::test_with(IndexConfig::default())
+    }
+
+    /// [`Index::test`]'s mesh with another config.
+    pub fn test_with(config: IndexConfig) -> Self {
+        let mut index = Index::new(config);
         index.apply(mk_namespace("shop", Some(true)));
         index.apply(mk_namespace("payments", None));
         mk_deployment(&mut index, "shop", "productpage", "10.0.0.10");

@@ -18,6 +18,24 @@ pub fn is_dns_domain(s: &str) -> bool {
     s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
+/// Whether a defined host may become a dependency in a Sidecar's egress hosts: a DNS
+/// name (any case, as ServiceEntries may write it), or `*.` and one. Never the bare `*`:
+/// `*/*` would undo scoping.
+pub fn may_be_sidecar_host(host: &str) -> bool {
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
 /// `name.ns.svc.<domain>`.
 pub fn service_fqdn(name: &str, namespace: &str, cluster_domain: &str) -> String {
     format!("{name}.{namespace}.svc.{cluster_domain}")

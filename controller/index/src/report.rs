@@ -466,8 +466,9 @@ mod tests {
         });
         index.apply(mk_namespace("shop", Some(true)));
         mk_deployment(&mut index, "shop", "productpage", "10.0.0.10");
-        let edges = ["a.example.com", "b.example.com"]
-            .map(|h| mk_edge("10.0.0.10", None, &mk_outbound(80, h), 1));
+        let hosts = ["a.example.com", "b.example.com"];
+        index.apply(mk_service_entry("shop", "ext", &hosts, &[(80, "HTTP")]));
+        let edges = hosts.map(|h| mk_edge("10.0.0.10", None, &mk_outbound(80, h), 1));
         index.record_edges(edges, 1);
         let desired = desired(&index, &RenderConfig::test());
         let report = report(&index, &desired, &RenderConfig::test());

@@ -218,6 +218,9 @@ pub fn controller_env(config: &InstallConfig) -> Vec<EnvVar> {
             config.gateway.egress_proxy_port.to_string(),
         ),
         ("LAZYXDS_LOG_LEVEL".into(), c.log_level.clone()),
+        // The gateway admits only mTLS callers (its AuthorizationPolicy): an edge without
+        // the caller's identity did not come from a request it served.
+        ("LAZYXDS_REQUIRE_PRINCIPAL".into(), "true".into()),
     ]);
     if c.dry_run {
         settings.insert("LAZYXDS_DRY_RUN".into(), "true".into());

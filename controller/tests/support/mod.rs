@@ -100,14 +100,28 @@ impl Controller {
         self.try_send(edges).await.unwrap();
     }
 
+    /// [`Controller::send`] with the callers' verified identity on every edge (what the
+    /// installed controller requires).
+    pub async fn send_from(&self, principal: &str, edges: &[([u8; 4], &str)]) {
+        self.try_send_from(edges, Some(principal)).await.unwrap();
+    }
+
     /// [`Controller::send`], returning how the stream ended when it was not acked.
     pub async fn try_send(&self, edges: &[([u8; 4], &str)]) -> Result<(), tonic::Status> {
+        self.try_send_from(edges, None).await
+    }
+
+    async fn try_send_from(
+        &self,
+        edges: &[([u8; 4], &str)],
+        principal: Option<&str>,
+    ) -> Result<(), tonic::Status> {
         let mut client = EdgeSinkClient::connect(format!("http://{}", self.grpc))
             .await
             .unwrap();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let mut replies = client.stream(ReceiverStream::new(rx)).await?.into_inner();
-        let names: Vec<Name> = edges
+        let mut names: Vec<Name> = edges
             .iter()
             .enumerate()
             .map(|(i, (_, c))| Name {
@@ -115,12 +129,21 @@ impl Controller {
                 value: c.to_string(),
             })
             .collect();
+        let principal_id = principal.map(|p| {
+            let id = names.len() as u32 + 1;
+            names.push(Name {
+                id,
+                value: p.to_string(),
+            });
+            id
+        });
         let edges = edges
             .iter()
             .enumerate()
             .map(|(i, (ip, _))| Edge {
                 source_ip: ip.to_vec(),
                 cluster: i as u32 + 1,
+                principal: principal_id.unwrap_or(0),
                 requests: 1,
                 ..Edge::default()
             })

@@ -8,6 +8,7 @@
 //! - [`edge`]: request properties → an edge (or a counted skip).
 //! - [`table`]: the bounded LRU dedup table.
 //! - [`flows`]: what the shell remembers of a request between its callbacks (bounded).
+//! - [`grpc_target`]: the controller stream's target (cluster and `:authority`).
 //! - [`reporter`]: batching, dictionary encoding, acks, re-sends, resync, backoff.
 #![forbid(unsafe_code)]
 #![cfg_attr(
@@ -19,6 +20,7 @@ pub mod authority;
 pub mod config;
 pub mod edge;
 pub mod flows;
+pub mod grpc_target;
 pub mod reporter;
 pub mod routing;
 pub mod table;

@@ -64,5 +64,11 @@ build kubernetes "" "$k8s_ld" \
 istio_dir=$(cd "$here/istio" && go list -m -f '{{.Dir}}' istio.io/istio)
 install -m 0644 "$istio_dir/manifests/charts/base/files/crd-all.gen.yaml" "$out/istio-crds.yaml"
 install -m 0644 "$istio_dir/tools/packaging/common/envoy_bootstrap.json" "$out/envoy_bootstrap.json"
+# Sidecar injection's templates and chart defaults (`istioctl kube-inject` reads them: the
+# mini-mesh's pods carry what injection adds).
+chart="$istio_dir/manifests/charts/istio-control/istio-discovery"
+install -D -m 0644 "$chart/values.yaml" "$out/istio-inject/values.yaml"
+install -D -m 0644 "$chart/files/injection-template.yaml" "$out/istio-inject/files/injection-template.yaml"
+install -D -m 0644 "$chart/files/gateway-injection-template.yaml" "$out/istio-inject/files/gateway-injection-template.yaml"
 printf 'kubernetes %s\netcd %s\nistio %s\n' "$k8s" "$etcd_ver" "$istio" > "$out/versions"
 echo "control plane binaries in $out:"; ls -l "$out"

@@ -63,17 +63,30 @@ pub fn parse_yaml_stream(text: &str) -> Result<Vec<Value>> {
 impl Installed {
     /// Installs once (default flags, the module from `make wasm`) and registers the node.
     pub fn shared(cluster: &Cluster) -> Result<&'static Installed> {
+        Self::shared_with(cluster, |m| Ok(m.to_string()))
+    }
+
+    /// Installs once, applying `rewrite(manifest)` instead of the manifest (the mini-mesh
+    /// applies it through `istioctl kube-inject`, as the injection webhook would change its
+    /// pods); `manifest` and `objects` stay the rendered install.
+    pub fn shared_with(
+        cluster: &Cluster,
+        rewrite: impl FnOnce(&str) -> Result<String>,
+    ) -> Result<&'static Installed> {
         INSTALLED
-            .get_or_init(|| Installed::apply(cluster).map_err(|e| format!("{e:#}")))
+            .get_or_init(|| Installed::apply(cluster, rewrite).map_err(|e| format!("{e:#}")))
             .as_ref()
             .map_err(|e| anyhow!("installing lazyxds in the test cluster: {e}"))
     }
 
-    fn apply(cluster: &Cluster) -> Result<Installed> {
+    fn apply(cluster: &Cluster, rewrite: impl FnOnce(&str) -> Result<String>) -> Result<Installed> {
         register_node(cluster)?;
         let (manifest, objects) = render(&[])?;
         cluster
-            .kubectl(&["apply", "--server-side", "-f", "-"], Some(&manifest))
+            .kubectl(
+                &["apply", "--server-side", "-f", "-"],
+                Some(&rewrite(&manifest)?),
+            )
             .context("kubectl apply --server-side of `lazyxds install`")?;
         Ok(Installed { manifest, objects })
     }
@@ -98,7 +111,7 @@ impl Installed {
 
 /// A Node with capacity, Ready, so the real scheduler binds pods to it (it runs nothing:
 /// the tests play the kubelet by writing pod status).
-fn register_node(cluster: &Cluster) -> Result<()> {
+pub(super) fn register_node(cluster: &Cluster) -> Result<()> {
     let resources = json!({"cpu": "64", "memory": "256Gi", "pods": "1000"});
     cluster.apply_json(&[json!({
         "apiVersion": "v1", "kind": "Node",

@@ -12,9 +12,11 @@
 //!   of the same binary starts; the processes die with the test process (SIGKILL by
 //!   parent-death signal from a thread that lives as long as the process).
 
+pub mod inject;
 mod istiod;
 mod kubeconfig;
 pub mod lazyxds;
+pub mod node;
 pub mod pki;
 pub mod proxy;
 
@@ -138,6 +140,12 @@ impl Cluster {
     /// The cluster of this test binary, started on first use. Blocking: from async code call
     /// it through `tokio::task::spawn_blocking`.
     pub fn shared() -> Result<&'static Cluster> {
+        Self::shared_with(ClusterOptions::default())
+    }
+
+    /// The cluster of this test binary, started on first use with `options` (the first
+    /// caller's options win: a binary uses one kind of cluster).
+    pub fn shared_with(options: ClusterOptions) -> Result<&'static Cluster> {
         SHARED
             .get_or_init(|| {
                 // The processes must be spawned by a thread that lives as long as the test
@@ -146,7 +154,7 @@ impl Cluster {
                 let spawned = std::thread::Builder::new()
                     .name("cluster".into())
                     .spawn(move || {
-                        let started = Cluster::start(&ClusterOptions::default())
+                        let started = Cluster::start(&options)
                             .map(|c| &*Box::leak(Box::new(c)))
                             .map_err(|e| format!("{e:#}"));
                         let _ = tx.send(started);
@@ -720,7 +728,12 @@ pub fn http_get_plain(addr: Ipv4Addr, port: u16, path: &str) -> Result<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(&(addr, port).into(), Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    // HTTP/1.1 (Envoy refuses 1.0 by default: its health listener on 15021 answers 426),
+    // closed after the response so the body ends at EOF.
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut buf = String::new();
     s.read_to_string(&mut buf)?;
     let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));

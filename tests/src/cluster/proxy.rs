@@ -256,36 +256,44 @@ impl IstioProxy {
     }
 }
 
-/// Copies each mounted file into an overlay upper directory under `dir` and returns the
-/// shell commands that mount those overlays (one per top-level directory, e.g. `/etc`).
-/// A pod's annotations in the downward API's file format, `key="value"` per line (Go's
-/// `%q`, which pilot-agent's `ParseDownwardAPI` undoes with `strconv.Unquote`).
+/// A pod's annotations as the downward-API volume has them.
 fn pod_annotations(cluster: &Cluster, namespace: &str, name: &str) -> Result<String> {
     let pod = cluster
         .get("pod", Some(namespace), name)?
         .with_context(|| format!("pod {namespace}/{name} does not exist"))?;
-    let mut out = String::new();
-    if let Some(annotations) = pod["metadata"]["annotations"].as_object() {
-        for (k, v) in annotations {
-            let v = v.as_str().unwrap_or_default();
-            let mut quoted = String::from('"');
-            for c in v.chars() {
-                match c {
-                    '"' => quoted.push_str("\\\""),
-                    '\\' => quoted.push_str("\\\\"),
-                    '\n' => quoted.push_str("\\n"),
-                    c if c.is_ascii() && !c.is_ascii_control() => quoted.push(c),
-                    // Anything else as a Go `\U` escape of its code point.
-                    c => quoted.push_str(&format!("\\U{:08x}", u32::from(c))),
-                }
-            }
-            quoted.push('"');
-            out.push_str(&format!("{k}={quoted}\n"));
-        }
-    }
-    Ok(out)
+    let annotations: BTreeMap<String, String> = pod["metadata"]["annotations"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+        .collect();
+    Ok(downward_api_file(&annotations))
 }
 
+/// Labels or annotations in the downward API's file format, `key="value"` per line (Go's
+/// `%q`, which pilot-agent's `ParseDownwardAPI` undoes with `strconv.Unquote`).
+pub(super) fn downward_api_file(map: &BTreeMap<String, String>) -> String {
+    let mut out = String::new();
+    for (k, v) in map {
+        let mut quoted = String::from('"');
+        for c in v.chars() {
+            match c {
+                '"' => quoted.push_str("\\\""),
+                '\\' => quoted.push_str("\\\\"),
+                '\n' => quoted.push_str("\\n"),
+                c if c.is_ascii() && !c.is_ascii_control() => quoted.push(c),
+                // Anything else as a Go `\U` escape of its code point.
+                c => quoted.push_str(&format!("\\U{:08x}", u32::from(c))),
+            }
+        }
+        quoted.push('"');
+        out.push_str(&format!("{k}={quoted}\n"));
+    }
+    out
+}
+
+/// Copies each mounted file into an overlay upper directory under `dir` and returns the
+/// shell commands that mount those overlays (one per top-level directory, e.g. `/etc`).
 fn overlay_mounts(dir: &Path, mounts: &[(PathBuf, PathBuf)]) -> Result<String> {
     let mut tops: BTreeMap<PathBuf, PathBuf> = BTreeMap::new();
     for (i, (src, dst)) in mounts.iter().enumerate() {

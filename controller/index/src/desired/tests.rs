@@ -189,6 +189,9 @@ fn every_sidecar_comes_with_a_catch_all_filter_that_sends_only_unknown_http_to_t
     ));
     // Constant size: a workload with many deps gets the same filter.
     let mut busy = Index::test();
+    let many: Vec<String> = (0..50).map(|i| format!("s{i}.example.com")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    busy.apply(mk_service_entry("shop", "many", &many, &[(80, "HTTP")]));
     let edges: Vec<_> = (0..50)
         .map(|i| {
             mk_edge(
@@ -288,7 +291,15 @@ fn dep_hosts_take_the_namespace_of_every_defining_object() {
         ),
         mk_edge("10.0.0.10", None, "outbound|80||unknown.example.com", 1),
     ];
+    // A dep whose definition is gone since it was learned stays, under `*/`.
+    index.apply(mk_service_entry(
+        "shop",
+        "gone",
+        &["unknown.example.com"],
+        &[(80, "HTTP")],
+    ));
     index.record_edges(edges, 1);
+    index.delete::<crate::objects::ServiceEntry>((), "shop", "gone");
     let desired = desired(&index, &RenderConfig::test());
     assert_eq!(
         egress_of(&desired, &productpage()),
@@ -873,6 +884,17 @@ fn over_the_host_cap_a_sidecar_keeps_every_host_it_has_and_new_ones_stay_lazy() 
     });
     index.apply(mk_namespace("shop", Some(true)));
     mk_deployment(&mut index, "shop", "productpage", "10.0.0.10");
+    index.apply(mk_service_entry(
+        "shop",
+        "ext",
+        &[
+            "a.example.com",
+            "b.example.com",
+            "c.example.com",
+            "d.example.com",
+        ],
+        &[(80, "HTTP")],
+    ));
     let learn = |index: &mut Index, hosts: &[&str], at: u64| {
         let edges: Vec<_> = hosts
             .iter()
@@ -889,11 +911,11 @@ fn over_the_host_cap_a_sidecar_keeps_every_host_it_has_and_new_ones_stay_lazy() 
     assert_eq!(before.capped, vec![]);
     let listed = egress_of(&before, &productpage());
     assert!(
-        listed.contains(&"*/a.example.com".to_string()),
+        listed.contains(&"shop/a.example.com".to_string()),
         "{listed:?}"
     );
     assert!(
-        listed.contains(&"*/b.example.com".to_string()),
+        listed.contains(&"shop/b.example.com".to_string()),
         "{listed:?}"
     );
     // A third host: not added, nothing removed, no refusal; reported as capped.

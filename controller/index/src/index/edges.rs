@@ -6,6 +6,7 @@ use std::mem;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use super::hosts::Resolved;
 use super::Index;
 use crate::host;
 use crate::objects::WorkloadId;
@@ -13,6 +14,8 @@ use crate::objects::WorkloadId;
 /// How long a closed holder of an IP is remembered (edges can be reported late, after a
 /// gateway outage).
 const IP_HISTORY_RETENTION_S: u64 = 600;
+/// Refused edges kept for the log between two reads.
+const MAX_REFUSED_SAMPLE: usize = 8;
 /// Clock skew tolerated between the gateway's last-seen and a pod's start time, for the
 /// first known holder of an IP.
 const START_SKEW_S: u64 = 5;
@@ -38,11 +41,29 @@ pub(super) struct Held {
     deadline: u64,
 }
 
+/// Why an edge waits: what the watches have not shown yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    /// No pod (or owner chain) holds its source IP.
+    Source,
+    /// Nothing defines its host.
+    Host,
+}
+
 enum Source {
     Workload(WorkloadId),
     Unknown,
     HostNetwork,
     Mismatch,
+    NoPrincipal,
+}
+
+/// An edge the index would not take, and why: the learner logs a sample of these
+/// (rate-limited), the counters count them all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedEdge {
+    pub edge: ObservedEdge,
+    pub reason: &'static str,
 }
 
 impl Index {
@@ -63,7 +84,7 @@ impl Index {
             // The sender's clock is not ours: a last-seen in the future would keep a dep
             // past its TTL for ever.
             edge.last_seen_unix_s = edge.last_seen_unix_s.min(now);
-            if let Some(edge) = self.ingest(edge, now, &mut changed) {
+            if let Some((edge, _)) = self.ingest(edge, now, &mut changed) {
                 self.hold(edge, now);
             }
         }
@@ -81,10 +102,15 @@ impl Index {
                 None => {
                     self.counters.held_attributed = self.counters.held_attributed.saturating_add(1)
                 }
-                Some(_) if now >= held.deadline => {
-                    self.counters.unknown_dropped = self.counters.unknown_dropped.saturating_add(1)
+                Some((edge, why)) if now >= held.deadline => {
+                    let (counter, reason) = match why {
+                        Pending::Source => (&mut self.counters.unknown_dropped, "unknown source"),
+                        Pending::Host => (&mut self.counters.undefined_host, "undefined host"),
+                    };
+                    *counter = counter.saturating_add(1);
+                    self.refused(edge, reason);
                 }
-                Some(edge) => self.held.push_back(Held {
+                Some((edge, _)) => self.held.push_back(Held {
                     edge,
                     deadline: held.deadline,
                 }),
@@ -112,13 +138,26 @@ impl Index {
         });
     }
 
-    /// Takes in one edge; gives it back when its source is not known yet.
+    /// Keeps a sample of refused edges for the log (the counters count every one).
+    fn refused(&mut self, edge: ObservedEdge, reason: &'static str) {
+        if self.refused_sample.len() < MAX_REFUSED_SAMPLE {
+            self.refused_sample.push(RefusedEdge { edge, reason });
+        }
+    }
+
+    /// The refused edges kept since the last call (at most a few), for the log.
+    pub fn take_refused(&mut self) -> Vec<RefusedEdge> {
+        mem::take(&mut self.refused_sample)
+    }
+
+    /// Takes in one edge; gives it back, with why, when its source or host is not known
+    /// yet.
     fn ingest(
         &mut self,
         edge: ObservedEdge,
         now: u64,
         changed: &mut BTreeSet<WorkloadId>,
-    ) -> Option<ObservedEdge> {
+    ) -> Option<(ObservedEdge, Pending)> {
         // Cheap pre-check so non-edges are never held; malformed ones fail in resolve.
         if !edge.cluster.starts_with("outbound|") {
             self.counters.non_outbound = self.counters.non_outbound.saturating_add(1);
@@ -131,7 +170,7 @@ impl Index {
         }
         let id = match self.attribute(&edge) {
             Source::Workload(id) => id,
-            Source::Unknown => return Some(edge),
+            Source::Unknown => return Some((edge, Pending::Source)),
             Source::HostNetwork => {
                 self.counters.host_network = self.counters.host_network.saturating_add(1);
                 return None;
@@ -139,17 +178,35 @@ impl Index {
             Source::Mismatch => {
                 self.counters.principal_mismatch =
                     self.counters.principal_mismatch.saturating_add(1);
+                self.refused(edge, "principal is not the source pod's identity");
+                return None;
+            }
+            Source::NoPrincipal => {
+                self.counters.principal_missing = self.counters.principal_missing.saturating_add(1);
+                self.refused(edge, "no principal (the caller's identity is required)");
                 return None;
             }
         };
-        let Some(dep) = self.hosts.resolve(
+        let dep = match self.hosts.resolve(
             &id.namespace,
             edge.host.as_ref(),
             &edge.cluster,
             &self.config.cluster_domain,
-        ) else {
-            self.counters.non_outbound = self.counters.non_outbound.saturating_add(1);
-            return None;
+        ) {
+            Resolved::Dep(dep) => dep,
+            Resolved::NotOutbound => {
+                self.counters.non_outbound = self.counters.non_outbound.saturating_add(1);
+                return None;
+            }
+            Resolved::Undefined => return Some((edge, Pending::Host)),
+            Resolved::Refused => {
+                self.counters.refused_host = self.counters.refused_host.saturating_add(1);
+                self.refused(
+                    edge,
+                    "host may not be a Sidecar host (a bare wildcard or not a DNS name)",
+                );
+                return None;
+            }
         };
         self.counters.attributed_requests = self
             .counters
@@ -234,11 +291,15 @@ impl Index {
             return Source::Unknown;
         };
         let pod = &holder.pod;
-        if let Some(principal) = &edge.principal {
-            match host::parse_spiffe(principal) {
+        match &edge.principal {
+            Some(principal) => match host::parse_spiffe(principal) {
                 Some((ns, sa)) if ns == &*pod.namespace && sa == &*pod.service_account => {}
                 _ => return Source::Mismatch,
-            }
+            },
+            // Every pod has a service account, so in a mesh every caller has an
+            // identity; without one, anyone could speak for the pod behind an IP.
+            None if self.config.require_principal => return Source::NoPrincipal,
+            None => {}
         }
         match self.workload_of(pod) {
             Some(id) => Source::Workload(id),

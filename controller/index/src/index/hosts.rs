@@ -32,7 +32,22 @@ pub(crate) struct HostTable {
     exact: HashMap<Arc<str>, BTreeSet<HostDef>>,
     /// `*.suffix` hosts (ServiceEntries, VirtualServices); few, matched by scan.
     wildcard: BTreeMap<Arc<str>, BTreeSet<HostDef>>,
-    cache: HashMap<CacheKey, Option<Arc<str>>>,
+    cache: HashMap<CacheKey, Resolved>,
+}
+
+/// What an edge's (requested host, cluster) pair is a dependency on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Resolved {
+    /// The host a Service, ServiceEntry or VirtualService defines, as a Sidecar lists it.
+    Dep(Arc<str>),
+    /// Not an outbound cluster (passthrough, inbound, black hole, malformed).
+    NotOutbound,
+    /// Nothing defines the requested host nor the cluster's host (yet: the watches may
+    /// lag istiod). A Sidecar lists only real hosts, so this is never a dependency.
+    Undefined,
+    /// A defined host no Sidecar may be widened to: the bare wildcard `*` (it would undo
+    /// scoping) or a name that is not a DNS name.
+    Refused,
 }
 
 impl HostTable {
@@ -84,15 +99,16 @@ impl HostTable {
 
     /// The dependency host of an edge from a pod in `src_ns`: the requested host when a
     /// VirtualService, Service or ServiceEntry defines it (short names expanded), else
-    /// the outbound cluster's host. `None`: not an outbound cluster. The cache keeps the
-    /// caller's `Arc`s (the pod's namespace, the stream's names): no copies.
+    /// the outbound cluster's host when one defines that; never a host nothing defines
+    /// (the wire may name anything). The cache keeps the caller's `Arc`s (the pod's
+    /// namespace, the stream's names): no copies.
     pub fn resolve(
         &mut self,
         src_ns: &Arc<str>,
         requested: Option<&Arc<str>>,
         cluster: &Arc<str>,
         cluster_domain: &str,
-    ) -> Option<Arc<str>> {
+    ) -> Resolved {
         let query = CacheQuery {
             ns: src_ns,
             host: requested.map(|h| &**h),
@@ -123,25 +139,24 @@ impl HostTable {
         requested: Option<&str>,
         cluster: &str,
         cluster_domain: &str,
-    ) -> Option<Arc<str>> {
-        let outbound = ClusterName::parse(cluster).outbound()?;
-        if let Some(requested) = requested {
+    ) -> Resolved {
+        let Some(outbound) = ClusterName::parse(cluster).outbound() else {
+            return Resolved::NotOutbound;
+        };
+        let by_request = requested.and_then(|requested| {
             // An absolute name skips the search path; an absolute FQDN is still the FQDN.
             let expanded = host::expand_requested(requested, src_ns, cluster_domain);
             let requested = requested.strip_suffix('.').unwrap_or(requested);
-            let defined = expanded
+            expanded
                 .as_deref()
                 .and_then(|fqdn| self.lookup(fqdn))
-                .or_else(|| self.lookup(requested));
-            if let Some(defined) = defined {
-                return Some(defined.clone());
-            }
+                .or_else(|| self.lookup(requested))
+        });
+        match by_request.or_else(|| self.lookup(outbound.host)) {
+            Some(defined) if host::may_be_sidecar_host(defined) => Resolved::Dep(defined.clone()),
+            Some(_) => Resolved::Refused,
+            None => Resolved::Undefined,
         }
-        Some(
-            self.lookup(outbound.host)
-                .cloned()
-                .unwrap_or_else(|| outbound.host.into()),
-        )
     }
 
     #[cfg(test)]

@@ -25,7 +25,7 @@ use crate::objects::{
     ServiceEntry, SidecarObject, VirtualService, WorkloadId, WorkloadKind, WorkloadObject,
 };
 
-pub use edges::ObservedEdge;
+pub use edges::{ObservedEdge, RefusedEdge};
 pub use kinds::Projection;
 pub(crate) use workloads::WorkloadView;
 
@@ -50,6 +50,9 @@ pub struct IndexConfig {
     pub max_deps_per_workload: usize,
     /// Past holders remembered per IP, for edges reported after the IP was reused.
     pub ip_history: usize,
+    /// Refuse edges without a verified caller identity (a gateway that admits only
+    /// mTLS callers, as the installed one does, always has one).
+    pub require_principal: bool,
 }
 
 impl Default for IndexConfig {
@@ -61,6 +64,7 @@ impl Default for IndexConfig {
             max_held_edges: DEFAULT_MAX_HELD_EDGES,
             max_deps_per_workload: DEFAULT_MAX_DEPS_PER_WORKLOAD,
             ip_history: DEFAULT_IP_HISTORY,
+            require_principal: false,
         }
     }
 }
@@ -78,11 +82,20 @@ pub struct Counters {
     pub host_network: u64,
     /// The peer principal names another namespace/service account than the IP's pod.
     pub principal_mismatch: u64,
-    /// Edges put on hold because their IP (or its owner chain) was unknown.
+    /// No principal, with `require_principal`.
+    pub principal_missing: u64,
+    /// The host that defines the edge's destination may not be a Sidecar host (`*`, not
+    /// a DNS name).
+    pub refused_host: u64,
+    /// Held edges dropped because nothing defined their host (requested or cluster)
+    /// within the hold: a dependency is always a real host.
+    pub undefined_host: u64,
+    /// Edges put on hold because their IP (or its owner chain), or their host, was
+    /// unknown.
     pub held: u64,
     /// Held edges attributed later.
     pub held_attributed: u64,
-    /// Held edges whose hold expired: dropped.
+    /// Held edges whose source stayed unknown: dropped.
     pub unknown_dropped: u64,
     /// Edges from unknown IPs dropped because the hold buffer was full.
     pub hold_overflow: u64,
@@ -146,6 +159,7 @@ pub struct Index {
     hosts: HostTable,
     deps: HashMap<WorkloadId, WorkloadDeps>,
     held: VecDeque<edges::Held>,
+    refused_sample: Vec<edges::RefusedEdge>,
     counters: Counters,
     /// Earliest moment a dep can expire (`u64::MAX`: none).
     next_expiry: u64,
@@ -182,6 +196,7 @@ impl Index {
             hosts: HostTable::default(),
             deps: HashMap::new(),
             held: VecDeque::new(),
+            refused_sample: Vec::new(),
             counters: Counters::default(),
             next_expiry: u64::MAX,
             next_prune: 0,

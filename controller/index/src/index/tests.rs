@@ -267,12 +267,9 @@ fn dependency_host_of_an_edge() {
             "outbound|80||*.cdn.example.com",
             "*.cdn.example.com",
         ),
-        // Unknown to every config: the cluster host as is.
-        (
-            Some("x"),
-            "outbound|80||gone.shop.svc.cluster.local",
-            "gone.shop.svc.cluster.local",
-        ),
+        // Unknown to every config: no dependency (see
+        // `a_host_nothing_defines_is_never_a_dependency`).
+        (Some("x"), "outbound|80||gone.shop.svc.cluster.local", ""),
     ];
     for (host, cluster, want) in cases {
         let mut index = Index::test();
@@ -295,11 +292,140 @@ fn dependency_host_of_an_edge() {
             &[(80, "HTTP")],
         ));
         index.record_edges([mk_edge("10.0.0.10", host, cluster, 10)], 10);
-        assert_eq!(
-            index.deps(&productpage()),
-            mk_deps(&[(want, 10)]),
-            "{host:?} {cluster}"
+        let want = if want.is_empty() {
+            mk_deps(&[])
+        } else {
+            mk_deps(&[(want, 10)])
+        };
+        assert_eq!(index.deps(&productpage()), want, "{host:?} {cluster}");
+    }
+}
+
+#[test]
+fn a_host_nothing_defines_is_never_a_dependency() {
+    // What a client that is not the gateway might send: any cluster, any host. Only a
+    // host a Service, ServiceEntry or mesh VirtualService defines becomes a dep, and
+    // never one that would widen a Sidecar beyond real hosts.
+    let cases: [(&str, Option<&str>, &str, &str); 8] = [
+        (
+            "bare wildcard cluster",
+            Some("x"),
+            "outbound|80||*",
+            "undefined_host",
+        ),
+        (
+            "wildcard request",
+            Some("*"),
+            "outbound|80||*",
+            "undefined_host",
+        ),
+        (
+            "undefined FQDN",
+            Some("evil.example.com"),
+            "outbound|443||evil.example.com",
+            "undefined_host",
+        ),
+        (
+            "undefined Service",
+            None,
+            "outbound|9080||nope.shop.svc.cluster.local",
+            "undefined_host",
+        ),
+        (
+            "a mesh VirtualService for `*` (istiod refuses it; the API server may not)",
+            Some("anything.example.org"),
+            "outbound|80||anything.example.org",
+            "refused_host",
+        ),
+        (
+            "the `*` VirtualService's own cluster",
+            None,
+            "outbound|80||*",
+            "refused_host",
+        ),
+        (
+            "a ServiceEntry host that is not a DNS name",
+            Some("bad_name.example.com"),
+            "outbound|80||bad_name.example.com",
+            "refused_host",
+        ),
+        (
+            "a wildcard over a bad name",
+            Some("a.bad_name.example.com"),
+            "outbound|80||*.bad_name.example.com",
+            "refused_host",
+        ),
+    ];
+    for (what, host, cluster, counter) in cases {
+        let mut index = Index::test();
+        if what.contains('`') {
+            index.apply(mk_virtual_service("shop", "star", &["*"], &["reviews-v1"]));
+        }
+        index.apply(mk_service_entry(
+            "shop",
+            "bad",
+            &["bad_name.example.com", "*.bad_name.example.com"],
+            &[(80, "HTTP")],
+        ));
+        index.record_edges([mk_edge("10.0.0.10", host, cluster, 10)], 10);
+        // Held first (the watches may not show the host yet), dropped after the hold.
+        index.tick(10 + index.config.hold.as_secs());
+        assert_eq!(index.deps(&productpage()), mk_deps(&[]), "{what}");
+        let counters = serde_json::to_value(index.counters()).unwrap();
+        assert_eq!(counters[counter], 1, "{what}: {counters}");
+        let refused = index.take_refused();
+        assert_eq!(refused.len(), 1, "{what}");
+        assert_eq!(refused[0].edge.cluster.as_ref(), cluster, "{what}");
+    }
+}
+
+#[test]
+fn an_edge_held_for_its_host_is_learned_when_the_host_appears() {
+    // istiod may show the gateway a new Service before our watch shows it to us.
+    let mut index = Index::test();
+    let cluster = "outbound|9080||late.shop.svc.cluster.local";
+    index.record_edges([mk_edge("10.0.0.10", Some("late"), cluster, 10)], 10);
+    assert_eq!(index.deps(&productpage()), mk_deps(&[]));
+    index.apply(mk_service(
+        "shop",
+        "late",
+        &[("app", "late")],
+        &[(9080, "http")],
+    ));
+    index.tick(12);
+    assert_eq!(
+        index.deps(&productpage()),
+        mk_deps(&[("late.shop.svc.cluster.local", 10)])
+    );
+    assert_eq!(index.counters().held_attributed, 1);
+    assert_eq!(index.counters().undefined_host, 0);
+}
+
+#[test]
+fn with_require_principal_an_edge_without_one_is_refused() {
+    let config = IndexConfig {
+        require_principal: true,
+        ..IndexConfig::default()
+    };
+    for (principal, learned) in [
+        (None, false),
+        (Some("spiffe://cluster.local/ns/shop/sa/default"), true),
+    ] {
+        let mut index = Index::test_with(config.clone());
+        let mut edge = mk_edge(
+            "10.0.0.10",
+            Some("reviews"),
+            &mk_outbound(9080, REVIEWS),
+            10,
         );
+        edge.principal = principal.map(Arc::from);
+        index.record_edges([edge], 10);
+        assert_eq!(
+            !index.deps(&productpage()).is_empty(),
+            learned,
+            "{principal:?}"
+        );
+        assert_eq!(index.counters().principal_missing, u64::from(!learned));
     }
 }
 
@@ -704,6 +830,12 @@ fn deps_stop_at_the_cap() {
     });
     index.apply(mk_namespace("shop", Some(true)));
     mk_deployment(&mut index, "shop", "productpage", "10.0.0.10");
+    index.apply(mk_service_entry(
+        "shop",
+        "x",
+        &["a.x", "b.x", "c.x", "d.x"],
+        &[(80, "HTTP")],
+    ));
     let edge = |host: &str| mk_edge("10.0.0.10", None, &mk_outbound(80, host), 10);
     let pp = || set(&[&productpage()]);
     let steps = [
