@@ -108,10 +108,78 @@ check-wasm-size: wasm ## the module stays under $(WASM_MAX_BYTES) bytes
 	if [ $$size -gt $(WASM_MAX_BYTES) ]; then echo "$(WASM) is $$size bytes > $(WASM_MAX_BYTES)"; exit 1; fi; \
 	echo "wasm size ok: $$size bytes (limit $(WASM_MAX_BYTES))"
 
-lint: ## rustfmt and clippy (-D warnings), native and wasm
+lint: lint-fuzz ## rustfmt and clippy (-D warnings), native and wasm, and the fuzz targets
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy -p lazyxds-filter --target $(WASM_TARGET) -- -D warnings
+
+# ---- fuzzing: cargo-fuzz (libFuzzer, nightly) ----------------------------------------
+# The targets are one-liners in fuzz/targets/ (a workspace of its own); the properties
+# are in fuzz/check/ (main workspace: `make test` replays fuzz/corpus/ on stable).
+# New inputs go to fuzz/targets/work/<target>/ (not committed); a crash stops the run
+# and names its reproducer in fuzz/targets/artifacts/<target>/.
+
+FUZZ_DIR           := fuzz/targets
+CARGO_FUZZ_VERSION := 0.13.2
+FUZZ_TOOLCHAIN     ?= nightly
+FUZZ_CARGO          = $(CARGO) +$(FUZZ_TOOLCHAIN) fuzz
+# No sanitizer (the code is safe Rust: forbid(unsafe_code)); debug assertions and
+# overflow checks on (fuzz/targets/Cargo.toml), so an overflow is a crash.
+FUZZ_BUILD_FLAGS   := --fuzz-dir . --sanitizer none --debug-assertions
+# Executions per target, sized for 20-50 s each on 2 cores (~2.5 min of runs; a cold
+# build adds ~4.5 min, installing cargo-fuzz ~3 min: ~10 min on a fresh machine). The
+# cheap parsers get many more than the topology parser.
+FUZZ_TARGETS       := edge_stream cluster_name authority plugin_config topology
+FUZZ_RUNS_edge_stream   := 2000000
+FUZZ_RUNS_cluster_name  := 10000000
+FUZZ_RUNS_authority     := 2000000
+FUZZ_RUNS_plugin_config := 2000000
+FUZZ_RUNS_topology      := 100000
+# Longest input per target: past every limit it checks (names of 1 KiB, frames of
+# several batches, a topology file the size of the demo's and more).
+FUZZ_MAX_LEN_edge_stream   := 16384
+FUZZ_MAX_LEN_cluster_name  := 1100
+FUZZ_MAX_LEN_authority     := 600
+FUZZ_MAX_LEN_plugin_config := 4096
+FUZZ_MAX_LEN_topology      := 16384
+
+.PHONY: fuzz setup-fuzz lint-fuzz
+setup-fuzz: ## the nightly toolchain and cargo-fuzz $(CARGO_FUZZ_VERSION) (crates.io, --locked), if missing
+	@rustup toolchain list | grep -q '^$(FUZZ_TOOLCHAIN)' || { \
+	  echo "installing the $(FUZZ_TOOLCHAIN) toolchain (cargo-fuzz needs it)"; \
+	  rustup toolchain install $(FUZZ_TOOLCHAIN) --profile minimal; }
+	@have=$$(cargo fuzz --version 2>/dev/null | awk '{print $$2}' || true); \
+	if [ "$$have" != "$(CARGO_FUZZ_VERSION)" ]; then \
+	  echo "installing cargo-fuzz $(CARGO_FUZZ_VERSION) (have '$$have'; takes ~3 min)"; \
+	  $(CARGO) install cargo-fuzz --locked --version $(CARGO_FUZZ_VERSION); \
+	else echo "cargo-fuzz $$have, $$(rustc +$(FUZZ_TOOLCHAIN) --version)"; fi
+
+fuzz: setup-fuzz ## fuzz the edge decoder, cluster names, authorities, plugin config, topology files: fixed -runs each (~2.5 min + build)
+	@echo "== building the fuzz targets (nightly, libFuzzer; cold ~5 min)"
+	cd $(FUZZ_DIR) && $(FUZZ_CARGO) build $(FUZZ_BUILD_FLAGS)
+	@set -u; cd $(FUZZ_DIR); i=0; \
+	for spec in $(foreach t,$(FUZZ_TARGETS),$t:$(FUZZ_RUNS_$t):$(FUZZ_MAX_LEN_$t)); do \
+	  IFS=: read -r t runs maxlen <<<"$$spec"; i=$$((i + 1)); \
+	  mkdir -p work/$$t artifacts/$$t; rm -f artifacts/$$t/*; \
+	  echo "== [$$i/$(words $(FUZZ_TARGETS))] $$t: $$runs executions (max_len $$maxlen; seeds fuzz/corpus/$$t)"; \
+	  start=$$(date +%s); \
+	  if ! $(FUZZ_CARGO) run $(FUZZ_BUILD_FLAGS) $$t work/$$t ../corpus/$$t -- \
+	      -runs=$$runs -max_len=$$maxlen -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+	      >work/$$t.log 2>&1; then \
+	    grep -E "panicked at|SUMMARY|ERROR" -A2 work/$$t.log | head -20 || true; \
+	    crash=$$(ls -t artifacts/$$t/* 2>/dev/null | head -1); \
+	    echo "FUZZ FAILURE in $$t; reproducer: $(FUZZ_DIR)/$$crash"; \
+	    echo "  replay: cd $(FUZZ_DIR) && $(FUZZ_CARGO) run $(FUZZ_BUILD_FLAGS) $$t $$crash"; \
+	    echo "  full log: $(FUZZ_DIR)/work/$$t.log"; \
+	    exit 1; \
+	  fi; \
+	  grep -E "stat::(number_of_executed_units|average_exec_per_sec|peak_rss_mb)" work/$$t.log | tr -s ' ' | sed 's/^/   /'; \
+	  echo "   $$t: ok in $$(( $$(date +%s) - start )) s; its working corpus holds $$(ls work/$$t | wc -l) inputs"; \
+	done
+
+lint-fuzz: ## rustfmt and clippy (-D warnings) of the fuzz targets' crate (its own workspace; stable)
+	$(CARGO) fmt --manifest-path $(FUZZ_DIR)/Cargo.toml --check
+	$(CARGO) clippy --manifest-path $(FUZZ_DIR)/Cargo.toml --all-targets -- -D warnings
 
 # ---- benchmarks -------------------------------------------------------------------
 
@@ -151,5 +219,6 @@ demo: setup-rust setup-envoy build ## gateway Envoy + filter + controller on loo
 	$(CARGO) run --quiet -p lazyxds-e2e --bin demo
 
 .PHONY: clean
-clean: ## remove build outputs (keeps $(VENV))
+clean: ## remove build outputs (keeps $(VENV)), make fuzz's too (its committed corpus stays)
 	$(CARGO) clean
+	rm -rf $(FUZZ_DIR)/target $(FUZZ_DIR)/work $(FUZZ_DIR)/artifacts

@@ -54,13 +54,9 @@ impl<'a> ClusterName<'a> {
         let (Some(direction), Some(port)) = (parts.next(), parts.next()) else {
             return ClusterName::Other;
         };
-        let Ok(port) = port.parse::<u16>() else {
+        let Some(port) = parse_port(port) else {
             return ClusterName::Other;
         };
-        // Port 0 does not exist in Istio's names; `+5` style signs are not digits.
-        if port == 0 || !name.as_bytes()[direction.len() + 1].is_ascii_digit() {
-            return ClusterName::Other;
-        }
         match (direction, parts.next(), parts.next()) {
             ("outbound", Some(subset), Some(host)) if valid_host(host) && !subset.contains('|') => {
                 ClusterName::Outbound(Outbound { port, subset, host })
@@ -89,6 +85,17 @@ impl<'a> ClusterName<'a> {
             ClusterName::Other => "other",
         }
     }
+}
+
+/// A port as istiod writes it: plain decimal, 1 to 65535, no sign, no leading zero (so a
+/// name parsed as outbound renders back as itself).
+fn parse_port(text: &str) -> Option<u16> {
+    let mut digits = text.bytes();
+    let leading = digits.next()?;
+    if !matches!(leading, b'1'..=b'9') || !digits.all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
 }
 
 /// A DNS-ish host: non-empty, at most 253 bytes, no separators or whitespace.
@@ -176,6 +183,20 @@ mod tests {
         ];
         for (input, want) in cases {
             assert_eq!(ClusterName::parse(input), want, "input {input:?}");
+        }
+    }
+
+    /// istiod writes a port in plain decimal; `07510` is no name it makes, and read as
+    /// port 7510 it rendered back as another name (found by `make fuzz`, cluster_name).
+    #[test]
+    fn a_port_with_a_leading_zero_is_no_istio_name() {
+        for name in [
+            "inbound|07510|mgmt-15021|mgmtCluster",
+            "inbound|00||",
+            "outbound|09080||reviews.shop.svc.cluster.local",
+            "outbound|00080|v1|a.b",
+        ] {
+            assert_eq!(ClusterName::parse(name), ClusterName::Other, "{name:?}");
         }
     }
 

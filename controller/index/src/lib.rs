@@ -9,6 +9,7 @@
 //! - [`gateway`]: the lazy gateway's routing objects and the namespace table its filter
 //!   gets, so a first call through it is routed as the caller's sidecar would have.
 //! - [`istio`]: Istio's objects, typed: the Sidecar, the gateway's, the install's.
+//! - [`decode`]: a gateway's edge stream, batch by batch: dictionary, seq, limits.
 //! - [`Topology`]: a mesh described in a YAML file, fed to the index like kube watchers.
 //! - [`report()`]: what scoping removes from each sidecar's config.
 #![forbid(unsafe_code)]
@@ -25,6 +26,7 @@
     )
 )]
 
+pub mod decode;
 pub mod desired;
 pub mod destination_rule;
 pub mod discovery;

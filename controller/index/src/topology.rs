@@ -140,7 +140,7 @@ impl fmt::Display for Removal {
 impl Topology {
     /// Parses a topology file; `file_name` only names it in errors. Text nesting deeper
     /// than [`limits::MAX_DEPTH`] is refused before it is parsed (its parse would cost
-    /// the square of its depth).
+    /// the square of its depth), and so is a document its aliases make deeper.
     pub fn from_yaml(text: &str, file_name: &str) -> Result<Topology, Error> {
         if let Some((line, column)) = limits::too_deep(text, limits::MAX_DEPTH) {
             return Err(Error::Topology {
@@ -156,6 +156,19 @@ impl Topology {
             file: file_name.to_string(),
             message: e.to_string(),
         })?;
+        // Aliases copy their anchor's whole value wherever they are used: text within the
+        // limit can parse to a deeper value.
+        if let Some(location) = limits::value_too_deep(&value, limits::MAX_DEPTH) {
+            return Err(Error::Topology {
+                file: file_name.to_string(),
+                location,
+                message: format!(
+                    "nests deeper than {} levels (counting what aliases copy), the limit for a \
+                     topology file",
+                    limits::MAX_DEPTH
+                ),
+            });
+        }
         let value = if value.is_null() {
             Value::Mapping(Default::default())
         } else {

@@ -1,5 +1,5 @@
-//! Edges from gateways: the gRPC [`stream`] service decodes each batch ([`decode`], pure)
-//! and hands the edges to an [`EdgeSink`](crate::sink::EdgeSink); the debug [`store`]
+//! Edges from gateways: the gRPC [`stream`] service decodes each batch ([`decode`], pure,
+//! in the index crate: `lazyxds_index::decode`) and hands the edges to an [`EdgeSink`](crate::sink::EdgeSink); the debug [`store`]
 //! keeps raw edges for `/debug/edges`.
 // Handles input from gateways, files and flags: no panics by construction (as in
 // `filter/core`; a stream task that panics anyway is supervised, see `edges::stream`).
@@ -15,7 +15,6 @@
 )]
 
 pub mod auth;
-pub mod decode;
 pub mod listen;
 pub mod store;
 pub mod stream;
@@ -25,6 +24,8 @@ pub mod xfcc;
 pub use decode::{
     Decoder, Limits, DEFAULT_MAX_BATCH_EDGES, DEFAULT_MAX_STREAM_NAMES, MAX_NAME_BYTES,
 };
+/// The pure batch decoder lives with the rest of the pure core (`controller/index/`).
+pub use lazyxds_index::decode;
 /// One decoded edge; the index's input type.
 pub use lazyxds_index::ObservedEdge;
 pub use store::{EdgeStats, EdgeStore, RecordOutcome, StoredEdge, DEFAULT_MAX_EDGES};

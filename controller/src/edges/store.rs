@@ -142,7 +142,29 @@ impl EdgeStore {
 mod tests {
     use super::*;
 
-    use crate::edges::decode::tests::{mk_observed, RATINGS, REVIEWS, REVIEWS_HOST, SPIFFE};
+    use crate::edges::ObservedEdge;
+
+    const REVIEWS: &str = "outbound|9080||reviews.default.svc.cluster.local";
+    const REVIEWS_HOST: &str = "reviews.default.svc.cluster.local";
+    const RATINGS: &str = "outbound|9080||ratings.default.svc.cluster.local";
+    const SPIFFE: &str = "spiffe://cluster.local/ns/default/sa/productpage";
+
+    fn mk_observed(
+        ip: &str,
+        host: Option<&str>,
+        cluster: &str,
+        requests: u64,
+        last_seen: u64,
+    ) -> ObservedEdge {
+        ObservedEdge {
+            source_ip: ip.parse().unwrap(),
+            host: host.map(Arc::from),
+            cluster: Arc::from(cluster),
+            principal: None,
+            requests,
+            last_seen_unix_s: last_seen,
+        }
+    }
 
     fn mk_stored(
         ip: &str,

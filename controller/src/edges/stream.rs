@@ -32,6 +32,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::counters::Counters;
 use crate::edges::auth::EdgeAuth;
+use crate::edges::decode::oversized_hello_field;
 use crate::edges::listen::{self, ConnInfo, ConnLimits, ConnStream, LimitLogs};
 use crate::edges::{Decoder, Limits, MAX_NAME_BYTES};
 use crate::sink::{EdgeSink, GatewayInfo};
@@ -536,14 +537,11 @@ impl<S: EdgeSink + ?Sized> StreamTask<S> {
     }
 
     fn hello(&mut self, hello: Hello) -> Result<(), Status> {
-        for (field, value) in [("gateway_id", &hello.gateway_id), ("worker", &hello.worker)] {
-            if value.len() > MAX_NAME_BYTES {
-                tracing::warn!(peer = ?self.peer, field, len = value.len(), "Hello field too long");
-                return Err(Status::invalid_argument(format!(
-                    "hello: {field} has {} bytes, more than the limit of {MAX_NAME_BYTES}",
-                    value.len()
-                )));
-            }
+        if let Some((field, len)) = oversized_hello_field(&hello) {
+            tracing::warn!(peer = ?self.peer, field, len, "Hello field too long");
+            return Err(Status::invalid_argument(format!(
+                "hello: {field} has {len} bytes, more than the limit of {MAX_NAME_BYTES}"
+            )));
         }
         if hello.resync {
             self.counters.resync_hellos.fetch_add(1, Relaxed);

@@ -47,7 +47,8 @@ pub struct Config {
     /// the mesh does not know. Needs the controller's namespace table, so a worker keeps
     /// its stream open even with nothing to report.
     pub routing: bool,
-    /// The mesh's DNS suffix: short names become `name.ns.svc.<cluster_domain>`.
+    /// The mesh's DNS suffix, lower case (as the controller's `--cluster-domain`): short
+    /// names become `name.ns.svc.<cluster_domain>`.
     pub cluster_domain: String,
     /// How long a request that needs the namespace table waits for it (a fresh worker,
     /// before the first push); then it goes on unchanged. 0: never wait.
@@ -132,9 +133,11 @@ impl Config {
         }
         let mut de = serde_json::Deserializer::from_slice(bytes);
         let config: Config = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-            // Syntax errors have no path ("?"): they are about the document itself.
+            // Syntax errors have no path ("?"): they are about the document itself. An
+            // unknown key that is empty is shown quoted, so the field is never blank.
             let field = match e.path().to_string() {
                 p if p == "?" => ".".to_string(),
+                p if p.is_empty() => "\"\"".to_string(),
                 p => p,
             };
             let message = e.into_inner().to_string();
@@ -228,8 +231,11 @@ impl Config {
         )?;
         range("ack_timeout_ms", self.ack_timeout_ms, 100, 600_000)?;
         range("routing_wait_ms", self.routing_wait_ms, 0, 10_000)?;
+        // Lower case, as the controller's `--cluster-domain` wants it (a rewrite is lower
+        // case: an upper-case domain here would name hosts the controller spells otherwise).
         let domain_ok = !self.cluster_domain.is_empty()
             && self.cluster_domain.len() <= 200
+            && !self.cluster_domain.bytes().any(|b| b.is_ascii_uppercase())
             && self
                 .cluster_domain
                 .split('.')
@@ -237,7 +243,7 @@ impl Config {
         if !domain_ok {
             return Err(ConfigError {
                 field: "cluster_domain".into(),
-                message: "is not a DNS name (labels of letters, digits, '-')".into(),
+                message: "is not a DNS name (lower-case labels of letters, digits, '-')".into(),
             });
         }
         range(
@@ -400,6 +406,29 @@ mod tests {
         let err = Config::parse(id(MAX_NAME_BYTES + 1).as_bytes()).unwrap_err();
         assert_eq!(err.field, "gateway_id");
         assert!(err.message.contains("more than the 1024"), "{err}");
+    }
+
+    /// The controller's `--cluster-domain` takes lower-case labels only, and a rewrite is
+    /// lower case: `mesmRep` loaded, then rewrites left the domain as configured (found by
+    /// `make fuzz`, authority).
+    #[test]
+    fn cluster_domain_is_lower_case_as_the_controller_wants_it() {
+        for domain in ["Cluster.Local", "mesmRep", "cluster.LOCAL"] {
+            let json = format!(r#"{{"cluster_domain":"{domain}"}}"#);
+            let err = Config::parse(json.as_bytes()).unwrap_err();
+            assert_eq!(err.field, "cluster_domain", "{domain}: {err}");
+        }
+        let ok = Config::parse(br#"{"cluster_domain":"corp-1.example"}"#).unwrap();
+        assert_eq!(ok.cluster_domain, "corp-1.example");
+    }
+
+    /// An unknown key that is empty still names a field (found by `make fuzz`,
+    /// plugin_config: the error said "field ``").
+    #[test]
+    fn an_empty_unknown_key_is_named() {
+        let err = Config::parse(br#"{"":1}"#).unwrap_err();
+        assert_eq!(err.field, r#""""#, "{err}");
+        assert!(err.message.contains("unknown field"), "{err}");
     }
 
     #[test]

@@ -14,7 +14,9 @@ use core::net::IpAddr;
 
 use lazyxds_proto::v1::{NamespaceTable, OutboundPolicy};
 
-use crate::authority::{service_authority, spiffe_namespace, Authority, MAX_AUTHORITY_LEN};
+use crate::authority::{
+    is_label, service_authority, spiffe_namespace, Authority, MAX_AUTHORITY_LEN,
+};
 use crate::config::Config;
 use crate::edge::parse_source_ip;
 
@@ -160,8 +162,14 @@ impl Table {
         Some(index as usize)
     }
 
+    /// The namespace at `index`, when it is a DNS label: it goes into an authority, and a
+    /// table is input like any other.
     fn name(&self, index: usize) -> Option<&str> {
-        self.0.namespaces.get(index).map(String::as_str)
+        self.0
+            .namespaces
+            .get(index)
+            .map(String::as_str)
+            .filter(|ns| is_label(ns))
     }
 
     /// Whether some caller (a namespace, or an unknown one under the mesh policy) is

@@ -5,11 +5,16 @@
 //! issue 15 item 8), and it loads a whole document, however deep, before the
 //! deserializer's own depth limit (128) refuses it (1.5 GB for 10 MB of `- - - …`). One
 //! linear pass over the text first finds where it nests deeper than a limit.
+//! Aliases (`*a` copies its anchor's value) can make the parsed document deeper than its
+//! text: [`value_too_deep`] measures the value after parsing (the deserializer bounds
+//! how much aliases may copy).
 //!
 //! The count is an estimate that errs high only for malformed text: flow collections
 //! (`[`, `{` where a node may start, outside quotes and comments), compact block
 //! collections (`- - x`, `? `), and block nesting by indentation. Block scalars (`|`,
 //! `>`), quoted scalars (also over several lines) and comments are skipped.
+
+use serde_norway::Value;
 
 /// The deepest nesting a topology file may have. A real one nests about 10 levels (a
 /// VirtualService route's header match); serde's own limit is 128.
@@ -33,6 +38,48 @@ pub fn too_deep(text: &str, max: usize) -> Option<(usize, usize)> {
         }
     }
     None
+}
+
+/// Where a parsed document nests deeper than `max`: the section and item (`services[3]`)
+/// holding the first node one level too deep, or `top level`. Within the text limit only
+/// aliases do this (`*a` copies its anchor's whole value, however deep it is used); the
+/// deserializer's own limit (128) keeps the walk's recursion bounded.
+pub fn value_too_deep(value: &Value, max: usize) -> Option<String> {
+    if !deeper_than(value, max) {
+        return None;
+    }
+    let below = max.saturating_sub(1);
+    let Value::Mapping(sections) = value else {
+        return Some("top level".to_string());
+    };
+    let (key, section) = sections
+        .iter()
+        .find(|(k, v)| deeper_than(k, below) || deeper_than(v, below))?;
+    let name = key.as_str().unwrap_or("a key");
+    let item = match section {
+        Value::Sequence(items) => items
+            .iter()
+            .position(|item| deeper_than(item, below.saturating_sub(1))),
+        _ => None,
+    };
+    Some(match item {
+        Some(i) => format!("{name}[{i}]"),
+        None => name.to_string(),
+    })
+}
+
+/// Whether `value` nests more than `max` collections deep (a scalar nests 0).
+fn deeper_than(value: &Value, max: usize) -> bool {
+    let children: Box<dyn Iterator<Item = &Value>> = match value {
+        Value::Sequence(items) => Box::new(items.iter()),
+        Value::Mapping(map) => Box::new(map.iter().flat_map(|(k, v)| [k, v])),
+        Value::Tagged(tagged) => return deeper_than(&tagged.value, max),
+        _ => return false,
+    };
+    match max.checked_sub(1) {
+        None => true,
+        Some(below) => children.into_iter().any(|child| deeper_than(child, below)),
+    }
 }
 
 struct Scan {
@@ -301,6 +348,26 @@ mod tests {
         for text in cases {
             assert_eq!(too_deep(&text, 64), None, "{text}");
         }
+    }
+
+    #[test]
+    fn values_deepened_by_aliases_are_measured() {
+        let value = |depth: usize| -> Value {
+            let text = format!(
+                "a: &a {}x{}\nb: [*a]\n",
+                "[".repeat(depth),
+                "]".repeat(depth)
+            );
+            serde_norway::from_str(&text).unwrap()
+        };
+        // `b` is the mapping (1), its list (2) and the copy of `a`.
+        assert_eq!(value_too_deep(&value(62), 64), None);
+        assert_eq!(value_too_deep(&value(63), 64), Some("b[0]".to_string()));
+        let listed: Value = serde_norway::from_str("s: [{x: &x [[[1]]]}, {y: [*x]}]").unwrap();
+        assert_eq!(value_too_deep(&listed, 7), None);
+        assert_eq!(value_too_deep(&listed, 6), Some("s[1]".to_string()));
+        let list: Value = serde_norway::from_str("[[1]]").unwrap();
+        assert_eq!(value_too_deep(&list, 1), Some("top level".to_string()));
     }
 
     #[test]

@@ -454,6 +454,20 @@ fn errors_name_file_object_and_field() {
             format!("virtualServices:\n- {{namespace: shop, name: a, hosts: [a], http: {}", "[".repeat(100)),
             topology_error("line 2, column 110", "nests deeper than 64 levels, the limit for a topology file"),
         ),
+        // Aliases copy their anchor's value: text within the limit parsed to a value 124
+        // levels deep (found by the topology fuzz target's depth property; the input was
+        // written by hand, the fuzzer had not reached it).
+        (
+            format!(
+                "destinationRules:\n- {{namespace: a, name: a, spec: {{host: a, x: &a {}x{}}}}}\n\
+                 - {{namespace: a, name: b, spec: {{host: b, x: {}*a{}}}}}\n",
+                "[".repeat(40),
+                "]".repeat(40),
+                "[".repeat(30),
+                "]".repeat(30)
+            ),
+            topology_error("destinationRules[1]", "nests deeper than 64 levels (counting what aliases copy), the limit for a topology file"),
+        ),
         (
             "sidecars:\n- {namespace: shop, name: lazyxds-x, labels: {app.kubernetes.io/managed-by: lazyxds}, annotations: {lazyxds.io/workload: Deployment/x, lazyxds.io/deps: \"[]\"}}".to_string(),
             topology_error("sidecars[0] (shop/lazyxds-x): annotations.\"lazyxds.io/deps\"", "\"[]\" is not a JSON object of host to unix seconds: invalid type: sequence, expected a map at line 1 column 0"),

@@ -522,3 +522,18 @@ fn other_cluster_domain() {
         Decision::Continue
     );
 }
+
+/// A table whose namespace is no DNS label names no caller: `sho"` went into the
+/// rewritten authority as `reviews.sho".svc.cluster.local` (found by `make fuzz`,
+/// authority). The request goes on as sent, counted unresolved.
+#[test]
+fn a_namespace_that_is_no_label_is_never_written_into_an_authority() {
+    for bad in ["sho\"", "a.b", "", "ns/x", "ns:1", "-ns", &"n".repeat(64)] {
+        let mut r = mk_router();
+        r.apply_table(mk_table(ALLOW, &[(bad, ALLOW, &["127.0.0.2"])]));
+        let req = mk_request("reviews:9080", false, None, Some("127.0.0.2:4000"));
+        assert_eq!(r.on_request(1, &req, T0), Decision::Continue, "{bad:?}");
+        assert_eq!(r.counters().unresolved, 1, "{bad:?}");
+        assert_eq!(r.counters().rewrites, 0, "{bad:?}");
+    }
+}

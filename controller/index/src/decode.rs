@@ -1,15 +1,17 @@
 //! Decoding a gateway's edge stream. Pure: no I/O, no clock, no async. [`Decoder`] holds
 //! one stream's state (dictionary and last seq) and turns each [`EdgeBatch`] into
 //! [`ObservedEdge`]s, validating the whole batch before anything of it takes effect.
+//! Every [`BatchError`] names the batch's `seq` and, where there is one, the index of the
+//! offending name or edge, so the message alone (sent back as the gRPC status and logged)
+//! is enough to find the bug in the gateway.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
-use lazyxds_proto::v1::{EdgeBatch, Name};
+use lazyxds_proto::v1::{EdgeBatch, Hello, Name};
 
-use super::ObservedEdge;
-use crate::error::{BatchError, NameField};
+use crate::ObservedEdge;
 
 /// Longest dictionary name or `Hello` field accepted; the filter's configuration holds
 /// gateways to the same limit.
@@ -19,6 +21,15 @@ pub use lazyxds_proto::limits::MAX_NAME_BYTES;
 /// accepts is accepted here.
 pub const DEFAULT_MAX_BATCH_EDGES: usize = lazyxds_proto::limits::MAX_BATCH_EDGES;
 pub const DEFAULT_MAX_STREAM_NAMES: usize = lazyxds_proto::limits::MAX_STREAM_NAMES;
+
+/// The first `Hello` field longer than [`MAX_NAME_BYTES`], with its length: such a
+/// `Hello` ends the stream.
+pub fn oversized_hello_field(hello: &Hello) -> Option<(&'static str, usize)> {
+    [("gateway_id", &hello.gateway_id), ("worker", &hello.worker)]
+        .into_iter()
+        .find(|(_, value)| value.len() > MAX_NAME_BYTES)
+        .map(|(field, value)| (field, value.len()))
+}
 
 /// Per-stream limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -238,6 +249,117 @@ impl Decoder {
     }
 }
 
+/// A dictionary field of an edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameField {
+    Host,
+    Cluster,
+    Principal,
+}
+
+impl std::fmt::Display for NameField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NameField::Host => "host",
+            NameField::Cluster => "cluster",
+            NameField::Principal => "principal",
+        })
+    }
+}
+
+/// A batch that was refused as a whole; nothing of it was applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    #[error("batch {seq}: seq must be greater than the previous batch's {last}")]
+    SeqNotIncreasing { seq: u64, last: u64 },
+
+    #[error("batch {seq}: {count} edges, more than the limit of {max}")]
+    TooManyEdges { seq: u64, count: usize, max: usize },
+
+    #[error("batch {seq}: name {index}: id 0 is reserved for \"absent\"")]
+    NameIdZero { seq: u64, index: usize },
+
+    #[error("batch {seq}: name {index} (id {id}): {len} bytes, more than the limit of {max}")]
+    NameTooLong {
+        seq: u64,
+        index: usize,
+        id: u32,
+        len: usize,
+        max: usize,
+    },
+
+    #[error(
+        "batch {seq}: name {index}: id {id} is already {old:?}, cannot redefine it as {new:?}"
+    )]
+    NameRedefined {
+        seq: u64,
+        index: usize,
+        id: u32,
+        old: Arc<str>,
+        new: String,
+    },
+
+    #[error("batch {seq}: name {index} (id {id}): the stream already has {max} names, the limit")]
+    TooManyNames {
+        seq: u64,
+        index: usize,
+        id: u32,
+        max: usize,
+    },
+
+    #[error("batch {seq}: edge {index}: source_ip has {len} bytes, want 4 (IPv4) or 16 (IPv6)")]
+    BadSourceIp { seq: u64, index: usize, len: usize },
+
+    #[error("batch {seq}: edge {index}: cluster id is 0, a cluster is required")]
+    MissingCluster { seq: u64, index: usize },
+
+    #[error("batch {seq}: edge {index}: {field} id {id} is not in the stream's dictionary")]
+    UnknownName {
+        seq: u64,
+        index: usize,
+        field: NameField,
+        id: u32,
+    },
+}
+
+impl BatchError {
+    /// Stable reason labels, in [`BatchError::reason_index`] order, for counters.
+    pub const REASONS: [&'static str; 9] = [
+        "seq_not_increasing",
+        "too_many_edges",
+        "name_id_zero",
+        "name_too_long",
+        "name_redefined",
+        "too_many_names",
+        "bad_source_ip",
+        "missing_cluster",
+        "unknown_name",
+    ];
+
+    /// Index of this error's reason in [`BatchError::REASONS`].
+    pub fn reason_index(&self) -> usize {
+        match self {
+            BatchError::SeqNotIncreasing { .. } => 0,
+            BatchError::TooManyEdges { .. } => 1,
+            BatchError::NameIdZero { .. } => 2,
+            BatchError::NameTooLong { .. } => 3,
+            BatchError::NameRedefined { .. } => 4,
+            BatchError::TooManyNames { .. } => 5,
+            BatchError::BadSourceIp { .. } => 6,
+            BatchError::MissingCluster { .. } => 7,
+            BatchError::UnknownName { .. } => 8,
+        }
+    }
+
+    /// A short, stable label for counters and logs.
+    pub fn reason(&self) -> &'static str {
+        Self::REASONS
+            .get(self.reason_index())
+            .copied()
+            .unwrap_or("unknown")
+    }
+}
+
 /// 4 or 16 raw bytes. IPv4-mapped IPv6 (`::ffff:a.b.c.d`, what a dual-stack listener
 /// reports for an IPv4 peer) becomes the IPv4 address, as pods are known by it.
 fn decode_ip(bytes: &[u8]) -> Option<IpAddr> {
@@ -249,18 +371,17 @@ fn decode_ip(bytes: &[u8]) -> Option<IpAddr> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use std::sync::Arc;
 
     use lazyxds_proto::v1::{Edge, EdgeBatch, Name};
 
     use super::*;
-    use crate::error::{BatchError, NameField};
 
-    pub(crate) const REVIEWS: &str = "outbound|9080||reviews.default.svc.cluster.local";
-    pub(crate) const REVIEWS_HOST: &str = "reviews.default.svc.cluster.local";
-    pub(crate) const RATINGS: &str = "outbound|9080||ratings.default.svc.cluster.local";
-    pub(crate) const SPIFFE: &str = "spiffe://cluster.local/ns/default/sa/productpage";
+    const REVIEWS: &str = "outbound|9080||reviews.default.svc.cluster.local";
+    const REVIEWS_HOST: &str = "reviews.default.svc.cluster.local";
+    const RATINGS: &str = "outbound|9080||ratings.default.svc.cluster.local";
+    const SPIFFE: &str = "spiffe://cluster.local/ns/default/sa/productpage";
 
     fn mk_name(id: u32, value: &str) -> Name {
         Name {
@@ -289,7 +410,7 @@ pub(crate) mod tests {
         }
     }
 
-    pub(crate) fn mk_observed(
+    fn mk_observed(
         ip: &str,
         host: Option<&str>,
         cluster: &str,

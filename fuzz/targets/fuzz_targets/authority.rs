@@ -1,0 +1,3 @@
+#![no_main]
+//! See `lazyxds_fuzz_check::authority` for the input format and the properties asserted.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| lazyxds_fuzz_check::authority::check(data));
