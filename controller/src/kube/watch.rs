@@ -106,6 +106,10 @@ pub struct Watched {
     pub relist: tokio::sync::watch::Sender<u64>,
     /// The relist generation of each index watch's last complete list.
     listed: Mutex<BTreeMap<&'static str, u64>>,
+    /// While the Sidecars are listed afresh, the keys seen so far: the live map keeps
+    /// every Sidecar until the list is complete (a pass meanwhile must not think ours
+    /// are gone), then drops those not seen.
+    relisting_sidecars: Mutex<Option<std::collections::BTreeSet<(String, String)>>>,
 }
 
 impl Watched {
@@ -123,6 +127,14 @@ impl Watched {
     pub fn listed_generation(&self) -> u64 {
         let listed = self.listed.lock().unwrap_or_else(PoisonError::into_inner);
         listed.values().copied().min().unwrap_or(0)
+    }
+
+    fn relisting_sidecars(
+        &self,
+    ) -> std::sync::MutexGuard<'_, Option<std::collections::BTreeSet<(String, String)>>> {
+        self.relisting_sidecars
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn record_list(&self, kind: &'static str, generation: u64) {
@@ -247,7 +259,7 @@ where
         match event {
             Event::Init => {
                 if kind.live_sidecars {
-                    ctx.watched.sidecars().clear();
+                    *ctx.watched.relisting_sidecars() = Some(Default::default());
                 }
                 *initial = Some(Vec::new());
             }
@@ -257,6 +269,11 @@ where
                 }
             }
             Event::InitDone => {
+                if kind.live_sidecars {
+                    if let Some(seen) = ctx.watched.relisting_sidecars().take() {
+                        ctx.watched.sidecars().retain(|key, _| seen.contains(key));
+                    }
+                }
                 let all = initial.take().unwrap_or_default();
                 ctx.learner.index().reset(kind.scope, all);
                 ctx.learner.mark_changed();
@@ -299,10 +316,12 @@ fn live_object(obj: &DynamicObject, is_ours: IsOurs) -> LiveObject {
 
 fn track_sidecar(ctx: &Ctx, obj: &DynamicObject) {
     let (ns, name) = ns_name(&obj.metadata);
+    let key = (ns.to_string(), name.to_string());
+    if let Some(seen) = ctx.watched.relisting_sidecars().as_mut() {
+        seen.insert(key.clone());
+    }
     let live = live_object(obj, lazyxds_index::objects::is_ours);
-    ctx.watched
-        .sidecars()
-        .insert((ns.to_string(), name.to_string()), live);
+    ctx.watched.sidecars().insert(key, live);
 }
 
 /// A Sidecar: every one is tracked live for the writer's plan; the index gets those that

@@ -291,6 +291,9 @@ impl ControllerPod {
         // The test reads /debug/* from outside the pod (from the pod IP, not 127.0.0.1
         // where a kubectl port-forward would come from).
         env.push(("LAZYXDS_DEBUG_ENDPOINTS".into(), "open".into()));
+        // Tests opt whole namespaces in and out: a mass removal is held 2 s, not 120 s
+        // (the hold itself is asserted where it happens).
+        env.push(("LAZYXDS_REMOVAL_CONFIRM_SECS".into(), "2".into()));
         for (k, v) in extra_env {
             env.retain(|(name, _)| name != k);
             env.push((k.to_string(), v.to_string()));
