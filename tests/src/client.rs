@@ -111,21 +111,7 @@ pub async fn request_to(dest: SocketAddr, host: &str, path: &str) -> Result<Resp
         .body(Empty::<Bytes>::new())?;
     tokio::time::timeout(REQUEST_TIMEOUT, async move {
         let stream = tokio::net::TcpStream::connect(dest).await?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        let exchange = async move {
-            let resp = sender.send_request(req).await?;
-            let (parts, body) = resp.into_parts();
-            let body = body.collect().await?.to_bytes();
-            drop(sender);
-            Ok::<_, anyhow::Error>(Response {
-                status: parts.status.as_u16(),
-                headers: parts.headers,
-                body: String::from_utf8_lossy(&body).into_owned(),
-            })
-        };
-        let (resp, _conn) = tokio::join!(exchange, conn);
-        resp
+        exchange_http1(stream, req).await
     })
     .await
     .map_err(|_| anyhow!("timed out after {REQUEST_TIMEOUT:?}"))?
@@ -155,25 +141,33 @@ async fn send(
         socket.set_reuseaddr(true)?;
         socket.bind(SocketAddr::new(source, 0))?;
         let stream = socket.connect(dest).await?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        let exchange = async move {
-            let resp = sender.send_request(req).await?;
-            let (parts, body) = resp.into_parts();
-            let body = body.collect().await?.to_bytes();
-            // Dropping the sender lets `conn` close the connection and finish.
-            drop(sender);
-            Ok::<_, anyhow::Error>(Response {
-                status: parts.status.as_u16(),
-                headers: parts.headers,
-                body: String::from_utf8_lossy(&body).into_owned(),
-            })
-        };
-        let (resp, _conn) = tokio::join!(exchange, conn);
-        resp
+        exchange_http1(stream, req).await
     })
     .await
     .map_err(|_| anyhow!("timed out after {REQUEST_TIMEOUT:?}"))?
+}
+
+/// One HTTP/1.1 request and its whole response on an open connection (plain or TLS),
+/// which is closed after.
+pub(crate) async fn exchange_http1<S>(io: S, req: Request<Empty<Bytes>>) -> Result<Response>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+    let exchange = async move {
+        let resp = sender.send_request(req).await?;
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await?.to_bytes();
+        // Dropping the sender lets `conn` close the connection and finish.
+        drop(sender);
+        Ok::<_, anyhow::Error>(Response {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    };
+    let (resp, _conn) = tokio::join!(exchange, conn);
+    resp
 }
 
 /// One HTTP/2 request without TLS (h2c, prior knowledge) on a fresh connection from `source`

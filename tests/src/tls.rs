@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{anyhow, Context, Result};
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{Empty, Full};
 use hyper::body::Bytes;
 use hyper::header::{HeaderValue, HOST};
 use hyper::{Method, Request};
@@ -17,7 +17,7 @@ use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
-use crate::client::{Response, BACKEND_HEADER, REQUEST_TIMEOUT};
+use crate::client::{exchange_http1, Response, BACKEND_HEADER, REQUEST_TIMEOUT};
 
 /// An HTTPS server answering every request with 200 and `x-backend: <name>`; stops when
 /// dropped.
@@ -112,20 +112,7 @@ pub async fn https_get(
     tokio::time::timeout(REQUEST_TIMEOUT, async move {
         let tcp = tokio::net::TcpStream::connect(dest).await?;
         let tls = connector.connect(server_name, tcp).await?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
-        let exchange = async move {
-            let resp = sender.send_request(req).await?;
-            let (parts, body) = resp.into_parts();
-            let body = body.collect().await?.to_bytes();
-            drop(sender);
-            Ok::<_, anyhow::Error>(Response {
-                status: parts.status.as_u16(),
-                headers: parts.headers,
-                body: String::from_utf8_lossy(&body).into_owned(),
-            })
-        };
-        let (resp, _conn) = tokio::join!(exchange, conn);
-        resp
+        exchange_http1(tls, req).await
     })
     .await
     .map_err(|_| anyhow!("timed out after {REQUEST_TIMEOUT:?}"))?
