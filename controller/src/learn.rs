@@ -128,10 +128,12 @@ impl Learner {
     /// [`REFUSED_LOG_WINDOW_S`]; the `lazyxds_index_*` counters count every one), naming
     /// what was wrong with each.
     fn log_refused(&self, gateway: &str, refused: &[RefusedEdge]) {
+        if refused.is_empty() {
+            return;
+        }
         let now = unix_now();
         let last = self.refused_logged_at.load(Relaxed);
-        if refused.is_empty()
-            || now < last.saturating_add(REFUSED_LOG_WINDOW_S)
+        if now < last.saturating_add(REFUSED_LOG_WINDOW_S)
             || self
                 .refused_logged_at
                 .compare_exchange(last, now, Relaxed, Relaxed)

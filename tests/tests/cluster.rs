@@ -1287,6 +1287,32 @@ fn route_semantics(route: &Value) -> Value {
     })
 }
 
+/// The sidecar of the installed controller's pod `pod` (its ServiceAccount, labels).
+async fn controller_sidecar(
+    c: &'static Cluster,
+    pod: &str,
+    ip: Ipv4Addr,
+    proxy_config: Value,
+) -> IstioProxy {
+    let pod_object = c.get("pod", Some(NAMESPACE), pod).unwrap().unwrap();
+    IstioProxy::start(
+        c,
+        ProxyPod {
+            namespace: NAMESPACE.into(),
+            name: pod.to_string(),
+            service_account: "lazyxds".into(),
+            ip,
+            labels: labels_of(&pod_object),
+            mode: ProxyMode::Sidecar,
+            concurrency: 1,
+            proxy_config,
+            mounts: vec![],
+        },
+    )
+    .await
+    .unwrap()
+}
+
 fn labels_of(pod: &Value) -> BTreeMap<String, String> {
     pod["metadata"]["labels"]
         .as_object()
@@ -2352,24 +2378,8 @@ async fn the_controller_sidecar_forwards_only_the_gateways_verified_identity() {
     let ctl = controller(c, inst).await.unwrap();
     let pods = controller_pods(c).await.unwrap();
     let (pod, ip) = pods[0].clone();
-    let pod_object = c.get("pod", Some(NAMESPACE), &pod).unwrap().unwrap();
     let grpc_port: u16 = 18000;
-    let proxy = IstioProxy::start(
-        c,
-        ProxyPod {
-            namespace: NAMESPACE.into(),
-            name: pod.clone(),
-            service_account: "lazyxds".into(),
-            ip,
-            labels: labels_of(&pod_object),
-            mode: ProxyMode::Sidecar,
-            concurrency: 1,
-            proxy_config: json!({}),
-            mounts: vec![],
-        },
-    )
-    .await
-    .unwrap();
+    let proxy = controller_sidecar(c, &pod, ip, json!({})).await;
     let gateway_principal = format!("spiffe://cluster.local/ns/{NAMESPACE}/sa/lazyxds-gateway");
     let dump = wait_config(&proxy, "the controller's inbound gRPC chains", |d| {
         let hcms = inbound_hcms(d, grpc_port);
@@ -2630,24 +2640,9 @@ async fn the_real_gateway_streams_through_the_controller_sidecar_and_a_forger_do
         None,
     )
     .unwrap();
-    let pod_object = c.get("pod", Some(NAMESPACE), &pod).unwrap().unwrap();
-    let sidecar = IstioProxy::start(
-        c,
-        ProxyPod {
-            namespace: NAMESPACE.into(),
-            name: pod.clone(),
-            service_account: "lazyxds".into(),
-            ip,
-            labels: labels_of(&pod_object),
-            mode: ProxyMode::Sidecar,
-            concurrency: 1,
-            // Every stat, for the failure message (Istio keeps few by default).
-            proxy_config: json!({"proxyStatsMatcher": {"inclusionRegexps": [".*"]}}),
-            mounts: vec![],
-        },
-    )
-    .await
-    .unwrap();
+    // Every stat, for the failure message (Istio keeps few by default).
+    let stats = json!({"proxyStatsMatcher": {"inclusionRegexps": [".*"]}});
+    let sidecar = controller_sidecar(c, &pod, ip, stats).await;
     let grpc_port = 18000;
     wait_config(
         &sidecar,
