@@ -244,62 +244,60 @@ where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
     P: Projection,
 {
-    {
-        let event = match event {
-            Ok(event) => event,
-            Err(error) => {
-                ctx.watched.watch_errors.fetch_add(1, Relaxed);
-                ctx.watched.health.error(kind.name, &error);
-                tracing::warn!(kind = kind.name, %error, "watch failed; retrying with backoff");
-                return false;
+    let event = match event {
+        Ok(event) => event,
+        Err(error) => {
+            ctx.watched.watch_errors.fetch_add(1, Relaxed);
+            ctx.watched.health.error(kind.name, &error);
+            tracing::warn!(kind = kind.name, %error, "watch failed; retrying with backoff");
+            return false;
+        }
+    };
+    ctx.watched.events.fetch_add(1, Relaxed);
+    ctx.watched.health.event();
+    match event {
+        Event::Init => {
+            if kind.live_sidecars {
+                *ctx.watched.relisting_sidecars() = Some(Default::default());
             }
-        };
-        ctx.watched.events.fetch_add(1, Relaxed);
-        ctx.watched.health.event();
-        match event {
-            Event::Init => {
-                if kind.live_sidecars {
-                    *ctx.watched.relisting_sidecars() = Some(Default::default());
-                }
-                *initial = Some(Vec::new());
+            *initial = Some(Vec::new());
+        }
+        Event::InitApply(obj) => {
+            if let (Some(buf), Some(p)) = (initial.as_mut(), (kind.project)(ctx, &obj)) {
+                buf.push(p);
             }
-            Event::InitApply(obj) => {
-                if let (Some(buf), Some(p)) = (initial.as_mut(), (kind.project)(ctx, &obj)) {
-                    buf.push(p);
-                }
-            }
-            Event::InitDone => {
-                if kind.live_sidecars {
-                    if let Some(seen) = ctx.watched.relisting_sidecars().take() {
-                        ctx.watched.sidecars().retain(|key, _| seen.contains(key));
-                    }
-                }
-                let all = initial.take().unwrap_or_default();
-                ctx.learner.index().reset(kind.scope, all);
-                ctx.learner.mark_changed();
-                if !*synced_once {
-                    *synced_once = true;
-                    ctx.synced.send_modify(|s| s.push(kind.name));
-                    tracing::debug!(kind = kind.name, "synced");
-                }
-                return true;
-            }
-            Event::Apply(obj) => {
-                if let Some(p) = (kind.project)(ctx, &obj) {
-                    ctx.learner.index().apply(p);
-                    ctx.learner.mark_changed();
+        }
+        Event::InitDone => {
+            if kind.live_sidecars {
+                if let Some(seen) = ctx.watched.relisting_sidecars().take() {
+                    ctx.watched.sidecars().retain(|key, _| seen.contains(key));
                 }
             }
-            Event::Delete(obj) => {
-                let (ns, name) = ns_name(obj.meta());
-                if kind.live_sidecars {
-                    ctx.watched
-                        .sidecars()
-                        .remove(&(ns.to_string(), name.to_string()));
-                }
-                ctx.learner.index().delete::<P>(kind.scope, ns, name);
+            let all = initial.take().unwrap_or_default();
+            ctx.learner.index().reset(kind.scope, all);
+            ctx.learner.mark_changed();
+            if !*synced_once {
+                *synced_once = true;
+                ctx.synced.send_modify(|s| s.push(kind.name));
+                tracing::debug!(kind = kind.name, "synced");
+            }
+            return true;
+        }
+        Event::Apply(obj) => {
+            if let Some(p) = (kind.project)(ctx, &obj) {
+                ctx.learner.index().apply(p);
                 ctx.learner.mark_changed();
             }
+        }
+        Event::Delete(obj) => {
+            let (ns, name) = ns_name(obj.meta());
+            if kind.live_sidecars {
+                ctx.watched
+                    .sidecars()
+                    .remove(&(ns.to_string(), name.to_string()));
+            }
+            ctx.learner.index().delete::<P>(kind.scope, ns, name);
+            ctx.learner.mark_changed();
         }
     }
     false
