@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# `make test-chart`: charts/lazyxds against the install it is generated from.
+#   helm lint --strict; each value set renders, with `helm template`, the objects that
+#   `lazyxds install` renders with the matching flags (charts/drift.py); bad values are
+#   refused by values.schema.json naming the field.
+# Usage: test.sh HELM LAZYXDS_BIN
+set -euo pipefail
+helm=${1:?usage: test.sh HELM LAZYXDS_BIN} bin=${2:?usage: test.sh HELM LAZYXDS_BIN}
+here=$(cd "$(dirname "$0")" && pwd)
+chart="$here/lazyxds"
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+
+"$helm" lint --strict "$chart"
+
+same() { # name helm-args -- install-flags
+  local name=$1; shift
+  local h=() i=()
+  while [ "$1" != -- ]; do h+=("$1"); shift; done; shift; i=("$@")
+  "$helm" template lazyxds "$chart" "${h[@]}" > "$tmp/chart.yaml"
+  "$bin" install --no-module "${i[@]}" > "$tmp/install.yaml"
+  "$here/drift.py" "$name" "$tmp/chart.yaml" "$tmp/install.yaml"
+}
+same "default values vs default flags" -n lazyxds-system --set createNamespace=true --
+same "default values vs --no-create-namespace" -n lazyxds-system -- --no-create-namespace
+same "every value (tests/every-value.yaml) vs the flags" -n mesh-tools -f "$here/tests/every-value.yaml" -- \
+  --no-create-namespace --namespace mesh-tools --trust-domain corp.example \
+  --controller-image registry.example/lazyxds:dev --controller-replicas 3 --log-level debug,kube=info \
+  --grpc-port 19000 --http-port 19080 --gateway-name egress-lazy --egress-proxy-port 9090 \
+  --gateway-target-cpu 75 --flush-interval-ms 50 --refresh-interval-s 600
+
+# value  the field Helm must name
+bad=(
+  "controller.replicas=0 /controller/replicas"
+  "controller.replicas=two /controller/replicas"
+  "controller.grpcPort=70000 /controller/grpcPort"
+  "gateway.name=Egress_GW /gateway/name"
+  "gateway.targetCPUUtilizationPercentage=150 /gateway/targetCPUUtilizationPercentage"
+  "trustDomain=bad/domain /trustDomain"
+  "controler.replicas=2 controler"
+)
+for b in "${bad[@]}"; do
+  read -r value field <<<"$b"
+  if out=$("$helm" template lazyxds "$chart" --set "$value" 2>&1); then
+    echo "chart accepted $value" >&2; exit 1
+  fi
+  if ! grep -qF "$field" <<<"$out"; then
+    echo "chart refused $value without naming $field: $out" >&2; exit 1
+  fi
+  echo "refused $value: $(grep -F "$field" <<<"$out" | head -1 | sed 's/^ *//')"
+done
