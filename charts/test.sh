@@ -23,10 +23,18 @@ same() { # name helm-args -- install-flags
 same "default values vs default flags" -n lazyxds-system --set createNamespace=true --
 same "default values vs --no-create-namespace" -n lazyxds-system -- --no-create-namespace
 same "every value (tests/every-value.yaml) vs the flags" -n mesh-tools -f "$here/tests/every-value.yaml" -- \
-  --no-create-namespace --namespace mesh-tools --trust-domain corp.example \
+  --no-create-namespace --namespace mesh-tools --trust-domain corp.example --cluster-domain corp.local \
+  --controller-dry-run \
   --controller-image registry.example/lazyxds:dev --controller-replicas 3 --log-level debug,kube=info \
   --grpc-port 19000 --http-port 19080 --gateway-name egress-lazy --egress-proxy-port 9090 \
   --gateway-target-cpu 75 --flush-interval-ms 50 --refresh-interval-s 600
+
+# The kill switch has no install flag (it is flipped on the cluster): enabled=false is the
+# default render but for that one value.
+"$helm" template lazyxds "$chart" -n lazyxds-system --set createNamespace=true --set enabled=false > "$tmp/off.yaml"
+"$bin" install --no-module | sed "s/^  enabled: 'true'\$/  enabled: 'false'/" > "$tmp/install-off.yaml"
+grep -q "^  enabled: 'false'\$" "$tmp/install-off.yaml" || { echo "the install's kill switch line moved" >&2; exit 1; }
+"$here/drift.py" "enabled=false vs the install's ConfigMap switched off" "$tmp/off.yaml" "$tmp/install-off.yaml"
 
 # value  the field Helm must name
 bad=(
@@ -36,6 +44,8 @@ bad=(
   "gateway.name=Egress_GW /gateway/name"
   "gateway.targetCPUUtilizationPercentage=150 /gateway/targetCPUUtilizationPercentage"
   "trustDomain=bad/domain /trustDomain"
+  "clusterDomain=Cluster.Local /clusterDomain"
+  "enabled=maybe /enabled"
   "controler.replicas=2 controler"
 )
 for b in "${bad[@]}"; do
