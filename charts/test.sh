@@ -27,7 +27,11 @@ same "every value (tests/every-value.yaml) vs the flags" -n mesh-tools -f "$here
   --controller-dry-run \
   --controller-image registry.example/lazyxds:dev --controller-replicas 3 --log-level debug,kube=info \
   --grpc-port 19000 --http-port 19080 --gateway-name egress-lazy --egress-proxy-port 9090 \
-  --gateway-target-cpu 75 --flush-interval-ms 50 --refresh-interval-s 600
+  --gateway-target-cpu 75 --flush-interval-ms 50 --refresh-interval-s 600 \
+  --gateway-min-replicas 3 --gateway-max-replicas 20 --gateway-concurrency 4
+same "a small gateway: the stream cap's floor" -n lazyxds-system \
+  --set gateway.minReplicas=1,gateway.maxReplicas=3,gateway.concurrency=1 -- \
+  --no-create-namespace --gateway-min-replicas 1 --gateway-max-replicas 3 --gateway-concurrency 1
 
 # The kill switch has no install flag (it is flipped on the cluster): enabled=false is the
 # default render but for that one value.
@@ -46,6 +50,12 @@ bad=(
   "trustDomain=bad/domain /trustDomain"
   "clusterDomain=Cluster.Local /clusterDomain"
   "enabled=maybe /enabled"
+  "gateway.concurrency=0 /gateway/concurrency"
+  "gateway.minReplicas=11 gateway.minReplicas"
+  "gateway.concurrency=65 /gateway/concurrency"
+  "gateway.name=lazyxds /gateway/name"
+  "gateway.egressProxyPort=15001 /gateway/egressProxyPort"
+  "controller.httpPort=18000 controller.httpPort"
   "controler.replicas=2 controler"
 )
 for b in "${bad[@]}"; do
