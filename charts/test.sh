@@ -17,12 +17,16 @@ same() { # name helm-args -- install-flags
   local h=() i=()
   while [ "$1" != -- ]; do h+=("$1"); shift; done; shift; i=("$@")
   "$helm" template lazyxds "$chart" "${h[@]}" > "$tmp/chart.yaml"
-  "$bin" install --no-module "${i[@]}" > "$tmp/install.yaml"
+  "$bin" install "${i[@]}" > "$tmp/install.yaml"
   "$here/drift.py" "$name" "$tmp/chart.yaml" "$tmp/install.yaml"
 }
-same "default values vs default flags" -n lazyxds-system --set createNamespace=true --
-same "default values vs --no-create-namespace" -n lazyxds-system -- --no-create-namespace
+same "default values vs default flags (--no-module)" -n lazyxds-system --set createNamespace=true -- --no-module
+same "default values vs --no-create-namespace" -n lazyxds-system -- --no-module --no-create-namespace
+same "module.url oci:// vs --module-url" -n lazyxds-system --set module.url=oci://ghcr.io/lazyxds/lazyxds-filter:0.1.0 -- \
+  --no-create-namespace --module-url oci://ghcr.io/lazyxds/lazyxds-filter:0.1.0
 same "every value (tests/every-value.yaml) vs the flags" -n mesh-tools -f "$here/tests/every-value.yaml" -- \
+  --module-url https://example.com/lazyxds_filter.wasm \
+  --module-sha256 0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef \
   --no-create-namespace --namespace mesh-tools --trust-domain corp.example --cluster-domain corp.local \
   --controller-dry-run \
   --controller-image registry.example/lazyxds:dev --controller-replicas 3 --log-level debug,kube=info \
@@ -31,7 +35,7 @@ same "every value (tests/every-value.yaml) vs the flags" -n mesh-tools -f "$here
   --gateway-min-replicas 3 --gateway-max-replicas 20 --gateway-concurrency 4
 same "a small gateway: the stream cap's floor" -n lazyxds-system \
   --set gateway.minReplicas=1,gateway.maxReplicas=3,gateway.concurrency=1 -- \
-  --no-create-namespace --gateway-min-replicas 1 --gateway-max-replicas 3 --gateway-concurrency 1
+  --no-module --no-create-namespace --gateway-min-replicas 1 --gateway-max-replicas 3 --gateway-concurrency 1
 
 # The kill switch has no install flag (it is flipped on the cluster): enabled=false is the
 # default render but for that one value.
@@ -56,6 +60,9 @@ bad=(
   "gateway.name=lazyxds /gateway/name"
   "gateway.egressProxyPort=15001 /gateway/egressProxyPort"
   "controller.httpPort=18000 controller.httpPort"
+  "module.url=https://example.com/f.wasm module.sha256"
+  "module.url=ftp://example.com/f.wasm /module/url"
+  "module.sha256=ABC /module/sha256"
   "controler.replicas=2 controler"
 )
 for b in "${bad[@]}"; do
