@@ -91,7 +91,7 @@ test-wasm: setup-rust setup-wasm-test ## tier 2: the filter core compiled to was
 	$(CARGO) test -p lazyxds-filter-core --target wasm32-unknown-unknown
 	$(CARGO) test -p lazyxds-filter-core --target $(WASM_TARGET)
 
-test-envoy: setup-envoy setup-cluster setup-mesh build ## tiers 3-5: real Envoy + the filter + the controller; the real control plane (tests/tests/cluster.rs); the mini-mesh (tests/tests/mesh.rs)
+test-envoy: setup-envoy setup-cluster setup-mesh build ## tiers 3-5: real Envoy + the filter + the controller; the real control plane (tests/tests/cluster.rs); the mini-mesh (tests/tests/mesh.rs); the chart installed by helm (tests/tests/helm.rs)
 	$(E2E_RUNNER) $(CARGO) test -p lazyxds-e2e
 
 # The chart's templates come from the install (charts/generate.sh, in `make manifests`);

@@ -5,13 +5,18 @@
 //! (CRD schemas of Istio's own CRDs, RBAC objects, the admission policy) and that `helm
 //! uninstall` leaves none of it behind.
 //!
-//! Not here yet: the controller run under the release's RBAC, and a pre-delete hook that
-//! sets the kill switch and waits for our Sidecars (the chart has none yet).
+//! The controller then runs as the release's Deployment's pod, with a token of the release's
+//! ServiceAccount, and must elect itself leader (Lease, its pod's leader label).
+//!
+//! Not here yet: a pre-delete hook that sets the kill switch and waits for our Sidecars
+//! (the chart has none yet).
 
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
-use lazyxds_e2e::cluster::lazyxds::{render, NAMESPACE};
+use lazyxds_e2e::cluster::lazyxds::{
+    register_node, render, scheduled_pods, ControllerPod, Installed, NAMESPACE,
+};
 use lazyxds_e2e::cluster::{self, Cluster};
 use lazyxds_e2e::paths::workspace_root;
 use serde_json::Value;
@@ -112,6 +117,32 @@ async fn helm_installs_the_chart_into_the_real_api_server_and_uninstall_leaves_n
             "{kind} {name}"
         );
     }
+
+    // The controller under the release's RBAC: the Deployment as Helm created it, its first
+    // pod (the test plays the kubelet), a token of the release's ServiceAccount.
+    register_node(c).unwrap_or_else(|e| panic!("{e:#}"));
+    let deployment = c
+        .get("deployment.apps", Some(NAMESPACE), "lazyxds")
+        .unwrap_or_else(|e| panic!("{e:#}"))
+        .expect("the release's controller Deployment");
+    let release = Installed {
+        manifest: String::new(),
+        objects: vec![deployment],
+    };
+    let pods = scheduled_pods(c, NAMESPACE, "lazyxds", 1)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let pod = pods[0]["metadata"]["name"].as_str().expect("pod name");
+    let ip = c.pod_ip();
+    c.set_pod_running(NAMESPACE, pod, ip)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let ctl = ControllerPod::start(c, &release, pod, ip, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    ctl.wait_leading(c)
+        .await
+        .unwrap_or_else(|e| panic!("the controller under the release's RBAC: {e:#}"));
+    drop(ctl);
 
     helm(c, &["uninstall", "lazyxds", "-n", NAMESPACE, "--wait"])
         .unwrap_or_else(|e| panic!("{e:#}"));
