@@ -59,7 +59,7 @@ setup-mesh: ## iptables (pilot-agent istio-iptables in the mini-mesh's pods, Deb
 	@command -v iptables >/dev/null || { echo "installing iptables"; apt-get update -q && apt-get install -y --no-install-recommends iptables; }
 	@for t in unshare nsenter setpriv curl ip; do command -v $$t >/dev/null || { echo "the mini-mesh (tests/tests/mesh.rs) needs $$t"; exit 1; }; done
 
-setup-cluster: $(LAZYXDS_CLUSTER_BIN)/.built ## etcd, kube-apiserver/-controller-manager/-scheduler, kubectl, istiod, pilot-agent, istioctl from pinned Go modules, the CRDs of each supported Istio (cold: ~20 min on 2 cores; cached after)
+setup-cluster: $(LAZYXDS_CLUSTER_BIN)/.built ## etcd, kube-apiserver/-controller-manager/-scheduler, kubectl, istiod, pilot-agent, istioctl, helm from pinned Go modules, the CRDs of each supported Istio (cold: ~20 min on 2 cores; cached after)
 
 $(LAZYXDS_CLUSTER_BIN)/.built: $(CLUSTER_PINS)
 	@command -v go >/dev/null || { echo "setup-cluster needs Go (go.dev toolchain, >= the go line of $(CLUSTER_GO)/*/go.mod)"; exit 1; }
@@ -81,8 +81,8 @@ controller: ## build the lazyxds binary (debug)
 
 # ---- tests: `make test` runs every tier -------------------------------------------
 
-.PHONY: test test-unit test-wasm test-envoy test-cluster test-mesh check-wasm-size lint soak
-test: test-unit test-wasm test-envoy check-wasm-size bench-quick ## all test tiers (+ the bench harness in quick mode); installs what they need
+.PHONY: test test-unit test-wasm test-envoy test-cluster test-mesh test-chart check-wasm-size lint soak
+test: test-unit test-wasm test-envoy test-chart check-wasm-size bench-quick ## all test tiers (+ the bench harness in quick mode); installs what they need
 
 test-unit: ## tier 1: native unit/table tests of every crate but the e2e one
 	$(CARGO) test --workspace --exclude lazyxds-e2e
@@ -91,8 +91,14 @@ test-wasm: setup-rust setup-wasm-test ## tier 2: the filter core compiled to was
 	$(CARGO) test -p lazyxds-filter-core --target wasm32-unknown-unknown
 	$(CARGO) test -p lazyxds-filter-core --target $(WASM_TARGET)
 
-test-envoy: setup-envoy setup-cluster setup-mesh build ## tiers 3-5: real Envoy + the filter + the controller; the real control plane (tests/tests/cluster.rs); the mini-mesh (tests/tests/mesh.rs)
+test-envoy: setup-envoy setup-cluster setup-mesh build ## tiers 3-5: real Envoy + the filter + the controller; the real control plane (tests/tests/cluster.rs); the mini-mesh (tests/tests/mesh.rs); the chart installed by helm (tests/tests/helm.rs)
 	$(E2E_RUNNER) $(CARGO) test -p lazyxds-e2e
+
+# The chart's templates come from the install (charts/generate.sh, in `make manifests`);
+# charts/test.sh: helm lint --strict, each value set renders what `lazyxds install` renders
+# with the matching flags, bad values refused naming the field.
+test-chart: setup-cluster controller ## the Helm chart (charts/lazyxds) against `lazyxds install`: lint, template, schema
+	charts/test.sh $(LAZYXDS_CLUSTER_BIN)/helm $(LAZYXDS_BIN)
 
 test-cluster: setup-envoy setup-cluster build ## tier 4 alone: real kube-apiserver, istiod, pilot-agent + Envoy, the install applied
 	$(E2E_RUNNER) $(CARGO) test -p lazyxds-e2e --test cluster
@@ -200,9 +206,10 @@ VERSION = $(shell awk -F'"' '/^version = /{print $$2; exit}' Cargo.toml)
 IMAGE_REGISTRY ?= ghcr.io/lazyxds
 
 .PHONY: manifests images compose-up
-manifests: controller ## re-render the committed manifests: envoyfilter/{install,wasmplugin}/, compose's envoy.yaml
+manifests: controller ## re-render the committed manifests: envoyfilter/{install,wasmplugin}/, charts/lazyxds/templates/, compose's envoy.yaml
 	$(LAZYXDS_BIN) install --no-module --out-dir envoyfilter/install
 	$(LAZYXDS_BIN) install --module-url oci://ghcr.io/lazyxds/lazyxds-filter:$(VERSION) --out-dir envoyfilter/wasmplugin
+	charts/generate.sh $(LAZYXDS_BIN)
 	LAZYXDS_BLESS=1 $(CARGO) test -p lazyxds-e2e --test validate -- --exact compose_envoy_config_is_generated_from_the_local_template
 
 images: ## controller and filter images, tagged with the crate version (needs Docker)

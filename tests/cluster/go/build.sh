@@ -3,6 +3,7 @@
 #   kubernetes/  kube-apiserver, kube-controller-manager, kube-scheduler, kubectl
 #   etcd/        etcd
 #   istio/       pilot-discovery (istiod), pilot-agent, istioctl
+#   helm/        helm (Helm 4: `make test` lints and renders charts/lazyxds, the cluster tier installs it)
 # The pins are in tests/cluster/versions (with the reason for each); each module's go.mod
 # must agree (one module per upstream, so each keeps its own grpc/otel/k8s.io versions). Go's build cache makes a rebuild with no pin change a
 # link step; `make setup` calls this only when a go.mod/go.sum changed.
@@ -26,7 +27,7 @@ version() { (cd "$here/$1" && go list -m -f '{{.Version}}' "$2"); }
 
 # The pins live in tests/cluster/versions; the go.mod files must agree with it.
 pinned() { awk -v m="$1" '$1 == m {print $2}' "$here/../versions"; }
-for pin in istio:istio.io/istio kubernetes:k8s.io/kubernetes etcd:go.etcd.io/etcd/server/v3; do
+for pin in istio:istio.io/istio kubernetes:k8s.io/kubernetes etcd:go.etcd.io/etcd/server/v3 helm:helm.sh/helm/v4; do
   dir=${pin%%:*} mod=${pin#*:}
   want=$(pinned "$mod") have=$(version "$dir" "$mod")
   if [ "$want" != "$have" ]; then
@@ -50,11 +51,16 @@ istio_ld+=" -X istio.io/istio/pkg/version.buildGitRevision=$istio_sha -X istio.i
 
 etcd_ver=$(version etcd go.etcd.io/etcd/server/v3)
 
+helm=$(version helm helm.sh/helm/v4)
+# As Helm's own Makefile stamps a release (`helm version` and the chart's .Capabilities.HelmVersion).
+helm_ld="-X helm.sh/helm/v4/internal/version.version=$helm -X helm.sh/helm/v4/internal/version.gitTreeState=clean"
+
 # Tags as Istio's own Makefile.core.mk builds them (STANDARD_TAGS, AGENT_TAGS).
 build istio vtprotobuf,disable_pgv "$istio_ld" \
   istio.io/istio/pilot/cmd/pilot-discovery istio.io/istio/istioctl/cmd/istioctl
 build istio agent,disable_pgv,grpcnotrace,retrynotrace "$istio_ld" istio.io/istio/pilot/cmd/pilot-agent
 build etcd "" "" ./cmd/etcd
+build helm "" "$helm_ld" helm.sh/helm/v4/cmd/helm
 build kubernetes "" "$k8s_ld" \
   k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
   k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
@@ -70,5 +76,5 @@ chart="$istio_dir/manifests/charts/istio-control/istio-discovery"
 install -D -m 0644 "$chart/values.yaml" "$out/istio-inject/values.yaml"
 install -D -m 0644 "$chart/files/injection-template.yaml" "$out/istio-inject/files/injection-template.yaml"
 install -D -m 0644 "$chart/files/gateway-injection-template.yaml" "$out/istio-inject/files/gateway-injection-template.yaml"
-printf 'kubernetes %s\netcd %s\nistio %s\n' "$k8s" "$etcd_ver" "$istio" > "$out/versions"
+printf 'kubernetes %s\netcd %s\nistio %s\nhelm %s\n' "$k8s" "$etcd_ver" "$istio" "$helm" > "$out/versions"
 echo "control plane binaries in $out:"; ls -l "$out"

@@ -111,7 +111,7 @@ impl Installed {
 
 /// A Node with capacity, Ready, so the real scheduler binds pods to it (it runs nothing:
 /// the tests play the kubelet by writing pod status).
-pub(super) fn register_node(cluster: &Cluster) -> Result<()> {
+pub fn register_node(cluster: &Cluster) -> Result<()> {
     let resources = json!({"cpu": "64", "memory": "256Gi", "pods": "1000"});
     cluster.apply_json(&[json!({
         "apiVersion": "v1", "kind": "Node",
