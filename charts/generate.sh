@@ -97,6 +97,9 @@ for f in "$tmp"/configmap/*.yaml; do
     fi
   } > "$out/$name"
 done
+# The pre-delete hook is Helm's alone (`lazyxds uninstall --wait` as a Job, no install
+# counterpart): kept as a template in charts/hooks/.
+cp "$here"/hooks/*.yaml "$out/"
 # The install's checks across two fields (controller/src/install/mod.rs check), which a
 # schema cannot say.
 cat > "$out/checks.yaml" <<'CHECKS'

@@ -16,7 +16,8 @@ same() { # name helm-args -- install-flags
   local name=$1; shift
   local h=() i=()
   while [ "$1" != -- ]; do h+=("$1"); shift; done; shift; i=("$@")
-  "$helm" template lazyxds "$chart" "${h[@]}" > "$tmp/chart.yaml"
+  # The pre-delete hook has no install counterpart: checked on its own below.
+  "$helm" template lazyxds "$chart" --no-hooks "${h[@]}" > "$tmp/chart.yaml"
   "$bin" install "${i[@]}" > "$tmp/install.yaml"
   "$here/drift.py" "$name" "$tmp/chart.yaml" "$tmp/install.yaml"
 }
@@ -39,10 +40,42 @@ same "a small gateway: the stream cap's floor" -n lazyxds-system \
 
 # The kill switch has no install flag (it is flipped on the cluster): enabled=false is the
 # default render but for that one value.
-"$helm" template lazyxds "$chart" -n lazyxds-system --set createNamespace=true --set enabled=false > "$tmp/off.yaml"
+"$helm" template lazyxds "$chart" --no-hooks -n lazyxds-system --set createNamespace=true --set enabled=false > "$tmp/off.yaml"
 "$bin" install --no-module | sed "s/^  enabled: 'true'\$/  enabled: 'false'/" > "$tmp/install-off.yaml"
 grep -q "^  enabled: 'false'\$" "$tmp/install-off.yaml" || { echo "the install's kill switch line moved" >&2; exit 1; }
 "$here/drift.py" "enabled=false vs the install's ConfigMap switched off" "$tmp/off.yaml" "$tmp/install-off.yaml"
+
+# The pre-delete hook: a Job running the controller image's `lazyxds uninstall --wait` with the
+# release's names; the binary takes its arguments (it gets as far as looking for a cluster);
+# uninstallHook.enabled=false renders no hook.
+"$helm" template lazyxds "$chart" -n mesh-tools -f "$here/tests/every-value.yaml" \
+  --show-only templates/pre-delete.yaml > "$tmp/hook.yaml"
+python3 - "$tmp/hook.yaml" "$tmp/hook-args" <<'PY'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+kinds = sorted(d["kind"] for d in docs)
+assert kinds == ["ClusterRole", "ClusterRoleBinding", "Job", "Role", "RoleBinding", "ServiceAccount"], kinds
+for d in docs:
+    a = d["metadata"]["annotations"]
+    assert a["helm.sh/hook"] == "pre-delete", d["metadata"]
+    assert a["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded", d["metadata"]
+job = next(d for d in docs if d["kind"] == "Job")
+c = job["spec"]["template"]["spec"]["containers"][0]
+assert c["image"] == "registry.example/lazyxds:dev", c["image"]
+want = ["uninstall", "--wait", "--wait-timeout-secs", "30", "--namespace", "mesh-tools", "--gateway-name", "egress-lazy"]
+assert c["args"] == want, c["args"]
+assert job["spec"]["activeDeadlineSeconds"] == 2 * 30 + 60, job["spec"]
+open(sys.argv[2], "w").write("\n".join(c["args"][1:]))
+PY
+mapfile -t hook_args < "$tmp/hook-args"
+if out=$(env -u KUBERNETES_SERVICE_HOST KUBECONFIG=/nonexistent HOME=/nonexistent "$bin" uninstall "${hook_args[@]}" 2>&1); then
+  echo "lazyxds uninstall ${hook_args[*]} succeeded without a cluster" >&2; exit 1
+fi
+grep -q "no Kubernetes credentials" <<<"$out" || { echo "the hook's arguments: $out" >&2; exit 1; }
+echo "pre-delete hook: $(grep -c '^kind:' "$tmp/hook.yaml") objects, lazyxds uninstall ${hook_args[*]} parses"
+if "$helm" template lazyxds "$chart" --set uninstallHook.enabled=false | grep -q 'helm.sh/hook'; then
+  echo "uninstallHook.enabled=false still renders a hook" >&2; exit 1
+fi
 
 # value  the field Helm must name
 bad=(
@@ -63,6 +96,8 @@ bad=(
   "module.url=https://example.com/f.wasm module.sha256"
   "module.url=ftp://example.com/f.wasm /module/url"
   "module.sha256=ABC /module/sha256"
+  "uninstallHook.timeoutSeconds=0 /uninstallHook/timeoutSeconds"
+  "uninstallHook.enabled=yes /uninstallHook/enabled"
   "controler.replicas=2 controler"
 )
 for b in "${bad[@]}"; do
