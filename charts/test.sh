@@ -29,11 +29,33 @@ same "every value (tests/every-value.yaml) vs the flags" -n mesh-tools -f "$here
   --module-url https://example.com/lazyxds_filter.wasm \
   --module-sha256 0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef \
   --no-create-namespace --namespace mesh-tools --trust-domain corp.example --cluster-domain corp.local \
+  --revision canary --istio-version 1.28 --no-admission-policy --failure-policy FAIL_OPEN \
   --controller-dry-run \
   --controller-image registry.example/lazyxds:dev --controller-replicas 3 --log-level debug,kube=info \
   --grpc-port 19000 --http-port 19080 --gateway-name egress-lazy --egress-proxy-port 9090 \
   --gateway-target-cpu 75 --flush-interval-ms 50 --refresh-interval-s 600 \
   --gateway-min-replicas 3 --gateway-max-replicas 20 --gateway-concurrency 4
+# The module carried by the chart (--set-file, base64) vs the install's ConfigMap holding it: a
+# small module (the header the install checks, bytes that are not UTF-8), hashed the same.
+printf '\0asm\1\0\0\0\377\376\200lazyxds' > "$tmp/m.wasm"
+base64 -w0 "$tmp/m.wasm" > "$tmp/m.b64"
+same "module.wasmBase64 vs the default install (its module)" -n lazyxds-system \
+  --set createNamespace=true --set-file module.wasmBase64="$tmp/m.b64" -- --wasm "$tmp/m.wasm"
+# The failure policy as the install chooses it, in both deliveries.
+same "module.url, istioVersion 1.27: failStrategy FAIL_RELOAD" -n lazyxds-system \
+  --set module.url=oci://ghcr.io/lazyxds/lazyxds-filter:0.1.0,istioVersion=1.27 -- \
+  --no-create-namespace --module-url oci://ghcr.io/lazyxds/lazyxds-filter:0.1.0 --istio-version 1.27
+same "module.url, istioVersion 1.26: failStrategy FAIL_OPEN" -n lazyxds-system \
+  --set module.url=oci://ghcr.io/lazyxds/lazyxds-filter:0.1.0,istioVersion=1.26 -- \
+  --no-create-namespace --module-url oci://ghcr.io/lazyxds/lazyxds-filter:0.1.0 --istio-version 1.26
+same "module.url, filter.failurePolicy FAIL_CLOSED: FAIL_CLOSE" -n lazyxds-system \
+  --set module.url=oci://ghcr.io/lazyxds/lazyxds-filter:0.1.0,filter.failurePolicy=FAIL_CLOSED -- \
+  --no-create-namespace --module-url oci://ghcr.io/lazyxds/lazyxds-filter:0.1.0 --failure-policy FAIL_CLOSED
+same "revision, the namespace, filter.failurePolicy FAIL_CLOSED (EnvoyFilter)" -n lazyxds-system \
+  --set createNamespace=true,revision=canary,filter.failurePolicy=FAIL_CLOSED -- \
+  --no-module --revision canary --failure-policy FAIL_CLOSED
+same "admissionPolicy=false vs --no-admission-policy" -n lazyxds-system --set admissionPolicy=false -- \
+  --no-module --no-create-namespace --no-admission-policy
 same "a small gateway: the stream cap's floor" -n lazyxds-system \
   --set gateway.minReplicas=1,gateway.maxReplicas=3,gateway.concurrency=1 -- \
   --no-module --no-create-namespace --gateway-min-replicas 1 --gateway-max-replicas 3 --gateway-concurrency 1
@@ -96,6 +118,15 @@ bad=(
   "module.url=https://example.com/f.wasm module.sha256"
   "module.url=ftp://example.com/f.wasm /module/url"
   "module.sha256=ABC /module/sha256"
+  "revision=Canary_1 /revision"
+  "istioVersion=1.x /istioVersion"
+  "istioVersion=1.23 istioVersion"
+  "filter.failurePolicy=FAIL_SOMETIMES /filter/failurePolicy"
+  "module.url=oci://r/f:1,filter.failurePolicy=FAIL_RELOAD filter.failurePolicy"
+  "module.url=oci://r/f:1,filter.failurePolicy=FAIL_RELOAD,istioVersion=1.26 filter.failurePolicy"
+  "admissionPolicy=maybe /admissionPolicy"
+  "module.wasmBase64=aGVsbG8= /module/wasmBase64"
+  "module.url=oci://r/f:1,module.wasmBase64=AGFzbQEAAAA= module.wasmBase64"
   "uninstallHook.timeoutSeconds=0 /uninstallHook/timeoutSeconds"
   "uninstallHook.enabled=yes /uninstallHook/enabled"
   "controler.replicas=2 controler"
