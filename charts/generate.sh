@@ -208,9 +208,11 @@ for s in "${subs[@]}" "x $cluster_domain" "x $streams" "x $sha" "x lazyxds-chart
     echo "generate.sh: sentinel $sentinel left where the chart has no expression for it" >&2; exit 1
   fi
 done
-# The chart's version is the install's (the image tags follow it too).
+# The chart's version and appVersion are the install's (the crate's), and so is the default
+# controller image's tag (charts/test.sh fails when they disagree).
 version=$("$bin" --version | awk '{print $2}')
 sed -i -e "s/^version: .*/version: $version/" -e "s/^appVersion: .*/appVersion: \"$version\"/" "$here/lazyxds/Chart.yaml"
+sed -i -e "s#^\(  image: [^ ]*/lazyxds:\).*#\1$version#" "$here/lazyxds/values.yaml"
 for expr in '.Values.controller.dryRun' "if $not_default_domain" '.Values.enabled' \
   'if .Values.admissionPolicy' 'with .Values.revision' 'if .Values.revision' 'default "default"' \
   'include "lazyxds.envoyFailurePolicy"' 'include "lazyxds.wasmFailStrategy"' \

@@ -12,6 +12,19 @@ tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 
 "$helm" lint --strict "$chart"
 
+# The chart follows the crate's version (`make manifests` writes it): Chart.yaml's version and
+# appVersion, the default controller image's tag (the default values' drift test below
+# compares the whole image with the install's).
+version=$("$bin" --version | awk '{print $2}')
+chart_version=$(awk '/^version:/{print $2}' "$chart/Chart.yaml")
+app_version=$(awk '/^appVersion:/{gsub(/"/, "", $2); print $2}' "$chart/Chart.yaml")
+image=$(awk '/^controller:/{c=1} c && /^  image:/{print $2; exit}' "$chart/values.yaml")
+if [ "$chart_version" != "$version" ] || [ "$app_version" != "$version" ] || [ "${image##*:}" != "$version" ]; then
+  echo "the chart is not at the crate's version $version: Chart.yaml version $chart_version, appVersion $app_version, controller.image $image (make manifests)" >&2
+  exit 1
+fi
+echo "chart version, appVersion and controller image tag: $version"
+
 same() { # name helm-args -- install-flags
   local name=$1; shift
   local h=() i=()
