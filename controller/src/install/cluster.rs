@@ -129,31 +129,34 @@ pub async fn drain(
         }
         Err(e) => return Err(e).context("setting the kill switch"),
     };
-    let started = Instant::now();
-    while controller_runs {
-        match drain_step(&written().await?, started.elapsed(), timeout) {
-            DrainStep::Drained => {
-                log(format!(
-                    "the controller deleted every Sidecar and catch-all EnvoyFilter of ours in {:.1} s",
-                    started.elapsed().as_secs_f64()
-                ));
-                break;
-            }
-            DrainStep::Wait { left } => log(format!(
-                "waiting for the controller to delete {left} ({} s of {} s)",
-                started.elapsed().as_secs(),
-                timeout.as_secs()
-            )),
-            DrainStep::TimedOut { left } => {
-                log(format!(
-                    "the controller did not delete {left} within {} s (not running, or in \
-                     dry-run?): they are deleted directly once it is stopped",
+    if controller_runs {
+        let started = Instant::now();
+        loop {
+            match drain_step(&written().await?, started.elapsed(), timeout) {
+                DrainStep::Drained => {
+                    log(format!(
+                        "the controller deleted every Sidecar and catch-all EnvoyFilter of \
+                         ours in {:.1} s",
+                        started.elapsed().as_secs_f64()
+                    ));
+                    break;
+                }
+                DrainStep::Wait { left } => log(format!(
+                    "waiting for the controller to delete {left} ({} s of {} s)",
+                    started.elapsed().as_secs(),
                     timeout.as_secs()
-                ));
-                break;
+                )),
+                DrainStep::TimedOut { left } => {
+                    log(format!(
+                        "the controller did not delete {left} within {} s (not running, or \
+                         in dry-run?): they are deleted directly once it is stopped",
+                        timeout.as_secs()
+                    ));
+                    break;
+                }
             }
+            tokio::time::sleep(poll).await;
         }
-        tokio::time::sleep(poll).await;
     }
 
     // Nothing may write any more before the rest goes (it would put the gateway's routes
