@@ -17,7 +17,6 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -150,7 +149,7 @@ async fn helm_installs_the_chart_and_its_pre_delete_hook_leaves_nothing_of_ours_
         .to_string();
     let images = BTreeMap::from([(
         controller_image,
-        PathBuf::from(lazyxds_e2e::paths::lazyxds_bin().expect("lazyxds binary")),
+        lazyxds_e2e::paths::lazyxds_bin().expect("lazyxds binary"),
     )]);
     let node = tokio::task::spawn_blocking(move || Node::start(c, images))
         .await
