@@ -96,7 +96,8 @@ test-envoy: setup-envoy setup-cluster setup-mesh build ## tiers 3-5: real Envoy 
 
 # The chart's templates come from the install (charts/generate.sh, in `make manifests`);
 # charts/test.sh: helm lint --strict, each value set renders what `lazyxds install` renders
-# with the matching flags, bad values refused naming the field.
+# with the matching flags, the pre-delete hook, the chart at the crate's version, bad values
+# refused naming the field.
 test-chart: setup-cluster controller ## the Helm chart (charts/lazyxds) against `lazyxds install`: lint, template, schema
 	charts/test.sh $(LAZYXDS_CLUSTER_BIN)/helm $(LAZYXDS_BIN)
 

@@ -167,6 +167,20 @@ fn print_install(args: &lazyxds::install::cli::InstallArgs) -> Result<()> {
 
 fn print_uninstall(args: &lazyxds::install::cli::UninstallArgs) -> Result<()> {
     let config = args.to_config()?;
+    if args.wait {
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the tokio runtime")?
+            .block_on(async {
+                let client = kube::Client::try_default().await.context(
+                    "no Kubernetes credentials (in-cluster, KUBECONFIG or ~/.kube/config)",
+                )?;
+                let timeout = std::time::Duration::from_secs(args.wait_timeout_secs);
+                let log = |line: String| eprintln!("lazyxds uninstall: {line}");
+                lazyxds::install::cluster::drain(&client, &config, timeout, &log).await
+            });
+    }
     let owned = if args.offline {
         Vec::new()
     } else {

@@ -44,8 +44,21 @@ pub struct UninstallArgs {
     pub offline: bool,
 
     /// Also delete the namespace (off: it may hold more than lazyxds).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "wait")]
     pub delete_namespace: bool,
+
+    /// Act on the cluster instead of printing (the Helm chart's pre-delete hook runs this):
+    /// set the kill switch, wait until the controller has deleted every Sidecar and
+    /// catch-all EnvoyFilter of ours, stop it (its Deployment scaled to 0), then delete
+    /// what else it wrote (the gateway's routes, its Lease). The install's own objects are
+    /// left to whoever installed them (Helm deletes the chart's next).
+    #[arg(long, conflicts_with = "offline")]
+    pub wait: bool,
+
+    /// With --wait: how long the controller has to delete them (then it is stopped and what
+    /// it left is deleted directly, Sidecars first), and how long its pods have to end.
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub wait_timeout_secs: u64,
 }
 
 /// The settings both commands share (uninstall needs the names install used).

@@ -42,7 +42,10 @@ use serde_json::Value;
 pub use config::{FailurePolicy, InstallConfig, IstioVersion, Module};
 pub use filter::plugin_config;
 pub use lazyxds_index::istio;
-pub use uninstall::{uninstall, uninstall_yaml, ObjectRef, UninstallConfig};
+pub use uninstall::{
+    drain_step, scoping, uninstall, uninstall_yaml, written_by_controller, DrainStep, ObjectRef,
+    UninstallConfig,
+};
 
 /// Why an install cannot be rendered.
 #[derive(Debug, thiserror::Error)]

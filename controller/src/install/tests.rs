@@ -136,6 +136,141 @@ fn uninstall_never_deletes_the_namespace_unless_asked() {
     assert!(sidecar < gateway);
 }
 
+fn owned(api_version: &str, kind: &str, ns: &str, name: &str) -> ObjectRef {
+    ObjectRef::new(api_version, kind, Some(ns), name)
+}
+
+#[test]
+fn the_pre_delete_hook_deletes_what_the_controller_wrote_and_leaves_the_install_to_helm() {
+    let sidecar = owned(
+        "networking.istio.io/v1",
+        "Sidecar",
+        "shop",
+        "lazyxds-deployment-web",
+    );
+    let catch_all = owned(
+        "networking.istio.io/v1alpha3",
+        "EnvoyFilter",
+        "shop",
+        "lazyxds-deployment-web",
+    );
+    let route = owned(
+        "networking.istio.io/v1",
+        "VirtualService",
+        "lazyxds-system",
+        "lazyxds-route-api.shop.svc.cluster.local",
+    );
+    let placeholder = owned("v1", "Service", "lazyxds-system", "lazyxds-http-ports");
+    // The install's own objects labelled ours (the routing's), at either API version.
+    let install_gateway = owned(
+        "networking.istio.io/v1beta1",
+        "Gateway",
+        "lazyxds-system",
+        "lazyxds-gateway",
+    );
+    let install_catch_all = owned(
+        "networking.istio.io/v1alpha3",
+        "EnvoyFilter",
+        "lazyxds-system",
+        "lazyxds-external",
+    );
+    let config = InstallConfig::default();
+    let cases: [(&str, Vec<ObjectRef>, Vec<&ObjectRef>); 4] = [
+        ("nothing listed", vec![], vec![]),
+        (
+            "only the install's",
+            vec![install_gateway.clone(), install_catch_all.clone()],
+            vec![],
+        ),
+        (
+            "Sidecars, then catch-alls, then routes; the install's left out",
+            vec![
+                route.clone(),
+                install_catch_all.clone(),
+                placeholder.clone(),
+                catch_all.clone(),
+                install_gateway.clone(),
+                sidecar.clone(),
+            ],
+            vec![&sidecar, &catch_all, &route, &placeholder],
+        ),
+        (
+            "listed twice",
+            vec![sidecar.clone(), sidecar.clone()],
+            vec![&sidecar],
+        ),
+    ];
+    for (what, listed, want) in cases {
+        let got = written_by_controller(&config, &listed).unwrap();
+        let want: Vec<ObjectRef> = want.into_iter().cloned().collect();
+        assert_eq!(got, want, "{what}");
+    }
+    // The install's catch-all is named as the routing renders it.
+    let rendered = render(&config).unwrap();
+    assert!(
+        rendered
+            .objects
+            .iter()
+            .any(|m| m.kind() == "EnvoyFilter"
+                && m.object["metadata"]["name"] == install_catch_all.name),
+        "the routing's catch-all EnvoyFilter is not {}",
+        install_catch_all.name
+    );
+}
+
+#[test]
+fn the_pre_delete_hook_waits_for_the_controller_until_its_timeout() {
+    use std::time::Duration;
+    let s = |n: &str| owned("networking.istio.io/v1", "Sidecar", "shop", n);
+    let f = |n: &str| owned("networking.istio.io/v1alpha3", "EnvoyFilter", "shop", n);
+    let route = owned(
+        "networking.istio.io/v1",
+        "VirtualService",
+        "lazyxds-system",
+        "r",
+    );
+    let timeout = Duration::from_secs(120);
+    let early = Duration::from_secs(3);
+    let cases = [
+        ("nothing left", vec![], early, DrainStep::Drained),
+        (
+            "only the gateway's routes left: they are not the kill switch's",
+            vec![route.clone()],
+            early,
+            DrainStep::Drained,
+        ),
+        (
+            "a Sidecar and its catch-all, within the timeout",
+            vec![s("a"), f("a"), route.clone()],
+            early,
+            DrainStep::Wait {
+                left: "1 Sidecar, 1 EnvoyFilter: Sidecar shop/a, EnvoyFilter shop/a".into(),
+            },
+        ),
+        (
+            "a catch-all alone (its Sidecar already deleted)",
+            vec![f("a")],
+            early,
+            DrainStep::Wait {
+                left: "1 EnvoyFilter: EnvoyFilter shop/a".into(),
+            },
+        ),
+        (
+            "left at the timeout",
+            vec![s("a"), s("b"), s("c"), s("d"), s("e"), s("f")],
+            timeout,
+            DrainStep::TimedOut {
+                left: "6 Sidecars: Sidecar shop/a, Sidecar shop/b, Sidecar shop/c, \
+                       Sidecar shop/d, Sidecar shop/e, …"
+                    .into(),
+            },
+        ),
+    ];
+    for (what, written, waited, want) in cases {
+        assert_eq!(drain_step(&written, waited, timeout), want, "{what}");
+    }
+}
+
 fn wasm_plugin_config(
     policy: Option<FailurePolicy>,
     version: Option<IstioVersion>,

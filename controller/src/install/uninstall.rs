@@ -1,6 +1,12 @@
 //! `lazyxds uninstall`: what to delete, in an order that never leaves a workload without a
 //! way out: the controller first (nothing writes any more), then every Sidecar we own
 //! (workloads get the full mesh config back), then the routing and the gateway.
+//!
+//! `uninstall --wait` (the Helm chart's pre-delete hook) acts instead: the decisions it
+//! takes from what it lists are here ([`written_by_controller`], [`drain_step`]); the
+//! cluster calls are in `cluster.rs`.
+
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -128,6 +134,104 @@ pub fn uninstall(
         }
     }
     Ok(out)
+}
+
+/// The objects of ours the controller wrote, in the order to delete them: every object
+/// `owned` lists (labelled ours in the cluster) that is not one of the install's own (those
+/// are whoever installed it to delete: Helm deletes the chart's after its pre-delete hook).
+/// Sidecars first, then the catch-all EnvoyFilters (a Sidecar never outlives the route to
+/// the gateway its hidden hosts need), then the gateway's routes.
+pub fn written_by_controller(
+    config: &InstallConfig,
+    owned: &[ObjectRef],
+) -> Result<Vec<ObjectRef>, InstallError> {
+    let install: Vec<ObjectRef> = render(config)?
+        .objects
+        .iter()
+        .map(|m| ObjectRef::of(&m.object))
+        .collect();
+    let mut out: Vec<ObjectRef> = owned
+        .iter()
+        .filter(|r| !install.iter().any(|i| i.same_object(r)))
+        .cloned()
+        .collect();
+    out.sort_by_key(|r| (delete_rank(r), r.clone()));
+    out.dedup();
+    Ok(out)
+}
+
+/// Sidecars, then EnvoyFilters, then the rest.
+fn delete_rank(r: &ObjectRef) -> u8 {
+    match r.kind.as_str() {
+        "Sidecar" => 0,
+        "EnvoyFilter" => 1,
+        _ => 2,
+    }
+}
+
+/// What the kill switch makes the controller delete: each scoped workload's Sidecar and
+/// catch-all EnvoyFilter (not the gateway's routes: they follow the mesh).
+pub fn scoping(written: &[ObjectRef]) -> Vec<&ObjectRef> {
+    written.iter().filter(|r| delete_rank(r) < 2).collect()
+}
+
+/// Where the pre-delete hook stands after setting the kill switch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DrainStep {
+    /// The controller is still deleting these (within the timeout): look again.
+    Wait { left: String },
+    /// Every Sidecar and catch-all EnvoyFilter of ours is gone.
+    Drained,
+    /// The timeout passed with these left (the controller is not running, or in dry-run):
+    /// stop it and delete them directly, Sidecars first.
+    TimedOut { left: String },
+}
+
+/// The next step, from the objects of ours still listed ([`written_by_controller`]) and how
+/// long the hook has waited.
+pub fn drain_step(written: &[ObjectRef], waited: Duration, timeout: Duration) -> DrainStep {
+    let left = scoping(written);
+    if left.is_empty() {
+        DrainStep::Drained
+    } else if waited >= timeout {
+        DrainStep::TimedOut {
+            left: describe(&left),
+        }
+    } else {
+        DrainStep::Wait {
+            left: describe(&left),
+        }
+    }
+}
+
+/// "2 Sidecars, 1 EnvoyFilter: shop/a, shop/b, …" (at most 5 names).
+pub fn describe(objects: &[&ObjectRef]) -> String {
+    let count = |kind: &str| objects.iter().filter(|r| r.kind == kind).count();
+    let mut kinds: Vec<&str> = Vec::new();
+    for r in objects {
+        if !kinds.contains(&r.kind.as_str()) {
+            kinds.push(&r.kind);
+        }
+    }
+    let counts: Vec<String> = kinds
+        .iter()
+        .map(|k| {
+            let n = count(k);
+            format!("{n} {k}{}", if n == 1 { "" } else { "s" })
+        })
+        .collect();
+    let mut names: Vec<String> = objects
+        .iter()
+        .take(5)
+        .map(|r| match &r.namespace {
+            Some(ns) => format!("{} {ns}/{}", r.kind, r.name),
+            None => format!("{} {}", r.kind, r.name),
+        })
+        .collect();
+    if objects.len() > 5 {
+        names.push("…".into());
+    }
+    format!("{}: {}", counts.join(", "), names.join(", "))
 }
 
 /// [`uninstall`] as a YAML stream for `kubectl delete --ignore-not-found -f -`.

@@ -316,10 +316,11 @@ impl Cluster {
             if name == "kube-controller-manager" {
                 // Without `serviceaccount` no namespace gets its `default` ServiceAccount
                 // and admission refuses pods; `root-ca-cert-publisher` gives every
-                // namespace kube-root-ca.crt, as projected token volumes expect.
+                // namespace kube-root-ca.crt, as projected token volumes expect; `job` runs
+                // Helm's hook Jobs (tests/tests/helm.rs).
                 cmd.arg(
                     "--controllers=endpointslice,endpointslicemirroring,deployment,replicaset,\
-                     garbagecollector,serviceaccount,namespace,root-ca-cert-publisher",
+                     garbagecollector,serviceaccount,namespace,root-ca-cert-publisher,job",
                 )
                 .arg(format!("--root-ca-file={}", pki.ca.display()))
                 .arg(format!("--service-cluster-ip-range={SERVICE_CIDR}"))

@@ -161,11 +161,30 @@ struct RunningPod {
     veth: String,
     containers: Vec<Container>,
     probes: Vec<(u16, String)>,
+    /// `restartPolicy` Never or OnFailure (a Job's pod): a container's exit is its end,
+    /// not an error.
+    runs_to_completion: bool,
+    /// Exit codes of the containers that ended, by name (pods that run to completion).
+    exits: Vec<(String, i32)>,
+    /// Its final status was written.
+    completed: bool,
+}
+
+/// A pod that ran to completion on the node (a Job's).
+#[derive(Debug, Clone)]
+pub struct FinishedPod {
+    pub info: PodInfo,
+    /// Every container exited 0.
+    pub succeeded: bool,
+    /// Exit codes by container.
+    pub exits: Vec<(String, i32)>,
 }
 
 #[derive(Default)]
 struct State {
     pods: BTreeMap<String, RunningPod>,
+    /// Pods that ran to completion, in order (kept after they are deleted).
+    finished: Vec<FinishedPod>,
     /// Pods the node does not run (an image it does not have), by uid.
     skipped: BTreeSet<String>,
     errors: Vec<String>,
@@ -223,6 +242,11 @@ impl Node {
     /// The pods the node runs.
     pub fn pods(&self) -> Vec<PodInfo> {
         self.lock().pods.values().map(|p| p.info.clone()).collect()
+    }
+
+    /// The pods that ran to completion (Jobs'), also those deleted since.
+    pub fn finished(&self) -> Vec<FinishedPod> {
+        self.lock().finished.clone()
     }
 
     /// Everything that went wrong so far (a pod that failed to start, a container that
@@ -411,15 +435,26 @@ impl Kubelet {
         Ok(())
     }
 
-    /// Exited containers are errors; pods whose probes all pass become Ready.
+    /// Exited containers are errors, but in pods that run to completion (their end: phase
+    /// Succeeded or Failed once all exited); pods whose probes all pass become Ready.
     fn check_pods(&self) {
         let mut became_ready = Vec::new();
         let mut errors = Vec::new();
+        let mut completed = Vec::new();
         {
             let mut s = self.lock();
             for p in s.pods.values_mut() {
                 for c in p.containers.iter_mut() {
-                    if let Some(status) = c.proc.exited() {
+                    let Some(status) = c.proc.exited() else {
+                        continue;
+                    };
+                    if p.runs_to_completion {
+                        crate::note(format_args!(
+                            "node: {}/{} container {} exited ({status})",
+                            p.info.namespace, p.info.name, c.name
+                        ));
+                        p.exits.push((c.name.clone(), status.code().unwrap_or(-1)));
+                    } else {
                         errors.push(format!(
                             "{}/{} container {} exited ({status}); log {}:\n{}",
                             p.info.namespace,
@@ -429,6 +464,19 @@ impl Kubelet {
                             c.proc.log_tail(20)
                         ));
                     }
+                }
+                let all_exited = p.containers.iter_mut().all(|c| c.proc.exited().is_some());
+                if p.runs_to_completion && all_exited && !p.exits.is_empty() && !p.completed {
+                    p.completed = true;
+                    completed.push(FinishedPod {
+                        info: p.info.clone(),
+                        succeeded: p.exits.iter().all(|(_, code)| *code == 0),
+                        exits: p.exits.clone(),
+                    });
+                    continue;
+                }
+                if p.runs_to_completion && !p.exits.is_empty() {
+                    continue;
                 }
                 if !p.info.ready
                     && p.probes
@@ -455,6 +503,48 @@ impl Kubelet {
                 self.error(format!("{}/{} status: {e:#}", info.namespace, info.name));
             }
         }
+        for done in completed {
+            if let Err(e) = self.set_completed(&done) {
+                self.error(format!(
+                    "{}/{} status: {e:#}",
+                    done.info.namespace, done.info.name
+                ));
+            }
+            self.lock().finished.push(done);
+        }
+    }
+
+    /// A finished pod's status as the kubelet writes it: phase Succeeded (every container
+    /// exited 0) or Failed, each container terminated with its exit code. The Job
+    /// controller counts it from the phase.
+    fn set_completed(&self, done: &FinishedPod) -> Result<()> {
+        let now = "2026-01-01T00:00:00Z";
+        let info = &done.info;
+        let statuses: Vec<Value> = done
+            .exits
+            .iter()
+            .map(|(name, code)| {
+                json!({"name": name, "ready": false, "restartCount": 0, "image": "", "imageID": "",
+                    "state": {"terminated": {"exitCode": code,
+                        "reason": if *code == 0 { "Completed" } else { "Error" },
+                        "startedAt": now, "finishedAt": now}}})
+            })
+            .collect();
+        let status = json!({"status": {
+            "phase": if done.succeeded { "Succeeded" } else { "Failed" },
+            "podIP": info.ip.to_string(), "podIPs": [{"ip": info.ip.to_string()}],
+            "hostIP": BRIDGE_IP.to_string(), "hostIPs": [{"ip": BRIDGE_IP.to_string()}],
+            "startTime": now,
+            "containerStatuses": statuses,
+            "conditions": [
+                {"type": "Ready", "status": "False", "reason": "PodCompleted", "lastTransitionTime": now},
+                {"type": "ContainersReady", "status": "False", "reason": "PodCompleted", "lastTransitionTime": now},
+                {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
+                {"type": "Initialized", "status": "True", "lastTransitionTime": now},
+            ],
+        }});
+        self.cluster
+            .patch_status("pod", Some(&info.namespace), &info.name, &status)
     }
 
     fn unknown_image(&self, pod: &Value) -> Option<String> {
@@ -592,6 +682,12 @@ impl Kubelet {
             veth: veth.clone(),
             containers: Vec::new(),
             probes: Vec::new(),
+            runs_to_completion: matches!(
+                pod["spec"]["restartPolicy"].as_str(),
+                Some("Never" | "OnFailure")
+            ),
+            exits: Vec::new(),
+            completed: false,
         };
         run(&[
             "ip", "link", "add", &veth, "type", "veth", "peer", "name", &peer,
