@@ -51,6 +51,8 @@ pub const BRIDGE: &str = "lzbr0";
 /// where the control plane listens.
 pub const BRIDGE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const POD_PREFIX: u8 = 16;
+/// The bridge's MAC: locally administered, the rest [`BRIDGE_IP`].
+const BRIDGE_MAC: &str = "02:00:c6:12:00:01";
 /// The uid/gid the proxy runs as (injection's `-u 1337` and `runAsUser: 1337`).
 pub const PROXY_UID: u32 = 1337;
 /// The uid an app image runs as when its pod spec does not say.
@@ -62,6 +64,14 @@ pub fn make_bridge() -> Result<Ipv4Addr> {
     ensure_private_netns()?;
     let cidr = format!("{BRIDGE_IP}/{POD_PREFIX}");
     run(&["ip", "link", "add", BRIDGE, "type", "bridge"])?;
+    // A MAC of its own, set once: a bridge whose address was not set takes the lowest of
+    // its ports' and changes it when a pod's veth with a lower one joins. The bridge's own
+    // address is announced again (gratuitous ARP), but not the addresses on the test
+    // namespace's `lo` (the external server's): a pod that cached the old MAC for one
+    // sends frames the bridge takes for another port's and drops, until that entry goes
+    // (every connect failed for 18 s in a reproduction with plain veths; in the mesh:
+    // front's external HTTPS reset after Envoy's 10 s connect timeout).
+    run(&["ip", "link", "set", BRIDGE, "address", BRIDGE_MAC])?;
     run(&["ip", "addr", "add", &cidr, "dev", BRIDGE])?;
     run(&["ip", "link", "set", BRIDGE, "up"])?;
     Ok(BRIDGE_IP)
