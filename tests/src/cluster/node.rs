@@ -19,6 +19,8 @@
 //!   (injection's `pilot-agent wait` under `holdApplicationUntilProxyStarts`);
 //! - reports status: Running with the pod IP at once, Ready when every readiness probe
 //!   (httpGet, sent from the node to the pod IP) answers 200;
+//! - restarts a container that exits as its pod's restartPolicy says, with the kubelet's
+//!   back-off, the pod not Ready meanwhile;
 //! - tears a pod down by PID when it is deleted or the node stops: containers first, then the
 //!   holder, so the namespaces go with it.
 //!
