@@ -104,7 +104,7 @@ test-chart: setup-cluster controller ## the Helm chart (charts/lazyxds) against 
 test-cluster: setup-envoy setup-cluster build ## tier 4 alone: real kube-apiserver, istiod, pilot-agent + Envoy, the install applied
 	$(E2E_RUNNER) $(CARGO) test -p lazyxds-e2e --test cluster
 
-test-mesh: setup-envoy setup-cluster setup-mesh build ## tier 5 alone: the mini-mesh, pods with real sidecars and traffic capture on a process node (~1 min)
+test-mesh: setup-envoy setup-cluster setup-mesh build ## tier 5 alone: the mini-mesh, pods with real sidecars and traffic capture on a process node (~1.5-2 min)
 	$(E2E_RUNNER) $(CARGO) test -p lazyxds-e2e --test mesh -- --nocapture
 
 soak: setup-envoy build ## the hostile tier's longer floods (tests/tests/hostile.rs, LAZYXDS_SOAK=1; a few minutes)

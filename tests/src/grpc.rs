@@ -30,9 +30,14 @@ pub struct GrpcBackend {
 
 impl GrpcBackend {
     pub async fn start(name: &str) -> Result<GrpcBackend> {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        Self::start_on(name, SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await
+    }
+
+    /// Binds `addr` (a mini-mesh app listens on 0.0.0.0 in its pod's network namespace).
+    pub async fn start_on(name: &str, addr: SocketAddr) -> Result<GrpcBackend> {
+        let listener = TcpListener::bind(addr)
             .await
-            .with_context(|| format!("binding gRPC backend {name}"))?;
+            .with_context(|| format!("binding gRPC backend {name} on {addr}"))?;
         let addr = listener.local_addr()?;
         let (reporter, service) = tonic_health::server::health_reporter();
         reporter
@@ -77,15 +82,33 @@ pub async fn check(
     authority: &str,
     service: &str,
 ) -> Result<bool, tonic::Status> {
-    let gateway = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    check_at(
+        Some(source),
+        SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        authority,
+        service,
+    )
+    .await
+}
+
+/// [`check`] to `dest`, from `source` or (none) whatever address the kernel picks: what a
+/// workload in a mini-mesh pod sends (its sidecar captures it).
+pub async fn check_at(
+    source: Option<Ipv4Addr>,
+    dest: SocketAddr,
+    authority: &str,
+    service: &str,
+) -> Result<bool, tonic::Status> {
     let endpoint = Endpoint::from_shared(format!("http://{authority}"))
         .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
         .timeout(REQUEST_TIMEOUT);
     let connector = tower::service_fn(move |_: Uri| async move {
         let socket = TcpSocket::new_v4()?;
-        socket.set_reuseaddr(true)?;
-        socket.bind(SocketAddr::from((source, 0)))?;
-        Ok::<_, std::io::Error>(TokioIo::new(socket.connect(gateway).await?))
+        if let Some(source) = source {
+            socket.set_reuseaddr(true)?;
+            socket.bind(SocketAddr::from((source, 0)))?;
+        }
+        Ok::<_, std::io::Error>(TokioIo::new(socket.connect(dest).await?))
     });
     let channel = tokio::time::timeout(
         Duration::from_secs(10),

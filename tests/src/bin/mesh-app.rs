@@ -1,13 +1,18 @@
 //! The mini-mesh's application: what a pod's app container runs (the node maps the image
 //! `lazyxds-test/mesh-app` to this binary, `args` from the pod spec).
 //!
-//! - `mesh-app echo --name NAME --port PORT`: HTTP/1.1 on 0.0.0.0:PORT; every request gets
-//!   200, `x-backend: NAME`, and the Host and `x-forwarded-client-cert` it arrived with
-//!   (the test backend of `lazyxds_e2e::Backend`).
+//! - `mesh-app echo --name NAME --port PORT [--port PORT]…`: HTTP/1.1 on 0.0.0.0:PORT (each
+//!   port); every request gets 200, `x-backend: NAME`, and the Host and
+//!   `x-forwarded-client-cert` it arrived with (the test backend of `lazyxds_e2e::Backend`).
+//! - `mesh-app grpc-echo --name NAME --port PORT`: gRPC over h2c on 0.0.0.0:PORT, the standard
+//!   health service answering SERVING for the service NAME only (`lazyxds_e2e::grpc`).
 //! - `mesh-app tcp-echo --name NAME --port PORT`: TCP on 0.0.0.0:PORT; answers each line
 //!   with `NAME LINE` (a database stand-in: no HTTP).
-//! - `mesh-app client --out FILE --interval-ms N [--ca FILE] --url URL [--url URL]…`: sends
-//!   requests to the URLs in turn, one fresh connection each (`http://…`: a GET;
+//! - `mesh-app client --out FILE --interval-ms N [--ca FILE] [--urls-file FILE] --url URL
+//!   [--url URL]…`: sends requests to the URLs in turn, then to those listed in the urls file
+//!   (one a line, read again before every request: the test adds dependencies mid-run), one
+//!   fresh connection each (`http://…`: a GET; `grpc://host:port/NAME`: a gRPC health
+//!   check of service NAME over h2c, its backend NAME if SERVING;
 //!   `https://…`: a GET over TLS, the server verified against `--ca` only;
 //!   `tcp://host:port`: one line, its echo read back), resolving names the way any program in the pod does
 //!   (getaddrinfo: the pod's resolv.conf, whose nameserver the sidecar's agent answers), and
@@ -21,8 +26,9 @@ use lazyxds_e2e::client::{request_to, BACKEND_HEADER, REQUEST_XFCC_HEADER};
 
 fn usage() -> anyhow::Error {
     anyhow!(
-        "usage: mesh-app echo --name NAME --port PORT | \
-         mesh-app client --out FILE --interval-ms N --url URL [--url URL]..."
+        "usage: mesh-app echo --name NAME --port PORT [--port PORT]... | \
+         mesh-app grpc-echo --name NAME --port PORT | mesh-app tcp-echo --name NAME --port PORT | \
+         mesh-app client --out FILE --interval-ms N [--ca FILE] [--urls-file FILE] [--url URL]..."
     )
 }
 
@@ -45,8 +51,26 @@ async fn main() -> Result<()> {
     };
     match mode.as_str() {
         "echo" => {
+            let mut backends = Vec::new();
+            for (_, port) in flags.iter().filter(|(k, _)| k == "port") {
+                let port: u16 = port.parse().context("--port")?;
+                backends.push(
+                    lazyxds_e2e::Backend::start_on(
+                        one("name")?,
+                        SocketAddr::from(([0, 0, 0, 0], port)),
+                    )
+                    .await?,
+                );
+            }
+            if backends.is_empty() {
+                bail!("echo: no --port");
+            }
+            std::future::pending::<()>().await;
+            Ok(())
+        }
+        "grpc-echo" => {
             let port: u16 = one("port")?.parse().context("--port")?;
-            let _backend = lazyxds_e2e::Backend::start_on(
+            let _backend = lazyxds_e2e::grpc::GrpcBackend::start_on(
                 one("name")?,
                 SocketAddr::from(([0, 0, 0, 0], port)),
             )
@@ -64,12 +88,20 @@ async fn main() -> Result<()> {
                 .filter(|(k, _)| k == "url")
                 .map(|(_, v)| v.as_str())
                 .collect();
-            if urls.is_empty() {
-                bail!("client: no --url");
+            let urls_file = one("urls-file").ok().map(std::path::PathBuf::from);
+            if urls.is_empty() && urls_file.is_none() {
+                bail!("client: no --url and no --urls-file");
             }
             let interval = Duration::from_millis(one("interval-ms")?.parse()?);
             let ca = one("ca").ok().map(std::path::PathBuf::from);
-            client(one("out")?, &urls, interval, ca.as_deref()).await
+            client(
+                one("out")?,
+                &urls,
+                urls_file.as_deref(),
+                interval,
+                ca.as_deref(),
+            )
+            .await
         }
         _ => Err(usage()),
     }
@@ -132,8 +164,8 @@ async fn tcp_request(addr: SocketAddr, line: &str) -> Result<String> {
 fn split_url(url: &str) -> Result<(String, String, u16, String)> {
     let (scheme, rest) = url
         .split_once("://")
-        .filter(|(s, _)| matches!(*s, "http" | "https" | "tcp"))
-        .ok_or_else(|| anyhow!("{url}: only http://, https:// and tcp:// URLs"))?;
+        .filter(|(s, _)| matches!(*s, "http" | "https" | "tcp" | "grpc"))
+        .ok_or_else(|| anyhow!("{url}: only http://, https://, grpc:// and tcp:// URLs"))?;
     let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let (host, port) = match authority.rsplit_once(':') {
         Some((h, p)) => (h, p.parse().with_context(|| format!("{url}: port"))?),
@@ -147,6 +179,7 @@ fn split_url(url: &str) -> Result<(String, String, u16, String)> {
 async fn client(
     out: &str,
     urls: &[&str],
+    urls_file: Option<&std::path::Path>,
     interval: Duration,
     ca: Option<&std::path::Path>,
 ) -> Result<()> {
@@ -156,10 +189,31 @@ async fn client(
         .append(true)
         .open(out)
         .with_context(|| format!("opening {out}"))?;
-    let targets: Vec<(String, String, u16, String)> =
+    let mut urls: Vec<String> = urls.iter().map(|u| u.to_string()).collect();
+    let fixed = urls.len();
+    let mut targets: Vec<(String, String, u16, String)> =
         urls.iter().map(|u| split_url(u)).collect::<Result<_>>()?;
     let mut next = tokio::time::Instant::now();
-    for seq in 0u64.. {
+    let mut seq = 0u64;
+    loop {
+        if let Some(path) = urls_file {
+            // Added URLs (the file only grows); a bad one is an error of the client.
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let added: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            for u in added.iter().skip(urls.len() - fixed) {
+                targets.push(split_url(u)?);
+                urls.push(u.to_string());
+            }
+        }
+        if targets.is_empty() {
+            next += interval;
+            tokio::time::sleep_until(next).await;
+            continue;
+        }
         let i = (seq % targets.len() as u64) as usize;
         let (scheme, host, port, path) = &targets[i];
         let started = Instant::now();
@@ -172,6 +226,20 @@ async fn client(
             if scheme == "tcp" {
                 let backend = tcp_request(addr, &format!("ping {seq}")).await?;
                 return Ok((200, Some(backend), None));
+            }
+            if scheme == "grpc" {
+                check_allowed(addr)?;
+                let service = path.trim_start_matches('/');
+                let authority = format!("{host}:{port}");
+                return match lazyxds_e2e::grpc::check_at(None, addr, &authority, service).await {
+                    Ok(true) => Ok((200, Some(service.to_string()), None)),
+                    Ok(false) => bail!("gRPC {authority}: {service} not SERVING"),
+                    Err(status) => bail!(
+                        "gRPC Check({service}) at {authority} via {addr}: {:?} {}",
+                        status.code(),
+                        status.message()
+                    ),
+                };
             }
             let r = if scheme == "https" {
                 check_allowed(addr)?;
@@ -204,8 +272,8 @@ async fn client(
         };
         // One small append per request: whole lines for the test reading along.
         file.write_all(format!("{line}\n").as_bytes())?;
+        seq += 1;
         next += interval;
         tokio::time::sleep_until(next).await;
     }
-    Ok(())
 }

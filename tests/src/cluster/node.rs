@@ -19,6 +19,8 @@
 //!   (injection's `pilot-agent wait` under `holdApplicationUntilProxyStarts`);
 //! - reports status: Running with the pod IP at once, Ready when every readiness probe
 //!   (httpGet, sent from the node to the pod IP) answers 200;
+//! - restarts a container that exits as its pod's restartPolicy says, with the kubelet's
+//!   back-off, the pod not Ready meanwhile;
 //! - tears a pod down by PID when it is deleted or the node stops: containers first, then the
 //!   holder, so the namespaces go with it.
 //!
@@ -51,6 +53,8 @@ pub const BRIDGE: &str = "lzbr0";
 /// where the control plane listens.
 pub const BRIDGE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const POD_PREFIX: u8 = 16;
+/// The bridge's MAC: locally administered, the rest [`BRIDGE_IP`].
+const BRIDGE_MAC: &str = "02:00:c6:12:00:01";
 /// The uid/gid the proxy runs as (injection's `-u 1337` and `runAsUser: 1337`).
 pub const PROXY_UID: u32 = 1337;
 /// The uid an app image runs as when its pod spec does not say.
@@ -62,6 +66,14 @@ pub fn make_bridge() -> Result<Ipv4Addr> {
     ensure_private_netns()?;
     let cidr = format!("{BRIDGE_IP}/{POD_PREFIX}");
     run(&["ip", "link", "add", BRIDGE, "type", "bridge"])?;
+    // A MAC of its own, set once: a bridge whose address was not set takes the lowest of
+    // its ports' and changes it when a pod's veth with a lower one joins. The bridge's own
+    // address is announced again (gratuitous ARP), but not the addresses on the test
+    // namespace's `lo` (the external server's): a pod that cached the old MAC for one
+    // sends frames the bridge takes for another port's and drops, until that entry goes
+    // (every connect failed for 18 s in a reproduction with plain veths; in the mesh:
+    // front's external HTTPS reset after Envoy's 10 s connect timeout).
+    run(&["ip", "link", "set", BRIDGE, "address", BRIDGE_MAC])?;
     run(&["ip", "addr", "add", &cidr, "dev", BRIDGE])?;
     run(&["ip", "link", "set", BRIDGE, "up"])?;
     Ok(BRIDGE_IP)
@@ -151,19 +163,25 @@ pub struct PodInfo {
 
 struct Container {
     name: String,
+    /// The container as the pod spec has it (restarted from it).
+    spec: Value,
     proc: Proc,
+    restarts: u32,
+    /// Exited, to be started again at this instant (restartPolicy Always/OnFailure).
+    restart_at: Option<Instant>,
 }
 
 struct RunningPod {
     info: PodInfo,
     uid: String,
+    /// The pod as the node started it (its containers are restarted from it).
+    pod: Value,
+    /// The containers' working directory.
+    root: PathBuf,
     holder: Proc,
     veth: String,
     containers: Vec<Container>,
     probes: Vec<(u16, String)>,
-    /// `restartPolicy` Never or OnFailure (a Job's pod): a container's exit is its end,
-    /// not an error.
-    runs_to_completion: bool,
     /// Exit codes of the containers that ended, by name (pods that run to completion).
     exits: Vec<(String, i32)>,
     /// Its final status was written.
@@ -180,6 +198,29 @@ pub struct FinishedPod {
     pub exits: Vec<(String, i32)>,
 }
 
+/// A container the node restarted (restartPolicy Always), as `kubectl describe` would show
+/// it: which, how it ended, and its restart count.
+#[derive(Debug, Clone)]
+pub struct Restart {
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+    pub exit: String,
+    pub restart_count: u32,
+}
+
+/// The kubelet's crash-loop back-off before restart number `n` (1-based) of a container:
+/// none before the first, then 10 s doubling up to 300 s (kubelet.go:225 `backOffPeriod`,
+/// `MaxContainerBackOff` in pkg/kubelet/apis/config/v1beta1/defaults.go:47; the first exit
+/// is not in back-off yet: kuberuntime_manager.go:1927-1938 `doBackOff`, Kubernetes 1.36).
+fn restart_backoff(n: u32) -> Duration {
+    if n <= 1 {
+        return Duration::ZERO;
+    }
+    let secs = 10u64.saturating_mul(1 << (n - 2).min(5));
+    Duration::from_secs(secs.min(300))
+}
+
 #[derive(Default)]
 struct State {
     pods: BTreeMap<String, RunningPod>,
@@ -188,6 +229,7 @@ struct State {
     /// Pods the node does not run (an image it does not have), by uid.
     skipped: BTreeSet<String>,
     errors: Vec<String>,
+    restarts: Vec<Restart>,
     next_ip: u32,
 }
 
@@ -250,9 +292,46 @@ impl Node {
     }
 
     /// Everything that went wrong so far (a pod that failed to start, a container that
-    /// exited).
+    /// exited and is not restarted: restartPolicy Never, or OnFailure after a success).
     pub fn errors(&self) -> Vec<String> {
         self.lock().errors.clone()
+    }
+
+    /// Every container restart so far, in order.
+    pub fn restarts(&self) -> Vec<Restart> {
+        self.lock().restarts.clone()
+    }
+
+    /// `kill -9` of container `container`'s main process in a pod (the app the image runs,
+    /// not the node's wrappers around it), as a crash or the OOM killer would end it: the
+    /// container exits and the node restarts it as the pod's restartPolicy says. Returns the
+    /// PID killed.
+    pub fn kill_container(&self, namespace: &str, pod: &str, container: &str) -> Result<u32> {
+        let s = self.lock();
+        let p = s
+            .pods
+            .values()
+            .find(|p| p.info.namespace == namespace && p.info.name == pod)
+            .ok_or_else(|| anyhow!("no pod {namespace}/{pod} on the node"))?;
+        let c = p
+            .containers
+            .iter()
+            .find(|c| c.name == container && c.restart_at.is_none())
+            .ok_or_else(|| anyhow!("{namespace}/{pod}: no running container {container}"))?;
+        // nsenter execs unshare, which forks the PID namespace's PID 1 (bash), which runs
+        // setpriv → env → the image's binary: the deepest descendant is the app.
+        let mut pid = c.proc.pid();
+        while let Some(child) = first_child(pid) {
+            pid = child;
+        }
+        if pid == c.proc.pid() {
+            bail!("{namespace}/{pod} {container}: no process under the container's wrapper");
+        }
+        run(&["kill", "-9", &pid.to_string()])?;
+        crate::note(format_args!(
+            "node: kill -9 {pid} ({namespace}/{pod} container {container})"
+        ));
+        Ok(pid)
     }
 
     /// The running pods of a namespace whose name starts with `prefix`, once `want` of them
@@ -329,6 +408,22 @@ pub fn proxy_stats(pod: &PodInfo, filter: &str) -> Result<BTreeMap<String, u64>>
             Some((k.to_string(), v.trim().parse().ok()?))
         })
         .collect())
+}
+
+/// The first child of `pid` (from `/proc/PID/task/*/children`), if any.
+fn first_child(pid: u32) -> Option<u32> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    for t in tasks.flatten() {
+        let children = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+        if let Some(c) = children
+            .split_whitespace()
+            .next()
+            .and_then(|c| c.parse().ok())
+        {
+            return Some(c);
+        }
+    }
+    None
 }
 
 struct Kubelet {
@@ -435,38 +530,84 @@ impl Kubelet {
         Ok(())
     }
 
-    /// Exited containers are errors, but in pods that run to completion (their end: phase
-    /// Succeeded or Failed once all exited); pods whose probes all pass become Ready.
+    /// Exited containers are restarted as the pod's restartPolicy says (Always, the
+    /// default, and OnFailure after a failure: with the kubelet's back-off; the pod is not
+    /// Ready meanwhile). Otherwise (Never, OnFailure after a success) the container has
+    /// ended, and the pod ends Succeeded or Failed once all its containers have (a Job's).
+    /// Pods whose probes all pass become Ready.
     fn check_pods(&self) {
         let mut became_ready = Vec::new();
-        let mut errors = Vec::new();
+        let mut not_ready = Vec::new();
         let mut completed = Vec::new();
+        let mut to_restart = Vec::new();
         {
-            let mut s = self.lock();
-            for p in s.pods.values_mut() {
+            let mut guard = self.lock();
+            let s = &mut *guard;
+            let now = Instant::now();
+            for (uid, p) in s.pods.iter_mut() {
+                let policy = p.pod["spec"]["restartPolicy"]
+                    .as_str()
+                    .unwrap_or("Always")
+                    .to_string();
                 for c in p.containers.iter_mut() {
-                    let Some(status) = c.proc.exited() else {
-                        continue;
-                    };
-                    if p.runs_to_completion {
+                    if c.restart_at.is_none() {
+                        let Some(status) = c.proc.exited() else {
+                            continue;
+                        };
+                        let restart = match policy.as_str() {
+                            "Never" => false,
+                            "OnFailure" => !status.success(),
+                            _ => true,
+                        };
+                        if !restart {
+                            crate::note(format_args!(
+                                "node: {}/{} container {} exited ({status})",
+                                p.info.namespace, p.info.name, c.name
+                            ));
+                            p.exits.push((c.name.clone(), status.code().unwrap_or(-1)));
+                            continue;
+                        }
+                        c.restarts += 1;
+                        c.restart_at = Some(now + restart_backoff(c.restarts));
                         crate::note(format_args!(
-                            "node: {}/{} container {} exited ({status})",
-                            p.info.namespace, p.info.name, c.name
-                        ));
-                        p.exits.push((c.name.clone(), status.code().unwrap_or(-1)));
-                    } else {
-                        errors.push(format!(
-                            "{}/{} container {} exited ({status}); log {}:\n{}",
+                            "node: {}/{} container {} exited ({status}): restart {} ({:?} back-off)",
                             p.info.namespace,
                             p.info.name,
                             c.name,
-                            c.proc.log_path().display(),
-                            c.proc.log_tail(20)
+                            c.restarts,
+                            restart_backoff(c.restarts)
+                        ));
+                        s.restarts.push(Restart {
+                            namespace: p.info.namespace.clone(),
+                            pod: p.info.name.clone(),
+                            container: c.name.clone(),
+                            exit: status.to_string(),
+                            restart_count: c.restarts,
+                        });
+                        // A container that is not running makes the pod not Ready (the
+                        // kubelet's ContainersNotReady), so its endpoints are not ready.
+                        if p.info.ready {
+                            p.info.ready = false;
+                            not_ready.push(p.info.clone());
+                        }
+                    }
+                    if c.restart_at.is_some_and(|at| at <= now) {
+                        // By name: ended containers leave the list below, so indices move.
+                        to_restart.push((
+                            uid.clone(),
+                            c.name.clone(),
+                            p.pod.clone(),
+                            c.spec.clone(),
+                            p.info.clone(),
+                            p.root.clone(),
                         ));
                     }
                 }
-                let all_exited = p.containers.iter_mut().all(|c| c.proc.exited().is_some());
-                if p.runs_to_completion && all_exited && !p.exits.is_empty() && !p.completed {
+                let all_ended = p
+                    .containers
+                    .iter_mut()
+                    .all(|c| c.restart_at.is_none() && c.proc.exited().is_some());
+                if all_ended && !p.exits.is_empty() && !p.completed {
                     p.completed = true;
                     completed.push(FinishedPod {
                         info: p.info.clone(),
@@ -475,10 +616,12 @@ impl Kubelet {
                     });
                     continue;
                 }
-                if p.runs_to_completion && !p.exits.is_empty() {
+                // A pod some of whose containers have ended is not Ready again.
+                if !p.exits.is_empty() {
                     continue;
                 }
                 if !p.info.ready
+                    && p.containers.iter().all(|c| c.restart_at.is_none())
                     && p.probes
                         .iter()
                         .all(|(port, path)| http_get_plain(p.info.ip, *port, path).is_ok())
@@ -488,14 +631,55 @@ impl Kubelet {
                 }
             }
         }
-        for e in errors {
-            // Once per exit: the container is dropped from the list.
-            self.error(e);
-        }
         {
+            // Ended containers leave the list (their exit codes are in `exits`).
             let mut s = self.lock();
             for p in s.pods.values_mut() {
-                p.containers.retain_mut(|c| c.proc.exited().is_none());
+                p.containers
+                    .retain_mut(|c| c.restart_at.is_some() || c.proc.exited().is_none());
+            }
+        }
+        for info in not_ready {
+            if let Err(e) = self.set_status(&info, false) {
+                self.error(format!("{}/{} status: {e:#}", info.namespace, info.name));
+            }
+        }
+        // Started outside the lock: a postStart hook may take a while.
+        for (uid, name, pod, spec, info, root) in to_restart {
+            let started = self
+                .spawn_container(&pod, &spec, &info, &root)
+                .and_then(|proc| {
+                    self.post_start(&pod, &spec, &info, &root)?;
+                    Ok(proc)
+                });
+            match started {
+                Ok(proc) => {
+                    let mut s = self.lock();
+                    if let Some(c) = s
+                        .pods
+                        .get_mut(&uid)
+                        .and_then(|p| p.containers.iter_mut().find(|c| c.name == name))
+                    {
+                        c.proc = proc;
+                        c.restart_at = None;
+                    }
+                }
+                Err(e) => {
+                    self.error(format!(
+                        "{}/{} restarting {}: {e:#}",
+                        info.namespace, info.name, spec["name"]
+                    ));
+                    // Tried again after the back-off, not at every sync.
+                    let mut s = self.lock();
+                    if let Some(c) = s
+                        .pods
+                        .get_mut(&uid)
+                        .and_then(|p| p.containers.iter_mut().find(|c| c.name == name))
+                    {
+                        c.restarts += 1;
+                        c.restart_at = Some(Instant::now() + restart_backoff(c.restarts));
+                    }
+                }
             }
         }
         for info in became_ready {
@@ -678,14 +862,12 @@ impl Kubelet {
                 holder_pid,
             },
             uid,
+            pod: pod.clone(),
+            root: root.clone(),
             holder,
             veth: veth.clone(),
             containers: Vec::new(),
             probes: Vec::new(),
-            runs_to_completion: matches!(
-                pod["spec"]["restartPolicy"].as_str(),
-                Some("Never" | "OnFailure")
-            ),
             exits: Vec::new(),
             completed: false,
         };
@@ -726,7 +908,10 @@ impl Kubelet {
             let proc = self.spawn_container(pod, c, &running.info, &root)?;
             running.containers.push(Container {
                 name: c["name"].as_str().unwrap_or_default().to_string(),
+                spec: c.clone(),
                 proc,
+                restarts: 0,
+                restart_at: None,
             });
             if let Some(probe) = c["readinessProbe"]["httpGet"].as_object() {
                 let port = match &probe["port"] {
@@ -744,30 +929,37 @@ impl Kubelet {
                 running.probes.push((port, path));
             }
             // The kubelet starts the next container only when postStart has returned.
-            if let Some(cmd) = c["lifecycle"]["postStart"]["exec"]["command"].as_array() {
-                let argv: Vec<String> = cmd
-                    .iter()
-                    .filter_map(|a| a.as_str().map(str::to_string))
-                    .collect();
-                let mut hook = self.spawn_in_pod(
-                    pod,
-                    c,
-                    &running.info,
-                    &root,
-                    &argv,
-                    &format!("{}-poststart", c["name"].as_str().unwrap_or_default()),
-                )?;
-                let status = hook.wait_timeout(Duration::from_secs(120));
-                if !status.is_some_and(|s| s.success()) {
-                    bail!(
-                        "postStart of {} failed ({status:?}):\n{}",
-                        c["name"],
-                        hook.log_tail(30)
-                    );
-                }
-            }
+            self.post_start(pod, c, &running.info, &root)?;
         }
         Ok(running)
+    }
+
+    /// Runs container `c`'s postStart exec hook, if any, to completion.
+    fn post_start(&self, pod: &Value, c: &Value, info: &PodInfo, root: &Path) -> Result<()> {
+        let Some(cmd) = c["lifecycle"]["postStart"]["exec"]["command"].as_array() else {
+            return Ok(());
+        };
+        let argv: Vec<String> = cmd
+            .iter()
+            .filter_map(|a| a.as_str().map(str::to_string))
+            .collect();
+        let mut hook = self.spawn_in_pod(
+            pod,
+            c,
+            info,
+            root,
+            &argv,
+            &format!("{}-poststart", c["name"].as_str().unwrap_or_default()),
+        )?;
+        let status = hook.wait_timeout(Duration::from_secs(120));
+        if !status.is_some_and(|s| s.success()) {
+            bail!(
+                "postStart of {} failed ({status:?}):\n{}",
+                c["name"],
+                hook.log_tail(30)
+            );
+        }
+        Ok(())
     }
 
     /// Writes each volume under `dir/vol/<name>` and links it at each container's
@@ -1016,6 +1208,10 @@ impl Kubelet {
         }
         cmd.args(&argv);
         let log = info.dir.join(format!("{log_name}.log"));
+        if log.exists() {
+            // A restart: the previous run's log stays (`kubectl logs --previous`).
+            let _ = std::fs::rename(&log, info.dir.join(format!("{log_name}.previous.log")));
+        }
         Proc::spawn(log_name, &mut cmd, &log)
     }
 
@@ -1215,4 +1411,27 @@ fn base64_decode(text: &str) -> Result<Vec<u8>> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_backoff_is_the_kubelets() {
+        // restart number → back-off before it
+        for (n, secs) in [
+            (1, 0),
+            (2, 10),
+            (3, 20),
+            (4, 40),
+            (5, 80),
+            (6, 160),
+            (7, 300),
+            (8, 300),
+            (40, 300),
+        ] {
+            assert_eq!(restart_backoff(n), Duration::from_secs(secs), "restart {n}");
+        }
+    }
 }
