@@ -194,7 +194,7 @@ lint-fuzz: ## rustfmt and clippy (-D warnings) of the fuzz targets' crate (its o
 # `meshbench` binary runs first, alone, under the e2e tier's runner and writes
 # target/meshbench/latest.json; the bench reads it (an error in the table if it failed).
 MESHBENCH_OUT := $(abspath target/meshbench/latest.json)
-bench: setup-envoy setup-cluster setup-mesh wasm ## side-by-side benchmarks (~16 min + the mini-mesh's ~N min + builds): table, bench/results/latest.json, SVG plots
+bench: setup-envoy setup-cluster setup-mesh wasm ## side-by-side benchmarks (~16 min + the mini-mesh's ~5 min + builds; root): table, bench/results/latest.json, SVG plots
 	$(CARGO) build --release -p lazyxds --bin lazyxds -p lazyxds-bench
 	$(CARGO) build --release -p lazyxds-e2e --bin meshbench --bin mesh-app
 	mkdir -p $(dir $(MESHBENCH_OUT)) && rm -f $(MESHBENCH_OUT)

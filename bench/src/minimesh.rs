@@ -26,7 +26,7 @@ pub const P9_GOAL: Goal = Goal::AtLeast(10.0);
 pub fn measures(quick: bool, path: &Path) -> Vec<Measure> {
     if quick {
         let reason = "not in bench-quick: the mini-mesh needs root, network namespaces and \
-                      ~10 min (make test runs it in test-mesh); make bench measures it";
+                      ~5 min (its tests run in make test's test-envoy tier); make bench measures it";
         return vec![
             Measure::pending("p5_e2e", P5_E2E_NAME, P5_E2E_GOAL, "ms", reason),
             Measure::pending("p6_istiod", P6_ISTIOD_NAME, P6_ISTIOD_GOAL, "ratio", reason),

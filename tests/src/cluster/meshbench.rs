@@ -606,3 +606,79 @@ pub fn svg_lines(
     s.push_str("</svg>\n");
     std::fs::write(path, s).with_context(|| format!("writing {}", path.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn got(status: u16, xfcc: Option<&str>) -> Got {
+        Got {
+            at: Duration::ZERO,
+            status,
+            backend: Some("echo".into()),
+            xfcc: xfcc.map(str::to_string),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn direct_means_the_clients_identity_and_not_the_gateways() {
+        let client = "By=spiffe://cluster.local/ns/shop/sa/default;Hash=ab;\
+                      URI=spiffe://cluster.local/ns/load/sa/default";
+        let gateway = format!(
+            "{client},By=spiffe://cluster.local/ns/shop/sa/default;Hash=cd;\
+             URI=spiffe://cluster.local/ns/{NAMESPACE}/sa/lazyxds-gateway"
+        );
+        let cases = [
+            ("direct", got(200, Some(client)), true, false),
+            // Through the gateway the header holds the client's element too.
+            ("via the gateway", got(200, Some(&gateway)), false, true),
+            (
+                "another namespace's identity",
+                got(200, Some("URI=spiffe://cluster.local/ns/loader/sa/x")),
+                false,
+                false,
+            ),
+            ("no header", got(200, None), false, false),
+        ];
+        for (what, g, direct, via) in cases {
+            assert_eq!(g.direct_from("load"), direct, "{what}: direct");
+            assert_eq!(g.via_gateway(), via, "{what}: via the gateway");
+            assert!(g.ok(), "{what}");
+        }
+        assert!(!got(503, Some(client)).ok());
+    }
+
+    #[test]
+    fn percentile_is_the_nearest_rank() {
+        let v: Vec<f64> = (1..=20).map(f64::from).collect();
+        assert_eq!(percentile(&v, 50.0), 10.0);
+        assert_eq!(percentile(&v, 99.0), 20.0);
+        assert_eq!(percentile(&v, 0.0), 1.0);
+        assert_eq!(percentile(&[7.0], 99.0), 7.0);
+        assert!(percentile(&[], 50.0).is_nan());
+    }
+
+    #[test]
+    fn svg_plot_is_well_formed_with_a_polyline_per_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.svg");
+        let lines = [
+            PlotLine {
+                label: "a <gw>".into(),
+                points: vec![(0.0, 4.0), (1.0, 0.0)],
+                dashed: false,
+            },
+            PlotLine {
+                label: "a & direct".into(),
+                points: vec![(0.0, 6.0), (1.0, 10.0)],
+                dashed: true,
+            },
+        ];
+        svg_lines(&path, "t", "x", "y", &lines).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(svg.matches("<polyline").count(), 2);
+        assert!(svg.contains("a &lt;gw>") && svg.contains("a &amp; direct"));
+        assert!(svg.trim_end().ends_with("</svg>"));
+    }
+}
