@@ -14,6 +14,8 @@
 //! - [`procfs`]: CPU time, RSS and CPU pinning from `/proc`.
 //! - [`report`] / [`plot`]: the table, `latest.json` and the SVG plots.
 //! - [`measures`]: one function per measure, P1…P8.
+//! - [`minimesh`]: `p5_e2e`, `p6_istiod` and `p9`, read from what the mini-mesh run
+//!   (`lazyxds-e2e`'s `meshbench`, root) wrote.
 #![deny(unsafe_code)]
 
 pub mod als;
@@ -23,6 +25,7 @@ pub mod h2count;
 pub mod ingest;
 pub mod load;
 pub mod measures;
+pub mod minimesh;
 pub mod plot;
 pub mod procfs;
 pub mod proxy;

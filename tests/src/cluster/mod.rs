@@ -16,6 +16,7 @@ pub mod inject;
 mod istiod;
 mod kubeconfig;
 pub mod lazyxds;
+pub mod meshbench;
 pub mod node;
 pub mod pki;
 pub mod proxy;
@@ -396,6 +397,16 @@ impl Cluster {
             }
         }
         Ok(())
+    }
+
+    /// The PID of a control-plane process by its name (`istiod`, `etcd`, …: its log is
+    /// `<name>.log`), for CPU readings from /proc.
+    pub fn pid_of(&self, name: &str) -> Option<u32> {
+        let log = format!("{name}.log");
+        self.procs_mut()
+            .iter()
+            .find(|p| p.log_path().file_name().is_some_and(|f| *f == *log))
+            .map(Proc::pid)
     }
 
     /// The directory of this run (logs, PKI, kubeconfigs).
