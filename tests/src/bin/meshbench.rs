@@ -26,7 +26,7 @@ use lazyxds_e2e::cluster::meshbench::{
     active_clusters, app_deployment, create_bulk_services, envoy_figures, percentile, pod_get,
     trigger_full_push, wait_istiod_quiet, EnvoyFigures, IstiodSample, MiniMesh,
 };
-use lazyxds_e2e::cluster::node::PodInfo;
+use lazyxds_e2e::cluster::node::{self, PodInfo};
 use lazyxds_e2e::cluster::Cluster;
 use serde_json::{json, Value};
 
@@ -214,6 +214,11 @@ async fn run(out: &std::path::Path) -> Result<()> {
     }
     let mut sorted = samples_ms.clone();
     sorted.sort_by(f64::total_cmp);
+    // Requests the client's own sidecar answered 503 because the route's cluster was not
+    // active yet (Envoy's NC): the routers' `no_cluster`, summed over its listeners.
+    let no_cluster: u64 = node::proxy_stats(&clients[0], "no_cluster")
+        .map(|s| s.values().sum())
+        .unwrap_or(0);
     let p5 = json!({
         "samples": samples_ms.len(),
         "p50_ms": percentile(&sorted, 50.0),
@@ -224,6 +229,7 @@ async fn run(out: &std::path::Path) -> Result<()> {
         "interval_ms": INTERVAL.as_millis() as u64,
         "failed_requests": failures.len(),
         "first_failures": failures.iter().take(5).collect::<Vec<_>>(),
+        "no_cluster_503s": no_cluster,
         "warmup_failed_requests": warmup_failures.len(),
         "warmup_first_failures": warmup_failures.iter().take(5).collect::<Vec<_>>(),
     });

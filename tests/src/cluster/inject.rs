@@ -22,10 +22,12 @@ pub const PROXY_IMAGE_TAG: &str = "pinned";
 /// `defaultConfig:` of [`super::istiod::mesh_config`]): DNS capture by the agent, apps held
 /// until their proxy is ready (so no request is sent before Envoy listens), one worker, and
 /// the per-cluster request counters kept (Istio's bootstrap drops `cluster.outbound|…` stats
-/// unless `proxyStatsMatcher` asks for them): the tests count gateway vs direct from them.
+/// unless `proxyStatsMatcher` asks for them): the tests count gateway vs direct from them;
+/// and the routers' `no_cluster` (requests answered 503 because their route's cluster was not
+/// active: a route that arrived before its cluster finished warming).
 pub const DEFAULT_CONFIG_EXTRA: &str = "  holdApplicationUntilProxyStarts: true\n  \
      concurrency: 1\n  proxyMetadata:\n    ISTIO_META_DNS_CAPTURE: \"true\"\n  \
-     proxyStatsMatcher:\n    inclusionSuffixes: [upstream_rq_total]\n";
+     proxyStatsMatcher:\n    inclusionSuffixes: [upstream_rq_total, no_cluster]\n";
 
 /// The files `istioctl kube-inject` reads, written once per cluster run.
 #[derive(Debug)]
