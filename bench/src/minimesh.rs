@@ -13,9 +13,10 @@ use crate::report::{Goal, Measure};
 pub const P5_E2E_NAME: &str = "mini-mesh: first call → first direct call (p99)";
 pub const P6_ISTIOD_NAME: &str = "mini-mesh sidecar memory: full ÷ scoped (real istiod)";
 pub const P9_NAME: &str = "istiod CPU for one full push: full ÷ scoped";
-/// P5's 250 ms to the Sidecar, plus what the issue adds: istiod's push (its debounce alone
+/// The controller's route delay (make before break: 2 s by default, released by its 1 s
+/// tick, so 2-3 s), plus P5's 250 ms to the Sidecar and istiod's push (its debounce alone
 /// waits 100 ms, PILOT_DEBOUNCE_AFTER) and Envoy's update. Set here, not a claim of the issue.
-pub const P5_E2E_GOAL: Goal = Goal::AtMost(1000.0);
+pub const P5_E2E_GOAL: Goal = Goal::AtMost(3500.0);
 /// P6's claim (≥ 10 at 2,000 Services), with the real istiod's config.
 pub const P6_ISTIOD_GOAL: Goal = Goal::AtLeast(10.0);
 /// The same premise for istiod's work (push cost follows what a workload uses). Set here.
@@ -69,12 +70,14 @@ fn p5_e2e(v: &Value) -> Measure {
         let failed = number(v, "failed_requests")?;
         let note = format!(
             "p50 {:.0} ms, max {:.0} ms over {} new dependencies of one scoped client (one \
-             request per {} ms); {} via the gateway, {failed} failed",
+             request per {} ms); {} via the gateway, {failed} failed ({} answered 503 by the \
+             client's sidecar for want of an active cluster, NC)",
             number(v, "p50_ms")?,
             number(v, "max_ms")?,
             number(v, "samples")?,
             number(v, "interval_ms")?,
             number(v, "requests_via_gateway")?,
+            number(v, "no_cluster_503s")?,
         );
         Ok(Measure::measured(
             "p5_e2e",
@@ -150,7 +153,8 @@ mod tests {
             &path,
             json!({
                 "p5_e2e": {"samples": 20, "p50_ms": 400.0, "p99_ms": 900.0, "max_ms": 900.0,
-                    "interval_ms": 50, "requests_via_gateway": 160, "failed_requests": 0},
+                    "interval_ms": 50, "requests_via_gateway": 160, "failed_requests": 0,
+                    "no_cluster_503s": 0},
                 "p6_istiod": {"services": 2000, "ratio_memory_allocated": 12.5,
                     "ratio_config_dump": 80.0,
                     "full": {"memory_allocated": 1e8, "config_dump_bytes": 4e7, "active_clusters": 2010},

@@ -95,6 +95,16 @@ pub struct ScopingArgs {
     /// plain text from a pod's IP could speak for that pod.
     #[arg(long, env = "LAZYXDS_REQUIRE_PRINCIPAL")]
     pub require_principal: bool,
+    /// Make before break: for this many seconds after a dependency is learned, the
+    /// workload's catch-all EnvoyFilter keeps the dependency's routes out of its sidecar
+    /// (its calls still take the gateway) while the Sidecar already lists it, so the
+    /// sidecar's new clusters are active before any route uses them. istiod pushes routes
+    /// without waiting for the sidecar to fetch the new clusters' endpoints; a call routed
+    /// in between fails with 503 (`NC`). 0 = routes and clusters together.
+    #[arg(long, env = "LAZYXDS_ROUTE_DELAY_SECS",
+          default_value_t = lazyxds_index::index::DEFAULT_ROUTE_DELAY.as_secs(),
+          value_parser = clap::value_parser!(u64).range(0..=60))]
+    pub route_delay_secs: u64,
 }
 
 /// A Service FQDN (`lazyxds-gateway.lazyxds-system.svc.cluster.local`): lower-case DNS
@@ -139,6 +149,7 @@ impl ScopingArgs {
             max_deps_per_workload: self.max_hosts as usize,
             cluster_domain: self.cluster_domain.clone(),
             require_principal: self.require_principal,
+            route_delay: Duration::from_secs(self.route_delay_secs),
             ..IndexConfig::default()
         }
     }

@@ -996,6 +996,14 @@ async fn an_opted_in_workloads_requests_never_fail_through_learning_and_go_direc
         .filter(|(k, _)| k.contains(&format!("outbound|50051||{grpc_echo};")))
         .map(|(_, v)| v)
         .sum();
+    // Read before the node stops; asserted with the requests below.
+    let no_cluster: Vec<(String, BTreeMap<String, u64>)> = [&short, &by_fqdn, &weigher]
+        .into_iter()
+        .map(|pod| {
+            let counters = node::proxy_stats(pod, "no_cluster").expect("the sidecar's stats");
+            (format!("{}/{}", pod.namespace, pod.name), counters)
+        })
+        .collect();
     let restarts = node.restarts();
     assert!(
         restarts.len() == 1 && node.errors().is_empty(),
@@ -1068,6 +1076,19 @@ async fn an_opted_in_workloads_requests_never_fail_through_learning_and_go_direc
     eprintln!(
         "mesh: per client (requests, via the gateway, last via the gateway at ms): {per_client:?}; per target (requests, via the gateway): {per_target:?}"
     );
+    // Make before break: no sidecar ever routed a request to a cluster it did not have
+    // active yet (a new dependency's route before its endpoints: 503 NC).
+    for (pod, counters) in &no_cluster {
+        assert!(
+            !counters.is_empty(),
+            "{pod}: no router no_cluster counter (proxyStatsMatcher keeps them)"
+        );
+        let n: u64 = counters.values().sum();
+        assert_eq!(
+            n, 0,
+            "{pod}: {n} requests answered 503 NC (a route before its cluster): {counters:?}"
+        );
+    }
     assert!(
         failed.is_empty(),
         "{} of {} requests failed, first: {:?}",

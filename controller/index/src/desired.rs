@@ -219,7 +219,11 @@ pub const CATCH_ALL_VIRTUAL_HOSTS: [&str; 2] = ["allow_any", "block_all"];
 ///
 /// A MERGE replaces `block_all`'s direct response (a route action is a oneof); the
 /// timeouts are those istiod gives `allow_any` (none: the gateway's route has its own).
-pub fn catch_all_filter(sidecar: &Sidecar, config: &RenderConfig) -> EnvoyFilter {
+pub fn catch_all_filter(
+    sidecar: &Sidecar,
+    config: &RenderConfig,
+    held_routes: &[String],
+) -> EnvoyFilter {
     let gateway_cluster = lazyxds_proto::cluster::Outbound {
         port: config.egress_proxy_port,
         subset: "",
@@ -261,6 +265,12 @@ pub fn catch_all_filter(sidecar: &Sidecar, config: &RenderConfig) -> EnvoyFilter
                         route.clone(),
                     )
                 })
+                // Make before break: a new dep's virtual hosts stay out of the sidecar's
+                // routes (its requests take the catch-all to the gateway) until its
+                // clusters are active (`IndexConfig::route_delay`).
+                .chain(held_routes.iter().map(|vhost| {
+                    ConfigPatch::remove("VIRTUAL_HOST", PatchMatch::sidecar_virtual_host(vhost))
+                }))
                 .collect(),
         },
     }
@@ -321,7 +331,7 @@ pub fn desired(index: &Index, config: &RenderConfig) -> Desired {
                 // sidecar.SelectorAnalyzer). It comes back with the first pod; the learned
                 // deps stay in the index.
                 Ok(_) if view.pods.is_empty() => {}
-                Ok(sidecar) => {
+                Ok((sidecar, held_routes)) => {
                     if index.workload_deps(&view.id).is_some_and(|d| d.over_cap) {
                         out.capped.push(Capped {
                             workload: view.id.clone(),
@@ -332,8 +342,10 @@ pub fn desired(index: &Index, config: &RenderConfig) -> Desired {
                         sidecar.metadata.namespace.clone(),
                         sidecar.metadata.name.clone(),
                     );
-                    out.catch_alls
-                        .insert(key.clone(), catch_all_filter(&sidecar, config));
+                    out.catch_alls.insert(
+                        key.clone(),
+                        catch_all_filter(&sidecar, config, &held_routes),
+                    );
                     out.sidecars.insert(key, sidecar);
                 }
                 Err(reason) => out.refusals.push(Refusal {
@@ -436,7 +448,9 @@ struct Context<'a> {
 }
 
 impl Context<'_> {
-    fn render(&self, view: &WorkloadView<'_>) -> Result<Sidecar, RefusalReason> {
+    /// The workload's Sidecar, and the virtual hosts its catch-all EnvoyFilter holds back
+    /// (new deps the Sidecar did not list anyway).
+    fn render(&self, view: &WorkloadView<'_>) -> Result<(Sidecar, Vec<String>), RefusalReason> {
         let ns = &*view.id.namespace;
         if ns == ROOT_NAMESPACE || ns == self.config.gateway_namespace {
             return Err(RefusalReason::ExcludedNamespace {
@@ -494,6 +508,9 @@ impl Context<'_> {
             });
         }
         let deps = self.index.deps(&view.id);
+        let held_routes = self
+            .index
+            .held_route_names(&view.id, |dep| !self.already_listed(&hosts, dep, ns));
         hosts.extend(self.dep_hosts(&deps));
 
         let default_spec = self.default.map(|d| &d.spec);
@@ -528,7 +545,7 @@ impl Context<'_> {
                 format!("{}/{}", view.id.kind, view.id.name),
             ),
         ]);
-        Ok(Sidecar {
+        let sidecar = Sidecar {
             api_version: NETWORKING_API.to_string(),
             kind: SIDECAR.to_string(),
             metadata: Metadata {
@@ -545,6 +562,23 @@ impl Context<'_> {
                 // without lazyxds (PassthroughCluster or BlackHoleCluster).
                 outbound_traffic_policy: Some(OutboundTrafficPolicy { mode: policy }),
             },
+        };
+        Ok((sidecar, held_routes))
+    }
+
+    /// Whether the egress hosts `listed` (`ns/host`, `ns/*`, `*/host`, `./…`) already import
+    /// `dep` into a sidecar of namespace `own_ns`: then its routes are live already and
+    /// must not be held back. An entry of another form counts as listing it (holding back
+    /// a live route would send its calls to the gateway).
+    fn already_listed(&self, listed: &BTreeSet<String>, dep: &str, own_ns: &str) -> bool {
+        let definers = self.defined_in(dep);
+        listed.iter().any(|entry| {
+            let Some((ns, host)) = entry.split_once('/') else {
+                return true;
+            };
+            let ns = if ns == "." { own_ns } else { ns };
+            let ns_matches = ns == "*" || definers.contains(&format!("{ns}/{dep}"));
+            ns_matches && host::matches(host, dep)
         })
     }
 

@@ -217,7 +217,35 @@ impl ConfigPatch {
     }
 }
 
+impl ConfigPatch {
+    /// Removes what `match_` selects of kind `apply_to`.
+    pub fn remove(apply_to: &str, match_: PatchMatch) -> Self {
+        ConfigPatch {
+            apply_to: apply_to.into(),
+            match_,
+            patch: Patch {
+                operation: "REMOVE".into(),
+                value: None,
+            },
+        }
+    }
+}
+
 impl PatchMatch {
+    /// The sidecar's outbound virtual host named `vhost` (`host:port`), in any route
+    /// configuration. By name: `vhost.domainName` is unknown to Istio 1.24's CRD.
+    pub fn sidecar_virtual_host(vhost: &str) -> Self {
+        PatchMatch {
+            context: "SIDECAR_OUTBOUND".into(),
+            listener: None,
+            route_configuration: Some(RouteConfigurationMatch {
+                port_number: None,
+                vhost: Some(serde_json::json!({"name": vhost})),
+            }),
+            cluster: None,
+        }
+    }
+
     /// Anything of the gateway's (`context: GATEWAY`).
     pub fn gateway() -> Self {
         PatchMatch {

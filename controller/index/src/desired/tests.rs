@@ -1,10 +1,12 @@
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use serde_json::json;
 
 use super::*;
 use crate::fixtures::*;
 use crate::objects::{Pin, WorkloadKind::*};
+use crate::IndexConfig;
 
 const REVIEWS: &str = "reviews.shop.svc.cluster.local";
 
@@ -1046,4 +1048,113 @@ fn a_workload_without_pods_gets_no_sidecar_until_one_starts() {
             .collect::<Vec<_>>(),
         ["lazyxds-deployment-idle"]
     );
+}
+
+/// The virtual hosts a catch-all filter removes from its workload's routes.
+fn removed_vhosts(desired: &Desired, id: &WorkloadId) -> Vec<String> {
+    let key = (id.namespace.to_string(), sidecar_name(id));
+    let filter = desired.catch_alls[&key].to_json().expect("json");
+    filter["spec"]["configPatches"]
+        .as_array()
+        .expect("patches")
+        .iter()
+        .filter(|p| p["applyTo"] == "VIRTUAL_HOST" && p["patch"]["operation"] == "REMOVE")
+        .map(|p| {
+            assert_eq!(p["match"]["context"], "SIDECAR_OUTBOUND");
+            assert!(p["patch"].get("value").is_none(), "{p}");
+            p["match"]["routeConfiguration"]["vhost"]["name"]
+                .as_str()
+                .expect("name")
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn a_new_deps_routes_wait_until_its_clusters_are_active() {
+    let config = IndexConfig {
+        route_delay: Duration::from_secs(2),
+        ..IndexConfig::default()
+    };
+    let mut index = Index::test_with(config);
+    index.apply(mk_service_entry(
+        "shop",
+        "api",
+        &["api.example.com"],
+        &[(80, "HTTP"), (8080, "HTTP")],
+    ));
+    let t = 1_700_000_000;
+    let ratings = "ratings.shop.svc.cluster.local";
+    index.record_edges(
+        [
+            mk_edge("10.0.0.10", Some("ratings"), &mk_outbound(9080, ratings), t),
+            mk_edge(
+                "10.0.0.10",
+                Some("api.example.com"),
+                &mk_outbound(80, "api.example.com"),
+                t,
+            ),
+            // TCP-only: always listed, its routes are live already and stay.
+            mk_edge(
+                "10.0.0.10",
+                None,
+                &mk_outbound(5432, "postgres.shop.svc.cluster.local"),
+                t,
+            ),
+        ],
+        t,
+    );
+    let config = RenderConfig::test();
+    let learning = desired(&index, &config);
+    let egress = egress_of(&learning, &productpage());
+    for host in [
+        "shop/ratings.shop.svc.cluster.local",
+        "shop/api.example.com",
+        "shop/postgres.shop.svc.cluster.local",
+    ] {
+        assert!(egress.contains(&host.to_string()), "{host} in {egress:?}");
+    }
+    // The Sidecar lists the new hosts at once (their clusters come); their virtual hosts,
+    // one per port, stay out of the routes, so calls take the catch-all to the gateway.
+    assert_eq!(
+        removed_vhosts(&learning, &productpage()),
+        strings(&[
+            "api.example.com:80",
+            "api.example.com:8080",
+            "ratings.shop.svc.cluster.local:9080",
+        ])
+    );
+    // Still held a second later; released at the delay, when the workload changes again.
+    assert!(index.tick(t + 1).is_empty());
+    assert_eq!(
+        removed_vhosts(&desired(&index, &config), &productpage()).len(),
+        3
+    );
+    assert_eq!(
+        index.tick(t + 2),
+        BTreeSet::from([productpage()]),
+        "released"
+    );
+    let direct = desired(&index, &config);
+    assert!(removed_vhosts(&direct, &productpage()).is_empty());
+    assert_eq!(egress_of(&direct, &productpage()), egress);
+    // Once released, the filter is the one a workload without new deps has.
+    let key = ("shop".to_string(), sidecar_name(&productpage()));
+    assert_eq!(
+        direct.catch_alls[&key],
+        desired(&Index::test(), &config).catch_alls[&key]
+    );
+
+    // Off (0): routes and clusters together.
+    let mut index = Index::test();
+    index.record_edges(
+        [mk_edge(
+            "10.0.0.10",
+            Some("ratings"),
+            &mk_outbound(9080, ratings),
+            t,
+        )],
+        t,
+    );
+    assert!(removed_vhosts(&desired(&index, &config), &productpage()).is_empty());
 }

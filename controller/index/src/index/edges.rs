@@ -119,6 +119,7 @@ impl Index {
         if now >= self.next_expiry {
             self.expire(now, &mut changed);
         }
+        self.release_routes(now, &mut changed);
         if now >= self.next_prune {
             self.prune_ip_history(now);
             self.next_prune = now.saturating_add(IP_HISTORY_RETENTION_S / 10);
@@ -258,7 +259,8 @@ impl Index {
                 !mem::replace(&mut deps.over_cap, true)
             }
             None => {
-                deps.deps.insert(dep, seen);
+                deps.deps.insert(dep.clone(), seen);
+                self.hold_routes(id, &dep);
                 self.counters.deps_added = self.counters.deps_added.saturating_add(1);
                 if let Some(ttl) = ttl {
                     self.next_expiry = self.next_expiry.min(expiry_at(seen, ttl));

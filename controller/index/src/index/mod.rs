@@ -35,6 +35,12 @@ pub const DEFAULT_HOLD: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_HELD_EDGES: usize = 100_000;
 pub const DEFAULT_MAX_DEPS_PER_WORKLOAD: usize = 1000;
 pub const DEFAULT_IP_HISTORY: usize = 4;
+/// How long a new dependency's routes are held back in its workload's sidecar after its
+/// Sidecar lists it (see [`IndexConfig::route_delay`]): one istiod push and the sidecar's
+/// EDS round trip, with room for istiod's debounce.
+pub const DEFAULT_ROUTE_DELAY: Duration = Duration::from_secs(2);
+/// Most virtual hosts one workload's catch-all filter holds back at once.
+pub const MAX_HELD_ROUTES: usize = 256;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IndexConfig {
@@ -53,6 +59,13 @@ pub struct IndexConfig {
     /// Refuse edges without a verified caller identity (a gateway that admits only
     /// mTLS callers, as the installed one does, always has one).
     pub require_principal: bool,
+    /// Make before break: for this long after a dependency is learned, its workload's
+    /// catch-all EnvoyFilter removes the dependency's virtual hosts, so the sidecar gets
+    /// the host's clusters (CDS, then EDS on its own request) before the routes to them.
+    /// istiod sends a push's routes without waiting for that EDS round trip; a route to a
+    /// cluster still warming answers 503 (Envoy's `NC`, the router's `no_cluster`). Zero:
+    /// routes and clusters together.
+    pub route_delay: Duration,
 }
 
 impl Default for IndexConfig {
@@ -65,6 +78,7 @@ impl Default for IndexConfig {
             max_deps_per_workload: DEFAULT_MAX_DEPS_PER_WORKLOAD,
             ip_history: DEFAULT_IP_HISTORY,
             require_principal: false,
+            route_delay: Duration::ZERO,
         }
     }
 }
@@ -163,6 +177,11 @@ pub struct Index {
     counters: Counters,
     /// Earliest moment a dep can expire (`u64::MAX`: none).
     next_expiry: u64,
+    /// New deps whose routes are still held back, by workload: (dep, until unix s).
+    /// Only deps learned in the last [`IndexConfig::route_delay`].
+    route_holds: HashMap<WorkloadId, Vec<(Arc<str>, u64)>>,
+    /// Earliest end of a route hold (`u64::MAX`: none).
+    next_route_release: u64,
     next_prune: u64,
     /// Istio's `discoverySelectors`: workloads in namespaces istiod ignores are not scoped.
     discovery: Vec<crate::discovery::LabelSelector>,
@@ -199,6 +218,8 @@ impl Index {
             refused_sample: Vec::new(),
             counters: Counters::default(),
             next_expiry: u64::MAX,
+            route_holds: HashMap::new(),
+            next_route_release: u64::MAX,
             next_prune: 0,
             discovery: Vec::new(),
             mesh_policy: None,
@@ -399,6 +420,83 @@ impl Index {
 
     pub(crate) fn workload_deps(&self, workload: &WorkloadId) -> Option<&WorkloadDeps> {
         self.deps.get(workload)
+    }
+
+    /// The virtual host names (`host:port`, as istiod names them) of the workload's deps
+    /// whose routes are still held back (see [`IndexConfig::route_delay`]): one per port
+    /// of each Service or ServiceEntry defining the host. Sorted, no duplicates.
+    /// Only deps `hold` accepts.
+    pub fn held_route_names(
+        &self,
+        workload: &WorkloadId,
+        hold: impl Fn(&str) -> bool,
+    ) -> Vec<String> {
+        let Some(holds) = self.route_holds.get(workload) else {
+            return Vec::new();
+        };
+        let mut names = BTreeSet::new();
+        for (dep, _) in holds.iter().filter(|(dep, _)| hold(dep)) {
+            for def in self.hosts.defs(dep).into_iter().flatten() {
+                let ports: Vec<u16> = match def.kind {
+                    DefKind::Service => self
+                        .ns(&def.namespace)
+                        .and_then(|ns| ns.services.get(&def.name))
+                        .map(|svc| svc.ports.iter().map(|p| p.port).collect())
+                        .unwrap_or_default(),
+                    DefKind::ServiceEntry => self
+                        .ns(&def.namespace)
+                        .and_then(|ns| ns.service_entries.get(&def.name))
+                        .map(|se| se.ports.iter().map(|p| p.number).collect())
+                        .unwrap_or_default(),
+                    // A VirtualService defines no cluster: nothing to wait for.
+                    DefKind::VirtualService => Vec::new(),
+                };
+                names.extend(ports.into_iter().map(|port| format!("{dep}:{port}")));
+            }
+        }
+        // Bounds the catch-all filter during a burst of new deps; past it, routes and
+        // clusters come together (as without the delay).
+        names.into_iter().take(MAX_HELD_ROUTES).collect()
+    }
+
+    /// Starts holding back the routes of `dep`, just learned by `workload`.
+    fn hold_routes(&mut self, workload: &WorkloadId, dep: &Arc<str>) {
+        let delay = self.config.route_delay.as_secs();
+        if delay == 0 {
+            return;
+        }
+        let until = self.clock.saturating_add(delay);
+        self.route_holds
+            .entry(workload.clone())
+            .or_default()
+            .push((dep.clone(), until));
+        self.next_route_release = self.next_route_release.min(until);
+    }
+
+    /// Ends the route holds due by `now`; their workloads' catch-all filters change.
+    fn release_routes(&mut self, now: u64, changed: &mut BTreeSet<WorkloadId>) {
+        if now < self.next_route_release {
+            return;
+        }
+        let mut next = u64::MAX;
+        let mut released = Vec::new();
+        self.route_holds.retain(|id, holds| {
+            let before = holds.len();
+            holds.retain(|(_, until)| *until > now);
+            if holds.len() < before {
+                released.push(id.clone());
+            }
+            if let Some(until) = holds.iter().map(|(_, until)| *until).min() {
+                next = next.min(until);
+            }
+            !holds.is_empty()
+        });
+        self.next_route_release = next;
+        for id in released {
+            if self.is_enabled(&id) {
+                changed.insert(id);
+            }
+        }
     }
 
     /// Every workload with learned deps.
