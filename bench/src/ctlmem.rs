@@ -1037,6 +1037,20 @@ async fn churn(
     let deadline = Instant::now() + spec.churn_for + spec.timeout;
     let pid = c.proc.pid();
     let tick_s = 1.0 / crate::procfs::clock_ticks_per_s() as f64;
+    // The baseline is read as the final value is: idle, then settled as long. Read right
+    // after the restart's pass, it held that pass's pages (1.3 GB at 100k pods) and the
+    // growth came out negative.
+    wait_metrics(
+        c.http_port,
+        &mut c.proc,
+        deadline,
+        "the controller to be idle before the churn",
+        |_| true,
+        &["writer_passes", "writer_applies", "watch_events"],
+        Duration::from_secs(2),
+    )
+    .await?;
+    tokio::time::sleep(CHURN_SETTLE).await;
     let before = metrics(c.http_port).await?;
     let (_, _, cpu_before) = lazyxds_e2e::process::rss_and_cpu(pid)?;
     let (rss_before, _) = rss_hwm(pid)?;
