@@ -67,6 +67,12 @@ pub struct MeshSpec {
     pub write: bool,
     /// How long everything may take before the measure fails.
     pub timeout: Duration,
+    /// After P7: P7b (restart the controller on the same cluster) and P7c (pod churn on
+    /// the restarted one).
+    pub restart_and_churn: bool,
+    /// P7c: pods replaced per second, for this long.
+    pub churn_per_sec: usize,
+    pub churn_for: Duration,
 }
 
 impl MeshSpec {
@@ -82,7 +88,10 @@ impl MeshSpec {
             window: 8,
             controller_args: Vec::new(),
             write: true,
-            timeout: Duration::from_secs(300),
+            timeout: Duration::from_secs(600),
+            restart_and_churn: true,
+            churn_per_sec: 100,
+            churn_for: Duration::from_secs(60),
         }
     }
 
@@ -92,6 +101,7 @@ impl MeshSpec {
             namespaces: 10,
             services: 200,
             timeout: Duration::from_secs(60),
+            churn_for: Duration::from_secs(2),
             ..MeshSpec::full()
         }
     }
@@ -238,9 +248,8 @@ pub fn seed(api: &FakeApiServer, spec: &MeshSpec, now: u64) -> Result<Seeded> {
             "status": {"replicas": spec.pods_per_workload, "readyReplicas": spec.pods_per_workload}}))?;
         s.deployments += 1;
         // The current ReplicaSet and one old one (scaled to 0), as rollouts leave them.
-        let mut current = String::new();
         for (rev, replicas) in [(1u64, 0usize), (2, spec.pods_per_workload)] {
-            let hash = hash_suffix((w as u64) << 8 | rev, 10);
+            let hash = rs_hash(w, rev);
             let rs = format!("{name}-{hash}");
             apply(json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
                 "metadata": {"name": rs, "namespace": ns,
@@ -252,36 +261,9 @@ pub fn seed(api: &FakeApiServer, spec: &MeshSpec, now: u64) -> Result<Seeded> {
                 "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name, "pod-template-hash": hash}}},
                 "status": {"replicas": replicas}}))?;
             s.replica_sets += 1;
-            current = hash;
         }
-        let rs = format!("{name}-{current}");
         for _ in 0..spec.pods_per_workload {
-            let ip = MeshSpec::pod_ip(p).to_string();
-            let pod = json!({"apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": format!("{rs}-{}", hash_suffix(p as u64, 5)), "namespace": ns,
-                    "uid": format!("p{p:07}-0000-4000-8000-000000000000"),
-                    "labels": {"app": name, "version": "v1", "pod-template-hash": current,
-                        "security.istio.io/tlsMode": "istio",
-                        "service.istio.io/canonical-name": name,
-                        "service.istio.io/canonical-revision": "v1"},
-                    "annotations": {"lazyxds.io/enabled": "true",
-                        "prometheus.io/scrape": "true", "prometheus.io/port": "15020",
-                        "prometheus.io/path": "/stats/prometheus",
-                        "kubectl.kubernetes.io/default-container": "app",
-                        "sidecar.istio.io/status": "{\"initContainers\":[\"istio-init\"],\"containers\":[\"istio-proxy\"],\"volumes\":[\"workload-socket\",\"credential-socket\",\"workload-certs\",\"istio-envoy\",\"istio-data\",\"istio-podinfo\",\"istio-token\",\"istiod-ca-cert\"],\"imagePullSecrets\":null,\"revision\":\"default\"}"},
-                    "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": rs,
-                        "uid": format!("r{w:07}-0002-4000-8000-000000000000"),
-                        "controller": true, "blockOwnerDeletion": true}]},
-                "spec": {"serviceAccountName": name, "nodeName": format!("node-{:03}", p % 500),
-                    "containers": [
-                        {"name": "app", "image": format!("registry.example.com/{name}:1.4.2"),
-                            "ports": [{"containerPort": 8080, "name": "http", "protocol": "TCP"}]},
-                        {"name": "istio-proxy", "image": "docker.io/istio/proxyv2:1.28.0",
-                            "args": ["proxy", "sidecar", "--domain", "$(POD_NAMESPACE).svc.cluster.local"]}]},
-                "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
-                    "hostIP": format!("192.168.{}.{}", (p % 500) / 250, (p % 500) % 250 + 1),
-                    "startTime": start_time,
-                    "conditions": [{"type": "Ready", "status": "True"}, {"type": "ContainersReady", "status": "True"}]}});
+            let pod = pod_json(spec, w, &pod_name(w, p), MeshSpec::pod_ip(p), &start_time);
             if p == 0 {
                 s.pod_json_bytes = pod.to_string().len();
             }
@@ -292,6 +274,57 @@ pub fn seed(api: &FakeApiServer, spec: &MeshSpec, now: u64) -> Result<Seeded> {
     }
     s.seconds = started.elapsed().as_secs_f64();
     Ok(s)
+}
+
+/// The pod-template-hash of workload `w`'s ReplicaSet of revision `rev` (2 is current).
+fn rs_hash(w: usize, rev: u64) -> String {
+    hash_suffix((w as u64) << 8 | rev, 10)
+}
+
+/// The name of pod `p` (of workload `w`), as its current ReplicaSet names it.
+fn pod_name(w: usize, p: usize) -> String {
+    format!(
+        "{}-{}-{}",
+        MeshSpec::service_name(w),
+        rs_hash(w, 2),
+        hash_suffix(p as u64, 5)
+    )
+}
+
+/// A running, Istio-injected pod of workload `w` named `name` with `ip` (which also
+/// picks its node and uid).
+fn pod_json(spec: &MeshSpec, w: usize, name: &str, ip: Ipv4Addr, start_time: &str) -> Value {
+    let p = u32::from(ip) as usize;
+    let ns = spec.namespace_of(w);
+    let svc = MeshSpec::service_name(w);
+    let current = rs_hash(w, 2);
+    let rs = format!("{svc}-{current}");
+    let ip = ip.to_string();
+    json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns,
+            "uid": format!("p{p:010}-0000-4000-8000-000000000000"),
+            "labels": {"app": svc, "version": "v1", "pod-template-hash": current,
+                "security.istio.io/tlsMode": "istio",
+                "service.istio.io/canonical-name": svc,
+                "service.istio.io/canonical-revision": "v1"},
+            "annotations": {"lazyxds.io/enabled": "true",
+                "prometheus.io/scrape": "true", "prometheus.io/port": "15020",
+                "prometheus.io/path": "/stats/prometheus",
+                "kubectl.kubernetes.io/default-container": "app",
+                "sidecar.istio.io/status": "{\"initContainers\":[\"istio-init\"],\"containers\":[\"istio-proxy\"],\"volumes\":[\"workload-socket\",\"credential-socket\",\"workload-certs\",\"istio-envoy\",\"istio-data\",\"istio-podinfo\",\"istio-token\",\"istiod-ca-cert\"],\"imagePullSecrets\":null,\"revision\":\"default\"}"},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": rs,
+                "uid": format!("r{w:07}-0002-4000-8000-000000000000"),
+                "controller": true, "blockOwnerDeletion": true}]},
+        "spec": {"serviceAccountName": svc, "nodeName": format!("node-{:03}", p % 500),
+            "containers": [
+                {"name": "app", "image": format!("registry.example.com/{svc}:1.4.2"),
+                    "ports": [{"containerPort": 8080, "name": "http", "protocol": "TCP"}]},
+                {"name": "istio-proxy", "image": "docker.io/istio/proxyv2:1.28.0",
+                    "args": ["proxy", "sidecar", "--domain", "$(POD_NAMESPACE).svc.cluster.local"]}]},
+        "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+            "hostIP": format!("192.168.{}.{}", (p % 500) / 250, (p % 500) % 250 + 1),
+            "startTime": start_time,
+            "conditions": [{"type": "Ready", "status": "True"}, {"type": "ContainersReady", "status": "True"}]}})
 }
 
 /// `VmRSS` and `VmHWM` of `pid`, in bytes.
@@ -346,6 +379,24 @@ struct EdgeStream {
 
 /// Sends every edge of the pods `p % streams == s`, returns the open stream.
 async fn feed_stream(port: u16, s: usize, spec: &MeshSpec, now: u64) -> Result<EdgeStream> {
+    let deps: Vec<Vec<usize>> = (0..spec.services).map(|w| spec.deps_of(w)).collect();
+    let mut edges = Vec::new();
+    for p in (s..spec.pods()).step_by(spec.streams) {
+        let w = p / spec.pods_per_workload;
+        edges.extend(deps[w].iter().map(|&d| (p, d)));
+    }
+    feed(port, &format!("w{s}"), edges.into_iter(), spec, now).await
+}
+
+/// Sends the (pod, service called) edges over a new stream as gateway worker `worker`,
+/// returns the open stream.
+async fn feed(
+    port: u16,
+    worker: &str,
+    edges_to_send: impl Iterator<Item = (usize, usize)>,
+    spec: &MeshSpec,
+    now: u64,
+) -> Result<EdgeStream> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?
         .tcp_nodelay(true)
         .connect()
@@ -356,7 +407,7 @@ async fn feed_stream(port: u16, s: usize, spec: &MeshSpec, now: u64) -> Result<E
     tx.send(GatewayMessage {
         kind: Some(gateway_message::Kind::Hello(Hello {
             gateway_id: "bench-p7".into(),
-            worker: format!("w{s}"),
+            worker: worker.to_string(),
             resync: false,
         })),
     })
@@ -388,7 +439,6 @@ async fn feed_stream(port: u16, s: usize, spec: &MeshSpec, now: u64) -> Result<E
     };
     let mut edges = Vec::with_capacity(spec.edges_per_batch);
     let mut seq = 0u64;
-    let deps: Vec<Vec<usize>> = (0..spec.services).map(|w| spec.deps_of(w)).collect();
     let send = |edges: &mut Vec<Edge>, names: &mut Vec<Name>, seq: &mut u64| {
         *seq += 1;
         GatewayMessage {
@@ -400,9 +450,8 @@ async fn feed_stream(port: u16, s: usize, spec: &MeshSpec, now: u64) -> Result<E
             })),
         }
     };
-    for p in (s..spec.pods()).step_by(spec.streams) {
+    for (p, d) in edges_to_send {
         let w = p / spec.pods_per_workload;
-        let ip = MeshSpec::pod_ip(p).octets().to_vec();
         let principal = id_of(
             format!(
                 "spiffe://cluster.local/ns/{}/sa/{}",
@@ -411,22 +460,20 @@ async fn feed_stream(port: u16, s: usize, spec: &MeshSpec, now: u64) -> Result<E
             ),
             &mut names,
         );
-        for &d in &deps[w] {
-            let host = spec.fqdn(d);
-            let cluster = id_of(format!("outbound|80||{host}"), &mut names);
-            let host = id_of(host, &mut names);
-            edges.push(Edge {
-                source_ip: ip.clone(),
-                host,
-                cluster,
-                requests: 1 + (p as u64 % 5),
-                idle_s: 0,
-                principal,
-            });
-            if edges.len() == spec.edges_per_batch {
-                window.acquire().await?.forget();
-                tx.send(send(&mut edges, &mut names, &mut seq)).await?;
-            }
+        let host = spec.fqdn(d);
+        let cluster = id_of(format!("outbound|80||{host}"), &mut names);
+        let host = id_of(host, &mut names);
+        edges.push(Edge {
+            source_ip: MeshSpec::pod_ip(p).octets().to_vec(),
+            host,
+            cluster,
+            requests: 1 + (p as u64 % 5),
+            idle_s: 0,
+            principal,
+        });
+        if edges.len() == spec.edges_per_batch {
+            window.acquire().await?.forget();
+            tx.send(send(&mut edges, &mut names, &mut seq)).await?;
         }
     }
     if !edges.is_empty() {
@@ -441,7 +488,7 @@ async fn feed_stream(port: u16, s: usize, spec: &MeshSpec, now: u64) -> Result<E
     })
 }
 
-/// What P7 measured.
+/// What P7 measured (and P7b, P7c after it, when asked).
 #[derive(Debug, Clone)]
 pub struct MemResult {
     pub seeded: Seeded,
@@ -458,6 +505,8 @@ pub struct MemResult {
     /// From `/metrics` at the end.
     pub counters: HashMap<String, f64>,
     pub controller_args: Vec<String>,
+    pub restart: Option<Result<RestartResult, String>>,
+    pub churn: Option<Result<ChurnResult, String>>,
 }
 
 impl MemResult {
@@ -465,6 +514,48 @@ impl MemResult {
         metric(&self.counters, name)
     }
 }
+
+/// P7b: a new controller process on the cluster the first one left (every Sidecar
+/// written with its deps), as after a crash or a rollout.
+#[derive(Debug, Clone)]
+pub struct RestartResult {
+    /// Seconds from the new process's start until its writer's first pass (every watch
+    /// listed and the plan applied).
+    pub first_pass_s: f64,
+    /// Seconds from the start until the first correct write: a dependency new to one
+    /// workload, sent over gRPC as soon as the port accepts (and again every 2 s, as a
+    /// gateway resends), is in its Sidecar in the API server.
+    pub first_correct_write_s: f64,
+    /// Sidecar server-side applies the new process made, the new dependency's included.
+    pub sidecar_applies: usize,
+    /// Sidecar versions stored with fewer egress hosts or fewer learned deps than the
+    /// version before them (from a watch of the fake's Sidecars), and a few of them.
+    pub shrinking_writes: u64,
+    pub shrunk: Vec<String>,
+    pub sidecars: usize,
+    pub rss: u64,
+    pub hwm: u64,
+}
+
+/// P7c: pods replaced (deleted, and a new one with a new name and IP created) at a steady
+/// rate on the restarted controller.
+#[derive(Debug, Clone)]
+pub struct ChurnResult {
+    pub replaced: usize,
+    pub churn_s: f64,
+    /// Controller CPU (user + system) from the first replacement until it was idle again.
+    pub cpu_s: f64,
+    pub watch_events: u64,
+    pub rss_before: u64,
+    pub rss_end_of_churn: u64,
+    /// Once idle again, after [`CHURN_SETTLE`].
+    pub rss_after: u64,
+    pub hwm: u64,
+}
+
+/// How long after the churn its RSS is read again (mimalloc's idle collects run every
+/// second; the index prunes ended IP holders on its own clock).
+pub const CHURN_SETTLE: Duration = Duration::from_secs(15);
 
 /// Polls `/metrics` until `done` holds, then until `keys` stop changing for `quiet` (at
 /// least twice the writer's last pass, so a pass in progress is not mistaken for idle).
@@ -513,38 +604,43 @@ fn sidecars_written(api: &FakeApiServer, deps: usize) -> (usize, usize) {
     let all = api.list_objects("networking.istio.io/v1", "Sidecar", None);
     let with_deps = all
         .iter()
-        .filter(|s| {
-            s["metadata"]["annotations"]["lazyxds.io/deps"]
-                .as_str()
-                .and_then(|d| serde_json::from_str::<serde_json::Map<String, Value>>(d).ok())
-                .is_some_and(|d| d.len() == deps)
-        })
+        .filter(|s| deps_of_sidecar(s) == Some(deps))
         .count();
     (all.len(), with_deps)
 }
 
-/// Runs P7 once: the mesh in a fake API server, `bin` (`lazyxds`) in Kubernetes mode on
-/// it, the edges over gRPC, then the process's memory.
-pub async fn run(bin: &Path, spec: &MeshSpec) -> Result<MemResult> {
-    let deadline = Instant::now() + spec.timeout;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let api = FakeApiServer::start().await;
-    let seeded = seed(&api, spec, now)?;
-    progress!(
-        "P7: mesh in the fake API server: {} namespaces, {} services, {} deployments, {} replicasets, {} pods ({:.1} s)",
-        seeded.namespaces,
-        seeded.services,
-        seeded.deployments,
-        seeded.replica_sets,
-        seeded.pods,
-        seeded.seconds
-    );
-    let dir = tempfile::tempdir()?;
-    let kubeconfig = api
-        .write_kubeconfig(dir.path())
-        .context("writing the kubeconfig")?;
+/// The number of learned deps a Sidecar's `lazyxds.io/deps` lists.
+fn deps_of_sidecar(s: &Value) -> Option<usize> {
+    s["metadata"]["annotations"]["lazyxds.io/deps"]
+        .as_str()
+        .and_then(|d| serde_json::from_str::<serde_json::Map<String, Value>>(d).ok())
+        .map(|d| d.len())
+}
+
+/// Egress hosts over a Sidecar's egress listeners.
+fn hosts_of_sidecar(s: &Value) -> usize {
+    s["spec"]["egress"].as_array().map_or(0, |e| {
+        e.iter()
+            .map(|l| l["hosts"].as_array().map_or(0, Vec::len))
+            .sum()
+    })
+}
+
+/// A controller process with its ports.
+struct Controller {
+    proc: Proc,
+    grpc_port: u16,
+    http_port: u16,
+    args: Vec<String>,
+    started: Instant,
+}
+
+fn spawn_controller(
+    bin: &Path,
+    spec: &MeshSpec,
+    kubeconfig: &Path,
+    log: &Path,
+) -> Result<Controller> {
     let grpc_port = lazyxds_e2e::free_port()?;
     let http_port = lazyxds_e2e::free_port()?;
     let mut args: Vec<String> = [
@@ -567,19 +663,54 @@ pub async fn run(bin: &Path, spec: &MeshSpec) -> Result<MemResult> {
     args.extend(spec.controller_args.iter().cloned());
     let mut cmd = Command::new(bin);
     cmd.args(&args)
-        .env("KUBECONFIG", &kubeconfig)
+        .env("KUBECONFIG", kubeconfig)
         .env("LAZYXDS_LOG_LEVEL", "info")
         .env("NO_COLOR", "1")
         .env_remove("KUBERNETES_SERVICE_HOST")
         .env_remove("RUST_LOG");
-    let log = dir.path().join("lazyxds.log");
     let started = Instant::now();
-    let mut proc = Proc::spawn("lazyxds", &mut cmd, &log)?;
-    let pid = proc.pid();
+    let proc = Proc::spawn("lazyxds", &mut cmd, log)?;
+    Ok(Controller {
+        proc,
+        grpc_port,
+        http_port,
+        args,
+        started,
+    })
+}
+
+/// Runs P7 once: the mesh in a fake API server, `bin` (`lazyxds`) in Kubernetes mode on
+/// it, the edges over gRPC, then the process's memory. With `spec.restart_and_churn`,
+/// then P7b ([`restart`]) and P7c ([`churn`]).
+pub async fn run(bin: &Path, spec: &MeshSpec) -> Result<MemResult> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let api = FakeApiServer::start().await;
+    let seeded = seed(&api, spec, now)?;
+    // From here: seeding the bench's own fake takes from a few seconds to minutes on a
+    // busy machine, and is not the controller's time.
+    let deadline = Instant::now() + spec.timeout;
+    progress!(
+        "P7: mesh in the fake API server: {} namespaces, {} services, {} deployments, {} replicasets, {} pods ({:.1} s)",
+        seeded.namespaces,
+        seeded.services,
+        seeded.deployments,
+        seeded.replica_sets,
+        seeded.pods,
+        seeded.seconds
+    );
+    let dir = tempfile::tempdir()?;
+    let kubeconfig = api
+        .write_kubeconfig(dir.path())
+        .context("writing the kubeconfig")?;
+    let mut c = spawn_controller(bin, spec, &kubeconfig, &dir.path().join("lazyxds.log"))?;
+    let (grpc_port, http_port) = (c.grpc_port, c.http_port);
+    let pid = c.proc.pid();
     // Synced and the first pass over the whole mesh done (and written, with `write`).
     let m = wait_metrics(
         http_port,
-        &mut proc,
+        &mut c.proc,
         deadline,
         "the watches to sync and the writer's first pass",
         |m| {
@@ -590,12 +721,12 @@ pub async fn run(bin: &Path, spec: &MeshSpec) -> Result<MemResult> {
         Duration::from_secs(2),
     )
     .await?;
-    let sync_s = started.elapsed().as_secs_f64();
+    let sync_s = c.started.elapsed().as_secs_f64();
     let errors = metric(&m, "watch_errors");
     ensure!(
         errors == 0,
         "{errors} watch errors; log tail:\n{}",
-        proc.log_tail(20)
+        c.proc.log_tail(20)
     );
     let (rss_after_mesh, _) = rss_hwm(pid)?;
     progress!(
@@ -624,7 +755,7 @@ pub async fn run(bin: &Path, spec: &MeshSpec) -> Result<MemResult> {
         if streams.iter().any(|s| s.reader.is_finished()) {
             bail!(
                 "an edge stream ended early; log tail:\n{}",
-                proc.log_tail(20)
+                c.proc.log_tail(20)
             );
         }
         ensure!(Instant::now() < deadline, "timed out waiting for acks");
@@ -640,7 +771,7 @@ pub async fn run(bin: &Path, spec: &MeshSpec) -> Result<MemResult> {
     let settle_started = Instant::now();
     let counters = wait_metrics(
         http_port,
-        &mut proc,
+        &mut c.proc,
         deadline,
         "the writer to be idle after the edges",
         |m| {
@@ -664,10 +795,26 @@ pub async fn run(bin: &Path, spec: &MeshSpec) -> Result<MemResult> {
         crate::measures::mb(rss),
         crate::measures::mb(hwm)
     );
-    proc.terminate(Duration::from_secs(5));
+    c.proc.terminate(Duration::from_secs(5));
     for s in streams {
         drop(s.tx);
         s.reader.abort();
+    }
+    let (mut restarted, mut churned) = (None, None);
+    if spec.restart_and_churn && spec.write {
+        let log = dir.path().join("lazyxds-restarted.log");
+        match restart(bin, spec, &api, &kubeconfig, &log, now).await {
+            Ok((r, mut c)) => {
+                restarted = Some(Ok(r));
+                churned = Some(
+                    churn(spec, &api, &mut c, now)
+                        .await
+                        .map_err(|e| format!("{e:#}")),
+                );
+                c.proc.terminate(Duration::from_secs(5));
+            }
+            Err(e) => restarted = Some(Err(format!("{e:#}"))),
+        }
     }
     drop(api);
     Ok(MemResult {
@@ -681,8 +828,294 @@ pub async fn run(bin: &Path, spec: &MeshSpec) -> Result<MemResult> {
         edges_sent,
         batches,
         counters,
-        controller_args: args,
+        controller_args: c.args,
+        restart: restarted,
+        churn: churned,
     })
+}
+
+/// Counts stored Sidecar versions that list fewer hosts or deps than the version before
+/// them, from a watch of the fake's Sidecars (a watch sees every version).
+struct ShrinkWatch {
+    shrinks: Arc<AtomicU64>,
+    examples: Arc<std::sync::Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ShrinkWatch {
+    /// Starts the watch; returns once its first list is in.
+    async fn start(api: &FakeApiServer) -> Result<ShrinkWatch> {
+        use kube::runtime::watcher::{self, Event};
+        use tokio_stream::StreamExt;
+        let resource = kube::api::ApiResource {
+            group: "networking.istio.io".into(),
+            version: "v1".into(),
+            api_version: "networking.istio.io/v1".into(),
+            kind: "Sidecar".into(),
+            plural: "sidecars".into(),
+        };
+        let sidecars = kube::Api::<kube::api::DynamicObject>::all_with(api.client(), &resource);
+        let shrinks = Arc::new(AtomicU64::new(0));
+        let examples = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (listed_tx, listed) = tokio::sync::oneshot::channel();
+        let (count, seen) = (shrinks.clone(), examples.clone());
+        let task = tokio::spawn(async move {
+            let mut listed_tx = Some(listed_tx);
+            let mut last: HashMap<(String, String), (usize, Option<usize>)> = HashMap::new();
+            let mut stream = Box::pin(watcher::watcher(sidecars, watcher::Config::default()));
+            while let Some(event) = stream.next().await {
+                let obj = match event {
+                    Ok(Event::InitApply(o)) | Ok(Event::Apply(o)) => o,
+                    Ok(Event::InitDone) => {
+                        if let Some(tx) = listed_tx.take() {
+                            let _ = tx.send(());
+                        }
+                        continue;
+                    }
+                    _ => continue,
+                };
+                let key = (
+                    obj.metadata.namespace.clone().unwrap_or_default(),
+                    obj.metadata.name.clone().unwrap_or_default(),
+                );
+                let value = serde_json::to_value(&obj).unwrap_or(Value::Null);
+                let now = (hosts_of_sidecar(&value), deps_of_sidecar(&value));
+                if let Some((hosts, deps)) = last.insert(key.clone(), now) {
+                    if now.0 < hosts || now.1 < deps {
+                        count.fetch_add(1, Relaxed);
+                        let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+                        if seen.len() < 5 {
+                            seen.push(format!(
+                                "{}/{}: hosts {hosts} → {}, deps {deps:?} → {:?}",
+                                key.0, key.1, now.0, now.1
+                            ));
+                        }
+                    }
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(60), listed)
+            .await
+            .context("the Sidecar watch did not list in 60 s")?
+            .context("the Sidecar watch ended")?;
+        Ok(ShrinkWatch {
+            shrinks,
+            examples,
+            task,
+        })
+    }
+}
+
+/// P7b: a new controller on the cluster P7 left. Returns it running for P7c.
+async fn restart(
+    bin: &Path,
+    spec: &MeshSpec,
+    api: &FakeApiServer,
+    kubeconfig: &Path,
+    log: &Path,
+    now: u64,
+) -> Result<(RestartResult, Controller)> {
+    use fake_apiserver::{RequestMatch, Verb};
+    let deadline = Instant::now() + spec.timeout;
+    let watch = ShrinkWatch::start(api).await?;
+    api.clear_requests();
+    let mut c = spawn_controller(bin, spec, kubeconfig, log)?;
+    // Workload 0 calls a service it never called before, from its first pod.
+    let known = spec.deps_of(0);
+    let new_dep = (1..spec.services)
+        .find(|d| !known.contains(d))
+        .context("no service left to call")?;
+    let (ns0, workload0) = (
+        spec.namespace_of(0),
+        format!("Deployment/{}", MeshSpec::service_name(0)),
+    );
+    let written = || {
+        api.list_objects("networking.istio.io/v1", "Sidecar", Some(&ns0))
+            .iter()
+            .any(|s| {
+                s["metadata"]["annotations"]["lazyxds.io/workload"].as_str() == Some(&workload0)
+                    && deps_of_sidecar(s) == Some(known.len() + 1)
+            })
+    };
+    let mut streams = Vec::new();
+    let mut next_send = Instant::now();
+    let mut first_pass_s = None;
+    let first_correct_write_s = loop {
+        if first_pass_s.is_none() {
+            if let Ok(m) = metrics(c.http_port).await {
+                if metric(&m, "writer_passes") >= 1 {
+                    first_pass_s = Some(c.started.elapsed().as_secs_f64());
+                }
+            }
+        }
+        if written() {
+            break c.started.elapsed().as_secs_f64();
+        }
+        if let Some(status) = c.proc.exited() {
+            bail!("lazyxds exited ({status}):\n{}", c.proc.log_tail(30));
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "timed out waiting for the new dependency's write; log tail:\n{}",
+            c.proc.log_tail(20)
+        );
+        if Instant::now() >= next_send {
+            // Refused until the gRPC port is up; then resent every 2 s, as a gateway does.
+            if let Ok(s) = feed(
+                c.grpc_port,
+                "restart",
+                std::iter::once((0, new_dep)),
+                spec,
+                now,
+            )
+            .await
+            {
+                streams.push(s);
+                next_send = Instant::now() + Duration::from_secs(2);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    wait_metrics(
+        c.http_port,
+        &mut c.proc,
+        deadline,
+        "the restarted writer to be idle",
+        |m| metric(m, "writer_passes") >= 1,
+        &["writer_passes", "writer_applies", "watch_events"],
+        Duration::from_secs(2),
+    )
+    .await?;
+    // The write needs a pass: when it was seen first, the first pass had ended.
+    let first_pass_s = first_pass_s.unwrap_or(first_correct_write_s);
+    for s in streams {
+        drop(s.tx);
+        s.reader.abort();
+    }
+    let sidecar_applies = api
+        .requests_matching(&RequestMatch::any().verb(Verb::Apply).resource("sidecars"))
+        .len();
+    let (rss, hwm) = rss_hwm(c.proc.pid())?;
+    // The watch has seen what the API server stored by now (same process, loopback).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    watch.task.abort();
+    let shrunk = watch
+        .examples
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let r = RestartResult {
+        first_pass_s,
+        first_correct_write_s,
+        sidecar_applies,
+        shrinking_writes: watch.shrinks.load(Relaxed),
+        shrunk,
+        sidecars: sidecars_written(api, 0).0,
+        rss,
+        hwm,
+    };
+    progress!(
+        "P7b: restarted: first correct write after {:.1} s, {} Sidecar applies, {} shrinking; RSS {:.0} MB, peak {:.0} MB",
+        r.first_correct_write_s,
+        r.sidecar_applies,
+        r.shrinking_writes,
+        crate::measures::mb(rss),
+        crate::measures::mb(hwm)
+    );
+    Ok((r, c))
+}
+
+/// P7c: replaces `spec.churn_per_sec` pods a second for `spec.churn_for` (every one a
+/// different pod, spread over the mesh): delete, then create its successor with a new
+/// name and IP, as a rollout or a node drain does.
+async fn churn(
+    spec: &MeshSpec,
+    api: &FakeApiServer,
+    c: &mut Controller,
+    now: u64,
+) -> Result<ChurnResult> {
+    let deadline = Instant::now() + spec.churn_for + spec.timeout;
+    let pid = c.proc.pid();
+    let tick_s = 1.0 / crate::procfs::clock_ticks_per_s() as f64;
+    // The baseline is read as the final value is: idle, then settled as long. Read right
+    // after the restart's pass, it held that pass's pages (1.3 GB at 100k pods) and the
+    // growth came out negative.
+    wait_metrics(
+        c.http_port,
+        &mut c.proc,
+        deadline,
+        "the controller to be idle before the churn",
+        |_| true,
+        &["writer_passes", "writer_applies", "watch_events"],
+        Duration::from_secs(2),
+    )
+    .await?;
+    tokio::time::sleep(CHURN_SETTLE).await;
+    let before = metrics(c.http_port).await?;
+    let (_, _, cpu_before) = lazyxds_e2e::process::rss_and_cpu(pid)?;
+    let (rss_before, _) = rss_hwm(pid)?;
+    let total = (spec.churn_per_sec as f64 * spec.churn_for.as_secs_f64()) as usize;
+    let total = total.min(spec.pods());
+    // Distinct pods, spread over workloads: a stride coprime with the pod count.
+    let stride = (spec.pods() / total.max(1)).max(1);
+    let start_time = rfc3339(now);
+    let started = Instant::now();
+    let period = Duration::from_secs(1) / spec.churn_per_sec.max(1) as u32;
+    for i in 0..total {
+        let p = i * stride % spec.pods();
+        let w = p / spec.pods_per_workload;
+        let ns = spec.namespace_of(w);
+        api.delete_object("v1", "Pod", Some(&ns), &pod_name(w, p))
+            .map_err(|e| anyhow::anyhow!("deleting pod {p}: {e:?}"))?;
+        let name = format!(
+            "{}-{}",
+            pod_name(w, p),
+            hash_suffix(1_000_000 + i as u64, 3)
+        );
+        // New IPs: 10.2.0.0 + i (the mesh's are 10.1.x.x).
+        let ip = Ipv4Addr::from(0x0A02_0000u32 + i as u32);
+        api.apply_object(pod_json(spec, w, &name, ip, &start_time))
+            .map_err(|e| anyhow::anyhow!("creating pod {name}: {e:?}"))?;
+        let due = started + period * (i as u32 + 1);
+        tokio::time::sleep_until(due.into()).await;
+    }
+    let churn_s = started.elapsed().as_secs_f64();
+    let (rss_end_of_churn, _) = rss_hwm(pid)?;
+    let after = wait_metrics(
+        c.http_port,
+        &mut c.proc,
+        deadline,
+        "the controller to be idle after the churn",
+        |_| true,
+        &["writer_passes", "writer_applies", "watch_events"],
+        Duration::from_secs(2),
+    )
+    .await?;
+    let (_, _, cpu_after) = lazyxds_e2e::process::rss_and_cpu(pid)?;
+    tokio::time::sleep(CHURN_SETTLE).await;
+    let (rss_after, hwm) = rss_hwm(pid)?;
+    let r = ChurnResult {
+        replaced: total,
+        churn_s,
+        cpu_s: cpu_after.saturating_sub(cpu_before) as f64 * tick_s,
+        watch_events: metric(&after, "watch_events")
+            .saturating_sub(metric(&before, "watch_events")),
+        rss_before,
+        rss_end_of_churn,
+        rss_after,
+        hwm,
+    };
+    progress!(
+        "P7c: {} pods replaced in {:.1} s: {:.0} µs of controller CPU per replacement; RSS {:.0} → {:.0} (end of churn) → {:.0} MB ({} s later)",
+        r.replaced,
+        r.churn_s,
+        r.cpu_s * 1e6 / r.replaced.max(1) as f64,
+        crate::measures::mb(r.rss_before),
+        crate::measures::mb(r.rss_end_of_churn),
+        crate::measures::mb(r.rss_after),
+        CHURN_SETTLE.as_secs()
+    );
+    Ok(r)
 }
 
 #[cfg(test)]

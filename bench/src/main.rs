@@ -170,7 +170,7 @@ fn run() -> Result<bool> {
         .enable_all()
         .build()?
         .block_on(measures::controller_memory(quick))
-        .unwrap_or_else(|e| Measure::error("p7", measures::P7_NAME, Goal::AtMost(300.0), "MB", &e));
+        .unwrap_or_else(|e| measures::controller_memory_errors(&e));
 
     // Everything else from the load CPU(s); Envoys pin themselves.
     if !cfg.load_cpus.is_empty() {
@@ -285,7 +285,7 @@ fn run() -> Result<bool> {
             &e,
         )),
     }
-    results.push(p7);
+    results.extend(p7);
     // The mini-mesh's measures: `make bench` ran `meshbench` (root, network namespaces)
     // before this binary.
     let mesh_json = std::env::var_os("MESHBENCH_OUT")

@@ -814,6 +814,19 @@ pub async fn controller_ingest(cfg: &RunConfig) -> Result<Measure> {
 
 pub const P5_NAME: &str = "convergence: first request → Sidecar written (p99)";
 pub const P7_NAME: &str = "controller RSS at 100k pods / 20k services / 1M edges";
+pub const P7B_NAME: &str = "controller restart at 100k pods: writes that shrink a Sidecar";
+pub const P7C_NAME: &str = "controller RSS growth after 100 pod replacements/s for 60 s";
+/// P7c: what "no growth" allows for (a few pages of allocator state).
+pub const P7C_GOAL_MB: f64 = 1.0;
+
+/// P7, P7b and P7c as errors (the run that measures them all failed).
+pub fn controller_memory_errors(error: &anyhow::Error) -> Vec<Measure> {
+    vec![
+        Measure::error("p7", P7_NAME, Goal::AtMost(300.0), "MB", error),
+        Measure::error("p7b", P7B_NAME, Goal::AtMost(0.0), "writes", error),
+        Measure::error("p7c", P7C_NAME, Goal::AtMost(P7C_GOAL_MB), "MB", error),
+    ]
+}
 
 /// P5: first request of a new edge at the gateway → Sidecar file written (file mode).
 /// The demo topology, the controller with `--file --out`, a gateway with the filter: each
@@ -866,7 +879,7 @@ pub async fn convergence(rounds: usize) -> Result<Measure> {
 /// Deployment's defaults) after it listed and watched 100k pods / 20k services from the
 /// fake API server, took 1M edges over gRPC and wrote every Sidecar and gateway route
 /// ([`crate::ctlmem`]). `quick`: 1k pods / 200 services / 10k edges (checks the harness).
-pub async fn controller_memory(quick: bool) -> Result<Measure> {
+pub async fn controller_memory(quick: bool) -> Result<Vec<Measure>> {
     controller_memory_with(quick, |_| {}).await
 }
 
@@ -874,7 +887,7 @@ pub async fn controller_memory(quick: bool) -> Result<Measure> {
 pub async fn controller_memory_with(
     quick: bool,
     adjust: impl FnOnce(&mut crate::ctlmem::MeshSpec),
-) -> Result<Measure> {
+) -> Result<Vec<Measure>> {
     use crate::ctlmem::{self, MeshSpec};
     let mut spec = if quick {
         MeshSpec::quick()
@@ -914,9 +927,9 @@ pub async fn controller_memory_with(
     } else {
         "--dry-run"
     };
-    Ok(Measure::measured("p7", P7_NAME, mb(r.rss), Goal::AtMost(300.0), "MB")
+    let p7 = Measure::measured("p7", P7_NAME, mb(r.rss), Goal::AtMost(300.0), "MB")
         .with_note(format!(
-            "VmRSS of `lazyxds run --kube` (MB = 10^6 B; peak VmHWM {:.0} MB): {} pods, {} services, {} edges over {} gRPC streams, {} workloads with {} deps, {mode}; {:.0} MB after the mesh alone; /debug/edges kept {kept} edges (--max-edges)",
+            "against the fake API server (it measures our controller): VmRSS of `lazyxds run --kube` (MB = 10^6 B; peak VmHWM {:.0} MB): {} pods, {} services, {} edges over {} gRPC streams, {} workloads with {} deps, {mode}; {:.0} MB after the mesh alone; /debug/edges kept {kept} edges (--max-edges)",
             mb(r.hwm),
             r.seeded.pods,
             r.seeded.services,
@@ -968,7 +981,69 @@ pub async fn controller_memory_with(
             },
             "controller_args": r.controller_args,
             "how": "real binary, kubeconfig to the in-process fake API server (real list/watch/SSA); objects projected by the kube watchers; edges over gRPC like gateway workers (names once per stream, 1,000-edge batches, 8 unacked); measured once every Sidecar in the fake lists its deps and the writer is idle, streams still open",
-        })))
+        }));
+    let not_run = |key, name, goal, unit| {
+        Measure::pending(
+            key,
+            name,
+            goal,
+            unit,
+            "not asked for (P7 only, or --dry-run)",
+        )
+    };
+    let p7b = match &r.restart {
+        None => not_run("p7b", P7B_NAME, Goal::AtMost(0.0), "writes"),
+        Some(Err(e)) => Measure::error("p7b", P7B_NAME, Goal::AtMost(0.0), "writes", &anyhow::anyhow!("{e}")),
+        Some(Ok(b)) => Measure::measured("p7b", P7B_NAME, b.shrinking_writes as f64, Goal::AtMost(0.0), "writes")
+            .with_note(format!(
+                "against the fake API server: a new `lazyxds run --kube` on the cluster P7 left ({} Sidecars with their deps): first pass after {:.1} s, first correct write (a new dep of one workload, sent once the gRPC port accepts) after {:.1} s; {} Sidecar applies; RSS {:.0} MB, peak {:.0} MB",
+                b.sidecars, b.first_pass_s, b.first_correct_write_s, b.sidecar_applies, mb(b.rss), mb(b.hwm),
+            ))
+            .with_details(json!({
+                "first_pass_s": b.first_pass_s,
+                "first_correct_write_s": b.first_correct_write_s,
+                "sidecar_applies": b.sidecar_applies,
+                "shrinking_writes": b.shrinking_writes,
+                "shrunk_examples": b.shrunk,
+                "sidecars": b.sidecars,
+                "rss_bytes": b.rss,
+                "hwm_bytes": b.hwm,
+                "how": "P7's controller stopped (SIGTERM) and a new one started on the same fake API server; a watch of the fake's Sidecars (every stored version) counts versions with fewer egress hosts or fewer lazyxds.io/deps entries than the one before",
+            })),
+    };
+    let p7c = match &r.churn {
+        None => not_run("p7c", P7C_NAME, Goal::AtMost(P7C_GOAL_MB), "MB"),
+        Some(Err(e)) => Measure::error(
+            "p7c",
+            P7C_NAME,
+            Goal::AtMost(P7C_GOAL_MB),
+            "MB",
+            &anyhow::anyhow!("{e}"),
+        ),
+        Some(Ok(c)) => {
+            let growth = mb(c.rss_after) - mb(c.rss_before);
+            let cpu_us = c.cpu_s * 1e6 / c.replaced.max(1) as f64;
+            Measure::measured("p7c", P7C_NAME, growth, Goal::AtMost(P7C_GOAL_MB), "MB")
+                .with_note(format!(
+                    "against the fake API server, on P7b's controller: {} pods replaced (delete + create, new name and IP) in {:.0} s: {cpu_us:.0} µs of controller CPU per replacement ({} watch events); RSS {:.0} MB before, {:.0} MB at the end of the churn, {:.0} MB {} s after; goal: no growth beyond {P7C_GOAL_MB} MB of allocator pages",
+                    c.replaced, c.churn_s, c.watch_events, mb(c.rss_before), mb(c.rss_end_of_churn), mb(c.rss_after),
+                    crate::ctlmem::CHURN_SETTLE.as_secs(),
+                ))
+                .with_details(json!({
+                    "replaced": c.replaced,
+                    "churn_s": c.churn_s,
+                    "controller_cpu_s": c.cpu_s,
+                    "cpu_us_per_replacement": cpu_us,
+                    "watch_events": c.watch_events,
+                    "rss_before_bytes": c.rss_before,
+                    "rss_end_of_churn_bytes": c.rss_end_of_churn,
+                    "rss_after_bytes": c.rss_after,
+                    "hwm_bytes": c.hwm,
+                    "settle_s": crate::ctlmem::CHURN_SETTLE.as_secs(),
+                }))
+        }
+    };
+    Ok(vec![p7, p7b, p7c])
 }
 
 // ---- P6 ------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-//! Results: one [`Measure`] per claim (P1…P8), printed as a table and written as
-//! `latest.json` (`p1`…`p8`, each `{value, goal, unit, ...}`; pending ones have
+//! Results: one [`Measure`] per claim (P1…P8, P7b, P7c), printed as a table and written as
+//! `latest.json` (`p1`…`p8`, `p7b`, `p7c`, each `{value, goal, unit, ...}`; pending ones have
 //! `value: null` and `"status": "pending"`).
 
 use std::fmt::Write as _;
@@ -9,7 +9,7 @@ use anyhow::{bail, ensure, Context, Result};
 use serde_json::{Map, Value};
 
 /// Every key `latest.json` must have.
-pub const KEYS: [&str; 8] = ["p1", "p2", "p3", "p4", "p5", "p6", "p7", "p8"];
+pub const KEYS: [&str; 10] = ["p1", "p2", "p3", "p4", "p5", "p6", "p7", "p7b", "p7c", "p8"];
 
 /// What a value must be to meet its goal.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -341,7 +341,7 @@ pub fn render_json(measures: &[Measure], run: &Value) -> Result<String> {
     Ok(String::from_utf8(out)? + "\n")
 }
 
-/// Checks that `doc` has `p1`…`p8`, each `{value, goal, unit}` with a number or null
+/// Checks that `doc` has every key of [`KEYS`], each `{value, goal, unit}` with a number or null
 /// value (null exactly when not measured), a number goal and a unit.
 pub fn validate(doc: &Value) -> Result<()> {
     let obj = doc.as_object().context("latest.json is not an object")?;
@@ -417,6 +417,8 @@ mod tests {
             Measure::pending("p5", "e", Goal::AtMost(250.0), "ms", "needs file mode"),
             Measure::measured("p6", "f", 12.0, Goal::AtLeast(10.0), "ratio"),
             Measure::pending("p7", "g", Goal::AtMost(300.0), "MB", "needs kube mode"),
+            Measure::measured("p7b", "g2", 0.0, Goal::AtMost(0.0), "writes"),
+            Measure::measured("p7c", "g3", 0.4, Goal::AtMost(1.0), "MB"),
             Measure::measured("p8", "h", 186_940.0, Goal::AtMost(204_800.0), "bytes"),
         ];
         v[0].note = "note".into();
@@ -438,6 +440,9 @@ mod tests {
     fn validate_refuses_missing_keys_and_bad_values() {
         let mut doc = document(&mk_all(), Value::Null);
         doc.as_object_mut().unwrap().remove("p7");
+        assert!(validate(&doc).is_err());
+        let mut doc = document(&mk_all(), Value::Null);
+        doc.as_object_mut().unwrap().remove("p7c");
         assert!(validate(&doc).is_err());
         let mut doc = document(&mk_all(), Value::Null);
         doc["p1"]["value"] = Value::Null;

@@ -17,6 +17,9 @@ use lazyxds_index::{desired, report, Index};
 /// mimalloc gives freed memory back to the system: with glibc's malloc the pages that
 /// watch lists and writer passes use for a moment stay resident (bench P7: about three
 /// times the live heap at 100k pods).
+/// (`--features system-alloc`: glibc's malloc instead, so heaptrack can see every
+/// allocation; for profiling only.)
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -68,6 +71,10 @@ mod memory {
         });
     }
 
+    #[cfg(feature = "system-alloc")]
+    fn release_free_pages() {}
+
+    #[cfg(not(feature = "system-alloc"))]
     #[allow(unsafe_code)]
     fn release_free_pages() {
         extern "C" {

@@ -1065,7 +1065,7 @@ async fn rbac_allows_exactly_the_calls_the_controller_makes() {
     )
     .await;
     // The kill switch deletes every Sidecar we own; turned off, they come back (and the
-    // same Event again: patched, not created).
+    // same Event again: created anew, as every Event is).
     let kill_switch = |enabled: &str| {
         apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": lazyxds::kube::watch::KILL_SWITCH_CONFIGMAP, "namespace": ns},

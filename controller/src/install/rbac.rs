@@ -60,9 +60,9 @@ pub const CLUSTER_RULES: &[Rule] = &[
     Rule {
         group: "events.k8s.io",
         resources: &["events"],
-        verbs: &["create", "patch"],
+        verbs: &["create"],
         names: &[],
-        why: "Events on workloads it scopes or refuses (a repeated Event is patched)",
+        why: "Events on workloads it scopes or refuses (each created once, never patched)",
     },
     Rule {
         group: "networking.istio.io",

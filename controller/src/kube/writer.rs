@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams};
-use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::{Api, Client};
 use lazyxds_index::objects::{is_our_catch_all, is_ours, string_map, ANNOTATION_WORKLOAD};
 use lazyxds_index::topology::Removal;
@@ -24,7 +23,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::watch as signal;
 
-use super::watch::{spawn_all, spec_text, IsOurs, LiveObject, Watched};
+use super::watch::{spawn_all, spec_text, IsOurs, LiveObject, StringPairs, Watched};
 use super::KubeStatus;
 use super::{envoy_filter_resource, istio_resource, FIELD_MANAGER};
 use crate::learn::SharedLearner;
@@ -207,27 +206,25 @@ fn diff(old: &Value, new: &Value) -> Vec<String> {
 
 /// Whether the live Sidecar's labels and annotations we set, and its spec, are as desired.
 fn up_to_date(live: &LiveObject, desired: &Value) -> bool {
-    let subset = |live: &BTreeMap<String, String>, want: &Value| -> bool {
-        want.as_object().is_none_or(|m| {
-            m.iter()
-                .all(|(k, v)| live.get(k).map(String::as_str) == v.as_str())
-        })
+    let subset = |live: &StringPairs, want: &Value| -> bool {
+        want.as_object()
+            .is_none_or(|m| m.iter().all(|(k, v)| live.get(k) == v.as_str()))
     };
     subset(&live.labels, &desired["metadata"]["labels"])
         && subset(&live.annotations, &desired["metadata"]["annotations"])
-        && live.spec == spec_text(&desired["spec"])
+        && *live.spec == *spec_text(&desired["spec"])
 }
 
 /// The parts of a live Sidecar we manage, shaped like the desired object, for the diff.
 fn managed_view(live: &LiveObject, desired: &Value) -> Value {
-    let pick = |live: &BTreeMap<String, String>, want: &Value| -> Value {
+    let pick = |live: &StringPairs, want: &Value| -> Value {
         let keys = want
             .as_object()
             .map(|m| m.keys().cloned().collect::<Vec<_>>())
             .unwrap_or_default();
         Value::Object(
             keys.into_iter()
-                .filter_map(|k| Some((k.clone(), Value::String(live.get(&k)?.clone()))))
+                .filter_map(|k| Some((k.clone(), Value::String(live.get(&k)?.to_string()))))
                 .collect(),
         )
     };
@@ -402,7 +399,7 @@ pub struct KubeTarget {
     /// Whether this replica leads (checked again before every write).
     leader: signal::Receiver<bool>,
     /// Kubernetes Events on workloads (scoped, refused); None in dry-run.
-    recorder: Option<Recorder>,
+    recorder: Option<EventPublisher>,
     stats: Arc<WriterStats>,
     /// The watch tasks feeding the index: they end with the target.
     watches: Vec<tokio::task::JoinHandle<()>>,
@@ -450,12 +447,11 @@ pub fn start(
         learner: learner.clone(),
         render: config.render.clone(),
     };
-    let reporter = Reporter {
-        controller: "lazyxds".into(),
-        instance: Some(pod_name.to_string()),
-    };
     let target = KubeTarget {
-        recorder: (!config.dry_run).then(|| Recorder::new(client.clone(), reporter)),
+        recorder: (!config.dry_run).then(|| EventPublisher {
+            client: client.clone(),
+            instance: pod_name.to_string(),
+        }),
         min_gap: Duration::from_secs(1) / config.max_writes_per_sec.max(1),
         removal_guard: RemovalGuard::new(config.max_removal_percent, config.removal_confirm),
         recheck_at: None,
@@ -586,6 +582,11 @@ impl Target for KubeTarget {
                 timeout: self.config.timeout,
             };
             let outcome = apply(&cluster, &plan, watched, stats, gap).await;
+            // Applied (or to be planned afresh): the plan kept for /debug/plan needs only
+            // the diffs, not every object's body until the next pass.
+            for c in &mut plan.changes {
+                c.body = None;
+            }
             // The gateway's routes follow the mesh (not the kill switch: first calls
             // through the gateway keep working either way).
             let routes_failed = if *leader.borrow() {
@@ -636,26 +637,96 @@ fn workload_ref(id: &WorkloadId) -> ObjectReference {
     }
 }
 
+/// One Event about a workload.
+#[derive(Debug, Clone, PartialEq)]
+struct WorkloadEvent {
+    warning: bool,
+    reason: &'static str,
+    action: &'static str,
+    note: String,
+}
+
+/// Creates `events.k8s.io/v1` Events as kube-runtime's `Recorder` does, without its
+/// cache: the Recorder keeps every Event it published for 6 minutes to count repeats
+/// into a series, and scans the whole cache on every publish (the first pass over a
+/// 20k-workload mesh publishes 20k `Scoped` Events: ~47 MB kept and a quadratic scan,
+/// bench P7). Ours never repeat: `Scoped` goes out once per created Sidecar and a
+/// Warning once per change of what a workload was told ([`publish_events`]).
+struct EventPublisher {
+    client: Client,
+    /// `reportingInstance`: the pod's name.
+    instance: String,
+}
+
+impl EventPublisher {
+    const CONTROLLER: &'static str = "lazyxds";
+
+    /// The Event as kube-runtime's `Recorder::generate_event` builds it.
+    fn event(
+        &self,
+        e: &WorkloadEvent,
+        regarding: ObjectReference,
+    ) -> k8s_openapi::api::events::v1::Event {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+        let now = k8s_openapi::jiff::Timestamp::now();
+        k8s_openapi::api::events::v1::Event {
+            action: Some(e.action.to_string()),
+            reason: Some(e.reason.to_string()),
+            event_time: Some(MicroTime(now)),
+            note: Some(e.note.clone()),
+            metadata: ObjectMeta {
+                namespace: regarding.namespace.clone(),
+                name: Some(format!(
+                    "{}.{:x}",
+                    regarding.name.as_deref().unwrap_or(Self::CONTROLLER),
+                    now.as_nanosecond()
+                )),
+                ..ObjectMeta::default()
+            },
+            regarding: Some(regarding),
+            reporting_controller: Some(Self::CONTROLLER.to_string()),
+            reporting_instance: Some(self.instance.clone()),
+            type_: Some(if e.warning { "Warning" } else { "Normal" }.to_string()),
+            ..Default::default()
+        }
+    }
+
+    async fn publish(
+        &self,
+        e: &WorkloadEvent,
+        regarding: ObjectReference,
+    ) -> Result<(), kube::Error> {
+        let namespace = regarding
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let event = self.event(e, regarding);
+        Api::<k8s_openapi::api::events::v1::Event>::namespaced(self.client.clone(), &namespace)
+            .create(&kube::api::PostParams::default(), &event)
+            .await
+            .map(drop)
+    }
+}
+
 /// Events on workloads: `Scoped` when their Sidecar is first created, `NotScoped` when a
 /// refusal appears or its reason changes, `HostCapReached` when a scoped workload stops
 /// learning at the cap. Failures are logged, never retried.
 async fn publish_events(
-    recorder: &Recorder,
+    recorder: &EventPublisher,
     desired: &Desired,
     created: &[WorkloadId],
     evented: &mut BTreeMap<WorkloadId, String>,
 ) {
-    let mut events: Vec<(WorkloadId, KubeEvent)> = Vec::new();
+    let mut events: Vec<(WorkloadId, WorkloadEvent)> = Vec::new();
     for id in created {
         let hosts = desired
             .sidecar_of(id)
             .map_or(0, |s| s.spec.egress.first().map_or(0, |e| e.hosts.len()));
-        events.push((id.clone(), KubeEvent {
-            type_: EventType::Normal,
-            reason: "Scoped".into(),
-            note: Some(format!("lazyxds created a Sidecar listing the {hosts} hosts this workload uses; HTTP to other hosts goes through the lazy gateway")),
-            action: "CreateSidecar".into(),
-            secondary: None,
+        events.push((id.clone(), WorkloadEvent {
+            warning: false,
+            reason: "Scoped",
+            note: format!("lazyxds created a Sidecar listing the {hosts} hosts this workload uses; HTTP to other hosts goes through the lazy gateway"),
+            action: "CreateSidecar",
         }));
     }
     // What each workload was last told, so a Warning is published once per change.
@@ -686,19 +757,18 @@ async fn publish_events(
             };
             events.push((
                 id.clone(),
-                KubeEvent {
-                    type_: EventType::Warning,
-                    reason: reason.into(),
-                    note: Some(note.clone()),
-                    action: action.into(),
-                    secondary: None,
+                WorkloadEvent {
+                    warning: true,
+                    reason,
+                    note: note.clone(),
+                    action,
                 },
             ));
         }
     }
     *evented = now;
     for (id, event) in events {
-        if let Err(error) = recorder.publish(&event, &workload_ref(&id)).await {
+        if let Err(error) = recorder.publish(&event, workload_ref(&id)).await {
             tracing::warn!(workload = %id, %error, "cannot publish an Event");
         }
     }
@@ -1074,12 +1144,12 @@ services:
         let web = maps.0.get_mut(&key).unwrap();
         let mut spec = web.spec();
         spec["egress"][0]["hosts"] = serde_json::json!(["*/*"]);
-        web.spec = spec_text(&spec);
+        web.spec = spec_text(&spec).into_boxed_str();
         // A drifted EnvoyFilter is put back, before its Sidecar.
         let filter = maps.1.get_mut(&key).unwrap();
         let mut spec = filter.spec();
         spec["configPatches"] = serde_json::json!([]);
-        filter.spec = spec_text(&spec);
+        filter.spec = spec_text(&spec).into_boxed_str();
         let plan = plan(&desired, live(&maps));
         assert_eq!(
             actions(&plan),

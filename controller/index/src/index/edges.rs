@@ -353,6 +353,7 @@ impl Index {
         // Label sets no pod (current or remembered) uses any more.
         self.pod_labels
             .retain(|labels| Arc::strong_count(labels) > 1);
+        self.pod_strings.retain(|s| Arc::strong_count(s) > 1);
     }
 }
 

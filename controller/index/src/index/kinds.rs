@@ -126,6 +126,13 @@ impl Projection for Pod {
                 pod.labels
             }
         };
+        let strings = &mut index.pod_strings;
+        intern(strings, &mut pod.namespace);
+        intern(strings, &mut pod.service_account);
+        if let Some(owner) = &mut pod.owner {
+            intern(strings, &mut owner.kind);
+            intern(strings, &mut owner.name);
+        }
         let pod = Arc::new(pod);
         let old = index
             .ns_mut(&pod.namespace)
@@ -194,6 +201,16 @@ impl Projection for Pod {
             return;
         };
         index.release_ips(&old, &[], false);
+    }
+}
+
+/// Replaces `s` with the set's equal string, or adds it.
+fn intern(set: &mut hashbrown::HashSet<Arc<str>>, s: &mut Arc<str>) {
+    match set.get(s) {
+        Some(shared) => *s = shared.clone(),
+        None => {
+            set.insert(s.clone());
+        }
     }
 }
 
@@ -428,21 +445,31 @@ impl Projection for SidecarObject {
         index.all_names(|s| s.sidecars.keys())
     }
 
-    /// Applies a Sidecar; one of ours also restores its workload's deps (merge: max
+    /// Applies a Sidecar; one of ours restores its workload's deps (merge: max
     /// last-seen), so applying our Sidecars before the first write makes restarts safe.
+    /// Only users' Sidecars are kept: what is desired reads no other (ours are rendered
+    /// from the index's deps, and the writer keeps what it compares), and at 100k pods
+    /// ours are 20k label maps and selectors held for nothing.
     fn apply(self, index: &mut Index) {
         let mut sidecar = self;
-        if let Some(restored) = sidecar.restored.as_ref().filter(|_| sidecar.is_ours()) {
-            let deps = restored
-                .deps
-                .iter()
-                .map(|(h, t)| (Arc::<str>::from(h.as_str()), *t))
-                .collect::<Vec<_>>();
-            index.merge_deps(&restored.workload, deps);
-            // Merged: the index's deps are the state from here on.
-            sidecar.restored = None;
-        }
         let name = sidecar.name.clone();
+        if sidecar.is_ours() {
+            // A user's Sidecar of that name that became ours is gone.
+            if let Some(ns) = index.namespaces.get_mut(&*sidecar.namespace) {
+                ns.sidecars.remove(&*name);
+            }
+            if let Some(restored) = sidecar.restored.take() {
+                let deps = restored
+                    .deps
+                    .into_iter()
+                    .map(|(h, t)| (Arc::<str>::from(h), t))
+                    .collect::<Vec<_>>();
+                index.merge_deps(&restored.workload, deps);
+            }
+            return;
+        }
+        // Users' carry nothing to restore (a claim by annotation alone is not ours).
+        sidecar.restored = None;
         index
             .ns_mut(&sidecar.namespace.clone())
             .sidecars

@@ -196,6 +196,10 @@ pub struct Index {
     kill_switch: bool,
     /// One copy of each pod label set in use; unused ones are dropped with the IP history.
     pod_labels: hashbrown::HashSet<Arc<Labels>>,
+    /// One copy of each namespace, service account and owner string pods use (a
+    /// workload's pods share them all; at 100k pods, four allocations a pod). Dropped
+    /// with the label sets.
+    pod_strings: hashbrown::HashSet<Arc<str>>,
 }
 
 impl Default for Index {
@@ -228,6 +232,7 @@ impl Index {
             root_namespace: None,
             kill_switch: false,
             pod_labels: hashbrown::HashSet::new(),
+            pod_strings: hashbrown::HashSet::new(),
         }
     }
 

@@ -914,11 +914,24 @@ fn our_sidecars_restore_deps() {
         mk_deps(&[(RATINGS, 60), (REVIEWS, 70)]),
         "max last seen"
     );
-    let stored = &index.ns("shop").unwrap().sidecars["lazyxds-deployment-productpage"];
-    assert_eq!(
-        stored.restored, None,
-        "merged into the index, not kept twice"
+    assert!(
+        index.ns("shop").unwrap().sidecars.is_empty(),
+        "ours: merged into the index's deps, not kept"
     );
+    // A user's Sidecar that becomes ours (our label added) is no longer a user's.
+    let mut users = SidecarObject::new(
+        "shop",
+        "lazyxds-deployment-productpage",
+        Labels::new(),
+        &BTreeMap::new(),
+        serde_json::json!({"workloadSelector": {"labels": {"app": "productpage"}}}),
+    )
+    .expect("user's");
+    index.apply(users.clone());
+    assert_eq!(index.ns("shop").unwrap().sidecars.len(), 1);
+    users.labels = mk_labels(&[("app.kubernetes.io/managed-by", "lazyxds")]);
+    index.apply(users);
+    assert!(index.ns("shop").unwrap().sidecars.is_empty());
 
     // Users' Sidecars carry nothing to restore; ours must be readable.
     let user = SidecarObject::new(
@@ -1096,18 +1109,35 @@ fn namespaces_istio_does_not_discover_are_never_scoped() {
 }
 
 #[test]
-fn pods_share_one_copy_of_equal_labels_until_none_uses_it() {
+fn pods_share_one_copy_of_equal_labels_and_strings_until_none_uses_them() {
     let mut index = Index::default();
-    index.apply(mk_pod("shop", "web-1", "10.0.0.1", None, &[("app", "web")]));
-    index.apply(mk_pod("shop", "web-2", "10.0.0.2", None, &[("app", "web")]));
+    let rs = Some(("ReplicaSet", "web-5d9"));
+    index.apply(mk_pod("shop", "web-1", "10.0.0.1", rs, &[("app", "web")]));
+    index.apply(mk_pod("shop", "web-2", "10.0.0.2", rs, &[("app", "web")]));
     index.apply(mk_pod("shop", "db-1", "10.0.0.3", None, &[("app", "db")]));
     let pods = &index.ns("shop").unwrap().pods;
-    assert!(Arc::ptr_eq(&pods["web-1"].labels, &pods["web-2"].labels));
+    let (web1, web2, db1) = (&pods["web-1"], &pods["web-2"], &pods["db-1"]);
+    assert!(Arc::ptr_eq(&web1.labels, &web2.labels));
     assert_eq!(index.pod_labels.len(), 2);
+    // Borrowed, not cloned: a clone would hold the strings past the pods' deletion.
+    let (owner1, owner2) = (web1.owner.as_ref().unwrap(), web2.owner.as_ref().unwrap());
+    let shared = [
+        (&web1.namespace, &web2.namespace),
+        (&web1.namespace, &db1.namespace),
+        (&web1.service_account, &db1.service_account),
+        (&owner1.kind, &owner2.kind),
+        (&owner1.name, &owner2.name),
+    ];
+    for (a, b) in shared {
+        assert!(Arc::ptr_eq(a, b), "{a} is not shared");
+    }
+    // shop, default, ReplicaSet, web-5d9.
+    assert_eq!(index.pod_strings.len(), 4);
     for name in ["web-1", "web-2", "db-1"] {
         index.delete::<crate::Pod>((), "shop", name);
     }
     // Deleted pods are remembered as past IP holders for a while, then forgotten.
     index.tick(100_000);
     assert!(index.pod_labels.is_empty());
+    assert!(index.pod_strings.is_empty(), "{:?}", index.pod_strings);
 }
