@@ -14,9 +14,11 @@
 //! - [`procfs`]: CPU time, RSS and CPU pinning from `/proc`.
 //! - [`report`] / [`plot`]: the table, `latest.json` and the SVG plots.
 //! - [`measures`]: one function per measure, P1…P8.
+//! - [`callgrind`]: P1 in instructions per request, each gateway under callgrind (`--bin callgrind`).
 #![deny(unsafe_code)]
 
 pub mod als;
+pub mod callgrind;
 pub mod ctlmem;
 pub mod gateway;
 pub mod h2count;

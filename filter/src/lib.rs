@@ -11,6 +11,8 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod abi;
+#[cfg(feature = "sdk")]
+mod sdk;
 
 use abi::{BufferType, LogLevel};
 use lazyxds_filter_core::{
@@ -41,18 +43,18 @@ const NODE_ID: &[u8] = b"node\0id";
 
 // ---- exports ------------------------------------------------------------------------
 
-#[no_mangle]
+#[cfg_attr(not(feature = "sdk"), no_mangle)]
 pub extern "C" fn proxy_abi_version_0_2_1() {}
 
-#[cfg(target_os = "wasi")]
+#[cfg(all(target_os = "wasi", not(feature = "sdk")))]
 extern "C" {
     fn __wasm_call_ctors();
 }
 
 /// WASI reactor entry point: constructors, then our panic hook.
-#[no_mangle]
+#[cfg_attr(not(feature = "sdk"), no_mangle)]
 pub extern "C" fn _initialize() {
-    #[cfg(target_os = "wasi")]
+    #[cfg(all(target_os = "wasi", not(feature = "sdk")))]
     // SAFETY: called once by the host before any other export.
     unsafe {
         __wasm_call_ctors();
@@ -62,7 +64,7 @@ pub extern "C" fn _initialize() {
     }));
 }
 
-#[no_mangle]
+#[cfg_attr(not(feature = "sdk"), no_mangle)]
 pub extern "C" fn proxy_on_vm_start(context_id: u32, _vm_configuration_size: usize) -> bool {
     ensure_root(context_id);
     true
@@ -78,7 +80,7 @@ fn ensure_root(context_id: u32) {
     });
 }
 
-#[no_mangle]
+#[cfg_attr(not(feature = "sdk"), no_mangle)]
 pub extern "C" fn proxy_on_configure(context_id: u32, plugin_configuration_size: usize) -> bool {
     let bytes = match abi::buffer(BufferType::PluginConfiguration, plugin_configuration_size) {
         Ok(bytes) => bytes.unwrap_or_default(),
@@ -113,7 +115,7 @@ pub extern "C" fn proxy_on_configure(context_id: u32, plugin_configuration_size:
     }
 }
 
-#[no_mangle]
+#[cfg_attr(not(feature = "sdk"), no_mangle)]
 pub extern "C" fn proxy_on_tick(context_id: u32) {
     let Some(now) = abi::now_ms() else { return };
     let due = with_root(context_id, |root| root.on_tick(now)).flatten();
@@ -128,7 +130,7 @@ pub extern "C" fn proxy_on_tick(context_id: u32) {
     forget_dead_roots(now);
 }
 
-#[no_mangle]
+#[cfg_attr(not(feature = "sdk"), no_mangle)]
 pub extern "C" fn proxy_on_grpc_receive(context_id: u32, token: u32, size: usize) {
     let resolved = with_root(context_id, |root| root.on_grpc_message(token, size)).flatten();
     if let Some((worker, decisions)) = resolved {
@@ -136,12 +138,12 @@ pub extern "C" fn proxy_on_grpc_receive(context_id: u32, token: u32, size: usize
     }
 }
 
-#[no_mangle]
+#[cfg_attr(not(feature = "sdk"), no_mangle)]
 pub extern "C" fn proxy_on_grpc_close(context_id: u32, token: u32, status_code: u32) {
     with_root(context_id, |root| root.on_grpc_close(token, status_code));
 }
 
-#[no_mangle]
+#[cfg_attr(not(feature = "sdk"), no_mangle)]
 pub extern "C" fn proxy_on_request_headers(
     context_id: u32,
     _num_headers: usize,
@@ -155,7 +157,7 @@ pub extern "C" fn proxy_on_request_headers(
     }
 }
 
-#[no_mangle]
+#[cfg_attr(not(feature = "sdk"), no_mangle)]
 pub extern "C" fn proxy_on_log(context_id: u32) {
     on_log(context_id);
 }
