@@ -450,7 +450,8 @@ fn requests_that_need_no_caller_are_decided_the_same_without_it() {
         (Some("spiffe://cluster.local/ns/ns-b/sa/x"), None),
     ];
     let mut needed = Vec::new();
-    let routers: [(&str, fn() -> Router); 3] = [
+    type NamedRouter = (&'static str, fn() -> Router);
+    let routers: [NamedRouter; 3] = [
         ("no table", mk_router),
         ("ready", mk_ready_router),
         ("registry mesh", registry_mesh),
