@@ -390,10 +390,7 @@ fn on_log(context_id: u32) {
         return;
     }
     let host = authority.or_else(|| abi::property(HOST));
-    let read_peer = || Peer {
-        source: abi::property(SOURCE),
-        principal: abi::property(PRINCIPAL),
-    };
+    let read_peer = || Peer::new(abi::property(SOURCE), abi::property(PRINCIPAL));
     let observe_from = |peer: &Peer| {
         let props = RequestProperties {
             cluster: cluster.as_deref(),

@@ -5,7 +5,11 @@
 //! two (`source.address`, `connection.uri_san_peer_certificate`).
 //!
 //! Envoy numbers connections from one counter per process, so an id is never reused and an
-//! entry can never describe another connection. The filter sees no connection close:
+//! entry can never describe another connection. A reloaded VM starts empty. The premise is
+//! that `source.address` is the connection's: true for the installed gateway (its HTTP
+//! connection manager trusts no `X-Forwarded-For` hop); an Envoy whose connection manager
+//! takes the client address from `X-Forwarded-For` (`use_remote_address: false`) sets it
+//! per request, and this cache would keep the first request's. The filter sees no connection close:
 //! entries age out instead, in two generations. New entries go into the young one; when it
 //! holds [`MAX_CONNECTIONS`] / 2, the old generation is dropped and the young one becomes
 //! old. A lookup that finds its entry in the old generation moves it back, so a connection
@@ -14,8 +18,13 @@
 
 use hashbrown::HashMap;
 
+use crate::edge::MAX_PRINCIPAL_LEN;
+
 /// Connections remembered at most (both generations).
 pub const MAX_CONNECTIONS: usize = 8_192;
+/// Longest source address kept: `[` IPv6 with an embedded IPv4 `]:65535` is 53 bytes.
+/// Longer ones are no address `parse_source_ip` accepts.
+pub const MAX_SOURCE_LEN: usize = 64;
 
 /// One connection's facts, as Envoy's property values.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -24,6 +33,18 @@ pub struct Peer {
     pub source: Option<Vec<u8>>,
     /// `connection.uri_san_peer_certificate`; `None` without a verified peer.
     pub principal: Option<Vec<u8>>,
+}
+
+impl Peer {
+    /// A connection's facts as read, without values no edge would use (an overlong source
+    /// or principal counts as none there too), so an entry holds at most
+    /// [`MAX_SOURCE_LEN`] + [`MAX_PRINCIPAL_LEN`] bytes whatever a peer certificate says.
+    pub fn new(source: Option<Vec<u8>>, principal: Option<Vec<u8>>) -> Peer {
+        Peer {
+            source: source.filter(|s| s.len() <= MAX_SOURCE_LEN),
+            principal: principal.filter(|p| p.len() <= MAX_PRINCIPAL_LEN),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -98,6 +119,47 @@ mod tests {
         ];
         for (value, want) in cases {
             assert_eq!(Connections::id_of(value), *want, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn overlong_facts_are_not_kept_and_count_as_none_for_the_edge() {
+        use crate::edge::RequestProperties;
+        let longest_source = "[ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255]:65535";
+        assert!(crate::edge::parse_source_ip(longest_source.as_bytes()).is_some());
+        let cases: &[(&[u8], &[u8], bool, bool)] = &[
+            // (source, principal, source kept, principal kept)
+            (
+                b"10.0.0.1:5000",
+                b"spiffe://cluster.local/ns/a/sa/b",
+                true,
+                true,
+            ),
+            (longest_source.as_bytes(), b"", true, true),
+            (&[b'1'; MAX_SOURCE_LEN + 1], b"p", false, true),
+            (b"10.0.0.1:1", &[b'p'; MAX_PRINCIPAL_LEN], true, true),
+            (b"10.0.0.1:1", &[b'p'; MAX_PRINCIPAL_LEN + 1], true, false),
+        ];
+        for (source, principal, source_kept, principal_kept) in cases {
+            let peer = Peer::new(Some(source.to_vec()), Some(principal.to_vec()));
+            assert_eq!(peer.source.is_some(), *source_kept, "{source:?}");
+            assert_eq!(peer.principal.is_some(), *principal_kept, "{principal:?}");
+            // The edge is the same as from the values read.
+            let edge_of = |source: Option<&[u8]>, principal: Option<&[u8]>| {
+                let props = RequestProperties {
+                    cluster: Some(b"outbound|80||a.b.svc.cluster.local"),
+                    source,
+                    host: Some(b"a.b"),
+                    principal,
+                };
+                let mut buf = String::new();
+                format!("{:?}", props.edge(&mut buf))
+            };
+            assert_eq!(
+                edge_of(peer.source.as_deref(), peer.principal.as_deref()),
+                edge_of(Some(source), Some(principal)),
+                "{source:?} {principal:?}"
+            );
         }
     }
 
