@@ -388,6 +388,9 @@ fn object_label(path: &str) -> String {
         .map_or_else(|| path.to_string(), |n| n.to_string_lossy().into_owned())
 }
 
+/// Warm-ups tried before a gateway is given up (see [`measure`]).
+const WARMUP_ATTEMPTS: u32 = 3;
+
 /// Measures one variant once: a fresh gateway, warm-up, the two windows. Keeps the second
 /// window's dump at `keep` (for `callgrind_annotate`) when given.
 pub async fn measure(
@@ -399,19 +402,36 @@ pub async fn measure(
     let envoy = CgEnvoy::start(up, v, cfg).await?;
     let hosts: Vec<String> = (0..cfg.services).map(gateway::service_host).collect();
     let mut load = LoadGen::new(envoy.listen, &load::sources(cfg.sources), &hosts)?;
-    let w = load
-        .run(
-            cfg.rate,
-            Duration::from_secs_f64(cfg.warmup as f64 / cfg.rate),
-        )
-        .await;
-    ensure!(
-        w.ok == cfg.warmup,
-        "warm-up: {} of {} answered (first error {:?})",
-        w.ok,
-        cfg.warmup,
-        w.first_error
-    );
+    // The first seconds under valgrind stall Envoy's event loop (V8 compiling, every new
+    // code page translated) past the backends' 1 s connect timeout: some warm-up
+    // requests get a 503. A warm-up with errors is repeated; the windows must have none.
+    let mut attempt = 1;
+    loop {
+        let w = load
+            .run(
+                cfg.rate,
+                Duration::from_secs_f64(cfg.warmup as f64 / cfg.rate),
+            )
+            .await;
+        if w.ok == cfg.warmup {
+            break;
+        }
+        ensure!(
+            attempt < WARMUP_ATTEMPTS,
+            "warm-up {attempt}/{WARMUP_ATTEMPTS}: {} of {} answered (first error {:?})",
+            w.ok,
+            cfg.warmup,
+            w.first_error
+        );
+        progress!(
+            "callgrind ({}): warm-up {attempt}/{WARMUP_ATTEMPTS}: {} of {} answered (first error {:?}); again",
+            v.key,
+            w.ok,
+            cfg.warmup,
+            w.first_error
+        );
+        attempt += 1;
+    }
     let (idle, _) = envoy.window(&mut load, cfg.rate, 0, cfg.idle).await?;
     let (w1, _) = envoy.window(&mut load, cfg.rate, cfg.n1, cfg.idle).await?;
     let (w2, dump) = envoy.window(&mut load, cfg.rate, cfg.n2, cfg.idle).await?;
