@@ -69,12 +69,19 @@ $(LAZYXDS_CLUSTER_BIN)/.built: $(CLUSTER_PINS)
 
 # ---- build ------------------------------------------------------------------------
 
-.PHONY: build wasm controller
+.PHONY: build wasm wasm-sdk controller
 build: setup-rust wasm controller ## build the filter module and the controller
 
 wasm: setup-rust ## build the gateway filter module ($(WASM))
 	$(CARGO) build -p lazyxds-filter --profile wasm --target $(WASM_TARGET)
 	@echo "$(WASM): $$(stat -c %s $(WASM)) bytes"
+
+# The same filter on the upstream proxy-wasm SDK (filter feature `sdk`): the bench's
+# callgrind run measures it against the product's own ABI (bench/README.md).
+WASM_SDK := target/wasm-sdk/$(WASM_TARGET)/wasm/lazyxds_filter.wasm
+wasm-sdk: setup-rust ## build the filter on the proxy-wasm SDK, for the bench only ($(WASM_SDK))
+	$(CARGO) build -p lazyxds-filter --profile wasm --target $(WASM_TARGET) --features sdk --target-dir target/wasm-sdk
+	@echo "$(WASM_SDK): $$(stat -c %s $(WASM_SDK)) bytes"
 
 controller: ## build the lazyxds binary (debug)
 	$(CARGO) build -p lazyxds --bin lazyxds
@@ -190,7 +197,7 @@ lint-fuzz: ## rustfmt and clippy (-D warnings) of the fuzz targets' crate (its o
 
 # ---- benchmarks -------------------------------------------------------------------
 
-.PHONY: bench bench-quick
+.PHONY: bench bench-quick bench-callgrind
 # The mini-mesh's measures (p5_e2e, p6_istiod, p9) need root and network namespaces: the
 # `meshbench` binary runs first, alone, under the e2e tier's runner and writes
 # target/meshbench/latest.json; the bench reads it (an error in the table if it failed).
@@ -202,6 +209,12 @@ bench: setup-envoy setup-cluster setup-mesh wasm ## side-by-side benchmarks (~16
 	LAZYXDS_BIN=$(abspath target/release/lazyxds) MESHBENCH_OUT=$(MESHBENCH_OUT) \
 	  tests/cluster/netns-run target/release/meshbench 2>&1 | tee $(dir $(MESHBENCH_OUT))meshbench.log || true
 	LAZYXDS_BIN=$(abspath target/release/lazyxds) MESHBENCH_OUT=$(MESHBENCH_OUT) $(CARGO) run --release --quiet -p lazyxds-bench
+
+# P1 in instructions (callgrind): the product's module, and the same filter on the SDK.
+bench-callgrind: setup-envoy wasm wasm-sdk ## P1 in instructions/request under callgrind (~30 min): bench/results/p1_callgrind.json, merged into latest.json
+	@command -v valgrind >/dev/null || { echo "installing valgrind"; apt-get update -q && apt-get install -y --no-install-recommends valgrind; }
+	$(CARGO) build --release -p lazyxds --bin lazyxds -p lazyxds-bench
+	CALLGRIND_SDK_WASM=$(abspath $(WASM_SDK)) LAZYXDS_BIN=$(abspath target/release/lazyxds) $(CARGO) run --release --quiet -p lazyxds-bench --bin callgrind
 
 bench-quick: setup-envoy build ## the bench harness in seconds: checks it works and its JSON, not the goals
 	BENCH_QUICK=1 $(CARGO) run --quiet -p lazyxds-bench

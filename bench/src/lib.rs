@@ -16,9 +16,11 @@
 //! - [`measures`]: one function per measure, P1…P8.
 //! - [`minimesh`]: `p5_e2e`, `p6_istiod` and `p9`, read from what the mini-mesh run
 //!   (`lazyxds-e2e`'s `meshbench`, root) wrote.
+//! - [`callgrind`]: P1 in instructions per request, each gateway under callgrind (`--bin callgrind`).
 #![deny(unsafe_code)]
 
 pub mod als;
+pub mod callgrind;
 pub mod ctlmem;
 pub mod gateway;
 pub mod h2count;

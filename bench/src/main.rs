@@ -212,7 +212,7 @@ fn run() -> Result<bool> {
             let p2v = results.iter().find(|m| m.key == "p2").and_then(|m| m.value);
             let path = out_dir.join("p1_p2_gateway_cpu.svg");
             let title = format!(
-                "Envoy CPU per request, {} req/s, median of {} rounds (whiskers: min-max): P1 c/a = {:.3}, P2 c/d = {:.3}",
+                "Envoy CPU per request, {} req/s, median of {} rounds (whiskers: min-max): P1 c/b = {:.3}, P2 (whole system) c/d = {:.3}",
                 cfg.rate,
                 cfg.rounds,
                 p1v.unwrap_or(f64::NAN),
@@ -224,15 +224,15 @@ fn run() -> Result<bool> {
         Err(e) => {
             results.push(Measure::error(
                 "p1",
-                "gateway CPU/request: filter (c) ÷ no filter (a)",
+                measures::P1_NAME,
                 Goal::AtMost(1.05),
                 "ratio",
                 e,
             ));
             results.push(Measure::error(
                 "p2",
-                "gateway CPU/request: filter (c) ÷ gRPC ALS (d)",
-                Goal::AtMost(0.9),
+                measures::P2_NAME,
+                Goal::AtMost(1.0),
                 "ratio",
                 e,
             ));
@@ -317,6 +317,11 @@ fn run() -> Result<bool> {
     });
     let json_path = out_dir.join("latest.json");
     report::write_json(&json_path, &results, &run_info)?;
+    // P1 in instructions (`--bin callgrind`, minutes per gateway: not part of this run).
+    let callgrind = out_dir.join(lazyxds_bench::callgrind::RESULT_FILE);
+    if lazyxds_bench::callgrind::merge_into_latest(&json_path, &callgrind)? {
+        progress!("p1_callgrind from {}", callgrind.display());
+    }
 
     println!();
     print!("{}", report::table(&results, quick));

@@ -25,6 +25,23 @@ pub fn cpu_ticks(pid: u32) -> Result<u64> {
     parse_stat_ticks(&text).with_context(|| format!("parsing {path}: {text}"))
 }
 
+/// utime + stime of one thread `tid` of `pid`, in clock ticks.
+pub fn thread_cpu_ticks(pid: u32, tid: u32) -> Result<u64> {
+    let path = format!("/proc/{pid}/task/{tid}/stat");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    parse_stat_ticks(&text).with_context(|| format!("parsing {path}: {text}"))
+}
+
+/// CPU time of one thread `tid` of `pid` in nanoseconds (`/proc/<pid>/task/<tid>/schedstat`).
+pub fn thread_cpu_ns(pid: u32, tid: u32) -> Result<u64> {
+    let path = format!("/proc/{pid}/task/{tid}/schedstat");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    text.split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("parsing {path}: {text}"))
+}
+
 fn parse_stat_ticks(text: &str) -> Result<u64> {
     // The command name (field 2) may contain spaces and parentheses: skip past the last ')'.
     let rest = text

@@ -87,6 +87,7 @@ extern "C" {
     ) -> u32;
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
     #[allow(clippy::too_many_arguments)]
+    #[cfg(not(feature = "sdk"))]
     fn proxy_grpc_stream(
         upstream_data: *const u8,
         upstream_size: usize,
@@ -108,7 +109,9 @@ extern "C" {
 }
 
 /// The host allocates every value it returns to the module through this export; the
-/// module owns the bytes afterwards (see [`take`]).
+/// module owns the bytes afterwards (see [`take`]). The SDK build uses the SDK's, which
+/// allocates the same layout (a `Vec<u8>` of capacity `size`).
+#[cfg(not(feature = "sdk"))]
 #[no_mangle]
 pub extern "C" fn proxy_on_memory_allocate(size: usize) -> *mut u8 {
     let buffer: Box<[u8]> = vec![0u8; size].into_boxed_slice();
@@ -246,22 +249,32 @@ pub fn open_grpc_stream(
         .map(|value| ("authorization", value.as_bytes()))
         .into_iter()
         .collect();
-    let metadata = serialize_pairs(&pairs);
-    let mut token = 0u32;
-    status(unsafe {
-        proxy_grpc_stream(
-            grpc_service.as_ptr(),
-            grpc_service.len(),
-            service.as_ptr(),
-            service.len(),
-            method.as_ptr(),
-            method.len(),
-            metadata.as_ptr(),
-            metadata.len(),
-            &mut token,
-        )
-    })?;
-    Ok(token)
+    #[cfg(feature = "sdk")]
+    {
+        // The SDK's dispatcher routes stream callbacks only for tokens it opened.
+        let upstream = std::str::from_utf8(grpc_service).map_err(|_| Status(u32::MAX))?;
+        proxy_wasm::hostcalls::open_grpc_stream(upstream, service, method, pairs)
+            .map_err(|e| Status(e as u32))
+    }
+    #[cfg(not(feature = "sdk"))]
+    {
+        let metadata = serialize_pairs(&pairs);
+        let mut token = 0u32;
+        status(unsafe {
+            proxy_grpc_stream(
+                grpc_service.as_ptr(),
+                grpc_service.len(),
+                service.as_ptr(),
+                service.len(),
+                method.as_ptr(),
+                method.len(),
+                metadata.as_ptr(),
+                metadata.len(),
+                &mut token,
+            )
+        })?;
+        Ok(token)
+    }
 }
 
 pub fn grpc_send(token: u32, message: &[u8]) -> Result<(), Status> {

@@ -11,11 +11,13 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod abi;
+#[cfg(feature = "sdk")]
+mod sdk;
 
 use abi::{BufferType, LogLevel};
 use lazyxds_filter_core::{
-    edge_cluster, CloseReason, Config, Decision, Flows, Reporter, RequestProperties, RequestView,
-    Router,
+    edge_cluster, CloseReason, Config, Connections, Decision, Flows, Peer, Reporter,
+    RequestProperties, RequestView, Router,
 };
 use lazyxds_proto::v1::controller_message::Kind;
 use lazyxds_proto::{EDGE_SINK_METHOD, EDGE_SINK_SERVICE};
@@ -24,7 +26,9 @@ use std::rc::Rc;
 
 /// Stream failures are logged at most this often (an outage closes a stream per backoff).
 const LOG_EVERY_MS: u64 = 10_000;
-/// Tick of a root that does not report: only marks it alive.
+/// Tick of a root that does not report, or that reports and has nothing to send or wait
+/// for (see [`set_fast_tick`]): marks it alive, promotes edges due for refresh, exports
+/// stats.
 const IDLE_TICK_MS: u32 = 1_000;
 /// A root silent for this long plus ten of its tick periods was deleted by Envoy (a
 /// configuration change replaced it; this module does not export `proxy_on_delete`, which
@@ -38,21 +42,22 @@ const ROUTE: &[u8] = b"xds\0route_name";
 const SOURCE: &[u8] = b"source\0address";
 const PRINCIPAL: &[u8] = b"connection\0uri_san_peer_certificate";
 const NODE_ID: &[u8] = b"node\0id";
+const CONNECTION_ID: &[u8] = b"connection\0id";
 
 // ---- exports ------------------------------------------------------------------------
 
-#[no_mangle]
+#[cfg_attr(not(feature = "sdk"), no_mangle)]
 pub extern "C" fn proxy_abi_version_0_2_1() {}
 
-#[cfg(target_os = "wasi")]
+#[cfg(all(target_os = "wasi", not(feature = "sdk")))]
 extern "C" {
     fn __wasm_call_ctors();
 }
 
 /// WASI reactor entry point: constructors, then our panic hook.
-#[no_mangle]
+#[cfg_attr(not(feature = "sdk"), no_mangle)]
 pub extern "C" fn _initialize() {
-    #[cfg(target_os = "wasi")]
+    #[cfg(all(target_os = "wasi", not(feature = "sdk")))]
     // SAFETY: called once by the host before any other export.
     unsafe {
         __wasm_call_ctors();
@@ -62,7 +67,7 @@ pub extern "C" fn _initialize() {
     }));
 }
 
-#[no_mangle]
+#[cfg_attr(not(feature = "sdk"), no_mangle)]
 pub extern "C" fn proxy_on_vm_start(context_id: u32, _vm_configuration_size: usize) -> bool {
     ensure_root(context_id);
     true
@@ -78,7 +83,7 @@ fn ensure_root(context_id: u32) {
     });
 }
 
-#[no_mangle]
+#[cfg_attr(not(feature = "sdk"), no_mangle)]
 pub extern "C" fn proxy_on_configure(context_id: u32, plugin_configuration_size: usize) -> bool {
     let bytes = match abi::buffer(BufferType::PluginConfiguration, plugin_configuration_size) {
         Ok(bytes) => bytes.unwrap_or_default(),
@@ -113,7 +118,7 @@ pub extern "C" fn proxy_on_configure(context_id: u32, plugin_configuration_size:
     }
 }
 
-#[no_mangle]
+#[cfg_attr(not(feature = "sdk"), no_mangle)]
 pub extern "C" fn proxy_on_tick(context_id: u32) {
     let Some(now) = abi::now_ms() else { return };
     let due = with_root(context_id, |root| root.on_tick(now)).flatten();
@@ -128,7 +133,7 @@ pub extern "C" fn proxy_on_tick(context_id: u32) {
     forget_dead_roots(now);
 }
 
-#[no_mangle]
+#[cfg_attr(not(feature = "sdk"), no_mangle)]
 pub extern "C" fn proxy_on_grpc_receive(context_id: u32, token: u32, size: usize) {
     let resolved = with_root(context_id, |root| root.on_grpc_message(token, size)).flatten();
     if let Some((worker, decisions)) = resolved {
@@ -136,12 +141,12 @@ pub extern "C" fn proxy_on_grpc_receive(context_id: u32, token: u32, size: usize
     }
 }
 
-#[no_mangle]
+#[cfg_attr(not(feature = "sdk"), no_mangle)]
 pub extern "C" fn proxy_on_grpc_close(context_id: u32, token: u32, status_code: u32) {
     with_root(context_id, |root| root.on_grpc_close(token, status_code));
 }
 
-#[no_mangle]
+#[cfg_attr(not(feature = "sdk"), no_mangle)]
 pub extern "C" fn proxy_on_request_headers(
     context_id: u32,
     _num_headers: usize,
@@ -155,7 +160,7 @@ pub extern "C" fn proxy_on_request_headers(
     }
 }
 
-#[no_mangle]
+#[cfg_attr(not(feature = "sdk"), no_mangle)]
 pub extern "C" fn proxy_on_log(context_id: u32) {
     on_log(context_id);
 }
@@ -171,6 +176,8 @@ thread_local! {
     static WORKERS: RefCell<Vec<(u32, Rc<Worker>)>> = const { RefCell::new(Vec::new()) };
     /// Requests between their header and log callbacks.
     static FLOWS: RefCell<Flows> = RefCell::new(Flows::default());
+    /// Downstream connections' source and identity, read once per connection.
+    static CONNECTIONS: RefCell<Connections> = RefCell::new(Connections::default());
 }
 
 fn with_roots<T>(f: impl FnOnce(&mut Vec<Root>) -> T) -> Option<T> {
@@ -224,6 +231,24 @@ struct Worker {
     now_ms: Cell<u64>,
     /// Requests seen while the reporter was borrowed (re-entrant callback); counted on tick.
     unrecorded: Cell<u64>,
+    /// The tick runs at the flush interval (else at [`IDLE_TICK_MS`]).
+    fast_tick: Cell<bool>,
+    flush_ms: u32,
+}
+
+/// Runs the root's tick at the flush interval while there is something to send or wait
+/// for, and at [`IDLE_TICK_MS`] otherwise: at 20 ms an idle tick entered the VM 50 times a
+/// second. Switching is a hostcall, made only when the state changes (a new edge, a pause,
+/// a stream to open; the tick itself switches back), never on a dedup hit. Works from a
+/// request callback too: Envoy sets the tick of the request's root.
+fn set_fast_tick(worker: &Worker, fast: bool) {
+    if worker.fast_tick.get() == fast {
+        return;
+    }
+    let period = if fast { worker.flush_ms } else { IDLE_TICK_MS };
+    if abi::set_tick_period_ms(period).is_ok() {
+        worker.fast_tick.set(fast);
+    }
 }
 
 // ---- requests -----------------------------------------------------------------------
@@ -271,6 +296,9 @@ fn on_request_headers(context_id: u32) -> Flow {
         // here, so they open no idle stream).
         if let Ok(mut reporter) = worker.reporter.try_borrow_mut() {
             reporter.traffic_seen();
+            if !worker.fast_tick.get() && reporter.needs_tick() {
+                set_fast_tick(&worker, true);
+            }
         }
         // The route Envoy selected for the authority as sent (read before any rewrite).
         let needs_route = router.needs_route(&authority);
@@ -282,8 +310,19 @@ fn on_request_headers(context_id: u32) -> Flow {
             remember(context_id, &worker, Some(authority), false);
             return Flow::Continue;
         }
-        let principal = abi::property(PRINCIPAL);
-        let source = abi::property(SOURCE);
+        // Only a short name or an external host is decided by its caller.
+        let (principal, source) = if router.needs_caller(&authority, external) {
+            (abi::property(PRINCIPAL), abi::property(SOURCE))
+        } else {
+            (None, None)
+        };
+        if !worker.fast_tick.get() && !router.has_table() {
+            // The request may be paused until `now + routing_wait_ms`: an idle tick's time
+            // can be a second old, and the flush tick must run to time the wait out.
+            if let Some(now) = abi::now_ms() {
+                worker.now_ms.set(now);
+            }
+        }
         let request = RequestView {
             authority: &authority,
             external,
@@ -296,6 +335,7 @@ fn on_request_headers(context_id: u32) -> Flow {
         Decision::Wait => {
             // The authority may still change: the log callback reads it.
             remember(context_id, &worker, None, true);
+            set_fast_tick(&worker, true);
             Flow::Pause
         }
         Decision::Rewrite(rewritten) => {
@@ -340,24 +380,53 @@ fn on_log(context_id: u32) {
     }
     let cluster = abi::property(CLUSTER);
     let is_edge = cluster.as_deref().and_then(edge_cluster).is_some();
-    // Requests that are no edge only need the cluster to be counted.
-    let (source, host, principal) = if is_edge {
-        (
-            abi::property(SOURCE),
-            authority.or_else(|| abi::property(HOST)),
-            abi::property(PRINCIPAL),
-        )
-    } else {
-        (None, None, None)
+    if !is_edge {
+        // Requests that are no edge only need the cluster to be counted.
+        let props = RequestProperties {
+            cluster: cluster.as_deref(),
+            ..RequestProperties::default()
+        };
+        observe(&worker, &props);
+        return;
+    }
+    let host = authority.or_else(|| abi::property(HOST));
+    let read_peer = || Peer::new(abi::property(SOURCE), abi::property(PRINCIPAL));
+    let observe_from = |peer: &Peer| {
+        let props = RequestProperties {
+            cluster: cluster.as_deref(),
+            source: peer.source.as_deref(),
+            host: host.as_deref(),
+            principal: peer.principal.as_deref(),
+        };
+        observe(&worker, &props);
     };
-    let props = RequestProperties {
-        cluster: cluster.as_deref(),
-        source: source.as_deref(),
-        host: host.as_deref(),
-        principal: principal.as_deref(),
-    };
+    // The source address and identity are the connection's: read once per connection.
+    let connection = abi::property(CONNECTION_ID)
+        .as_deref()
+        .and_then(Connections::id_of);
+    let remembered = connection.and_then(|id| {
+        CONNECTIONS.with(|connections| {
+            let mut connections = connections.try_borrow_mut().ok()?;
+            observe_from(connections.get_or_read(id, read_peer));
+            Some(())
+        })
+    });
+    if remembered.is_none() {
+        observe_from(&read_peer());
+    }
+}
+
+/// Counts one request in the worker's reporter (the dedup table).
+fn observe(worker: &Worker, props: &RequestProperties<'_>) {
     match worker.reporter.try_borrow_mut() {
-        Ok(mut reporter) => reporter.observe(&props, worker.now_ms.get()),
+        Ok(mut reporter) => {
+            reporter.observe(props, worker.now_ms.get());
+            if !worker.fast_tick.get() && reporter.needs_tick() {
+                // A new edge: flushed on the next (fast) tick.
+                drop(reporter);
+                set_fast_tick(worker, true);
+            }
+        }
         Err(_) => worker.unrecorded.set(worker.unrecorded.get() + 1),
     };
 }
@@ -441,11 +510,10 @@ impl Root {
         let now = abi::now_ms().unwrap_or(0);
         let worker_name = format!("{now}-{}", self.context_id);
         let report = config.report;
-        let tick = if report {
-            u32::try_from(config.flush_interval_ms).unwrap_or(u32::MAX)
-        } else {
-            IDLE_TICK_MS
-        };
+        let flush_ms = u32::try_from(config.flush_interval_ms).unwrap_or(u32::MAX);
+        // A reporting root starts fast (its stream, the first edges) and idles once
+        // there is nothing to do (`on_tick`).
+        let tick = if report { flush_ms } else { IDLE_TICK_MS };
         let router = Router::new(&config);
         let reporter = Reporter::new(config, gateway_id, worker_name);
         abi::set_tick_period_ms(tick).map_err(|e| format!("set_tick_period: {e:?}"))?;
@@ -458,10 +526,13 @@ impl Root {
             router: RefCell::new(router),
             now_ms: Cell::new(now),
             unrecorded: Cell::new(0),
+            fast_tick: Cell::new(report),
+            flush_ms,
         });
         self.worker = Some(worker.clone());
         self.last_tick_ms = now;
-        self.tick_period_ms = tick;
+        // The longest period the tick can have (dead-root detection).
+        self.tick_period_ms = tick.max(IDLE_TICK_MS);
         Ok(worker)
     }
 
@@ -527,6 +598,8 @@ impl Root {
             self.pump(&mut reporter, now);
             if let Ok(router) = worker.router.try_borrow() {
                 self.export_metrics(&reporter, &router);
+                let fast = reporter.needs_tick() || router.paused_len() > 0;
+                set_fast_tick(&worker, fast);
             };
         }
         Some((worker, due))
@@ -575,6 +648,8 @@ impl Root {
             Ok(mut reporter) => reporter.stream_closed(now, None),
             Err(_) => self.close_missed = true,
         };
+        // Reopen (after the backoff) and resync on the flush tick.
+        set_fast_tick(&worker, true);
     }
 
     /// Closes the stream from our side (timeout, recycle, failed send).

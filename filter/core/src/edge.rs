@@ -42,7 +42,7 @@ pub enum Skip {
 const MAX_HOST_LEN: usize = 253;
 /// Longest principal we keep (SPIFFE IDs are at most 2048 bytes; Istio's are short; the
 /// controller accepts names up to [`MAX_NAME_BYTES`]).
-const MAX_PRINCIPAL_LEN: usize = 512;
+pub(crate) const MAX_PRINCIPAL_LEN: usize = 512;
 const _: () = assert!(MAX_PRINCIPAL_LEN <= MAX_NAME_BYTES && MAX_HOST_LEN <= MAX_NAME_BYTES);
 
 impl<'a> RequestProperties<'a> {

@@ -9,6 +9,7 @@
 //! - [`table`]: the bounded LRU dedup table.
 //! - [`grpc_service`]: the gRPC service Envoy opens the edge stream on (cluster, authority).
 //! - [`flows`]: what the shell remembers of a request between its callbacks (bounded).
+//! - [`connections`]: each downstream connection's source and peer identity, read once.
 //! - [`reporter`]: batching, dictionary encoding, acks, re-sends, resync, backoff.
 #![forbid(unsafe_code)]
 #![cfg_attr(
@@ -18,6 +19,7 @@
 
 pub mod authority;
 pub mod config;
+pub mod connections;
 pub mod edge;
 pub mod flows;
 pub mod grpc_service;
@@ -29,6 +31,7 @@ pub mod table;
 mod reporter_tests;
 
 pub use config::{Config, ConfigError};
+pub use connections::{Connections, Peer};
 pub use edge::{edge_cluster, RequestProperties};
 pub use flows::{Flow, Flows};
 pub use reporter::{CloseReason, Counters, Reporter};

@@ -205,6 +205,23 @@ impl Reporter {
             && ((self.config.routing && self.traffic_seen) || self.has_data())
     }
 
+    /// Whether the shell's tick must run at the flush interval: edges to send, batches
+    /// waiting for their ack (the ack timeout is checked on ticks), a stream to recycle,
+    /// or a stream wanted and not open (the backoff is retried on ticks). Otherwise the
+    /// tick idles: a known edge only counts a request, and at the flush interval the tick
+    /// would enter the VM 50 times a second for nothing.
+    pub fn needs_tick(&self) -> bool {
+        if !self.config.report {
+            return false;
+        }
+        match &self.stream {
+            Some(stream) => {
+                self.has_data() || !stream.inflight.is_empty() || stream.dictionary_full
+            }
+            None => self.has_data() || (self.config.routing && self.traffic_seen),
+        }
+    }
+
     /// The worker handled a request (from the request-headers callback, before any edge).
     pub fn traffic_seen(&mut self) {
         self.traffic_seen = true;

@@ -449,3 +449,41 @@ fn bytes_per_edge_on_the_wire() {
     assert!(per_edge <= 16.0, "{per_edge} bytes per edge");
     println!("bytes per edge (first report, 1000 edges, names included): {per_edge:.2}");
 }
+
+#[test]
+fn the_tick_is_needed_only_while_there_is_something_to_send_or_wait_for() {
+    let mut r = mk_reporter(mk_config());
+    let mut rx = Receiver::default();
+    assert!(!r.needs_tick(), "an idle worker");
+    request(&mut r, "10.0.0.1", "a", &cluster(1), T0);
+    assert!(r.needs_tick(), "a new edge to send");
+    // Sent, not yet acked: the ack timeout is checked on ticks.
+    assert_eq!(pump(&mut r, &mut rx, T0, false), 1);
+    assert!(r.needs_tick(), "a batch in flight");
+    r.on_controller_message(&Receiver::ack(1));
+    assert!(!r.needs_tick(), "everything acked");
+    // Dedup hits of a known edge need no tick until its refresh is due.
+    request(&mut r, "10.0.0.1", "a", &cluster(1), T0 + 1);
+    assert!(!r.needs_tick(), "a known edge");
+    // A closed stream: the table is re-sent on the next one.
+    r.stream_closed(T0 + 2, None);
+    assert!(r.needs_tick(), "a resync to send");
+
+    // With first-call routing, a worker that served traffic wants its stream (the
+    // namespace table) back: ticks retry it.
+    let mut routing = mk_reporter(Config {
+        routing: true,
+        ..mk_config()
+    });
+    assert!(!routing.needs_tick());
+    routing.traffic_seen();
+    assert!(routing.needs_tick(), "a stream to open");
+    let _hello = routing.stream_opened();
+    assert!(!routing.needs_tick(), "stream open, nothing to send");
+
+    let silent = mk_reporter(Config {
+        report: false,
+        ..mk_config()
+    });
+    assert!(!silent.needs_tick());
+}

@@ -243,6 +243,11 @@ impl Router {
         self.enabled
     }
 
+    /// Whether a namespace table arrived (until then a request may be paused).
+    pub fn has_table(&self) -> bool {
+        self.table.is_some()
+    }
+
     pub fn counters(&self) -> &RoutingCounters {
         &self.counters
     }
@@ -267,6 +272,15 @@ impl Router {
             Authority::Other => self.table.as_ref().is_none_or(Table::refuses_unknown_hosts),
             Authority::Bare { .. } | Authority::Svc { .. } => false,
         }
+    }
+
+    /// Whether deciding on this request needs its caller (identity and source address):
+    /// only a short name (rewritten into the caller's namespace) and a host that took the
+    /// catch-all route (the caller's outbound policy) do. Every other request is decided
+    /// without them, so the shell skips two property reads on the hot path (an FQDN, the
+    /// common case from sidecars).
+    pub fn needs_caller(&self, authority: &[u8], external: bool) -> bool {
+        self.enabled && (external || matches!(Authority::parse(authority), Authority::Bare { .. }))
     }
 
     /// Requests paused now.

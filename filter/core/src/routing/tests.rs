@@ -422,6 +422,73 @@ fn which_requests_need_the_route() {
 }
 
 #[test]
+fn requests_that_need_no_caller_are_decided_the_same_without_it() {
+    fn registry_mesh() -> Router {
+        let mut r = mk_router();
+        r.apply_table(mk_table(REGISTRY, &[("ns-a", ALLOW, &["127.0.0.2"])]));
+        r
+    }
+    let authorities = [
+        "reviews",
+        "reviews:9080",
+        "Reviews",
+        "reviews.ns-a",
+        "reviews.ns-b:9080",
+        "reviews.ns-a.svc",
+        "reviews.ns-a.svc:9080",
+        "reviews.ns-a.svc.cluster.local",
+        "svc-0.bench.svc.cluster.local:9080",
+        "api.example.com",
+        "example.com",
+        "10.0.0.1",
+        "",
+    ];
+    let callers = [
+        (Some(SPIFFE_A), Some("127.0.0.2:1")),
+        (None, Some("127.0.0.3:1")),
+        (None, Some("[fd00::3]:1")),
+        (Some("spiffe://cluster.local/ns/ns-b/sa/x"), None),
+    ];
+    let mut needed = Vec::new();
+    type NamedRouter = (&'static str, fn() -> Router);
+    let routers: [NamedRouter; 3] = [
+        ("no table", mk_router),
+        ("ready", mk_ready_router),
+        ("registry mesh", registry_mesh),
+    ];
+    for (name, router) in routers {
+        for authority in authorities {
+            for external in [false, true] {
+                if router().needs_caller(authority.as_bytes(), external) {
+                    needed.push((name, authority, external));
+                    continue;
+                }
+                let anonymous = mk_request(authority, external, None, None);
+                let want = router().on_request(1, &anonymous, T0);
+                for (principal, source) in callers {
+                    let request = mk_request(authority, external, principal, source);
+                    assert_eq!(
+                        router().on_request(1, &request, T0),
+                        want,
+                        "{name}: {authority} external {external} from {principal:?} {source:?}"
+                    );
+                }
+            }
+        }
+    }
+    // Short names and external hosts need the caller; FQDNs and pairs routed as sent do not.
+    assert!(needed.contains(&("ready", "reviews:9080", false)));
+    assert!(needed.contains(&("ready", "api.example.com", true)));
+    assert!(!needed.contains(&("ready", "reviews.ns-a.svc.cluster.local", false)));
+    assert!(!needed.contains(&("ready", "reviews.ns-a", false)));
+    let off = Router::new(&Config {
+        routing: false,
+        ..Config::default()
+    });
+    assert!(!off.needs_caller(b"reviews", true));
+}
+
+#[test]
 fn tables_replace_and_bad_ones_are_counted() {
     let mut r = mk_ready_router();
     r.apply_table(mk_table(
