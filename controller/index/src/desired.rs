@@ -240,9 +240,15 @@ pub fn catch_all_filter(
         .labels
         .insert(LABEL_COMPONENT.to_string(), COMPONENT_CATCH_ALL.to_string());
     let (key, value) = crate::istio::ENVOY_FILTER_ANALYZE_SUPPRESS;
-    metadata
-        .annotations
-        .insert(key.to_string(), value.to_string());
+    // IST0151 flags a REMOVE in an EnvoyFilter without a priority: order would matter if
+    // another filter patched relative to what it removes; nobody anchors on Istio's
+    // per-host virtual hosts, and the removal lasts only the route delay.
+    let value = if held_routes.is_empty() {
+        value.to_string()
+    } else {
+        format!("{value},{}", crate::istio::ANALYZE_RELATIVE_PATCH)
+    };
+    metadata.annotations.insert(key.to_string(), value);
     if let Some(workload) = sidecar.metadata.annotations.get(ANNOTATION_WORKLOAD) {
         metadata
             .annotations

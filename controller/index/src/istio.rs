@@ -35,6 +35,9 @@ pub const ENVOY_FILTER: &str = "EnvoyFilter";
 /// real istiod and Envoy in the tests, so each carries this annotation.
 pub const ENVOY_FILTER_ANALYZE_SUPPRESS: (&str, &str) =
     ("galley.istio.io/analyze-suppress", "IST0133");
+/// `istioctl analyze`'s IST0151: an EnvoyFilter with no priority and a relative patch
+/// operation (REMOVE counts), which a catch-all filter has while it holds routes back.
+pub const ANALYZE_RELATIVE_PATCH: &str = "IST0151";
 
 /// An Istio custom resource: `apiVersion`, `kind`, `metadata`, `spec`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

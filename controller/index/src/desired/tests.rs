@@ -1124,6 +1124,13 @@ fn a_new_deps_routes_wait_until_its_clusters_are_active() {
             "ratings.shop.svc.cluster.local:9080",
         ])
     );
+    // `istioctl analyze` flags a REMOVE without a priority (IST0151): suppressed while held.
+    let key = ("shop".to_string(), sidecar_name(&productpage()));
+    let annotations = &learning.catch_alls[&key].metadata.annotations;
+    assert_eq!(
+        annotations["galley.istio.io/analyze-suppress"],
+        "IST0133,IST0151"
+    );
     // Still held a second later; released at the delay, when the workload changes again.
     assert!(index.tick(t + 1).is_empty());
     assert_eq!(
@@ -1139,7 +1146,6 @@ fn a_new_deps_routes_wait_until_its_clusters_are_active() {
     assert!(removed_vhosts(&direct, &productpage()).is_empty());
     assert_eq!(egress_of(&direct, &productpage()), egress);
     // Once released, the filter is the one a workload without new deps has.
-    let key = ("shop".to_string(), sidecar_name(&productpage()));
     assert_eq!(
         direct.catch_alls[&key],
         desired(&Index::test(), &config).catch_alls[&key]

@@ -260,7 +260,7 @@ impl Index {
             }
             None => {
                 deps.deps.insert(dep.clone(), seen);
-                self.hold_routes(id, &dep);
+                self.hold_routes(id, &dep, false);
                 self.counters.deps_added = self.counters.deps_added.saturating_add(1);
                 if let Some(ttl) = ttl {
                     self.next_expiry = self.next_expiry.min(expiry_at(seen, ttl));
@@ -316,14 +316,28 @@ impl Index {
         };
         let mut next = u64::MAX;
         let mut expired_for = Vec::new();
+        // Break after make: with a route delay, an expired dep first loses its routes
+        // (its calls take the gateway, which re-learns it if it is still used) and leaves
+        // the Sidecar when the hold ends (`release_routes`).
+        let delay = !self.config.route_delay.is_zero();
+        let mut leaving = Vec::new();
         for (id, wd) in self.deps.iter_mut() {
             let before = wd.deps.len();
-            wd.deps.retain(|_, seen| {
+            let holds = self.route_holds.get(id);
+            wd.deps.retain(|dep, seen| {
                 let at = expiry_at(*seen, ttl);
                 if at > now {
                     next = next.min(at);
+                    return true;
                 }
-                at > now
+                if !delay {
+                    return false;
+                }
+                let already = holds.is_some_and(|h| h.iter().any(|h| h.leaving && h.dep == *dep));
+                if !already {
+                    leaving.push((id.clone(), dep.clone()));
+                }
+                true
             });
             let expired = before.saturating_sub(wd.deps.len());
             if expired > 0 {
@@ -337,6 +351,10 @@ impl Index {
         self.deps.retain(|_, wd| !wd.deps.is_empty() || wd.over_cap);
         // A sweep visits every dep: at most one per 1% of the TTL.
         self.next_expiry = next.max(now.saturating_add((ttl / 100).max(1)));
+        for (id, dep) in leaving {
+            self.hold_routes(&id, &dep, true);
+            expired_for.push(id);
+        }
         for id in expired_for {
             if self.is_enabled(&id) {
                 changed.insert(id);

@@ -146,6 +146,17 @@ pub(crate) struct WorkloadDeps {
     pub over_cap: bool,
 }
 
+/// A dep whose routes stay out of its workload's sidecar until `until` (unix s), while
+/// its Sidecar lists it: a new dep until its clusters are active (make before break); an
+/// expired one (`leaving`) until its calls take the gateway again, then it leaves the
+/// Sidecar, unless the gateway saw it meanwhile (break only what is unused).
+#[derive(Debug)]
+pub(crate) struct RouteHold {
+    pub dep: Arc<str>,
+    pub until: u64,
+    pub leaving: bool,
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct NsState {
     pub object: Option<Namespace>,
@@ -177,9 +188,9 @@ pub struct Index {
     counters: Counters,
     /// Earliest moment a dep can expire (`u64::MAX`: none).
     next_expiry: u64,
-    /// New deps whose routes are still held back, by workload: (dep, until unix s).
-    /// Only deps learned in the last [`IndexConfig::route_delay`].
-    route_holds: HashMap<WorkloadId, Vec<(Arc<str>, u64)>>,
+    /// Deps whose routes are held back, by workload: new ones learned in the last
+    /// [`IndexConfig::route_delay`], expired ones on their way out.
+    route_holds: HashMap<WorkloadId, Vec<RouteHold>>,
     /// Earliest end of a route hold (`u64::MAX`: none).
     next_route_release: u64,
     next_prune: u64,
@@ -440,7 +451,7 @@ impl Index {
             return Vec::new();
         };
         let mut names = BTreeSet::new();
-        for (dep, _) in holds.iter().filter(|(dep, _)| hold(dep)) {
+        for dep in holds.iter().map(|h| &h.dep).filter(|dep| hold(dep)) {
             for def in self.hosts.defs(dep).into_iter().flatten() {
                 let ports: Vec<u16> = match def.kind {
                     DefKind::Service => self
@@ -464,8 +475,9 @@ impl Index {
         names.into_iter().take(MAX_HELD_ROUTES).collect()
     }
 
-    /// Starts holding back the routes of `dep`, just learned by `workload`.
-    fn hold_routes(&mut self, workload: &WorkloadId, dep: &Arc<str>) {
+    /// Starts holding back the routes of `dep` of `workload`: just learned, or
+    /// `leaving` (expired).
+    pub(super) fn hold_routes(&mut self, workload: &WorkloadId, dep: &Arc<str>, leaving: bool) {
         let delay = self.config.route_delay.as_secs();
         if delay == 0 {
             return;
@@ -474,34 +486,55 @@ impl Index {
         self.route_holds
             .entry(workload.clone())
             .or_default()
-            .push((dep.clone(), until));
+            .push(RouteHold {
+                dep: dep.clone(),
+                until,
+                leaving,
+            });
         self.next_route_release = self.next_route_release.min(until);
     }
 
-    /// Ends the route holds due by `now`; their workloads' catch-all filters change.
+    /// Ends the route holds due by `now`; their workloads' catch-all filters change. A
+    /// leaving dep the gateway has not seen again since it expired leaves the Sidecar.
     fn release_routes(&mut self, now: u64, changed: &mut BTreeSet<WorkloadId>) {
         if now < self.next_route_release {
             return;
         }
         let mut next = u64::MAX;
-        let mut released = Vec::new();
+        let mut ended = Vec::new();
         self.route_holds.retain(|id, holds| {
-            let before = holds.len();
-            holds.retain(|(_, until)| *until > now);
-            if holds.len() < before {
-                released.push(id.clone());
-            }
-            if let Some(until) = holds.iter().map(|(_, until)| *until).min() {
+            let (done, kept): (Vec<RouteHold>, Vec<RouteHold>) = std::mem::take(holds)
+                .into_iter()
+                .partition(|h| h.until <= now);
+            *holds = kept;
+            ended.extend(done.into_iter().map(|h| (id.clone(), h)));
+            if let Some(until) = holds.iter().map(|h| h.until).min() {
                 next = next.min(until);
             }
             !holds.is_empty()
         });
         self.next_route_release = next;
-        for id in released {
+        let ttl = self.config.ttl.map(|t| t.as_secs());
+        for (id, hold) in ended {
+            if hold.leaving {
+                if let (Some(wd), Some(ttl)) = (self.deps.get_mut(&id), ttl) {
+                    let still_expired = wd
+                        .deps
+                        .get(&hold.dep)
+                        .is_some_and(|seen| edges::expiry_at(*seen, ttl) <= now);
+                    if still_expired {
+                        wd.deps.remove(&hold.dep);
+                        self.counters.deps_expired = self.counters.deps_expired.saturating_add(1);
+                        // Re-learned through the gateway; the cap frees up again.
+                        wd.over_cap = false;
+                    }
+                }
+            }
             if self.is_enabled(&id) {
                 changed.insert(id);
             }
         }
+        self.deps.retain(|_, wd| !wd.deps.is_empty() || wd.over_cap);
     }
 
     /// Every workload with learned deps.

@@ -595,6 +595,60 @@ fn shop_with_ratings(config: IndexConfig) -> Index {
     index
 }
 
+/// (event, last seen, now, changed, stored last seen, held virtual hosts)
+type HoldStep = (
+    &'static str,
+    u64,
+    u64,
+    BTreeSet<WorkloadId>,
+    Option<u64>,
+    usize,
+);
+
+#[test]
+fn with_a_route_delay_routes_come_after_clusters_and_go_before_them() {
+    let mut index = shop_with_ratings(IndexConfig {
+        ttl: Some(Duration::from_secs(100)),
+        route_delay: Duration::from_secs(2),
+        ..IndexConfig::default()
+    });
+    let edge = |t| mk_edge("10.0.0.10", Some("ratings"), &mk_outbound(9080, RATINGS), t);
+    let pp = || set(&[&productpage()]);
+    let none = BTreeSet::new;
+    let steps: [HoldStep; 10] = [
+        // Learned: in the Sidecar at once, its routes held 2 s.
+        ("edge", 1000, 1000, pp(), Some(1000), 1),
+        ("tick", 0, 1001, none(), Some(1000), 1),
+        ("tick", 0, 1002, pp(), Some(1000), 0),
+        // Expired: its routes go first (calls back to the gateway), the dep stays 2 s.
+        ("tick", 0, 1101, pp(), Some(1000), 1),
+        ("tick", 0, 1102, none(), Some(1000), 1),
+        // Not seen again: it leaves.
+        ("tick", 0, 1103, pp(), None, 0),
+        // Re-learned, then expired again; this time the gateway sees it while its routes
+        // are held: it stays, and its routes come back when the hold ends.
+        ("edge", 1103, 1103, pp(), Some(1103), 1),
+        ("tick", 0, 1205, pp(), Some(1103), 1),
+        ("edge", 1206, 1206, pp(), Some(1206), 1),
+        ("tick", 0, 1207, pp(), Some(1206), 0),
+    ];
+    for (event, t, now, want_changed, want_seen, want_held) in steps {
+        let changed = match event {
+            "edge" => index.record_edges([edge(t)], now),
+            _ => index.tick(now),
+        };
+        assert_eq!(changed, want_changed, "{event} {t} at {now}");
+        let seen = index.deps(&productpage()).get(RATINGS).copied();
+        assert_eq!(seen, want_seen, "{event} {t} at {now}");
+        let held = index.held_route_names(&productpage(), |_| true);
+        assert_eq!(held.len(), want_held, "{event} {t} at {now}: {held:?}");
+        if want_held > 0 {
+            assert_eq!(held, [format!("{RATINGS}:9080")]);
+        }
+    }
+    assert_eq!(index.counters().deps_expired, 1);
+}
+
 #[test]
 fn ttl_expires_deps_and_last_seen_moves_coarsely() {
     let mut index = shop_with_ratings(IndexConfig {
