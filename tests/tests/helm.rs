@@ -21,7 +21,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use lazyxds_e2e::cluster::lazyxds::{render, scheduled_pods, send_edges_from, NAMESPACE};
+use lazyxds_e2e::cluster::lazyxds::{
+    leader_pod, render, scheduled_pods, send_edges_from, NAMESPACE,
+};
 use lazyxds_e2e::cluster::node::{self, Node};
 use lazyxds_e2e::cluster::{self, Cluster, ClusterOptions};
 use lazyxds_e2e::paths::workspace_root;
@@ -200,22 +202,7 @@ async fn helm_installs_the_chart_and_its_pre_delete_hook_leaves_nothing_of_ours_
         Duration::from_secs(60),
         || format!("no controller leads; node errors {:?}", node.errors()),
         || {
-            let pod = c
-                .kubectl(
-                    &[
-                        "get",
-                        "pods",
-                        "-n",
-                        NAMESPACE,
-                        "-l",
-                        "lazyxds.io/leader=true",
-                        "-o",
-                        "name",
-                    ],
-                    None,
-                )
-                .ok()?;
-            let name = pod.lines().next()?.trim_start_matches("pod/").to_string();
+            let name = leader_pod(c).ok()??;
             controllers.iter().find(|p| p.name == name).map(|p| p.ip)
         },
     )

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lazyxds_e2e::cluster::inject::Injector;
-use lazyxds_e2e::cluster::lazyxds::{self, parse_yaml_stream, Installed, NAMESPACE};
+use lazyxds_e2e::cluster::lazyxds::{self, leader_pod, Installed, NAMESPACE};
 use lazyxds_e2e::cluster::node::{self, ClusterDns, Node, PodInfo};
 use lazyxds_e2e::cluster::{Cluster, ClusterOptions};
 use serde_json::{json, Value};
@@ -283,23 +283,7 @@ fn deps(c: &Cluster, ns: &str, workload: &str) -> Option<Vec<String>> {
 
 /// The controller pod that leads now (it labels itself `lazyxds.io/leader=true`), if any.
 fn current_leader(c: &Cluster) -> Option<String> {
-    let out = c
-        .kubectl(
-            &[
-                "get",
-                "pods",
-                "-n",
-                NAMESPACE,
-                "-l",
-                "lazyxds.io/leader=true",
-                "-o",
-                "name",
-            ],
-            None,
-        )
-        .ok()?;
-    let name = out.lines().next()?;
-    Some(name.trim_start_matches("pod/").to_string())
+    leader_pod(c).ok().flatten()
 }
 
 /// Waits for a leader other than `not` (none: any).
@@ -504,21 +488,10 @@ async fn an_opted_in_workloads_requests_never_fail_through_learning_and_go_direc
     // The install, its Deployments injected (the gateway with Istio's gateway template, the
     // controller with the sidecar one), all run on the node: the gateway reaches the
     // leader through the `lazyxds` Service, over mTLS, into the controller's sidecar.
-    tokio::task::spawn_blocking(move || {
-        Installed::shared_with(c, |manifest| {
-            let mut objects = parse_yaml_stream(manifest)?;
-            for o in objects.iter_mut() {
-                if o["kind"] == "Deployment" {
-                    let injected = injector.inject(&serde_norway::to_string(o)?)?;
-                    *o = parse_yaml_stream(&injected)?.remove(0);
-                }
-            }
-            Ok(json!({"apiVersion": "v1", "kind": "List", "items": objects}).to_string())
-        })
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    tokio::task::spawn_blocking(move || Installed::shared_injected(c, injector))
+        .await
+        .unwrap()
+        .unwrap();
     // Two controller replicas and the gateway.
     node.wait_ready(NAMESPACE, "lazyxds-", 3, Duration::from_secs(180))
         .await

@@ -69,6 +69,24 @@ impl Installed {
     /// Installs once, applying `rewrite(manifest)` instead of the manifest (the mini-mesh
     /// applies it through `istioctl kube-inject`, as the injection webhook would change its
     /// pods); `manifest` and `objects` stay the rendered install.
+    /// [`Installed::shared_with`] with the install's Deployments injected by `injector`
+    /// (the mini-mesh: the gateway and the controller run on the node with their proxies).
+    pub fn shared_injected(
+        cluster: &Cluster,
+        injector: &super::inject::Injector,
+    ) -> Result<&'static Installed> {
+        Installed::shared_with(cluster, |manifest| {
+            let mut objects = parse_yaml_stream(manifest)?;
+            for o in objects.iter_mut() {
+                if o["kind"] == "Deployment" {
+                    let injected = injector.inject(&serde_norway::to_string(o)?)?;
+                    *o = parse_yaml_stream(&injected)?.remove(0);
+                }
+            }
+            Ok(json!({"apiVersion": "v1", "kind": "List", "items": objects}).to_string())
+        })
+    }
+
     pub fn shared_with(
         cluster: &Cluster,
         rewrite: impl FnOnce(&str) -> Result<String>,
@@ -519,4 +537,25 @@ async fn send_edges_with(
             None => bail!("the controller closed the stream without an ack"),
         }
     }
+}
+
+/// The controller pod that leads now (it labels itself `lazyxds.io/leader=true`), if any.
+pub fn leader_pod(c: &Cluster) -> Result<Option<String>> {
+    let out = c.kubectl(
+        &[
+            "get",
+            "pods",
+            "-n",
+            NAMESPACE,
+            "-l",
+            "lazyxds.io/leader=true",
+            "-o",
+            "name",
+        ],
+        None,
+    )?;
+    Ok(out
+        .lines()
+        .next()
+        .map(|name| name.trim_start_matches("pod/").to_string()))
 }

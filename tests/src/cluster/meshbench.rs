@@ -15,7 +15,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 
 use super::inject::Injector;
-use super::lazyxds::{parse_yaml_stream, Installed, NAMESPACE};
+use super::lazyxds::{leader_pod, Installed, NAMESPACE};
 use super::node::{self, Node, PodInfo, APP_UID, BRIDGE_IP};
 use super::{http_get_plain, Cluster, ClusterOptions, CLUSTER_DOMAIN};
 use crate::client::{BACKEND_HEADER, REQUEST_XFCC_HEADER};
@@ -62,17 +62,7 @@ impl MiniMesh {
         ]);
         let node = tokio::task::spawn_blocking(move || Node::start(cluster, images)).await??;
         tokio::task::spawn_blocking(move || {
-            Installed::shared_with(cluster, |manifest| {
-                let mut objects = parse_yaml_stream(manifest)?;
-                for o in objects.iter_mut() {
-                    if o["kind"] == "Deployment" {
-                        let injected = injector.inject(&serde_norway::to_string(o)?)?;
-                        *o = parse_yaml_stream(&injected)?.remove(0);
-                    }
-                }
-                Ok(json!({"apiVersion": "v1", "kind": "List", "items": objects}).to_string())
-            })
-            .map(|_| ())
+            Installed::shared_injected(cluster, injector).map(|_| ())
         })
         .await??;
         // Two controller replicas and the gateway.
@@ -105,21 +95,8 @@ impl MiniMesh {
 pub async fn wait_leader(c: &Cluster) -> Result<String> {
     let t = Instant::now();
     loop {
-        let out = c.kubectl(
-            &[
-                "get",
-                "pods",
-                "-n",
-                NAMESPACE,
-                "-l",
-                "lazyxds.io/leader=true",
-                "-o",
-                "name",
-            ],
-            None,
-        )?;
-        if let Some(name) = out.lines().next() {
-            return Ok(name.trim_start_matches("pod/").to_string());
+        if let Some(name) = leader_pod(c)? {
+            return Ok(name);
         }
         if t.elapsed() > Duration::from_secs(90) {
             bail!("no controller leads after 90 s");
