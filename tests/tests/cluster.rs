@@ -19,7 +19,7 @@ use lazyxds_e2e::cluster::lazyxds::{
     self, send_edges, send_edges_from, ControllerPod, Installed, NAMESPACE,
 };
 use lazyxds_e2e::cluster::proxy::{IstioProxy, ProxyMode, ProxyPod};
-use lazyxds_e2e::cluster::{self, Cluster};
+use lazyxds_e2e::cluster::{self, eventually, Cluster};
 use serde_json::{json, Value};
 
 const SIDECARS: &str = "sidecars.networking.istio.io";
@@ -39,24 +39,6 @@ async fn installed(c: &'static Cluster) -> &'static Installed {
         .await
         .expect("install thread")
         .unwrap_or_else(|e| panic!("{e:#}"))
-}
-
-/// Polls `f` until it returns Some, or fails with `what()` after `timeout`.
-async fn eventually<T>(
-    timeout: Duration,
-    what: impl Fn() -> String,
-    mut f: impl FnMut() -> Option<T>,
-) -> T {
-    let t = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if t.elapsed() > timeout {
-            panic!("not after {timeout:?}: {}", what());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// A test namespace: opted in (or not), a Deployment `web` with one pod running at a fresh

@@ -25,7 +25,7 @@ use lazyxds_e2e::cluster::lazyxds::{
     leader_pod, render, scheduled_pods, send_edges_from, NAMESPACE,
 };
 use lazyxds_e2e::cluster::node::{self, Node};
-use lazyxds_e2e::cluster::{self, Cluster, ClusterOptions};
+use lazyxds_e2e::cluster::{self, eventually, Cluster, ClusterOptions};
 use lazyxds_e2e::paths::workspace_root;
 use serde_json::{json, Value};
 
@@ -48,22 +48,6 @@ async fn cluster() -> &'static Cluster {
     .await
     .expect("cluster thread")
     .unwrap_or_else(|e| panic!("{e:#}"))
-}
-
-/// Polls `f` until it returns Some, or fails with `what()` after `timeout`.
-async fn eventually<T>(
-    timeout: Duration,
-    what: impl Fn() -> String,
-    mut f: impl FnMut() -> Option<T>,
-) -> T {
-    let t = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(t.elapsed() < timeout, "not after {timeout:?}: {}", what());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// Every object of the kinds the controller writes that carries our label, cluster-wide.

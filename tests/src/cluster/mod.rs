@@ -754,3 +754,20 @@ pub fn http_get_plain(addr: Ipv4Addr, port: u16, path: &str) -> Result<String> {
     }
     Ok(body.to_string())
 }
+
+/// Polls `f` every 200 ms until it returns Some; panics with `what()` after `timeout` (for
+/// the test binaries).
+pub async fn eventually<T>(
+    timeout: std::time::Duration,
+    what: impl Fn() -> String,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    let t = std::time::Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(t.elapsed() <= timeout, "not after {timeout:?}: {}", what());
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
