@@ -154,6 +154,8 @@ pub fn bootstrap(p: &BootstrapParams<'_>) -> Result<String> {
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
             "stat_prefix": "gateway",
+            // As Istio's gateways: the caller is the peer, never an x-forwarded-for hop.
+            "use_remote_address": true,
             "route_config": {
                 "name": "gateway",
                 // As Istio's gateway RDS: `host:port` matches the domain `host`.
