@@ -111,18 +111,30 @@ extern "C" {
 /// The host allocates every value it returns to the module through this export; the
 /// module owns the bytes afterwards (see [`take`]). The SDK build uses the SDK's, which
 /// allocates the same layout (a `Vec<u8>` of capacity `size`).
+///
+/// Not zeroed: the host writes all `size` bytes before the module sees them, and every
+/// data-returning hostcall on the hot path comes through here. Null (which the host
+/// treats as a failed allocation) for a size no layout allows; the host never asks for 0.
 #[cfg(not(feature = "sdk"))]
 #[no_mangle]
 pub extern "C" fn proxy_on_memory_allocate(size: usize) -> *mut u8 {
-    let buffer: Box<[u8]> = vec![0u8; size].into_boxed_slice();
-    Box::into_raw(buffer).cast::<u8>()
+    match std::alloc::Layout::array::<u8>(size) {
+        // SAFETY: the layout's size is not zero.
+        Ok(layout) if size > 0 => unsafe { std::alloc::alloc(layout) },
+        _ => std::ptr::null_mut(),
+    }
 }
 
 /// Takes ownership of `size` bytes the host wrote at `data` (allocated by
-/// [`proxy_on_memory_allocate`], whose layout `Vec<u8>` with capacity `size` matches).
+/// [`proxy_on_memory_allocate`], whose layout, `size` bytes aligned to 1, is that of a
+/// `Vec<u8>` with capacity `size`).
 fn take(data: *mut u8, size: usize) -> Option<Vec<u8>> {
     if data.is_null() {
         return None;
+    }
+    if size == 0 {
+        // Nothing was allocated for an empty value.
+        return Some(Vec::new());
     }
     // SAFETY: the host returns only pointers it got from `proxy_on_memory_allocate(size)`.
     Some(unsafe { Vec::from_raw_parts(data, size, size) })

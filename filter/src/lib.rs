@@ -15,9 +15,10 @@ mod abi;
 mod sdk;
 
 use abi::{BufferType, LogLevel};
+use lazyxds_filter_core::authority::Authority;
 use lazyxds_filter_core::{
-    edge_cluster, CloseReason, Config, Connections, Decision, Flows, Peer, Reporter,
-    RequestProperties, RequestView, Router,
+    CheckedProperties, CloseReason, Config, Connections, Decision, EdgeCluster, Flows, Peer,
+    Reporter, RequestProperties, RequestView, Router,
 };
 use lazyxds_proto::v1::controller_message::Kind;
 use lazyxds_proto::{EDGE_SINK_METHOD, EDGE_SINK_SERVICE};
@@ -300,8 +301,10 @@ fn on_request_headers(context_id: u32) -> Flow {
                 set_fast_tick(&worker, true);
             }
         }
+        // Parsed once for the three questions below.
+        let form = Authority::parse(&authority);
         // The route Envoy selected for the authority as sent (read before any rewrite).
-        let needs_route = router.needs_route(&authority);
+        let needs_route = router.needs_route_for(form);
         let external = needs_route
             && abi::property(ROUTE).is_some_and(|route| Router::is_external_route(&route));
         if needs_route && !external {
@@ -311,7 +314,7 @@ fn on_request_headers(context_id: u32) -> Flow {
             return Flow::Continue;
         }
         // Only a short name or an external host is decided by its caller.
-        let (principal, source) = if router.needs_caller(&authority, external) {
+        let (principal, source) = if router.needs_caller_for(form, external) {
             (abi::property(PRINCIPAL), abi::property(SOURCE))
         } else {
             (None, None)
@@ -329,7 +332,7 @@ fn on_request_headers(context_id: u32) -> Flow {
             principal: principal.as_deref(),
             source: source.as_deref(),
         };
-        router.on_request(context_id, &request, worker.now_ms.get())
+        router.on_parsed_request(context_id, &request, form, worker.now_ms.get())
     };
     match decision {
         Decision::Wait => {
@@ -379,26 +382,27 @@ fn on_log(context_id: u32) {
         }
     }
     let cluster = abi::property(CLUSTER);
-    let is_edge = cluster.as_deref().and_then(edge_cluster).is_some();
-    if !is_edge {
+    let Some(edge_cluster) = cluster.as_deref().and_then(EdgeCluster::new) else {
         // Requests that are no edge only need the cluster to be counted.
         let props = RequestProperties {
             cluster: cluster.as_deref(),
             ..RequestProperties::default()
         };
-        observe(&worker, &props);
+        observe(&worker, |reporter, now| reporter.observe(&props, now));
         return;
-    }
+    };
     let host = authority.or_else(|| abi::property(HOST));
     let read_peer = || Peer::new(abi::property(SOURCE), abi::property(PRINCIPAL));
     let observe_from = |peer: &Peer| {
-        let props = RequestProperties {
-            cluster: cluster.as_deref(),
-            source: peer.source.as_deref(),
+        let props = CheckedProperties {
+            cluster: edge_cluster,
+            source_ip: peer.source_ip,
             host: host.as_deref(),
             principal: peer.principal.as_deref(),
         };
-        observe(&worker, &props);
+        observe(&worker, |reporter, now| {
+            reporter.observe_checked(&props, now)
+        });
     };
     // The source address and identity are the connection's: read once per connection.
     let connection = abi::property(CONNECTION_ID)
@@ -417,10 +421,10 @@ fn on_log(context_id: u32) {
 }
 
 /// Counts one request in the worker's reporter (the dedup table).
-fn observe(worker: &Worker, props: &RequestProperties<'_>) {
+fn observe(worker: &Worker, count: impl FnOnce(&mut Reporter, u64)) {
     match worker.reporter.try_borrow_mut() {
         Ok(mut reporter) => {
-            reporter.observe(props, worker.now_ms.get());
+            count(&mut reporter, worker.now_ms.get());
             if !worker.fast_tick.get() && reporter.needs_tick() {
                 // A new edge: flushed on the next (fast) tick.
                 drop(reporter);

@@ -18,30 +18,35 @@
 
 use hashbrown::HashMap;
 
-use crate::edge::MAX_PRINCIPAL_LEN;
+use crate::edge::{parse_source_ip, MAX_PRINCIPAL_LEN};
+use core::net::IpAddr;
 
 /// Connections remembered at most (both generations).
 pub const MAX_CONNECTIONS: usize = 8_192;
 /// Longest source address kept: `[` IPv6 with an embedded IPv4 `]:65535` is 53 bytes.
-/// Longer ones are no address `parse_source_ip` accepts.
+/// Longer ones are no address `parse_source_ip` accepts (and are not parsed).
 pub const MAX_SOURCE_LEN: usize = 64;
 
-/// One connection's facts, as Envoy's property values.
+/// One connection's facts: its source address as parsed once for the connection, and its
+/// peer identity as Envoy's property value.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Peer {
-    /// `source.address` (`ip:port`); `None` when Envoy has none.
-    pub source: Option<Vec<u8>>,
+    /// `source.address` (`ip:port`) as [`parse_source_ip`] reads it; `None` when Envoy has
+    /// none or it is no address.
+    pub source_ip: Option<IpAddr>,
     /// `connection.uri_san_peer_certificate`; `None` without a verified peer.
     pub principal: Option<Vec<u8>>,
 }
 
 impl Peer {
     /// A connection's facts as read, without values no edge would use (an overlong source
-    /// or principal counts as none there too), so an entry holds at most
-    /// [`MAX_SOURCE_LEN`] + [`MAX_PRINCIPAL_LEN`] bytes whatever a peer certificate says.
+    /// or principal counts as none there too), so an entry holds at most an address and
+    /// [`MAX_PRINCIPAL_LEN`] bytes whatever a peer certificate says.
     pub fn new(source: Option<Vec<u8>>, principal: Option<Vec<u8>>) -> Peer {
         Peer {
-            source: source.filter(|s| s.len() <= MAX_SOURCE_LEN),
+            source_ip: source
+                .filter(|s| s.len() <= MAX_SOURCE_LEN)
+                .and_then(|s| parse_source_ip(&s)),
             principal: principal.filter(|p| p.len() <= MAX_PRINCIPAL_LEN),
         }
     }
@@ -102,10 +107,7 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn peer(source: &str) -> Peer {
-        Peer {
-            source: Some(source.as_bytes().to_vec()),
-            principal: None,
-        }
+        Peer::new(Some(source.as_bytes().to_vec()), None)
     }
 
     #[test]
@@ -124,7 +126,7 @@ mod tests {
 
     #[test]
     fn overlong_facts_are_not_kept_and_count_as_none_for_the_edge() {
-        use crate::edge::RequestProperties;
+        use crate::edge::{CheckedProperties, EdgeCluster, RequestProperties};
         let longest_source = "[ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255]:65535";
         assert!(crate::edge::parse_source_ip(longest_source.as_bytes()).is_some());
         let cases: &[(&[u8], &[u8], bool, bool)] = &[
@@ -142,22 +144,28 @@ mod tests {
         ];
         for (source, principal, source_kept, principal_kept) in cases {
             let peer = Peer::new(Some(source.to_vec()), Some(principal.to_vec()));
-            assert_eq!(peer.source.is_some(), *source_kept, "{source:?}");
+            assert_eq!(peer.source_ip.is_some(), *source_kept, "{source:?}");
             assert_eq!(peer.principal.is_some(), *principal_kept, "{principal:?}");
             // The edge is the same as from the values read.
-            let edge_of = |source: Option<&[u8]>, principal: Option<&[u8]>| {
-                let props = RequestProperties {
-                    cluster: Some(b"outbound|80||a.b.svc.cluster.local"),
-                    source,
-                    host: Some(b"a.b"),
-                    principal,
-                };
-                let mut buf = String::new();
-                format!("{:?}", props.edge(&mut buf))
+            const CLUSTER: &[u8] = b"outbound|80||a.b.svc.cluster.local";
+            let mut buf = String::new();
+            let from_peer = CheckedProperties {
+                cluster: EdgeCluster::new(CLUSTER).unwrap(),
+                source_ip: peer.source_ip,
+                host: Some(b"a.b"),
+                principal: peer.principal.as_deref(),
+            };
+            let from_peer = format!("{:?}", from_peer.edge(&mut buf));
+            let mut buf = String::new();
+            let raw = RequestProperties {
+                cluster: Some(CLUSTER),
+                source: Some(source),
+                host: Some(b"a.b"),
+                principal: Some(principal),
             };
             assert_eq!(
-                edge_of(peer.source.as_deref(), peer.principal.as_deref()),
-                edge_of(Some(source), Some(principal)),
+                from_peer,
+                format!("{:?}", raw.edge(&mut buf)),
                 "{source:?} {principal:?}"
             );
         }

@@ -52,11 +52,50 @@ impl<'a> RequestProperties<'a> {
     /// copy is written to `host_buf` (kept by the caller to avoid an allocation per call).
     pub fn edge(&self, host_buf: &'a mut String) -> Result<EdgeRef<'a>, Skip> {
         let cluster = self.cluster.ok_or(Skip::NoRoute)?;
-        let cluster = edge_cluster(cluster).ok_or(Skip::NotOutbound)?;
-        let source_ip = self
-            .source
-            .and_then(parse_source_ip)
-            .ok_or(Skip::BadSource)?;
+        let cluster = EdgeCluster::new(cluster).ok_or(Skip::NotOutbound)?;
+        CheckedProperties {
+            cluster,
+            source_ip: self.source.and_then(parse_source_ip),
+            host: self.host,
+            principal: self.principal,
+        }
+        .edge(host_buf)
+    }
+}
+
+/// An `outbound|port|subset|host` cluster name, checked by [`edge_cluster`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EdgeCluster<'a>(&'a str);
+
+impl<'a> EdgeCluster<'a> {
+    pub fn new(cluster: &'a [u8]) -> Option<EdgeCluster<'a>> {
+        edge_cluster(cluster).map(EdgeCluster)
+    }
+
+    pub fn as_str(&self) -> &'a str {
+        self.0
+    }
+}
+
+/// A request's values as the shell has them on the hot path: the cluster checked once per
+/// request (the shell needs to know first whether the request is an edge at all), the
+/// source address parsed once per connection ([`crate::Peer`]). Gives the same edge as
+/// [`RequestProperties::edge`] on the raw values.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckedProperties<'a> {
+    pub cluster: EdgeCluster<'a>,
+    /// `source.address` as [`parse_source_ip`] reads it.
+    pub source_ip: Option<IpAddr>,
+    /// `request.host`: the `:authority` as routed.
+    pub host: Option<&'a [u8]>,
+    /// `connection.uri_san_peer_certificate`.
+    pub principal: Option<&'a [u8]>,
+}
+
+impl<'a> CheckedProperties<'a> {
+    /// The edge, or why it is none (only [`Skip::BadSource`] is left to find out).
+    pub fn edge(&self, host_buf: &'a mut String) -> Result<EdgeRef<'a>, Skip> {
+        let source_ip = self.source_ip.ok_or(Skip::BadSource)?;
         let host = self.host.and_then(|h| normalize_host(h, host_buf));
         let principal = self
             .principal
@@ -65,7 +104,7 @@ impl<'a> RequestProperties<'a> {
         Ok(EdgeRef {
             source_ip,
             host,
-            cluster,
+            cluster: self.cluster.as_str(),
             principal,
         })
     }
@@ -156,6 +195,72 @@ mod tests {
             source: source.map(str::as_bytes),
             host: host.map(str::as_bytes),
             principal: principal.map(str::as_bytes),
+        }
+    }
+
+    #[test]
+    fn checked_properties_give_the_raw_values_edge() {
+        // The shell's hot path checks the cluster once and parses the source once per
+        // connection; the edge (or the skip) must be the one of the raw values.
+        let long_principal = "p".repeat(MAX_PRINCIPAL_LEN + 1);
+        let clusters = [
+            Some(REVIEWS),
+            Some("outbound|9080|v1|Reviews.Default.svc.cluster.local"),
+            Some("inbound|9080||"),
+            Some("PassthroughCluster"),
+            Some("outbound|x||a.b"),
+            None,
+        ];
+        let sources = [
+            Some("10.1.2.3:5000"),
+            Some("[::ffff:10.0.0.7]:99"),
+            Some("not-an-ip:80"),
+            None,
+        ];
+        let hosts = [
+            Some("Reviews.Default:9080"),
+            Some("reviews"),
+            Some(""),
+            None,
+        ];
+        let principals = [
+            Some("spiffe://cluster.local/ns/a/sa/b"),
+            Some(""),
+            Some(long_principal.as_str()),
+            None,
+        ];
+        for cluster in clusters {
+            for source in sources {
+                for host in hosts {
+                    for principal in principals {
+                        let raw = mk_props(cluster, source, host, principal);
+                        let mut buf = String::new();
+                        let want = format!("{:?}", raw.edge(&mut buf));
+                        let checked = cluster.and_then(|c| EdgeCluster::new(c.as_bytes()));
+                        let got = match checked {
+                            Some(cluster) => {
+                                let props = CheckedProperties {
+                                    cluster,
+                                    source_ip: raw.source.and_then(parse_source_ip),
+                                    host: raw.host,
+                                    principal: raw.principal,
+                                };
+                                let mut buf = String::new();
+                                format!("{:?}", props.edge(&mut buf))
+                            }
+                            None => format!(
+                                "{:?}",
+                                Err::<EdgeRef<'_>, _>(if cluster.is_none() {
+                                    Skip::NoRoute
+                                } else {
+                                    Skip::NotOutbound
+                                })
+                            ),
+                        };
+                        assert_eq!(got, want, "{cluster:?} {source:?} {host:?} {principal:?}");
+                    }
+                }
+            }
         }
     }
 

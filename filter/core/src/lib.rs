@@ -32,7 +32,7 @@ mod reporter_tests;
 
 pub use config::{Config, ConfigError};
 pub use connections::{Connections, Peer};
-pub use edge::{edge_cluster, RequestProperties};
+pub use edge::{edge_cluster, CheckedProperties, EdgeCluster, RequestProperties};
 pub use flows::{Flow, Flows};
 pub use reporter::{CloseReason, Counters, Reporter};
 pub use routing::{Decision, RequestView, Router, RoutingCounters};

@@ -3,7 +3,7 @@
 //! properties and stream events, and sends the bytes it returns.
 
 use crate::config::Config;
-use crate::edge::{RequestProperties, Skip};
+use crate::edge::{CheckedProperties, EdgeRef, RequestProperties, Skip};
 use crate::table::{BatchRecord, EdgeTable, Observed};
 use core::net::IpAddr;
 use hashbrown::HashMap;
@@ -164,7 +164,7 @@ impl Reporter {
         self.stream.is_some()
     }
 
-    /// Records one request (the hot path).
+    /// Records one request.
     pub fn observe(&mut self, props: &RequestProperties<'_>, now_ms: u64) {
         let Reporter {
             table,
@@ -172,17 +172,19 @@ impl Reporter {
             host_buf,
             ..
         } = self;
-        counters.requests_seen += 1;
-        match props.edge(host_buf) {
-            Ok(edge) => {
-                if table.observe(&edge, now_ms) == Observed::New {
-                    counters.edges_new += 1;
-                }
-            }
-            Err(Skip::NoRoute) => counters.skipped_no_route += 1,
-            Err(Skip::NotOutbound) => counters.skipped_not_outbound += 1,
-            Err(Skip::BadSource) => counters.skipped_bad_source += 1,
-        }
+        record(table, counters, props.edge(host_buf), now_ms);
+    }
+
+    /// Records one request whose cluster and source the shell already checked (the hot
+    /// path: the same counts as [`Reporter::observe`] on the raw values).
+    pub fn observe_checked(&mut self, props: &CheckedProperties<'_>, now_ms: u64) {
+        let Reporter {
+            table,
+            counters,
+            host_buf,
+            ..
+        } = self;
+        record(table, counters, props.edge(host_buf), now_ms);
     }
 
     /// Periodic work: known edges whose refresh interval passed become pending.
@@ -391,6 +393,25 @@ impl Reporter {
         } else {
             self.back_off(now_ms);
         }
+    }
+}
+
+fn record(
+    table: &mut EdgeTable,
+    counters: &mut Counters,
+    edge: Result<EdgeRef<'_>, Skip>,
+    now_ms: u64,
+) {
+    counters.requests_seen += 1;
+    match edge {
+        Ok(edge) => {
+            if table.observe(&edge, now_ms) == Observed::New {
+                counters.edges_new += 1;
+            }
+        }
+        Err(Skip::NoRoute) => counters.skipped_no_route += 1,
+        Err(Skip::NotOutbound) => counters.skipped_not_outbound += 1,
+        Err(Skip::BadSource) => counters.skipped_bad_source += 1,
     }
 }
 

@@ -264,10 +264,15 @@ impl Router {
     /// first table: with every namespace ALLOW_ANY (Istio's default) it goes on as sent
     /// whatever its route, and the gateway saves a property read per request.
     pub fn needs_route(&self, authority: &[u8]) -> bool {
+        self.needs_route_for(Authority::parse(authority))
+    }
+
+    /// [`Router::needs_route`] for an authority the shell parsed once for the request.
+    pub fn needs_route_for(&self, form: Authority<'_>) -> bool {
         if !self.enabled {
             return false;
         }
-        match Authority::parse(authority) {
+        match form {
             Authority::Pair { .. } => true,
             Authority::Other => self.table.as_ref().is_none_or(Table::refuses_unknown_hosts),
             Authority::Bare { .. } | Authority::Svc { .. } => false,
@@ -280,7 +285,12 @@ impl Router {
     /// without them, so the shell skips two property reads on the hot path (an FQDN, the
     /// common case from sidecars).
     pub fn needs_caller(&self, authority: &[u8], external: bool) -> bool {
-        self.enabled && (external || matches!(Authority::parse(authority), Authority::Bare { .. }))
+        self.needs_caller_for(Authority::parse(authority), external)
+    }
+
+    /// [`Router::needs_caller`] for an authority parsed once.
+    pub fn needs_caller_for(&self, form: Authority<'_>, external: bool) -> bool {
+        self.enabled && (external || matches!(form, Authority::Bare { .. }))
     }
 
     /// Requests paused now.
@@ -297,10 +307,28 @@ impl Router {
         request: &RequestView<'_>,
         now_ms: u64,
     ) -> Decision {
+        self.on_parsed_request(
+            context_id,
+            request,
+            Authority::parse(request.authority),
+            now_ms,
+        )
+    }
+
+    /// [`Router::on_request`] with `form`, the request's authority as
+    /// [`Authority::parse`] reads it: the shell parses it once for the three questions
+    /// (route, caller, decision) it asks per request.
+    pub fn on_parsed_request(
+        &mut self,
+        context_id: u32,
+        request: &RequestView<'_>,
+        form: Authority<'_>,
+        now_ms: u64,
+    ) -> Decision {
         if !self.enabled {
             return Decision::Continue;
         }
-        let decision = self.decide(request);
+        let decision = self.decide_parsed(request, form);
         if decision != Decision::Wait {
             return decision;
         }
@@ -384,8 +412,11 @@ impl Router {
     }
 
     fn decide(&mut self, request: &RequestView<'_>) -> Decision {
+        self.decide_parsed(request, Authority::parse(request.authority))
+    }
+
+    fn decide_parsed(&mut self, request: &RequestView<'_>, form: Authority<'_>) -> Decision {
         let identity = request.principal.and_then(spiffe_namespace);
-        let form = Authority::parse(request.authority);
         if let Authority::Svc {
             name,
             namespace,

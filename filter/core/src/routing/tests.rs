@@ -604,3 +604,48 @@ fn a_namespace_that_is_no_label_is_never_written_into_an_authority() {
         assert_eq!(r.counters().rewrites, 0, "{bad:?}");
     }
 }
+
+#[test]
+fn one_parse_per_request_answers_as_the_byte_methods() {
+    // The shell parses the authority once and asks the `_for` methods.
+    let authorities = [
+        "reviews",
+        "reviews:9080",
+        "reviews.ns-a",
+        "reviews.ns-b.svc",
+        "reviews.ns-a.svc.cluster.local",
+        "svc-0.bench.svc.cluster.local:9080",
+        "api.example.com",
+        "10.0.0.1",
+        "",
+    ];
+    fn registry_mesh() -> Router {
+        let mut r = mk_router();
+        r.apply_table(mk_table(REGISTRY, &[("ns-a", ALLOW, &["127.0.0.2"])]));
+        r
+    }
+    let routers: [fn() -> Router; 3] = [mk_router, mk_ready_router, registry_mesh];
+    for router in routers {
+        for authority in authorities {
+            let bytes = authority.as_bytes();
+            let form = Authority::parse(bytes);
+            let r = router();
+            assert_eq!(r.needs_route_for(form), r.needs_route(bytes), "{authority}");
+            for external in [false, true] {
+                assert_eq!(
+                    r.needs_caller_for(form, external),
+                    r.needs_caller(bytes, external),
+                    "{authority}"
+                );
+                let request = mk_request(authority, external, None, Some("127.0.0.3:1"));
+                let (mut a, mut b) = (router(), router());
+                assert_eq!(
+                    a.on_parsed_request(1, &request, form, T0),
+                    b.on_request(1, &request, T0),
+                    "{authority} external {external}"
+                );
+                assert_eq!(a.paused_len(), b.paused_len(), "{authority}");
+            }
+        }
+    }
+}
