@@ -153,11 +153,14 @@ impl GatewayObjects {
 
     /// The VirtualService routing `host`, if any (parsed).
     pub fn virtual_service_for(&self, host: &str) -> Option<Value> {
-        self.virtual_services.iter().map(JsonText::value).find(|vs| {
-            vs.pointer("/spec/hosts")
-                .and_then(Value::as_array)
-                .is_some_and(|h| h.iter().any(|h| h == host))
-        })
+        self.virtual_services
+            .iter()
+            .map(JsonText::value)
+            .find(|vs| {
+                vs.pointer("/spec/hosts")
+                    .and_then(Value::as_array)
+                    .is_some_and(|h| h.iter().any(|h| h == host))
+            })
     }
 }
 

@@ -174,11 +174,7 @@ fn renders_every_object() {
             ]},
         })
     );
-    let names: Vec<&str> = objects
-        .virtual_services
-        .iter()
-        .map(|v| v.name())
-        .collect();
+    let names: Vec<&str> = objects.virtual_services.iter().map(|v| v.name()).collect();
     assert_eq!(
         names,
         [
