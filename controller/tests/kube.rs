@@ -458,6 +458,46 @@ async fn the_gateway_routes_follow_the_mesh() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_prunes_every_stale_route_of_ours_over_several_list_pages() {
+    let c = Cluster::start().await;
+    // Left by an earlier controller: more than one list page (500) of routes no host has
+    // any more, and one VirtualService that is not ours.
+    let vs = |name: &str, ours: bool| {
+        let labels = if ours {
+            json!({"app.kubernetes.io/managed-by": "lazyxds"})
+        } else {
+            json!({})
+        };
+        json!({"apiVersion": SIDECARS, "kind": "VirtualService",
+            "metadata": {"name": name, "namespace": SYSTEM, "labels": labels},
+            "spec": {"hosts": [format!("{name}.gone.svc.cluster.local")], "http": []}})
+    };
+    for i in 0..501 {
+        c.apply(vs(&format!("lazyxds-route-stale-{i}"), true));
+    }
+    c.apply(vs("theirs", false));
+    let names = || -> Vec<String> {
+        c.api
+            .list_objects(SIDECARS, "VirtualService", Some(SYSTEM))
+            .iter()
+            .filter_map(|v| v["metadata"]["name"].as_str().map(String::from))
+            .collect()
+    };
+    let ctl = c.controller(&[]);
+    eventually(
+        Duration::from_secs(30),
+        || format!("{:?}\n{}", names(), ctl.log()),
+        || {
+            let n = names();
+            let stale = n.iter().filter(|n| n.contains("-stale-")).count();
+            let routed = n.iter().any(|n| n.contains(API));
+            (stale == 0 && routed && n.contains(&"theirs".to_string())).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_truncated_relist_deletes_nothing_and_a_real_mass_removal_waits_for_fresh_lists() {
     // A truncated list is what the real API server cannot be made to return: the fake's.
     let c = Cluster::start().await;

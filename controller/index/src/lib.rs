@@ -48,7 +48,7 @@ pub use desired::{
 };
 pub use discovery::{LabelSelector, MeshConfig};
 pub use error::{Error, TopologyError};
-pub use gateway::{gateway_objects, namespace_table, GatewayObjects};
+pub use gateway::{gateway_objects, namespace_table, GatewayObjects, JsonText};
 pub use index::{Counters, Index, IndexConfig, ObservedEdge, RefusedEdge};
 pub use istio::{OutboundPolicy, Sidecar};
 pub use objects::{

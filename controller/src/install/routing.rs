@@ -31,8 +31,8 @@ pub(super) fn objects(config: &InstallConfig) -> Result<Vec<Value>, InstallError
     let unknown = gw
         .virtual_services
         .iter()
-        .find(|vs| vs["metadata"]["name"] == lazyxds_index::gateway::UNKNOWN_MESH_HOSTS)
-        .cloned()
+        .find(|vs| vs.name() == lazyxds_index::gateway::UNKNOWN_MESH_HOSTS)
+        .map(lazyxds_index::JsonText::value)
         .ok_or_else(|| InstallError::Render {
             what: "the gateway routing".into(),
             message: format!(

@@ -74,24 +74,64 @@ pub struct Rendered {
 /// VirtualService per mesh host), keeping of each its digest, and its JSON only when it
 /// is not what was last applied. Then [`sync`].
 pub fn render(objects: &GatewayObjects, state: &RoutingState) -> Vec<Rendered> {
+    let rendered = |key: Key, text: &str| {
+        let digest = digest(text);
+        let changed = state.applied.get(&key) != Some(&digest);
+        Rendered {
+            key,
+            digest,
+            text: changed.then(|| text.to_string()),
+        }
+    };
+    let placeholder = &objects.placeholder_service;
     let per_host = objects
         .virtual_services
         .iter()
-        .filter(|vs| vs["metadata"]["name"] != UNKNOWN_MESH_HOSTS);
-    std::iter::once(&objects.placeholder_service)
+        .filter(|vs| vs.name() != UNKNOWN_MESH_HOSTS)
+        .map(|vs| {
+            let key = (
+                "VirtualService".to_string(),
+                vs.namespace().to_string(),
+                vs.name().to_string(),
+            );
+            rendered(key, vs.text())
+        });
+    std::iter::once(rendered(key(placeholder), &placeholder.to_string()))
         .chain(per_host)
-        .map(|object| {
-            let key = key(object);
-            let text = object.to_string();
-            let digest = digest(&text);
-            let changed = state.applied.get(&key) != Some(&digest);
-            Rendered {
-                key,
-                digest,
-                text: changed.then_some(text),
-            }
-        })
         .collect()
+}
+
+/// Objects a page of [`list_our_names`] holds: one VirtualService per mesh host, so a
+/// restart at 20k Services would otherwise hold them all at once.
+const LIST_PAGE: u32 = 500;
+
+/// The names of our VirtualServices in `api`'s namespace: metadata only (their specs are
+/// not needed), page by page.
+async fn list_our_names(
+    api: &Api<DynamicObject>,
+    timeout: Duration,
+) -> Result<Vec<String>, String> {
+    let ours = ListParams::default()
+        .labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY_US}"))
+        .limit(LIST_PAGE);
+    let mut names = Vec::new();
+    let mut next: Option<String> = None;
+    loop {
+        let page = match &next {
+            Some(token) => ours.clone().continue_token(token),
+            None => ours.clone(),
+        };
+        let list = match tokio::time::timeout(timeout, api.list_metadata(&page)).await {
+            Ok(Ok(list)) => list,
+            Ok(Err(error)) => return Err(error.to_string()),
+            Err(_) => return Err("timed out".into()),
+        };
+        names.extend(list.items.into_iter().filter_map(|item| item.metadata.name));
+        next = list.metadata.continue_.filter(|token| !token.is_empty());
+        if next.is_none() {
+            return Ok(names);
+        }
+    }
 }
 
 /// Applies the rendered objects that changed and deletes our VirtualServices that are no
@@ -106,11 +146,9 @@ pub async fn sync(
     let vs = istio_resource("VirtualService", "virtualservices");
     if !state.listed {
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), gateway_namespace, &vs);
-        let ours = ListParams::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY_US}"));
-        match tokio::time::timeout(timeout, api.list(&ours)).await {
-            Ok(Ok(list)) => {
-                for item in list.items {
-                    let name = item.metadata.name.clone().unwrap_or_default();
+        match list_our_names(&api, timeout).await {
+            Ok(names) => {
+                for name in names {
                     // Unknown content: it will be compared unequal and re-applied once.
                     state.applied.insert(
                         ("VirtualService".into(), gateway_namespace.into(), name),
@@ -119,11 +157,10 @@ pub async fn sync(
                 }
                 state.listed = true;
             }
-            Ok(Err(error)) => {
+            Err(error) => {
                 tracing::warn!(%error, "cannot list our gateway VirtualServices");
                 return true;
             }
-            Err(_) => return true,
         }
     }
     let mut failed = false;

@@ -53,12 +53,10 @@ pub struct Change {
     pub namespace: String,
     pub name: String,
     pub action: Action,
-    /// Lines removed (`-`) and added (`+`), YAML; empty for a delete.
+    /// Lines removed (`-`) and added (`+`), YAML; empty for a delete. (The object to
+    /// apply is rendered again from the pass when it is written, [`body_of`]: a plan may
+    /// hold every Sidecar of the mesh, and the pass holds them already.)
     pub diff: Vec<String>,
-    /// The full object to apply, as compact JSON (not for deletes). Text: a plan may hold
-    /// every Sidecar of the mesh, and a parsed `Value` costs some ten times more.
-    #[serde(skip)]
-    pub body: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -262,7 +260,6 @@ fn change_to(
         name: key.1.clone(),
         action,
         diff: diff(&old, body),
-        body: Some(body.to_string()),
     }))
 }
 
@@ -273,7 +270,6 @@ fn delete(kind: Kind, (namespace, name): &(String, String)) -> Change {
         name: name.clone(),
         action: Action::Delete,
         diff: Vec::new(),
-        body: None,
     }
 }
 
@@ -558,11 +554,6 @@ impl Target for KubeTarget {
         }
         let mut ok = true;
         if self.config.dry_run {
-            // Nothing is applied: the bodies are not needed (the diffs show the changes),
-            // and the whole plan stays in memory until the next pass.
-            for c in &mut plan.changes {
-                c.body = None;
-            }
             if plan != *self.last_plan {
                 for c in &plan.changes {
                     tracing::info!(kind = ?c.kind, namespace = %c.namespace, name = %c.name, action = ?c.action,
@@ -581,12 +572,7 @@ impl Target for KubeTarget {
                 leader,
                 timeout: self.config.timeout,
             };
-            let outcome = apply(&cluster, &plan, watched, stats, gap).await;
-            // Applied (or to be planned afresh): the plan kept for /debug/plan needs only
-            // the diffs, not every object's body until the next pass.
-            for c in &mut plan.changes {
-                c.body = None;
-            }
+            let outcome = apply(&cluster, &plan, &pass.desired, watched, stats, gap).await;
             // The gateway's routes follow the mesh (not the kill switch: first calls
             // through the gateway keep working either way).
             let routes_failed = if *leader.borrow() {
@@ -818,6 +804,7 @@ impl Outcome {
 async fn apply(
     target: &Cluster<'_>,
     plan: &Plan,
+    desired: &Desired,
     watched: &Watched,
     stats: &WriterStats,
     min_gap: Duration,
@@ -843,11 +830,11 @@ async fn apply(
         );
         let timeout = target.timeout;
         let started = Instant::now();
-        // Parsed one change at a time (the plan keeps text).
-        let body: Option<Value> = change
-            .body
-            .as_deref()
-            .and_then(|b| serde_json::from_str(b).ok());
+        // Rendered one change at a time (the plan keeps none).
+        let body = match change.action {
+            Action::Delete => None,
+            Action::Create | Action::Update => body_of(desired, change.kind, &key),
+        };
         let result = match (&change.action, &body) {
             (Action::Delete, _) => {
                 match tokio::time::timeout(
@@ -921,6 +908,15 @@ async fn apply(
         }
     }
     outcome
+}
+
+/// The object `plan` planned for `key`: the pass's desired Sidecar or catch-all.
+fn body_of(desired: &Desired, kind: Kind, key: &(String, String)) -> Option<Value> {
+    let rendered = match kind {
+        Kind::Sidecar => desired.sidecars.get(key)?.to_json(),
+        Kind::EnvoyFilter => desired.catch_alls.get(key)?.to_json(),
+    };
+    rendered.ok()
 }
 
 /// The workload a Sidecar body was rendered for (`lazyxds.io/workload: Kind/name`).

@@ -174,11 +174,7 @@ fn renders_every_object() {
             ]},
         })
     );
-    let names: Vec<&str> = objects
-        .virtual_services
-        .iter()
-        .map(|v| v["metadata"]["name"].as_str().unwrap())
-        .collect();
+    let names: Vec<&str> = objects.virtual_services.iter().map(|v| v.name()).collect();
     assert_eq!(
         names,
         [
@@ -206,7 +202,7 @@ fn renders_every_object() {
     // Two ports: each by its own authority.
     assert_eq!(
         objects.virtual_service_for(ratings),
-        Some(&mk_vs(
+        Some(mk_vs(
             "lazyxds-route-ratings.shop.svc.cluster.local",
             ratings,
             json!([by_port(ratings, 9080), by_port(ratings, 9081)])
@@ -216,7 +212,7 @@ fn renders_every_object() {
     let web = "web.shop.svc.cluster.local";
     assert_eq!(
         objects.virtual_service_for(web),
-        Some(&mk_vs(
+        Some(mk_vs(
             "lazyxds-route-web.shop.svc.cluster.local",
             web,
             json!([{
@@ -232,7 +228,7 @@ fn renders_every_object() {
     // An HTTP ServiceEntry host is lazy too.
     assert_eq!(
         objects.virtual_service_for("api.partner.test"),
-        Some(&mk_vs(
+        Some(mk_vs(
             "lazyxds-route-api.partner.test",
             "api.partner.test",
             json!([{
@@ -249,7 +245,7 @@ fn renders_every_object() {
     let legacy = "legacy.shop.svc.cluster.local";
     assert_eq!(
         objects.virtual_service_for(legacy),
-        Some(&mk_vs(
+        Some(mk_vs(
             "lazyxds-route-legacy.shop.svc.cluster.local",
             legacy,
             json!([by_port(legacy, 9090)])
@@ -272,7 +268,7 @@ fn a_user_virtual_service_is_reproduced_per_port() {
     let authority = json!({"exact": "reviews.shop.svc.cluster.local:9080"});
     assert_eq!(
         objects.virtual_service_for(reviews),
-        Some(&mk_vs(
+        Some(mk_vs(
             "lazyxds-route-reviews.shop.svc.cluster.local",
             reviews,
             json!([
@@ -367,8 +363,8 @@ fn virtual_service_only_hosts_and_the_destinations_shorthand() {
     assert_eq!(
         objects
             .virtual_service_for("all-reviews.example")
-            .map(|v| &v["spec"]["http"]),
-        Some(&json!([{
+            .map(|v| v["spec"]["http"].clone()),
+        Some(json!([{
             "name": "route-0",
             "route": [{"destination": {"host": "reviews.shop.svc.cluster.local", "port": {"number": 9080}}}],
         }]))
@@ -376,8 +372,8 @@ fn virtual_service_only_hosts_and_the_destinations_shorthand() {
     assert_eq!(
         objects
             .virtual_service_for("payments.payments.svc.cluster.local")
-            .map(|v| &v["spec"]["http"]),
-        Some(&json!([{
+            .map(|v| v["spec"]["http"].clone()),
+        Some(json!([{
             "name": "route-0:9080",
             "match": [{"authority": {"exact": "payments.payments.svc.cluster.local:9080"}}],
             "route": [{"destination": {"host": "payments-v2.payments.svc.cluster.local", "port": {"number": 9080}}}],
