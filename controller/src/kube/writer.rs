@@ -862,7 +862,12 @@ async fn apply(
                     Err(_) => Err("timeout".into()),
                 }
             }
-            (_, None) => Ok(()),
+            // The pass planned it, so it has it: never expected, but counted and
+            // retried rather than logged as written.
+            (_, None) => Err(format!(
+                "no {:?} {}/{} in the pass to write",
+                change.kind, key.0, key.1
+            )),
         };
         outcome.tried = outcome.tried.saturating_add(1);
         match result {
