@@ -56,7 +56,6 @@ pub const UNKNOWN_MESH_HOST_BODY: &str =
 /// Prefix of the per-host VirtualServices.
 pub const ROUTE_PREFIX: &str = "lazyxds-route-";
 
-/// Every object the gateway needs, as Kubernetes manifests.
 /// A rendered object kept as its compact JSON text, with the key it is applied under.
 /// There is one VirtualService per mesh host: as `Value`s (a map allocation per key) they
 /// cost ~11 KB each, ~10 times their text, for the whole of every pass (bench P7).
@@ -108,6 +107,7 @@ impl PartialEq<Value> for JsonText {
     }
 }
 
+/// Every object the gateway needs, as Kubernetes manifests.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GatewayObjects {
     pub gateway: Value,
