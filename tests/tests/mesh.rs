@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lazyxds_e2e::cluster::inject::Injector;
 use lazyxds_e2e::cluster::lazyxds::{self, leader_pod, Installed, NAMESPACE};
@@ -162,12 +162,18 @@ fn expected_backends(target: &str) -> &'static [&'static str] {
     }
 }
 
-fn results(pod: &PodInfo) -> Vec<Sent> {
+/// A client's requests answered before `until_ms` (ms since the epoch). The node tears
+/// pods down one by one while clients still send: a request answered after teardown began
+/// may have met a backend already gone, which says nothing about the mesh.
+fn results(pod: &PodInfo, until_ms: u64) -> Vec<Sent> {
     let path = pod.dir.join("root/results.jsonl");
     let text = std::fs::read_to_string(&path).unwrap_or_default();
     text.lines()
         .filter_map(|l| {
             let v: Value = serde_json::from_str(l).ok()?;
+            if v["at_ms"].as_u64().is_some_and(|at| at >= until_ms) {
+                return None;
+            }
             let backend = v["backend"].as_str().map(str::to_string);
             let xfcc = v["xfcc"].as_str().unwrap_or_default();
             let url = v["url"].as_str().unwrap_or_default();
@@ -984,19 +990,23 @@ async fn an_opted_in_workloads_requests_never_fail_through_learning_and_go_direc
         node.errors()
     );
 
+    // Requests answered from here on meet the teardown, not the mesh.
+    let teardown_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(u64::MAX, |d| d.as_millis() as u64);
     node.shutdown();
 
     // No request failed, from the first through learning, the controller's loss, opting
     // out and the kill switch; the split held.
     let mut all = Vec::new();
     for pod in [&short, &by_fqdn, &weigher, &plain] {
-        all.extend(results(pod));
+        all.extend(results(pod, teardown_ms));
     }
     // REGISTRY_ONLY not loosened: in `locked`, reviews answers every call, the external
     // host none, whether the caller is scoped by lazyxds or not.
     let mut locked_figures = Vec::new();
     for pod in &locked_pods {
-        let sent = results(pod);
+        let sent = results(pod, teardown_ms);
         let (external, internal): (Vec<&Sent>, Vec<&Sent>) = sent.iter().partition(|s| s.external);
         let reached: Vec<&&Sent> = external.iter().filter(|s| s.ok).collect();
         let failed: Vec<&&Sent> = internal.iter().filter(|s| !s.ok).collect();
