@@ -232,9 +232,9 @@ pub fn write_sidecars(dir: &Path, desired: &Desired) -> Result<WriteStats, FileM
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     let mut stats = WriteStats::default();
     let mut keep = BTreeSet::new();
-    for (key, sidecar) in &desired.sidecars {
-        let meta = &sidecar.metadata;
-        let path = sidecar_file(dir, &meta.namespace, &meta.name);
+    for key in desired.sidecars.keys() {
+        let (namespace, name) = key;
+        let path = sidecar_file(dir, namespace, name);
         let text = desired
             .workload_yaml(key)
             .map_err(|e| FileModeError::Sidecar {
@@ -246,7 +246,7 @@ pub fn write_sidecars(dir: &Path, desired: &Desired) -> Result<WriteStats, FileM
             stats.unchanged += 1;
             continue;
         }
-        write_whole(&dir.join(format!(".{}.tmp", meta.name)), &path, &text)?;
+        write_whole(&dir.join(format!(".{name}.tmp")), &path, &text)?;
         stats.written += 1;
     }
     for path in read_our_sidecars(dir)?.into_keys() {

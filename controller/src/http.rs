@@ -4,8 +4,8 @@
 //!   this; its shape is [`DebugEdges`]).
 //! - `GET /debug/rejections`: rejected batches per reason.
 //! - `GET /debug/deps`: learned dependencies per workload (when the index runs).
-//! - `GET /debug/plan`: what the Kubernetes writer would change, with diffs, and its
-//!   metrics (`run --kube`; the whole plan under `--dry-run`).
+//! - `GET /debug/plan`: what the Kubernetes writer would change, and its metrics (`run
+//!   --kube`; under `--dry-run` the whole plan, with diffs).
 //! - `GET /metrics`: Prometheus text ([`crate::metrics`]).
 //! - `GET /healthz`: `ok` while the process serves.
 //! - `GET /readyz`: `ok`, or 503 with the reason this replica cannot do its job now

@@ -95,9 +95,10 @@ pub struct ScopingArgs {
     /// plain text from a pod's IP could speak for that pod.
     #[arg(long, env = "LAZYXDS_REQUIRE_PRINCIPAL")]
     pub require_principal: bool,
-    /// Make before break: for this many seconds after a dependency is learned, the
-    /// workload's catch-all EnvoyFilter keeps the dependency's routes out of its sidecar
-    /// (its calls still take the gateway) while the Sidecar already lists it, so the
+    /// Make before break: for this many seconds after the workload's Sidecar lists a new
+    /// dependency (with --kube: once the Sidecar watch shows it written; file mode: from
+    /// learning it), the workload's catch-all EnvoyFilter keeps the dependency's routes
+    /// out of its sidecar (its calls still take the gateway), so the
     /// sidecar's new clusters are active before any route uses them. istiod pushes routes
     /// without waiting for the sidecar to fetch the new clusters' endpoints; a call routed
     /// in between fails with 503 (`NC`). 0 = routes and clusters together.
@@ -586,7 +587,12 @@ impl RunArgs {
         let client = kube::Client::try_default().await.context(
             "--kube: no Kubernetes credentials (in-cluster service account, KUBECONFIG or ~/.kube/config)",
         )?;
-        let learner = Arc::new(Learner::new(Index::new(self.scoping.index_config()), edges));
+        // Our Sidecars are watched: a route hold counts from the Sidecar that lists the dep.
+        let index = Index::new(IndexConfig {
+            route_delay_from_listing: true,
+            ..self.scoping.index_config()
+        });
+        let learner = Arc::new(Learner::new(index, edges));
         let leader = if self.leader_election {
             let (ns, pod) = (&self.namespace, &self.pod_name);
             leader::elect(client.clone(), ns, pod, self.lease_duration_secs)

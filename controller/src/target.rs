@@ -8,6 +8,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use lazyxds_index::report::{always_visible_hosts, AlwaysVisibleHost};
 use lazyxds_index::{namespace_table, reconcile, Pass, RenderConfig};
 use tokio::sync::watch;
 
@@ -53,6 +54,7 @@ pub async fn run(
         () = target.ready() => {}
     }
     let mut first = true;
+    let mut always_visible = Vec::new();
     let mut retry: Option<Duration> = None;
     // A closed leadership channel never changes again (no election: always leading).
     let mut leader_open = true;
@@ -70,6 +72,12 @@ pub async fn run(
         }
         tokio::time::sleep(debounce).await;
         let mut pass = reconcile(&learner.index(), &target.render_config());
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            log_always_visible_changes(
+                &mut always_visible,
+                always_visible_hosts(&learner.index(), &target.render_config()),
+            );
+        }
         learner.publish(std::mem::take(&mut pass.namespace_table));
         let ok = target.apply(&pass).await;
         // Not kept while waiting: the whole mesh's Sidecars, rendered.
@@ -83,6 +91,25 @@ pub async fn run(
             changed = leader.changed(), if leader_open => leader_open = changed.is_ok(),
         }
     }
+}
+
+/// Which hosts became or stopped being always visible since the last pass, and why: a
+/// change rewrites every Sidecar that sees the host, which an operator will ask about.
+fn log_always_visible_changes(last: &mut Vec<AlwaysVisibleHost>, now: Vec<AlwaysVisibleHost>) {
+    let set = |hosts: &[AlwaysVisibleHost]| -> std::collections::HashSet<(String, String)> {
+        hosts
+            .iter()
+            .map(|h| (h.host.clone(), h.reason.clone()))
+            .collect()
+    };
+    let (before, after) = (set(last), set(&now));
+    for (host, reason) in before.difference(&after) {
+        tracing::debug!(%host, %reason, "no longer always visible");
+    }
+    for (host, reason) in after.difference(&before) {
+        tracing::debug!(%host, %reason, "always visible");
+    }
+    *last = now;
 }
 
 async fn sleep_or_forever(d: Option<Duration>) {

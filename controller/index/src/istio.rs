@@ -33,8 +33,13 @@ pub const ENVOY_FILTER: &str = "EnvoyFilter";
 /// `istioctl analyze` warns about every EnvoyFilter (IST0133, "exposes internal
 /// implementation details"); ours patch what no stable API offers and are checked by the
 /// real istiod and Envoy in the tests, so each carries this annotation.
-pub const ENVOY_FILTER_ANALYZE_SUPPRESS: (&str, &str) =
-    ("galley.istio.io/analyze-suppress", "IST0133");
+pub const ENVOY_FILTER_ANALYZE_SUPPRESS: (&str, &str) = (ANALYZE_SUPPRESS, "IST0133");
+/// The annotation naming the `istioctl analyze` messages an object suppresses
+/// (comma-separated codes).
+pub const ANALYZE_SUPPRESS: &str = "galley.istio.io/analyze-suppress";
+/// `istioctl analyze`'s IST0101 on a Sidecar whose workloadSelector selects no pod: what
+/// the Sidecar of a workload at zero replicas is, kept for the deps it remembers.
+pub const ANALYZE_SELECTS_NOTHING: &str = "IST0101";
 /// `istioctl analyze`'s IST0151: an EnvoyFilter with no priority and a relative patch
 /// operation (REMOVE counts), which a catch-all filter has while it holds routes back.
 pub const ANALYZE_RELATIVE_PATCH: &str = "IST0151";

@@ -851,11 +851,21 @@ impl AuthorizationPolicy {
     /// a policy with a targetRef never attaches to a sidecar, else its selector's
     /// `matchLabels` must be a subset of the workload's labels, no selector selecting all).
     pub fn applies_to(&self, root_namespace: &str, namespace: &str, labels: &Labels) -> bool {
+        self.applies_to_labelled(root_namespace, namespace, |k| labels.get(k))
+    }
+
+    /// [`Self::applies_to`], the workload's labels given by `label`.
+    pub fn applies_to_labelled<'a>(
+        &self,
+        root_namespace: &str,
+        namespace: &str,
+        label: impl Fn(&str) -> Option<&'a String>,
+    ) -> bool {
         self.applies_in(root_namespace, namespace)
             && self
                 .selector
                 .as_ref()
-                .is_none_or(|s| s.iter().all(|(k, v)| labels.get(k) == Some(v)))
+                .is_none_or(|s| s.iter().all(|(k, v)| label(k) == Some(v)))
     }
 
     /// Whether it may apply to some workload of `namespace`: not targeted, and in that

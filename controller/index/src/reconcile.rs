@@ -78,7 +78,14 @@ mod tests {
         let mut index = index();
         let config = RenderConfig::test();
         let policy = |pass: &Pass| {
-            let sidecar = pass.desired.sidecars.values().next().unwrap();
+            let sidecar: crate::Sidecar = pass
+                .desired
+                .sidecars
+                .values()
+                .next()
+                .unwrap()
+                .typed()
+                .unwrap();
             (
                 sidecar.metadata.annotations[crate::objects::ANNOTATION_OUTBOUND_POLICY].clone(),
                 pass.namespace_table.mesh_policy,

@@ -94,7 +94,7 @@ pub fn render(objects: &GatewayObjects, state: &RoutingState) -> Vec<Rendered> {
                 vs.namespace().to_string(),
                 vs.name().to_string(),
             );
-            rendered(key, vs.text())
+            rendered(key, &vs.text())
         });
     std::iter::once(rendered(key(placeholder), &placeholder.to_string()))
         .chain(per_host)

@@ -31,47 +31,91 @@ pub use lazyxds_index::objects::{KILL_SWITCH_CONFIGMAP, MESH_CONFIGMAP, MESH_CON
 /// Whether an object with these labels is ours to write (`is_ours`, `is_our_catch_all`).
 pub type IsOurs = fn(&BTreeMap<String, String>) -> bool;
 
-/// Labels or annotations kept for the writer's diff, compact: sorted (key, value) pairs
+/// A value the writer compares (a label, an annotation, a spec as compact JSON): its text,
+/// or, unless diffs are wanted (dry-run, the writer's debug log), a 128-bit digest of it.
+/// The deps annotation and the spec are most of what the writer keeps of each of 20k
+/// Sidecars and 20k EnvoyFilters at 100k pods (bench P7); their digests are 16 bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kept {
+    Text(Box<str>),
+    Digest(u128),
+}
+
+impl Kept {
+    pub fn new(text: &str, keep_text: bool) -> Self {
+        if keep_text {
+            Kept::Text(text.into())
+        } else {
+            Kept::Digest(digest(text))
+        }
+    }
+
+    /// Whether `text` is the value kept.
+    pub fn matches(&self, text: &str) -> bool {
+        match self {
+            Kept::Text(kept) => **kept == *text,
+            Kept::Digest(kept) => *kept == digest(text),
+        }
+    }
+
+    /// The text, when kept.
+    pub fn text(&self) -> Option<&str> {
+        match self {
+            Kept::Text(kept) => Some(kept),
+            Kept::Digest(_) => None,
+        }
+    }
+}
+
+/// Two 64-bit hashes of different families (FNV-1a, SipHash-1-3): equal texts give equal
+/// digests; different ones practically never do. Only compared within the process.
+fn digest(text: &str) -> u128 {
+    use std::hash::{Hash, Hasher};
+    let mut sip = std::hash::DefaultHasher::new();
+    text.hash(&mut sip);
+    (u128::from(lazyxds_index::host::fnv1a64(text.as_bytes())) << 64) | u128::from(sip.finish())
+}
+
+/// Labels or annotations kept for the writer's compare, compact: sorted (key, value) pairs
 /// in one boxed slice. A `BTreeMap<String, String>` allocates an 11-entry leaf (~540 B)
 /// for even one pair, and the writer keeps two maps for each of 20k Sidecars and 20k
 /// EnvoyFilters at 100k pods (bench P7).
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct StringPairs(Box<[(Box<str>, Box<str>)]>);
+pub struct StringPairs(Box<[(Box<str>, Kept)]>);
 
 impl StringPairs {
-    pub fn get(&self, key: &str) -> Option<&str> {
+    /// Sorted by key (a `BTreeMap` iterates in key order) for `get`.
+    pub fn new(map: BTreeMap<String, String>, keep_text: bool) -> Self {
+        StringPairs(
+            map.into_iter()
+                .map(|(k, v)| (k.into_boxed_str(), Kept::new(&v, keep_text)))
+                .collect(),
+        )
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Kept> {
         self.0
             .binary_search_by(|(k, _)| (**k).cmp(key))
             .ok()
-            .map(|i| &*self.0[i].1)
+            .map(|i| &self.0[i].1)
     }
 
     /// Sets `key` (tests: a foreign label or annotation added in the cluster).
     #[cfg(test)]
     pub fn insert(&mut self, key: String, value: String) {
         let mut pairs = std::mem::take(&mut self.0).into_vec();
+        let value = Kept::Text(value.into_boxed_str());
         match pairs.binary_search_by(|(k, _)| (**k).cmp(&*key)) {
-            Ok(i) => pairs[i].1 = value.into_boxed_str(),
-            Err(i) => pairs.insert(i, (key.into_boxed_str(), value.into_boxed_str())),
+            Ok(i) => pairs[i].1 = value,
+            Err(i) => pairs.insert(i, (key.into_boxed_str(), value)),
         }
         self.0 = pairs.into_boxed_slice();
     }
 }
 
-impl From<BTreeMap<String, String>> for StringPairs {
-    fn from(map: BTreeMap<String, String>) -> Self {
-        // A BTreeMap iterates in key order: the slice is sorted for `get`.
-        StringPairs(
-            map.into_iter()
-                .map(|(k, v)| (k.into_boxed_str(), v.into_boxed_str()))
-                .collect(),
-        )
-    }
-}
-
-/// A Sidecar or EnvoyFilter as seen in the cluster, for the writer's diff. Compact: the
-/// spec is kept as its JSON text (a parsed `Value` costs several times more, for every
-/// Sidecar of the mesh), and an object that is not ours keeps nothing but that fact.
+/// A Sidecar or EnvoyFilter as seen in the cluster, for the writer's compare. Compact: the
+/// spec is kept as its JSON text or its digest ([`Kept`]), and an object that is not ours
+/// keeps nothing but that fact.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LiveObject {
     /// Ours to write: a Sidecar carrying `app.kubernetes.io/managed-by: lazyxds`, an
@@ -80,18 +124,19 @@ pub struct LiveObject {
     pub labels: StringPairs,
     pub annotations: StringPairs,
     /// `spec` as compact JSON (`serde_json::to_string`: keys sorted, so equal specs give
-    /// equal text); empty when not ours.
-    pub spec: Box<str>,
+    /// equal text), or its digest; empty when not ours.
+    pub spec: Kept,
 }
 
 impl LiveObject {
-    /// Ours (by its labels, `is_ours` for the kind): keeps what the writer compares; else
-    /// only that it is not ours.
+    /// Ours (by its labels, `is_ours` for the kind): keeps what the writer compares, as
+    /// text when `keep_text`; else only that it is not ours.
     pub fn new(
         labels: BTreeMap<String, String>,
         annotations: BTreeMap<String, String>,
         spec: &Value,
         is_ours: IsOurs,
+        keep_text: bool,
     ) -> Self {
         let ours = is_ours(&labels);
         if !ours {
@@ -99,20 +144,23 @@ impl LiveObject {
                 ours,
                 labels: StringPairs::default(),
                 annotations: StringPairs::default(),
-                spec: Box::default(),
+                spec: Kept::Text(Box::default()),
             };
         }
         LiveObject {
             ours,
-            labels: labels.into(),
-            annotations: annotations.into(),
-            spec: spec_text(spec).into_boxed_str(),
+            labels: StringPairs::new(labels, keep_text),
+            annotations: StringPairs::new(annotations, keep_text),
+            spec: Kept::new(&spec_text(spec), keep_text),
         }
     }
 
-    /// The spec, parsed (`Null` when not kept).
+    /// The spec, parsed (`Null` when only its digest is kept, or nothing).
     pub fn spec(&self) -> Value {
-        serde_json::from_str(&self.spec).unwrap_or(Value::Null)
+        self.spec
+            .text()
+            .and_then(|text| serde_json::from_str(text).ok())
+            .unwrap_or(Value::Null)
     }
 }
 
@@ -127,6 +175,8 @@ pub fn spec_text(spec: &Value) -> String {
 /// State the watchers share with the writer and the HTTP server.
 #[derive(Debug, Default)]
 pub struct Watched {
+    /// Keep the live objects' values as text, for diffs ([`Kept`]).
+    pub keep_text: bool,
     /// Every Sidecar in the cluster by (namespace, name).
     pub sidecars: Mutex<BTreeMap<(String, String), LiveObject>>,
     /// Every EnvoyFilter in the cluster by (namespace, name); ours are the per-workload
@@ -149,6 +199,14 @@ pub struct Watched {
 }
 
 impl Watched {
+    /// `keep_text`: see [`Kept`].
+    pub fn new(keep_text: bool) -> Self {
+        Watched {
+            keep_text,
+            ..Watched::default()
+        }
+    }
+
     /// Asks every index watch for a fresh list; the generation to wait for.
     pub fn ask_relist(&self) -> u64 {
         let mut next = 0;
@@ -339,12 +397,13 @@ where
     false
 }
 
-fn live_object(obj: &DynamicObject, is_ours: IsOurs) -> LiveObject {
+fn live_object(obj: &DynamicObject, is_ours: IsOurs, keep_text: bool) -> LiveObject {
     LiveObject::new(
         obj.metadata.labels.clone().unwrap_or_default(),
         obj.metadata.annotations.clone().unwrap_or_default(),
         obj.data.get("spec").unwrap_or(&Value::Null),
         is_ours,
+        keep_text,
     )
 }
 
@@ -354,7 +413,7 @@ fn track_sidecar(ctx: &Ctx, obj: &DynamicObject) {
     if let Some(seen) = ctx.watched.relisting_sidecars().as_mut() {
         seen.insert(key.clone());
     }
-    let live = live_object(obj, lazyxds_index::objects::is_ours);
+    let live = live_object(obj, lazyxds_index::objects::is_ours, ctx.watched.keep_text);
     ctx.watched.sidecars().insert(key, live);
 }
 
@@ -386,6 +445,7 @@ async fn run_catch_alls(api: Api<DynamicObject>, ctx: Arc<Ctx>) {
         (ns.to_string(), name.to_string())
     };
     let ours = lazyxds_index::objects::is_our_catch_all;
+    let keep_text = ctx.watched.keep_text;
     while let Some(event) = stream.next().await {
         let event = match event {
             Ok(event) => event,
@@ -400,7 +460,7 @@ async fn run_catch_alls(api: Api<DynamicObject>, ctx: Arc<Ctx>) {
             Event::Init => initial = Some(BTreeMap::new()),
             Event::InitApply(obj) => {
                 if let Some(buf) = initial.as_mut() {
-                    buf.insert(key(&obj), live_object(&obj, ours));
+                    buf.insert(key(&obj), live_object(&obj, ours, keep_text));
                 }
             }
             Event::InitDone => {
@@ -414,7 +474,7 @@ async fn run_catch_alls(api: Api<DynamicObject>, ctx: Arc<Ctx>) {
             Event::Apply(obj) => {
                 ctx.watched
                     .catch_alls()
-                    .insert(key(&obj), live_object(&obj, ours));
+                    .insert(key(&obj), live_object(&obj, ours, keep_text));
                 ctx.learner.mark_changed();
             }
             Event::Delete(obj) => {
@@ -667,16 +727,20 @@ mod tests {
             .into_iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let pairs = StringPairs::from(map.clone());
-        for (k, v) in &map {
-            assert_eq!(pairs.get(k), Some(v.as_str()), "{k}");
-        }
-        for missing in ["", "c", "A", "lazyxds.io"] {
-            assert_eq!(pairs.get(missing), None, "{missing}");
+        for keep_text in [true, false] {
+            let pairs = StringPairs::new(map.clone(), keep_text);
+            for (k, v) in &map {
+                assert!(pairs.get(k).is_some_and(|kept| kept.matches(v)), "{k}");
+                assert!(!pairs.get(k).is_some_and(|kept| kept.matches("x")), "{k}");
+                assert_eq!(pairs.get(k).and_then(Kept::text).is_some(), keep_text);
+            }
+            for missing in ["", "c", "A", "lazyxds.io"] {
+                assert_eq!(pairs.get(missing), None, "{missing}");
+            }
         }
         assert_eq!(StringPairs::default().get("a"), None);
         // Inserting keeps the slice sorted: every key is still found.
-        let mut pairs = pairs;
+        let mut pairs = StringPairs::new(map, true);
         pairs.insert("aa".into(), "3".into());
         pairs.insert("b".into(), "4".into());
         for (k, v) in [
@@ -685,7 +749,28 @@ mod tests {
             ("b", "4"),
             ("lazyxds.io/deps", "{}"),
         ] {
-            assert_eq!(pairs.get(k), Some(v), "{k}");
+            assert_eq!(pairs.get(k).and_then(Kept::text), Some(v), "{k}");
+        }
+    }
+
+    /// A digest matches exactly the text it was made of.
+    #[test]
+    fn a_digest_matches_its_text_and_no_other() {
+        let texts = [
+            "",
+            "{}",
+            r#"{"egress":[{"hosts":["istio-system/*"]}]}"#,
+            r#"{"egress":[{"hosts":["istio-system/*","shop/api"]}]}"#,
+            r#"{"api.shop.svc.cluster.local":1796399356}"#,
+            r#"{"api.shop.svc.cluster.local":1796399357}"#,
+        ];
+        for (i, a) in texts.iter().enumerate() {
+            let kept = Kept::new(a, false);
+            assert_eq!(kept, Kept::new(a, false), "{a}");
+            for (j, b) in texts.iter().enumerate() {
+                assert_eq!(kept.matches(b), i == j, "{a} ~ {b}");
+                assert_eq!(Kept::new(a, true).matches(b), i == j, "{a} ~ {b}");
+            }
         }
     }
 }

@@ -18,7 +18,7 @@ use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::{Api, Client};
 use lazyxds_index::objects::{is_our_catch_all, is_ours, string_map, ANNOTATION_WORKLOAD};
 use lazyxds_index::topology::Removal;
-use lazyxds_index::{Desired, Pass, RenderConfig, WorkloadId, WorkloadKind};
+use lazyxds_index::{Desired, JsonText, Pass, RenderConfig, WorkloadId, WorkloadKind};
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::watch as signal;
@@ -53,9 +53,10 @@ pub struct Change {
     pub namespace: String,
     pub name: String,
     pub action: Action,
-    /// Lines removed (`-`) and added (`+`), YAML; empty for a delete. (The object to
-    /// apply is rendered again from the pass when it is written, [`body_of`]: a plan may
-    /// hold every Sidecar of the mesh, and the pass holds them already.)
+    /// Lines removed (`-`) and added (`+`), YAML; empty for a delete, and unless the plan
+    /// was made with diffs ([`plan`]: dry-run, the only reader). (The object to apply is
+    /// parsed again from the pass when it is written, [`body_of`]: a plan may hold every
+    /// Sidecar of the mesh, and the pass holds them already.)
     pub diff: Vec<String>,
 }
 
@@ -205,15 +206,20 @@ fn diff(old: &Value, new: &Value) -> Vec<String> {
 /// Whether the live Sidecar's labels and annotations we set, and its spec, are as desired.
 fn up_to_date(live: &LiveObject, desired: &Value) -> bool {
     let subset = |live: &StringPairs, want: &Value| -> bool {
-        want.as_object()
-            .is_none_or(|m| m.iter().all(|(k, v)| live.get(k) == v.as_str()))
+        want.as_object().is_none_or(|m| {
+            m.iter().all(|(k, v)| match (live.get(k), v.as_str()) {
+                (Some(kept), Some(want)) => kept.matches(want),
+                (kept, want) => kept.is_none() && want.is_none(),
+            })
+        })
     };
     subset(&live.labels, &desired["metadata"]["labels"])
         && subset(&live.annotations, &desired["metadata"]["annotations"])
-        && *live.spec == *spec_text(&desired["spec"])
+        && live.spec.matches(&spec_text(&desired["spec"]))
 }
 
-/// The parts of a live Sidecar we manage, shaped like the desired object, for the diff.
+/// The parts of a live Sidecar we manage, shaped like the desired object, for the diff
+/// (values kept only as digests show as absent).
 fn managed_view(live: &LiveObject, desired: &Value) -> Value {
     let pick = |live: &StringPairs, want: &Value| -> Value {
         let keys = want
@@ -222,7 +228,10 @@ fn managed_view(live: &LiveObject, desired: &Value) -> Value {
             .unwrap_or_default();
         Value::Object(
             keys.into_iter()
-                .filter_map(|k| Some((k.clone(), Value::String(live.get(&k)?.to_string()))))
+                .filter_map(|k| {
+                    let text = live.get(&k)?.text()?;
+                    Some((k.clone(), Value::String(text.to_string())))
+                })
                 .collect(),
         )
     };
@@ -240,26 +249,32 @@ pub struct Live<'a> {
     pub catch_alls: &'a BTreeMap<(String, String), LiveObject>,
 }
 
-/// The change that makes `live` equal `body`, if any; Err when the name is taken by an
-/// object we do not own.
+/// The change that makes `live` equal `body`, if any, with its diff if `with_diff`; Err
+/// when the name is taken by an object we do not own.
 fn change_to(
     kind: Kind,
     key: &(String, String),
     body: &Value,
     live: Option<&LiveObject>,
+    with_diff: bool,
 ) -> Result<Option<Change>, ()> {
-    let (action, old) = match live {
-        None => (Action::Create, Value::Null),
+    let action = match live {
+        None => Action::Create,
         Some(l) if !l.ours => return Err(()),
         Some(l) if up_to_date(l, body) => return Ok(None),
-        Some(l) => (Action::Update, managed_view(l, body)),
+        Some(_) => Action::Update,
+    };
+    let diff = match (with_diff, live) {
+        (false, _) => Vec::new(),
+        (true, None) => diff(&Value::Null, body),
+        (true, Some(l)) => diff(&managed_view(l, body), body),
     };
     Ok(Some(Change {
         kind,
         namespace: key.0.clone(),
         name: key.1.clone(),
         action,
-        diff: diff(&old, body),
+        diff,
     }))
 }
 
@@ -275,17 +290,29 @@ fn delete(kind: Kind, (namespace, name): &(String, String)) -> Change {
 
 /// The changes that make the live Sidecars and catch-all EnvoyFilters equal the desired
 /// ones. A workload whose EnvoyFilter or Sidecar name is taken by an object we do not own
-/// is blocked: neither of its objects is written.
-pub fn plan(desired: &Desired, live: Live<'_>) -> Plan {
+/// is blocked: neither of its objects is written. Diffs only `with_diffs`: at 20k
+/// workloads they are ~50 MB at the peak of a pass, and only a dry-run (or the writer's
+/// debug log) reads them.
+pub fn plan(desired: &Desired, live: Live<'_>, with_diffs: bool) -> Plan {
     let mut plan = Plan::default();
-    let (mut filters, mut sidecars) = (Vec::new(), Vec::new());
+    // Filters first, then Sidecars (never a Sidecar without its catch-all): the filters
+    // go straight into `changes`, sized for both, so a pass that changes every workload
+    // (a restart, the first edges) does not grow and copy it while its objects are held.
+    let mut filters = Vec::with_capacity(desired.sidecars.len().saturating_mul(2));
+    let mut sidecars = Vec::new();
     for (key, sidecar) in &desired.sidecars {
-        let filter = desired.catch_alls.get(key).map(|f| f.to_json());
-        let (Ok(sidecar), Some(Ok(filter))) = (sidecar.to_json(), filter) else {
+        // One workload's objects parsed at a time. A `null` body (never: see
+        // `lazyxds_index::desired`) or a missing filter is skipped, never deleted.
+        let filter = desired.catch_alls.get(key).map(JsonText::value);
+        let (sidecar, Some(filter)) = (sidecar.value(), filter) else {
             continue;
         };
-        let filter = change_to(Kind::EnvoyFilter, key, &filter, live.catch_alls.get(key));
-        let sidecar = change_to(Kind::Sidecar, key, &sidecar, live.sidecars.get(key));
+        if sidecar.is_null() || filter.is_null() {
+            continue;
+        }
+        let change = |kind, body, live| change_to(kind, key, body, live, with_diffs);
+        let filter = change(Kind::EnvoyFilter, &filter, live.catch_alls.get(key));
+        let sidecar = change(Kind::Sidecar, &sidecar, live.sidecars.get(key));
         match (filter, sidecar) {
             (Ok(filter), Ok(sidecar)) => {
                 filters.extend(filter);
@@ -305,6 +332,8 @@ pub fn plan(desired: &Desired, live: Live<'_>) -> Plan {
     plan.changes.extend(stale(Kind::Sidecar, live.sidecars));
     plan.changes
         .extend(stale(Kind::EnvoyFilter, live.catch_alls));
+    // The plan is kept until the next pass (`/debug/plan`): not its unused room.
+    plan.changes.shrink_to_fit();
     plan
 }
 
@@ -427,7 +456,10 @@ pub fn start(
     leader: signal::Receiver<bool>,
     config: WriterConfig,
 ) -> (KubeStatus, KubeTarget) {
-    let watched = Arc::new(Watched::default());
+    // Live values as text only where diffs are read: a dry-run's log, the debug log.
+    let watched = Arc::new(Watched::new(
+        config.dry_run || tracing::enabled!(tracing::Level::DEBUG),
+    ));
     let stats = Arc::new(WriterStats::default());
     let (synced_tx, synced) = signal::channel(Vec::new());
     let watches = spawn_all(
@@ -509,6 +541,9 @@ impl Target for KubeTarget {
                     sidecars: &sidecars,
                     catch_alls: &catch_alls,
                 },
+                // Read by a dry-run's log and the debug log of each write, which also
+                // keep the live values as text to diff against.
+                watched.keep_text,
             );
             (plan, sidecars.values().filter(|l| l.ours).count())
         };
@@ -884,7 +919,7 @@ async fn apply(
                         stats.deletes.fetch_add(1, Relaxed);
                     }
                     (action, Some(body)) => {
-                        live.insert(key, live_from_body(body, is_ours));
+                        live.insert(key, live_from_body(body, is_ours, watched.keep_text));
                         stats.applies.fetch_add(1, Relaxed);
                         if *action == Action::Create && change.kind == Kind::Sidecar {
                             outcome.created.extend(workload_of(&change.namespace, body));
@@ -894,6 +929,9 @@ async fn apply(
                 }
                 tracing::info!(kind = ?change.kind, namespace = %change.namespace, name = %change.name,
                     action = ?change.action, ms = started.elapsed().as_millis() as u64, "written");
+                // Why it was written, for an operator asking why an object changed.
+                tracing::debug!(kind = ?change.kind, namespace = %change.namespace, name = %change.name,
+                    diff = %change.diff.join("\n"), "written: diff");
             }
             Err(reason) => {
                 outcome.failed = true;
@@ -917,11 +955,11 @@ async fn apply(
 
 /// The object `plan` planned for `key`: the pass's desired Sidecar or catch-all.
 fn body_of(desired: &Desired, kind: Kind, key: &(String, String)) -> Option<Value> {
-    let rendered = match kind {
-        Kind::Sidecar => desired.sidecars.get(key)?.to_json(),
-        Kind::EnvoyFilter => desired.catch_alls.get(key)?.to_json(),
+    let text = match kind {
+        Kind::Sidecar => desired.sidecars.get(key)?,
+        Kind::EnvoyFilter => desired.catch_alls.get(key)?,
     };
-    rendered.ok()
+    Some(text.value()).filter(|body| !body.is_null())
 }
 
 /// The workload a Sidecar body was rendered for (`lazyxds.io/workload: Kind/name`).
@@ -930,19 +968,22 @@ fn workload_of(namespace: &str, body: &Value) -> Option<WorkloadId> {
     WorkloadId::from_annotation(namespace, value).ok()
 }
 
-fn live_from_body(body: &Value, is_ours: IsOurs) -> LiveObject {
+fn live_from_body(body: &Value, is_ours: IsOurs, keep_text: bool) -> LiveObject {
     let meta = &body["metadata"];
     LiveObject::new(
         string_map(&meta["labels"]),
         string_map(&meta["annotations"]),
         &body["spec"],
         is_ours,
+        keep_text,
     )
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::watch::Kept;
     use super::*;
+    use lazyxds_index::objects::ANNOTATION_DEPS;
     use lazyxds_index::{desired, Index, IndexConfig, Topology};
 
     const TOPOLOGY: &str = r#"
@@ -963,24 +1004,30 @@ services:
     type LiveMap = BTreeMap<(String, String), LiveObject>;
 
     /// What the watches would hold once `desired` is applied (`ours`), or when every name
-    /// is taken by someone else's objects.
+    /// is taken by someone else's objects; values kept as text.
     fn mk_live(desired: &Desired, ours: bool) -> (LiveMap, LiveMap) {
+        mk_live_kept(desired, ours, true)
+    }
+
+    /// [`mk_live`], values kept as text or as digests.
+    fn mk_live_kept(desired: &Desired, ours: bool, keep_text: bool) -> (LiveMap, LiveMap) {
         let live = |body: Value, is_ours: IsOurs| {
             if ours {
-                live_from_body(&body, is_ours)
+                live_from_body(&body, is_ours, keep_text)
             } else {
-                LiveObject::new(BTreeMap::new(), BTreeMap::new(), &Value::Null, is_ours)
+                let none = BTreeMap::new;
+                LiveObject::new(none(), none(), &Value::Null, is_ours, keep_text)
             }
         };
         let sidecars = desired
             .sidecars
             .iter()
-            .map(|(k, s)| (k.clone(), live(s.to_json().unwrap(), is_ours)))
+            .map(|(k, s)| (k.clone(), live(s.value(), is_ours)))
             .collect();
         let filters = desired
             .catch_alls
             .iter()
-            .map(|(k, f)| (k.clone(), live(f.to_json().unwrap(), is_our_catch_all)))
+            .map(|(k, f)| (k.clone(), live(f.value(), is_our_catch_all)))
             .collect();
         (sidecars, filters)
     }
@@ -1097,7 +1144,7 @@ services:
     fn creates_the_envoy_filter_then_the_sidecar_and_nothing_when_equal() {
         let desired = mk_desired();
         let empty = (BTreeMap::new(), BTreeMap::new());
-        let plan = plan(&desired, live(&empty));
+        let plan = plan(&desired, live(&empty), true);
         assert_eq!(
             actions(&plan),
             vec![
@@ -1114,16 +1161,75 @@ services:
             plan.changes[1].diff
         );
         assert_eq!(
-            super::plan(&desired, live(&mk_live(&desired, true))),
+            super::plan(&desired, live(&mk_live(&desired, true)), true),
             Plan::default()
         );
         // The filter alone is missing (deleted by hand): only it is written.
         let mut maps = mk_live(&desired, true);
         maps.1.clear();
         assert_eq!(
-            actions(&super::plan(&desired, live(&maps))),
+            actions(&super::plan(&desired, live(&maps), true)),
             vec![(Kind::EnvoyFilter, Action::Create, WEB.to_string())]
         );
+    }
+
+    /// Without diffs (and with the live values kept as digests, as outside dry-run and the
+    /// debug log), a plan makes exactly the changes of one with diffs over text.
+    #[test]
+    fn a_plan_without_diffs_makes_the_same_changes() {
+        let desired = mk_desired();
+        let drifted_spec = spec_text(&serde_json::json!({"egress": [{"hosts": ["*/*"]}]}));
+        // (what is live, changes it needs)
+        let cases = |keep_text: bool| {
+            let empty = (BTreeMap::new(), BTreeMap::new());
+            let mut only_filter_missing = mk_live_kept(&desired, true, keep_text);
+            only_filter_missing.1.clear();
+            let mut drifted = mk_live_kept(&desired, true, keep_text);
+            for l in drifted.0.values_mut() {
+                l.spec = Kept::new(&drifted_spec, keep_text);
+            }
+            let mut deps_drifted = mk_live_kept(&desired, true, keep_text);
+            for l in deps_drifted.0.values_mut() {
+                let mut annotations: BTreeMap<String, String> = BTreeMap::new();
+                annotations.insert(ANNOTATION_DEPS.into(), r#"{"x.shop.svc":1}"#.into());
+                l.annotations = StringPairs::new(annotations, keep_text);
+            }
+            [
+                ("nothing", empty, 2),
+                (
+                    "everything, as desired",
+                    mk_live_kept(&desired, true, keep_text),
+                    0,
+                ),
+                ("the Sidecar, no filter", only_filter_missing, 1),
+                ("a drifted Sidecar", drifted, 1),
+                ("a Sidecar with other deps", deps_drifted, 1),
+                ("names taken", mk_live_kept(&desired, false, keep_text), 0),
+            ]
+        };
+        for ((what, text, changes), (_, digests, _)) in cases(true).into_iter().zip(cases(false)) {
+            let with = plan(&desired, live(&text), true);
+            let without = plan(&desired, live(&text), false);
+            let over_digests = plan(&desired, live(&digests), false);
+            assert_eq!(with.changes.len(), changes, "{what}");
+            assert!(
+                with.changes.iter().all(|c| !c.diff.is_empty()),
+                "{what}: {with:?}"
+            );
+            let undiffed = Plan {
+                changes: with
+                    .changes
+                    .iter()
+                    .map(|c| Change {
+                        diff: Vec::new(),
+                        ..c.clone()
+                    })
+                    .collect(),
+                ..with.clone()
+            };
+            assert_eq!(without, undiffed, "{what}");
+            assert_eq!(over_digests, undiffed, "{what}, digests");
+        }
     }
 
     #[test]
@@ -1138,20 +1244,20 @@ services:
         );
         web.labels.insert("team".into(), "a".into());
         assert_eq!(
-            plan(&desired, live(&maps)),
+            plan(&desired, live(&maps), true),
             Plan::default(),
             "foreign metadata is not ours to manage"
         );
         let web = maps.0.get_mut(&key).unwrap();
         let mut spec = web.spec();
         spec["egress"][0]["hosts"] = serde_json::json!(["*/*"]);
-        web.spec = spec_text(&spec).into_boxed_str();
+        web.spec = Kept::new(&spec_text(&spec), true);
         // A drifted EnvoyFilter is put back, before its Sidecar.
         let filter = maps.1.get_mut(&key).unwrap();
         let mut spec = filter.spec();
         spec["configPatches"] = serde_json::json!([]);
-        filter.spec = spec_text(&spec).into_boxed_str();
-        let plan = plan(&desired, live(&maps));
+        filter.spec = Kept::new(&spec_text(&spec), true);
+        let plan = plan(&desired, live(&maps), true);
         assert_eq!(
             actions(&plan),
             vec![
@@ -1188,6 +1294,7 @@ services:
             &serde_json::json!({"metadata": {"labels": {"app.kubernetes.io/managed-by": "lazyxds",
                 "app.kubernetes.io/component": "routing"}}, "spec": {}}),
             is_our_catch_all,
+            true,
         );
         assert!(!install_filter.ours);
         maps.1.insert(
@@ -1195,7 +1302,7 @@ services:
             install_filter,
         );
         assert_eq!(
-            actions(&plan(&desired, live(&maps))),
+            actions(&plan(&desired, live(&maps), true)),
             vec![
                 (
                     Kind::Sidecar,
@@ -1215,19 +1322,19 @@ services:
     fn never_takes_over_a_sidecar_or_envoy_filter_it_does_not_own() {
         let desired = mk_desired();
         let theirs = mk_live(&desired, false);
-        let plan = plan(&desired, live(&theirs));
+        let plan = plan(&desired, live(&theirs), true);
         assert_eq!(plan.changes, vec![]);
         assert_eq!(plan.blocked, vec![WEB.to_string()]);
         // Only the EnvoyFilter's name is taken: the Sidecar is not written either (it
         // would hide hosts with nowhere for their first calls to go).
         let ours = mk_live(&desired, true);
         let maps = (BTreeMap::new(), theirs.1.clone());
-        let plan = super::plan(&desired, live(&maps));
+        let plan = super::plan(&desired, live(&maps), true);
         assert_eq!(plan.changes, vec![]);
         assert_eq!(plan.blocked, vec![WEB.to_string()]);
         let maps = (theirs.0, ours.1);
         assert_eq!(
-            super::plan(&desired, live(&maps)).blocked,
+            super::plan(&desired, live(&maps), true).blocked,
             vec![WEB.to_string()]
         );
     }

@@ -83,7 +83,7 @@ fn renders_the_whole_sidecar() {
             }),
         },
     };
-    assert_eq!(desired.sidecar_of(&productpage()), Some(&want));
+    assert_eq!(desired.sidecar_of(&productpage()), Some(want.clone()));
     assert_eq!(
         desired.sidecars.keys().cloned().collect::<Vec<_>>(),
         vec![
@@ -151,7 +151,7 @@ fn every_sidecar_comes_with_a_catch_all_filter_that_sends_only_unknown_http_to_t
         "shop".to_string(),
         "lazyxds-deployment-productpage".to_string(),
     );
-    let filter = desired.catch_alls[&key].to_json().expect("json");
+    let filter = desired.catch_alls[&key].value();
     let patch = |vhost: &str| {
         json!({
             "applyTo": "HTTP_ROUTE",
@@ -400,6 +400,8 @@ fn a_selector_is_never_empty() {
         ]
     );
     assert!(desired.sidecars.values().all(|s| s
+        .typed::<Sidecar>()
+        .expect("a Sidecar")
         .spec
         .workload_selector
         .as_ref()
@@ -1050,10 +1052,72 @@ fn a_workload_without_pods_gets_no_sidecar_until_one_starts() {
     );
 }
 
+/// Scaled to zero, a workload that learned deps keeps its Sidecar (and its catch-all):
+/// the Sidecar is where the deps survive a controller restart. `istioctl analyze`'s
+/// selects-nothing warning is suppressed on it, and only while it has no pod.
+#[test]
+fn a_workload_scaled_to_zero_keeps_the_sidecar_that_remembers_its_deps() {
+    let id = productpage();
+    let key = ("shop".to_string(), sidecar_name(&id));
+    let ratings = "ratings.shop.svc.cluster.local";
+    let suppress = |d: &Desired| {
+        d.sidecar_of(&id)
+            .expect("a Sidecar")
+            .metadata
+            .annotations
+            .get("galley.istio.io/analyze-suppress")
+            .cloned()
+    };
+    // Running, with a dep learned before (as a restart restores it from the Sidecar).
+    let mut index = Index::test();
+    index.apply(mk_our_sidecar(&id, &[(ratings, 1)]));
+    let running = desired(&index, &RenderConfig::test());
+    assert_eq!(suppress(&running), None);
+    assert!(running.sidecar_of(&id).expect("a Sidecar").spec.egress[0]
+        .hosts
+        .contains(&format!("shop/{ratings}")));
+
+    // Every pod gone: the Sidecar stays, deps and all.
+    let pods: Vec<String> = index
+        .ns("shop")
+        .map(|s| {
+            s.pods
+                .values()
+                .filter(|p| p.labels.get("app").map(String::as_str) == Some("productpage"))
+                .map(|p| p.name.to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(!pods.is_empty());
+    for pod in &pods {
+        index.delete::<crate::objects::Pod>((), "shop", pod);
+    }
+    let parked = desired(&index, &RenderConfig::test());
+    assert!(parked.catch_alls.contains_key(&key));
+    let sidecar = parked.sidecar_of(&id).expect("kept at zero");
+    assert!(sidecar.spec.egress[0]
+        .hosts
+        .contains(&format!("shop/{ratings}")));
+    assert_eq!(
+        sidecar.metadata.annotations[ANNOTATION_DEPS],
+        format!("{{\"{ratings}\":1}}")
+    );
+    assert_eq!(suppress(&parked).as_deref(), Some("IST0101"));
+
+    // Nothing learned: no Sidecar at zero.
+    let mut fresh = Index::test();
+    for pod in &pods {
+        fresh.delete::<crate::objects::Pod>((), "shop", pod);
+    }
+    assert!(!desired(&fresh, &RenderConfig::test())
+        .sidecars
+        .contains_key(&key));
+}
+
 /// The virtual hosts a catch-all filter removes from its workload's routes.
 fn removed_vhosts(desired: &Desired, id: &WorkloadId) -> Vec<String> {
     let key = (id.namespace.to_string(), sidecar_name(id));
-    let filter = desired.catch_alls[&key].to_json().expect("json");
+    let filter = desired.catch_alls[&key].value();
     filter["spec"]["configPatches"]
         .as_array()
         .expect("patches")
@@ -1126,7 +1190,8 @@ fn a_new_deps_routes_wait_until_its_clusters_are_active() {
     );
     // `istioctl analyze` flags a REMOVE without a priority (IST0151): suppressed while held.
     let key = ("shop".to_string(), sidecar_name(&productpage()));
-    let annotations = &learning.catch_alls[&key].metadata.annotations;
+    let filter: EnvoyFilter = learning.catch_alls[&key].typed().expect("an EnvoyFilter");
+    let annotations = &filter.metadata.annotations;
     assert_eq!(
         annotations["galley.istio.io/analyze-suppress"],
         "IST0133,IST0151"

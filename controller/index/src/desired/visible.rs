@@ -450,9 +450,12 @@ struct Guards<'a> {
     policies: Vec<&'a AuthorizationPolicy>,
     root: &'a str,
     namespace: &'a str,
-    /// The label sets of the namespace's pods and pod templates (only when a policy has a
-    /// selector), each with the policies that select it.
+    /// The label sets of the namespace's pods (only when a policy has a selector), each
+    /// with the policies that select it.
     selected: Vec<(&'a Labels, Vec<&'a AuthorizationPolicy>)>,
+    /// The namespace's pod templates (only when a policy has a selector): see
+    /// [`may_be_selected`].
+    templates: Vec<&'a Labels>,
 }
 
 impl<'a> Guards<'a> {
@@ -468,8 +471,14 @@ impl<'a> Guards<'a> {
             .filter(|p| p.action.decides_access() && p.applies_in(root, namespace))
             .collect();
         let mut selected = Vec::new();
+        let mut templates = Vec::new();
         if policies.iter().any(|p| !p.is_namespace_wide()) {
             if let Some(state) = index.ns(namespace) {
+                templates = state
+                    .workloads
+                    .values()
+                    .map(|w| &w.template_labels)
+                    .collect();
                 // Pods share one copy of each label set: one entry per copy.
                 let mut seen = BTreeSet::new();
                 let pods = state
@@ -477,8 +486,7 @@ impl<'a> Guards<'a> {
                     .values()
                     .filter(|p| seen.insert(Arc::as_ptr(&p.labels)))
                     .map(|p| &*p.labels);
-                let templates = state.workloads.values().map(|w| &w.template_labels);
-                for labels in pods.chain(templates) {
+                for labels in pods {
                     let by: Vec<&AuthorizationPolicy> = policies
                         .iter()
                         .copied()
@@ -495,6 +503,7 @@ impl<'a> Guards<'a> {
             root,
             namespace,
             selected,
+            templates,
         }
     }
 
@@ -523,13 +532,46 @@ impl<'a> Guards<'a> {
                 .first()
                 .map(|p| why(p, PolicyScope::UnknownEndpoints));
         };
-        self.selected
+        let by_labels = self
+            .selected
             .iter()
             .filter(|(labels, _)| selector.iter().all(|(k, v)| labels.get(k) == Some(v)))
-            .flat_map(|(_, by)| by.iter().copied())
+            .flat_map(|(_, by)| by.iter().copied());
+        // A template whose pods become endpoints once they get the selector's other labels
+        // at run time (the controller's leader label): judged as template plus selector,
+        // so the answer does not flip with whichever pod holds the label right now (a flip
+        // rewrites every Sidecar that sees the Service).
+        let by_templates = self
+            .templates
+            .iter()
+            .filter(|template| may_be_selected(template, selector))
+            .flat_map(|template| {
+                let label = |k: &str| template.get(k).or_else(|| selector.get(k));
+                self.policies.iter().copied().filter(move |p| {
+                    !p.is_namespace_wide()
+                        && p.applies_to_labelled(self.root, self.namespace, label)
+                })
+            });
+        by_labels
+            .chain(by_templates)
             .min_by_key(|p| self.policies.iter().position(|q| std::ptr::eq(*q, *p)))
             .map(|p| why(p, PolicyScope::Selector))
     }
+}
+
+/// Whether pods of `template` can be endpoints of a Service `selector`: the template has
+/// at least one of its keys and agrees on every one it has; the others a pod may get at
+/// run time. Such a pod's labels are then the template's plus the selector's.
+fn may_be_selected(template: &Labels, selector: &Labels) -> bool {
+    let mut shares_one = false;
+    for (k, v) in selector {
+        match template.get(k) {
+            Some(have) if have != v => return false,
+            Some(_) => shares_one = true,
+            None => {}
+        }
+    }
+    shares_one
 }
 
 #[cfg(test)]

@@ -712,3 +712,74 @@ fn the_namespace_table() {
     assert_eq!(table.namespaces[0], "istio-system");
     assert_eq!(table.policies, vec![registry, registry, registry, registry]);
 }
+
+/// A packed object gives back exactly its compact text, its key and its value; equal
+/// objects pack to equal `JsonText`s (the plan and the tests compare them).
+#[test]
+fn json_text_gives_back_what_it_packed() {
+    let hosts: Vec<String> = (0..10)
+        .map(|i| format!("ns-{i}/svc-{i}.ns-{i}.svc.cluster.local"))
+        .collect();
+    let cases = [
+        json!({"metadata": {"namespace": "shop", "name": "lazyxds-deployment-cart"},
+               "spec": {"egress": [{"hosts": hosts}]}}),
+        json!({"metadata": {"name": "no-namespace"}, "spec": {}}),
+        json!({"metadata": {"namespace": "ünïcode", "name": "n"}, "data": "é\u{1F600}"}),
+        json!(null),
+    ];
+    for object in cases {
+        let text = JsonText::new(&object);
+        assert_eq!(text.text(), object.to_string(), "{object}");
+        assert_eq!(text.value(), object);
+        assert_eq!(
+            text.namespace(),
+            object
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+        );
+        assert_eq!(
+            text.name(),
+            object
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+        );
+        assert_eq!(text, JsonText::new(&object.clone()));
+    }
+    // Host names repeat: the block is smaller than the text it holds.
+    let sidecar = JsonText::new(&json!({"spec": {"egress": [{"hosts": hosts}]}}));
+    assert!(
+        sidecar.packed.len() < sidecar.text().len() / 2,
+        "{}",
+        sidecar.packed.len()
+    );
+}
+
+/// The dictionary matches what the renderers make: every rendered Sidecar, catch-all and
+/// gateway VirtualService packs to less than a quarter of its text (4.5 to 13 times
+/// smaller here; LZ4 without it: 1.4 to 2 times). Fails when a renderer drifts far from
+/// `DICTIONARY`.
+#[test]
+fn rendered_objects_pack_to_a_fraction_of_their_text() {
+    let index = crate::index::Index::test();
+    let config = RenderConfig::test();
+    let desired = crate::desired::desired(&index, &config);
+    let gateway = gateway_objects(&index, &config);
+    let objects: Vec<&JsonText> = desired
+        .sidecars
+        .values()
+        .chain(desired.catch_alls.values())
+        .chain(gateway.virtual_services.iter().skip(1))
+        .collect();
+    assert!(objects.len() >= 6, "{}", objects.len());
+    for object in objects {
+        let text = object.text();
+        assert!(
+            object.packed.len() * 4 < text.len(),
+            "{} B packed of {} B: {text}",
+            object.packed.len(),
+            text.len()
+        );
+    }
+}

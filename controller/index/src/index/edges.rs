@@ -92,8 +92,8 @@ impl Index {
     }
 
     /// Moves time to `now`: retries held edges (dropping those past their hold), expires
-    /// deps older than the TTL, forgets old IP holders. Returns workloads whose Sidecar
-    /// changes.
+    /// deps older than the TTL, forgets old IP holders, frees an idle host cache. Returns
+    /// workloads whose Sidecar changes.
     pub fn tick(&mut self, now: u64) -> BTreeSet<WorkloadId> {
         self.advance_clock(now);
         let mut changed = BTreeSet::new();
@@ -120,6 +120,7 @@ impl Index {
             self.expire(now, &mut changed);
         }
         self.release_routes(now, &mut changed);
+        self.hosts.release_idle_cache(now);
         if now >= self.next_prune {
             self.prune_ip_history(now);
             self.next_prune = now.saturating_add(IP_HISTORY_RETENTION_S / 10);

@@ -11,6 +11,10 @@ use crate::host;
 
 /// Bound on cached (source ns, requested host, cluster) resolutions; cleared when full.
 const MAX_CACHE: usize = 200_000;
+/// The cache serves bursts of edges (a gateway's first flush, a restart's resends);
+/// after this long without one resolution its memory (up to ~19 MB at the bound) goes
+/// back ([`HostTable::release_idle_cache`]).
+const CACHE_IDLE_S: u64 = 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) enum DefKind {
@@ -33,6 +37,10 @@ pub(crate) struct HostTable {
     /// `*.suffix` hosts (ServiceEntries, VirtualServices); few, matched by scan.
     wildcard: BTreeMap<Arc<str>, BTreeSet<HostDef>>,
     cache: HashMap<CacheKey, Resolved>,
+    /// A resolution ran since the last [`HostTable::release_idle_cache`].
+    cache_used: bool,
+    /// When one last did (unix s, as of a release check).
+    cache_used_at: u64,
 }
 
 /// What an edge's (requested host, cluster) pair is a dependency on.
@@ -109,6 +117,7 @@ impl HostTable {
         cluster: &Arc<str>,
         cluster_domain: &str,
     ) -> Resolved {
+        self.cache_used = true;
         let query = CacheQuery {
             ns: src_ns,
             host: requested.map(|h| &**h),
@@ -157,6 +166,23 @@ impl HostTable {
             Some(_) => Resolved::Refused,
             None => Resolved::Undefined,
         }
+    }
+
+    /// Drops the cache, allocation and all, once no edge was resolved for
+    /// [`CACHE_IDLE_S`]; called on the index's tick.
+    pub fn release_idle_cache(&mut self, now: u64) {
+        if std::mem::take(&mut self.cache_used) {
+            self.cache_used_at = now;
+        } else if now.saturating_sub(self.cache_used_at) >= CACHE_IDLE_S
+            && self.cache.capacity() > 0
+        {
+            self.cache = HashMap::new();
+        }
+    }
+
+    #[cfg(test)]
+    pub fn cache_capacity(&self) -> usize {
+        self.cache.capacity()
     }
 
     #[cfg(test)]

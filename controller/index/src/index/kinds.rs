@@ -459,6 +459,7 @@ impl Projection for SidecarObject {
                 ns.sidecars.remove(&*name);
             }
             if let Some(restored) = sidecar.restored.take() {
+                index.deps_listed(&restored.workload, restored.deps.keys());
                 let deps = restored
                     .deps
                     .into_iter()

@@ -66,6 +66,13 @@ pub struct IndexConfig {
     /// cluster still warming answers 503 (Envoy's `NC`, the router's `no_cluster`). Zero:
     /// routes and clusters together.
     pub route_delay: Duration,
+    /// The delay counts from when one of our Sidecars, as the Sidecar watch shows it, lists
+    /// the new dependency (its `lazyxds.io/deps`), not from learning it: a Sidecar written
+    /// late (the writer's rate limit, a backlog, a retried write) still gets the whole
+    /// delay. Until then the routes stay held back, which costs nothing: a sidecar whose
+    /// Sidecar does not list the host has no routes to hold. Only where our Sidecars are
+    /// watched (`--kube`); file mode writes at once and counts from learning.
+    pub route_delay_from_listing: bool,
 }
 
 impl Default for IndexConfig {
@@ -79,6 +86,7 @@ impl Default for IndexConfig {
             ip_history: DEFAULT_IP_HISTORY,
             require_principal: false,
             route_delay: Duration::ZERO,
+            route_delay_from_listing: false,
         }
     }
 }
@@ -153,9 +161,14 @@ pub(crate) struct WorkloadDeps {
 #[derive(Debug)]
 pub(crate) struct RouteHold {
     pub dep: Arc<str>,
+    /// [`UNTIL_LISTED`] while it waits for a live Sidecar to list the dep.
     pub until: u64,
     pub leaving: bool,
 }
+
+/// A new dep's route hold that starts counting when a live Sidecar of ours lists the dep
+/// ([`IndexConfig::route_delay_from_listing`]).
+const UNTIL_LISTED: u64 = u64::MAX;
 
 #[derive(Debug, Default)]
 pub(crate) struct NsState {
@@ -482,7 +495,11 @@ impl Index {
         if delay == 0 {
             return;
         }
-        let until = self.clock.saturating_add(delay);
+        let until = if self.config.route_delay_from_listing && !leaving {
+            UNTIL_LISTED
+        } else {
+            self.clock.saturating_add(delay)
+        };
         self.route_holds
             .entry(workload.clone())
             .or_default()
@@ -492,6 +509,32 @@ impl Index {
                 leaving,
             });
         self.next_route_release = self.next_route_release.min(until);
+    }
+
+    /// Starts the delay of `workload`'s holds waiting for a live Sidecar to list their dep,
+    /// for every dep its live Sidecar now lists.
+    pub(super) fn deps_listed<'a>(
+        &mut self,
+        workload: &WorkloadId,
+        listed: impl Iterator<Item = &'a String>,
+    ) {
+        let Some(holds) = self.route_holds.get_mut(workload) else {
+            return;
+        };
+        // The index's clock moves on edges and ticks (each second): one more second, so a
+        // clock that lags never shortens the delay.
+        let until = self
+            .clock
+            .saturating_add(self.config.route_delay.as_secs())
+            .saturating_add(1);
+        let listed: BTreeSet<&str> = listed.map(String::as_str).collect();
+        for hold in holds
+            .iter_mut()
+            .filter(|h| h.until == UNTIL_LISTED && listed.contains(&*h.dep))
+        {
+            hold.until = until;
+            self.next_route_release = self.next_route_release.min(until);
+        }
     }
 
     /// Ends the route holds due by `now`; their workloads' catch-all filters change. A
@@ -515,6 +558,7 @@ impl Index {
         });
         self.next_route_release = next;
         let ttl = self.config.ttl.map(|t| t.as_secs());
+        let mut gone = Vec::new();
         for (id, hold) in ended {
             if hold.leaving {
                 if let (Some(wd), Some(ttl)) = (self.deps.get_mut(&id), ttl) {
@@ -524,6 +568,7 @@ impl Index {
                         .is_some_and(|seen| edges::expiry_at(*seen, ttl) <= now);
                     if still_expired {
                         wd.deps.remove(&hold.dep);
+                        gone.push((id.clone(), hold.dep.clone()));
                         self.counters.deps_expired = self.counters.deps_expired.saturating_add(1);
                         // Re-learned through the gateway; the cap frees up again.
                         wd.over_cap = false;
@@ -532,6 +577,15 @@ impl Index {
             }
             if self.is_enabled(&id) {
                 changed.insert(id);
+            }
+        }
+        // A dep that left takes its other holds along (one still waiting to be listed).
+        for (id, dep) in gone {
+            if let Some(holds) = self.route_holds.get_mut(&id) {
+                holds.retain(|h| h.dep != dep);
+                if holds.is_empty() {
+                    self.route_holds.remove(&id);
+                }
             }
         }
         self.deps.retain(|_, wd| !wd.deps.is_empty() || wd.over_cap);
@@ -548,6 +602,7 @@ impl Index {
         let present: BTreeSet<WorkloadId> = self.workload_views().into_keys().collect();
         let before = self.deps.len();
         self.deps.retain(|id, _| present.contains(id));
+        self.route_holds.retain(|id, _| present.contains(id));
         before.saturating_sub(self.deps.len())
     }
 

@@ -13,6 +13,16 @@ fn mk_deps(pairs: &[(&str, u64)]) -> BTreeMap<Arc<str>, u64> {
     pairs.iter().map(|(h, t)| (Arc::from(*h), *t)).collect()
 }
 
+/// productpage's pod (10.0.0.10) calling reviews by its short name, last seen at `at`.
+fn productpage_to_reviews(at: u64) -> ObservedEdge {
+    mk_edge(
+        "10.0.0.10",
+        Some("reviews"),
+        &mk_outbound(9080, REVIEWS),
+        at,
+    )
+}
+
 fn set(ids: &[&WorkloadId]) -> BTreeSet<WorkloadId> {
     ids.iter().map(|id| (*id).clone()).collect()
 }
@@ -412,12 +422,7 @@ fn with_require_principal_an_edge_without_one_is_refused() {
         (Some("spiffe://cluster.local/ns/shop/sa/default"), true),
     ] {
         let mut index = Index::test_with(config.clone());
-        let mut edge = mk_edge(
-            "10.0.0.10",
-            Some("reviews"),
-            &mk_outbound(9080, REVIEWS),
-            10,
-        );
+        let mut edge = productpage_to_reviews(10);
         edge.principal = principal.map(Arc::from);
         index.record_edges([edge], 10);
         assert_eq!(
@@ -432,12 +437,7 @@ fn with_require_principal_an_edge_without_one_is_refused() {
 #[test]
 fn resolutions_are_cached_until_config_changes() {
     let mut index = Index::test();
-    let edge = mk_edge(
-        "10.0.0.10",
-        Some("reviews"),
-        &mk_outbound(9080, REVIEWS),
-        10,
-    );
+    let edge = productpage_to_reviews(10);
     index.record_edges([edge.clone(), edge.clone()], 10);
     assert_eq!(index.hosts.cache_len(), 1);
     index.apply(mk_service(
@@ -448,6 +448,33 @@ fn resolutions_are_cached_until_config_changes() {
     ));
     assert_eq!(index.hosts.cache_len(), 0, "config changes invalidate");
     index.record_edges([edge], 11);
+    assert_eq!(index.hosts.cache_len(), 1);
+}
+
+/// The cache serves bursts: it stays while edges keep coming, its memory goes back once
+/// none came for `CACHE_IDLE_S` (10 s) of ticks, and it fills again with the next edge.
+#[test]
+fn an_idle_host_cache_is_freed() {
+    let mut index = Index::test();
+    let edge = productpage_to_reviews(10);
+    index.record_edges([edge.clone()], 10);
+    index.tick(10);
+    // An edge every 9 s: never idle for 10.
+    for now in [19, 28] {
+        index.record_edges([edge.clone()], now);
+        index.tick(now);
+        assert_eq!(index.hosts.cache_len(), 1, "at {now}");
+    }
+    index.tick(37);
+    assert_eq!(index.hosts.cache_len(), 1, "9 s idle: kept");
+    index.tick(38);
+    assert_eq!(
+        (index.hosts.cache_len(), index.hosts.cache_capacity()),
+        (0, 0),
+        "10 s idle: freed"
+    );
+    assert!(!index.deps(&productpage()).is_empty(), "deps stay");
+    index.record_edges([edge], 40);
     assert_eq!(index.hosts.cache_len(), 1);
 }
 
@@ -647,6 +674,67 @@ fn with_a_route_delay_routes_come_after_clusters_and_go_before_them() {
         }
     }
     assert_eq!(index.counters().deps_expired, 1);
+}
+
+/// Where our Sidecars are watched, a new dep's routes are held for the whole delay after
+/// the live Sidecar lists it, however late the writer got to it.
+#[test]
+fn with_delay_from_listing_routes_wait_for_the_sidecar_that_lists_the_dep() {
+    let mut index = shop_with_ratings(IndexConfig {
+        route_delay: Duration::from_secs(2),
+        route_delay_from_listing: true,
+        ..IndexConfig::default()
+    });
+    let held = |index: &Index| index.held_route_names(&productpage(), |_| true).len();
+    let edge = mk_edge(
+        "10.0.0.10",
+        Some("ratings"),
+        &mk_outbound(9080, RATINGS),
+        1000,
+    );
+    assert_eq!(index.record_edges([edge], 1000), set(&[&productpage()]));
+    // The writer is slow: long past the delay, the routes are still held.
+    assert!(index.tick(1010).is_empty());
+    assert_eq!(held(&index), 1);
+    // A live Sidecar listing another dep starts nothing.
+    index.apply(mk_our_sidecar(
+        &productpage(),
+        &[("other.shop.svc.cluster.local", 1)],
+    ));
+    assert!(index.tick(1020).is_empty());
+    assert_eq!(held(&index), 1);
+    // Listed (the watch echoes the write): the delay counts from here, plus a second for
+    // a clock that last moved up to a tick ago.
+    index.apply(mk_our_sidecar(&productpage(), &[(RATINGS, 1000)]));
+    assert!(index.tick(1022).is_empty());
+    assert_eq!(held(&index), 1);
+    assert_eq!(index.tick(1023), set(&[&productpage()]));
+    assert_eq!(held(&index), 0);
+    // Listing it again later starts nothing new.
+    index.apply(mk_our_sidecar(&productpage(), &[(RATINGS, 1000)]));
+    assert_eq!(held(&index), 0);
+}
+
+/// A hold waiting for a Sidecar that will never come (the workload is gone) goes with it.
+#[test]
+fn a_hold_waiting_for_its_listing_goes_with_the_workload() {
+    let mut index = shop_with_ratings(IndexConfig {
+        route_delay: Duration::from_secs(2),
+        route_delay_from_listing: true,
+        ..IndexConfig::default()
+    });
+    let edge = mk_edge(
+        "10.0.0.10",
+        Some("ratings"),
+        &mk_outbound(9080, RATINGS),
+        1000,
+    );
+    index.record_edges([edge], 1000);
+    assert_eq!(index.held_route_names(&productpage(), |_| true).len(), 1);
+    index.delete::<crate::objects::Pod>((), "shop", "productpage-5d4f8-0");
+    index.delete::<crate::objects::WorkloadObject>(Deployment, "shop", "productpage");
+    index.forget_absent_workloads();
+    assert!(index.route_holds.is_empty(), "{:?}", index.route_holds);
 }
 
 #[test]

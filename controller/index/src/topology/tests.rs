@@ -94,9 +94,12 @@ fn golden_demo_sidecars() {
     assert_eq!(docs.len(), 2 * desired.sidecars.len());
     for (pair, (key, sidecar)) in docs.chunks(2).zip(&desired.sidecars) {
         let filter: crate::istio::EnvoyFilter = serde_norway::from_str(pair[0]).expect("parses");
-        assert_eq!(&filter, &desired.catch_alls[key]);
+        assert_eq!(
+            filter,
+            desired.catch_alls[key].typed().expect("an EnvoyFilter")
+        );
         let back: crate::Sidecar = serde_norway::from_str(pair[1]).expect("parses");
-        assert_eq!(&back, sidecar);
+        assert_eq!(back, sidecar.typed().expect("a Sidecar"));
     }
 }
 

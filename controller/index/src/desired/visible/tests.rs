@@ -358,6 +358,103 @@ fn services_an_authorization_policy_guards_stay_visible() {
     }
 }
 
+/// The controller's Services as installed: one selects only the leader, a label the
+/// leading pod sets on itself at run time.
+#[test]
+fn a_service_selecting_a_label_pods_get_at_run_time_stays_guarded_whoever_holds_it() {
+    let ctl = "shop/ctl.shop.svc.cluster.local";
+    let ctl_leader = "shop/ctl-leader.shop.svc.cluster.local";
+    let with = |pod_labels: &[(&str, &str)], policy: Option<&[(&str, &str)]>| {
+        let mut index = Index::test();
+        index.apply(mk_workload(
+            WorkloadKind::Deployment,
+            "shop",
+            "ctl",
+            &[("app", "ctl")],
+        ));
+        index.apply(mk_replica_set(
+            "shop",
+            "ctl-5d4f8",
+            Some(("Deployment", "ctl")),
+        ));
+        index.apply(mk_pod(
+            "shop",
+            "ctl-5d4f8-0",
+            "10.0.0.40",
+            Some(("ReplicaSet", "ctl-5d4f8")),
+            pod_labels,
+        ));
+        index.apply(mk_service(
+            "shop",
+            "ctl",
+            &[("app", "ctl")],
+            &[(80, "http")],
+        ));
+        index.apply(mk_service(
+            "shop",
+            "ctl-leader",
+            &[("app", "ctl"), ("leader", "true")],
+            &[(80, "http")],
+        ));
+        if let Some(selector) = policy {
+            index.apply(mk_policy("shop", "ctl", Allow, Some(selector)));
+        }
+        kept(&index)
+    };
+    let plain = [("app", "ctl"), ("pod-template-hash", "5d4f8")];
+    let leading = [
+        ("app", "ctl"),
+        ("pod-template-hash", "5d4f8"),
+        ("leader", "true"),
+    ];
+    type Pairs<'a> = &'a [(&'a str, &'a str)];
+    let cases: Vec<(&str, Pairs, Option<Pairs>, Vec<&str>)> = vec![
+        (
+            "no pod leads: the leader Service's pods are the template's",
+            &plain,
+            Some(&[("app", "ctl")]),
+            vec![ctl_leader, ctl, POSTGRES],
+        ),
+        (
+            "the pod leads",
+            &leading,
+            Some(&[("app", "ctl")]),
+            vec![ctl_leader, ctl, POSTGRES],
+        ),
+        (
+            "a policy on the leader label alone",
+            &plain,
+            Some(&[("leader", "true")]),
+            vec![ctl_leader, POSTGRES],
+        ),
+        (
+            "a policy on a value the template contradicts",
+            &plain,
+            Some(&[("app", "other")]),
+            vec![POSTGRES],
+        ),
+        ("no policy", &leading, None, vec![POSTGRES]),
+    ];
+    for (name, pod_labels, policy, want) in cases {
+        assert_eq!(with(pod_labels, policy), strings(&want), "{name}");
+    }
+}
+
+/// A template that has none of a Service's selector keys is not taken for its pods: the
+/// Service selects on labels that identify its pods.
+#[test]
+fn a_template_sharing_no_key_with_a_selector_is_not_its_endpoints() {
+    let mut index = guarded_shop();
+    index.apply(mk_workload(
+        WorkloadKind::Deployment,
+        "shop",
+        "batch",
+        &[("tier", "batch")],
+    ));
+    index.apply(mk_policy("shop", "batch", Deny, Some(&[("tier", "batch")])));
+    assert_eq!(kept(&index), strings(&[POSTGRES]));
+}
+
 #[test]
 fn authorization_reasons_say_which_policy_and_how() {
     let mut index = guarded_shop();
