@@ -312,7 +312,14 @@ impl ControllerPod {
         // Tests opt whole namespaces in and out: a mass removal is held 2 s, not 120 s
         // (the hold itself is asserted where it happens).
         env.push(("LAZYXDS_REMOVAL_CONFIRM_SECS".into(), "2".into()));
-        for (k, v) in extra_env {
+        // RUST_LOG of the test run sets the controller's log filter (e.g. the writer's
+        // diffs at debug).
+        let rust_log = std::env::var("RUST_LOG").ok();
+        for (k, v) in extra_env
+            .iter()
+            .copied()
+            .chain(rust_log.as_deref().map(|v| ("LAZYXDS_LOG_LEVEL", v)))
+        {
             env.retain(|(name, _)| name != k);
             env.push((k.to_string(), v.to_string()));
         }

@@ -107,7 +107,7 @@ pub struct ClusterOptions {
     pub api_server_only: bool,
     /// Its own run directory, `target/cluster-runs/<test binary>-<name>`, so it can run
     /// beside the binary's shared cluster.
-    pub name: Option<&'static str>,
+    pub name: Option<String>,
 }
 
 impl Default for ClusterOptions {
@@ -177,7 +177,7 @@ impl Cluster {
     /// Starts everything and waits until istiod is ready.
     pub fn start(options: &ClusterOptions) -> Result<Cluster> {
         let started = Instant::now();
-        let dir = run_dir(options.name)?;
+        let dir = run_dir(options.name.as_deref())?;
         let listen = options.listen;
         let ips = [IpAddr::V4(listen), IpAddr::V4(Ipv4Addr::LOCALHOST)];
         let pki = KubePki::create(&dir.join("pki"), &ips, CLUSTER_DOMAIN)?;
