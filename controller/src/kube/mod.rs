@@ -4,6 +4,7 @@
 pub mod leader;
 pub mod project;
 pub mod routing;
+pub mod slim;
 pub mod watch;
 pub mod writer;
 
