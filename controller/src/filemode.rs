@@ -203,7 +203,7 @@ fn parse_our_sidecar(path: &Path, text: &str) -> Result<Option<SidecarObject>, F
     SidecarObject::new(
         namespace,
         name,
-        labels,
+        labels.into(),
         &string_map(&meta["annotations"]),
         spec,
     )

@@ -573,7 +573,7 @@ fn assert_consistent(docs: &[Value], config: &InstallConfig) {
     assert_eq!(gw_pod.containers[0].image.as_deref(), Some("auto"));
     for ef in docs.iter().filter(|d| kind(d) == "EnvoyFilter") {
         let ef: istio::EnvoyFilter = serde_json::from_value(ef.clone()).unwrap();
-        let sel = ef.spec.workload_selector.as_ref().unwrap().labels.clone();
+        let sel = ef.spec.workload_selector.as_ref().unwrap().labels.to_map();
         assert!(
             is_subset(&sel, &gw_labels),
             "EnvoyFilter {:?}",

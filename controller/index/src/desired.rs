@@ -311,13 +311,12 @@ pub fn catch_all_filter(
 pub fn selector_labels(labels: &Labels) -> Labels {
     labels
         .iter()
-        .filter(|(k, _)| !STRIPPED_LABELS.contains(&k.as_str()))
-        .map(|(k, v)| (k.clone(), v.clone()))
+        .filter(|(k, _)| !STRIPPED_LABELS.contains(k))
         .collect()
 }
 
 fn selects(selector: &Labels, labels: &Labels) -> bool {
-    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+    selector.is_subset_of(labels)
 }
 
 /// One Sidecar per opted-in workload, or a refusal saying why not.
@@ -457,11 +456,7 @@ impl<'a> LabelSets<'a> {
     fn other_selected(&self, selector: &Labels, own: &WorkloadId) -> Option<&'a WorkloadId> {
         let candidates = selector
             .iter()
-            .map(|(k, v)| {
-                self.by_label
-                    .get(&(k.as_str(), v.as_str()))
-                    .map_or(&[][..], Vec::as_slice)
-            })
+            .map(|(k, v)| self.by_label.get(&(k, v)).map_or(&[][..], Vec::as_slice))
             .min_by_key(|c| c.len())?;
         candidates
             .iter()

@@ -38,14 +38,13 @@ pub enum Operator {
 
 impl LabelSelector {
     pub fn matches(&self, labels: &Labels) -> bool {
-        self.match_labels
-            .iter()
-            .all(|(k, v)| labels.get(k) == Some(v))
+        self.match_labels.is_subset_of(labels)
             && self.match_expressions.iter().all(|r| {
                 let value = labels.get(&r.key);
+                let listed = |v: &str| r.values.iter().any(|listed| listed == v);
                 match r.operator {
-                    Operator::In => value.is_some_and(|v| r.values.contains(v)),
-                    Operator::NotIn => value.is_none_or(|v| !r.values.contains(v)),
+                    Operator::In => value.is_some_and(listed),
+                    Operator::NotIn => value.is_none_or(|v| !listed(v)),
                     Operator::Exists => value.is_some(),
                     Operator::DoesNotExist => value.is_none(),
                 }

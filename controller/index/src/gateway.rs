@@ -325,7 +325,7 @@ fn istio_mutual() -> Option<ServerTls> {
 
 fn gateway(config: &RenderConfig) -> Gateway {
     let spec = GatewaySpec {
-        selector: config.gateway_selector.clone(),
+        selector: config.gateway_selector.to_map(),
         servers: vec![Server {
             port: ServerPort {
                 number: u32::from(config.egress_proxy_port),

@@ -35,6 +35,7 @@ pub mod gateway;
 pub mod host;
 pub mod index;
 pub mod istio;
+pub mod labels;
 pub mod objects;
 pub mod reconcile;
 pub mod report;

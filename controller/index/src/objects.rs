@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::Error;
 use crate::host;
 
-pub type Labels = BTreeMap<String, String>;
+pub use crate::labels::Labels;
 
 /// `"true" | "false"` on a Namespace or a workload (object or pod template).
 pub const ANNOTATION_ENABLED: &str = "lazyxds.io/enabled";
@@ -37,8 +37,8 @@ pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
 pub const COMPONENT_CATCH_ALL: &str = "catch-all";
 
 /// Whether `labels` mark one of our per-workload catch-all EnvoyFilters.
-pub fn is_our_catch_all(labels: &BTreeMap<String, String>) -> bool {
-    is_ours(labels) && labels.get(LABEL_COMPONENT).map(String::as_str) == Some(COMPONENT_CATCH_ALL)
+pub fn is_our_catch_all(labels: &(impl LabelLookup + ?Sized)) -> bool {
+    is_ours(labels) && labels.label(LABEL_COMPONENT) == Some(COMPONENT_CATCH_ALL)
 }
 
 /// The kill switch: ConfigMap `lazyxds` in the controller's namespace; `enabled:
@@ -64,8 +64,26 @@ pub fn string_map(value: &serde_json::Value) -> BTreeMap<String, String> {
 /// Whether an object with these labels is ours to change or delete: it carries
 /// `app.kubernetes.io/managed-by: lazyxds`. The one ownership test (Sidecar files,
 /// watched Sidecars, the index).
-pub fn is_ours(labels: &BTreeMap<String, String>) -> bool {
-    labels.get(LABEL_MANAGED_BY).map(String::as_str) == Some(MANAGED_BY_US)
+pub fn is_ours(labels: &(impl LabelLookup + ?Sized)) -> bool {
+    labels.label(LABEL_MANAGED_BY) == Some(MANAGED_BY_US)
+}
+
+/// A label's value by key: an object's labels as read ([`BTreeMap`]) or as kept
+/// ([`Labels`]).
+pub trait LabelLookup {
+    fn label(&self, key: &str) -> Option<&str>;
+}
+
+impl LabelLookup for BTreeMap<String, String> {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.get(key).map(String::as_str)
+    }
+}
+
+impl LabelLookup for Labels {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.get(key)
+    }
 }
 
 /// The kinds a dependency is attributed to: the top of a pod's owner chain.
@@ -777,7 +795,7 @@ impl DestinationRule {
             export_to: strings(spec.get("exportTo")),
             workload_selector: spec
                 .pointer("/workloadSelector/matchLabels")
-                .map(string_map),
+                .map(|v| Labels::from(string_map(v))),
             traffic_policy: ConnectionPolicy {
                 tls: tls(policy.and_then(|p| p.get("tls"))),
                 proxy_protocol: set("proxyProtocol"),
@@ -859,7 +877,7 @@ impl AuthorizationPolicy {
         &self,
         root_namespace: &str,
         namespace: &str,
-        label: impl Fn(&str) -> Option<&'a String>,
+        label: impl Fn(&str) -> Option<&'a str>,
     ) -> bool {
         self.applies_in(root_namespace, namespace)
             && self

@@ -736,7 +736,11 @@ impl Parser<'_> {
                 }
                 _ => {}
             }
-            labels.extend(pod.labels);
+            labels.extend(
+                pod.labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string())),
+            );
             self.objects.pods.push(Pod {
                 namespace: ns.clone(),
                 name: pod_name.into(),

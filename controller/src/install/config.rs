@@ -351,7 +351,7 @@ impl InstallConfig {
             gateway_host: self.gateway_host(),
             gateway_namespace: self.namespace.clone(),
             egress_proxy_port: self.gateway.egress_proxy_port,
-            gateway_selector: self.gateway_selector(),
+            gateway_selector: self.gateway_selector().into(),
             ..RenderConfig::default()
         }
     }

@@ -96,7 +96,7 @@ fn envoy_filter(config: &InstallConfig) -> Result<EnvoyFilter, InstallError> {
         },
         spec: EnvoyFilterSpec {
             workload_selector: Some(WorkloadSelector {
-                labels: config.gateway_selector(),
+                labels: config.gateway_selector().into(),
             }),
             priority: Some(ENVOY_FILTER_PRIORITY),
             config_patches: vec![ConfigPatch::new(

@@ -1,5 +1,6 @@
 //! Kubernetes objects → the index's compact entries, as each watch event arrives. The
-//! full objects are dropped right after: no reflector stores (100k pods must stay cheap).
+//! objects are dropped right after: no reflector stores (100k pods must stay cheap). The
+//! numerous kinds come already slim ([`super::slim`]: only the fields used here).
 //!
 //! Pure: no I/O. An invalid lazyxds annotation does not drop the object; it is treated as
 //! absent and reported through the returned warning, so the caller can count and log it.
@@ -10,12 +11,14 @@ use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{Namespace, Pod, PodTemplateSpec, Service};
+use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::DynamicObject;
 use lazyxds_index as index;
 use lazyxds_index::{Annotations, WorkloadKind};
 use serde_json::Value;
+
+use super::slim::{MetaOnly, Pod, Templated};
 
 /// A projected object plus what was wrong with it (an invalid annotation, ignored).
 #[derive(Debug, Clone, PartialEq)]
@@ -33,7 +36,7 @@ fn namespace(meta: &ObjectMeta) -> Arc<str> {
 }
 
 fn labels(map: &Option<BTreeMap<String, String>>) -> index::Labels {
-    map.clone().unwrap_or_default().into_iter().collect()
+    map.as_ref().map(index::Labels::from).unwrap_or_default()
 }
 
 /// `ns/name` (or `name`) of an object, for messages.
@@ -118,7 +121,7 @@ pub fn pod_entry(pod: &Pod) -> Projected<index::Pod> {
     Projected { value, warning }
 }
 
-pub fn replica_set_entry(rs: &ReplicaSet) -> index::ReplicaSet {
+pub fn replica_set_entry(rs: &MetaOnly<ReplicaSet>) -> index::ReplicaSet {
     index::ReplicaSet {
         namespace: namespace(&rs.metadata),
         name: name(&rs.metadata),
@@ -126,7 +129,7 @@ pub fn replica_set_entry(rs: &ReplicaSet) -> index::ReplicaSet {
     }
 }
 
-pub fn job_entry(job: &Job) -> index::Job {
+pub fn job_entry(job: &MetaOnly<Job>) -> index::Job {
     index::Job {
         namespace: namespace(&job.metadata),
         name: name(&job.metadata),
@@ -134,14 +137,11 @@ pub fn job_entry(job: &Job) -> index::Job {
     }
 }
 
-fn workload_entry(
-    kind: WorkloadKind,
-    meta: &ObjectMeta,
-    template: Option<&PodTemplateSpec>,
-) -> Projected<index::WorkloadObject> {
+fn workload_entry<K>(kind: WorkloadKind, w: &Templated<K>) -> Projected<index::WorkloadObject> {
     let mut warning = None;
+    let meta = &w.metadata;
     let what = describe(kind.as_str(), meta);
-    let template_meta = template.and_then(|t| t.metadata.as_ref());
+    let template_meta = w.template_meta();
     let value = index::WorkloadObject {
         kind,
         namespace: namespace(meta),
@@ -157,29 +157,20 @@ fn workload_entry(
     Projected { value, warning }
 }
 
-pub fn deployment_entry(d: &Deployment) -> Projected<index::WorkloadObject> {
-    workload_entry(
-        WorkloadKind::Deployment,
-        &d.metadata,
-        Some(&d.spec.template),
-    )
+pub fn deployment_entry(d: &Templated<Deployment>) -> Projected<index::WorkloadObject> {
+    workload_entry(WorkloadKind::Deployment, d)
 }
 
-pub fn stateful_set_entry(s: &StatefulSet) -> Projected<index::WorkloadObject> {
-    workload_entry(
-        WorkloadKind::StatefulSet,
-        &s.metadata,
-        Some(&s.spec.template),
-    )
+pub fn stateful_set_entry(s: &Templated<StatefulSet>) -> Projected<index::WorkloadObject> {
+    workload_entry(WorkloadKind::StatefulSet, s)
 }
 
-pub fn daemon_set_entry(d: &DaemonSet) -> Projected<index::WorkloadObject> {
-    workload_entry(WorkloadKind::DaemonSet, &d.metadata, Some(&d.spec.template))
+pub fn daemon_set_entry(d: &Templated<DaemonSet>) -> Projected<index::WorkloadObject> {
+    workload_entry(WorkloadKind::DaemonSet, d)
 }
 
-pub fn cron_job_entry(c: &CronJob) -> Projected<index::WorkloadObject> {
-    let template = c.spec.job_template.spec.as_ref().map(|s| &s.template);
-    workload_entry(WorkloadKind::CronJob, &c.metadata, template)
+pub fn cron_job_entry(c: &Templated<CronJob>) -> Projected<index::WorkloadObject> {
+    workload_entry(WorkloadKind::CronJob, c)
 }
 
 pub fn service_entry(svc: &Service) -> index::Service {
@@ -262,7 +253,9 @@ pub fn istio_service_entry(obj: &DynamicObject) -> index::ServiceEntry {
 
 /// The string entries of a labels object; `None` when absent or empty.
 fn labels_at(v: &Value) -> Option<index::Labels> {
-    Some(index::objects::string_map(v)).filter(|l| !l.is_empty())
+    Some(index::objects::string_map(v))
+        .filter(|l| !l.is_empty())
+        .map(index::Labels::from)
 }
 
 /// `security.istio.io` AuthorizationPolicy: its action, selector and whether it has a
@@ -426,17 +419,15 @@ mod tests {
 
     #[test]
     fn workloads_take_their_pod_template() {
-        let d: Deployment = from(json!({"metadata": {"name": "web", "namespace": "shop",
+        let d: Templated<Deployment> =
+            from(json!({"metadata": {"name": "web", "namespace": "shop",
                 "annotations": {"lazyxds.io/pin": "shop/db.shop.svc.cluster.local"}},
             "spec": {"selector": {}, "template": {"metadata": {"labels": {"app": "web"},
                 "annotations": {"lazyxds.io/enabled": "false"}}}}}));
         let got = deployment_entry(&d);
         assert_eq!(got.warning, None);
         assert_eq!(got.value.kind, WorkloadKind::Deployment);
-        assert_eq!(
-            got.value.template_labels.get("app").map(String::as_str),
-            Some("web")
-        );
+        assert_eq!(got.value.template_labels.get("app"), Some("web"));
         assert_eq!(got.value.template_annotations.enabled, Some(false));
         assert_eq!(got.value.annotations.pins.len(), 1);
     }

@@ -1083,7 +1083,7 @@ fn a_workload_scaled_to_zero_keeps_the_sidecar_that_remembers_its_deps() {
         .map(|s| {
             s.pods
                 .values()
-                .filter(|p| p.labels.get("app").map(String::as_str) == Some("productpage"))
+                .filter(|p| p.labels.get("app") == Some("productpage"))
                 .map(|p| p.name.to_string())
                 .collect()
         })

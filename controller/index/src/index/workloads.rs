@@ -169,7 +169,6 @@ fn shared_labels(pods: &[&Arc<Pod>]) -> Labels {
     first
         .labels
         .iter()
-        .filter(|(k, v)| rest.iter().all(|p| p.labels.get(*k) == Some(*v)))
-        .map(|(k, v)| (k.clone(), v.clone()))
+        .filter(|(k, v)| rest.iter().all(|p| p.labels.get(k) == Some(*v)))
         .collect()
 }
