@@ -51,20 +51,12 @@ impl Labels {
         self.spans.iter().map(|span| self.entry(span))
     }
 
-    pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.iter().map(|(k, _)| k)
-    }
-
     pub fn get(&self, key: &str) -> Option<&str> {
         let i = self
             .spans
             .binary_search_by(|span| self.key(span).cmp(key))
             .ok()?;
         self.spans.get(i).map(|span| self.entry(span).1)
-    }
-
-    pub fn contains_key(&self, key: &str) -> bool {
-        self.get(key).is_some()
     }
 
     /// Whether every entry of `self` is in `labels` with the same value (a selector's

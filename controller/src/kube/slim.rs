@@ -350,38 +350,22 @@ mod tests {
 
     #[test]
     fn each_type_names_its_kubernetes_kind() {
-        let names = |kind: Cow<str>, group: Cow<str>, version: Cow<str>, plural: Cow<str>| {
-            format!("{group}/{version} {kind} {plural}")
-        };
+        fn names<R: Resource<DynamicType = ()>>() -> String {
+            let (kind, group) = (R::kind(&()), R::group(&()));
+            let (version, plural) = (R::version(&()), R::plural(&()));
+            format!(
+                "{group}/{version} {kind} {plural} ({})",
+                R::api_version(&())
+            )
+        }
+        assert_eq!(names::<Pod>(), "/v1 Pod pods (v1)");
         assert_eq!(
-            names(
-                Pod::kind(&()),
-                Pod::group(&()),
-                Pod::version(&()),
-                Pod::plural(&())
-            ),
-            "/v1 Pod pods"
+            names::<MetaOnly<ReplicaSet>>(),
+            "apps/v1 ReplicaSet replicasets (apps/v1)"
         );
-        type Rs = MetaOnly<ReplicaSet>;
         assert_eq!(
-            names(
-                Rs::kind(&()),
-                Rs::group(&()),
-                Rs::version(&()),
-                Rs::plural(&())
-            ),
-            "apps/v1 ReplicaSet replicasets"
+            names::<Templated<CronJob>>(),
+            "batch/v1 CronJob cronjobs (batch/v1)"
         );
-        type Cj = Templated<CronJob>;
-        assert_eq!(
-            names(
-                Cj::kind(&()),
-                Cj::group(&()),
-                Cj::version(&()),
-                Cj::plural(&())
-            ),
-            "batch/v1 CronJob cronjobs"
-        );
-        assert_eq!(Cj::api_version(&()), "batch/v1");
     }
 }
